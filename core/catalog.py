@@ -1,0 +1,403 @@
+"""The products table: a LanceDB dataset on S3-compatible storage or a local path.
+
+One :class:`Catalog` per process keeps the connection and table handle open; LanceDB checks for
+new dataset versions every ``refresh_seconds`` so other writers' commits become visible without a
+reopen. Vectors are stored L2-normalised, so ``dot`` distance is ``1 - cosine``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+from core.errors import ConfigError, InvalidInput, NotFound, Unavailable
+from core.models import Filters, Product, Vector
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TABLE = "products"
+Column = Literal["image", "text"]
+_VECTOR_COLUMNS: dict[Column, str] = {"image": "image_vector", "text": "text_vector"}
+_PRODUCT_COLUMNS = [
+    "product_id",
+    "title",
+    "description",
+    "category",
+    "price",
+    "image_key",
+    "attributes",
+    "content_hash",
+    "created_at",
+    "updated_at",
+]
+
+
+@dataclass(frozen=True)
+class ProductRecord:
+    """A product with its vectors, ready to be written."""
+
+    product: Product
+    image_vector: Vector | None
+    text_vector: Vector
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A row returned by a vector search, with both stored vectors for exact re-scoring."""
+
+    product: Product
+    image_vector: Vector | None
+    text_vector: Vector | None
+
+
+def products_schema(clip_dim: int, text_dim: int, space: dict[str, str]) -> pa.Schema:
+    """Arrow schema of the products table; ``space`` names the models that made the vectors."""
+    ts = pa.timestamp("us", tz="UTC")
+    return pa.schema(
+        [
+            pa.field("product_id", pa.string(), nullable=False),
+            pa.field("title", pa.string(), nullable=False),
+            pa.field("description", pa.string()),
+            pa.field("category", pa.string()),
+            pa.field("price", pa.float64()),
+            pa.field("image_key", pa.string()),
+            pa.field("attributes", pa.string()),
+            pa.field("content_hash", pa.string()),
+            pa.field("created_at", ts, nullable=False),
+            pa.field("updated_at", ts, nullable=False),
+            pa.field("image_vector", pa.list_(pa.float32(), clip_dim)),
+            pa.field("text_vector", pa.list_(pa.float32(), text_dim)),
+        ],
+        metadata={"embedding_space": json.dumps(space, sort_keys=True)},
+    )
+
+
+def quote(value: str) -> str:
+    """A SQL string literal for Lance filters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def filter_sql(filters: Filters, exclude_id: str | None = None) -> str | None:
+    """Lance SQL predicate for ``filters`` (None when nothing is filtered)."""
+    parts: list[str] = []
+    if filters.categories is not None:
+        parts.append(f"category IN ({', '.join(quote(c) for c in filters.categories)})")
+    if filters.min_price is not None:
+        parts.append(f"price >= {float(filters.min_price)!r}")
+    if filters.max_price is not None:
+        parts.append(f"price <= {float(filters.max_price)!r}")
+    if exclude_id is not None:
+        parts.append(f"product_id != {quote(exclude_id)}")
+    return " AND ".join(parts) or None
+
+
+@contextlib.contextmanager
+def _storage_errors(action: str) -> Iterator[None]:
+    """Lance reports object-store failures as OSError/RuntimeError; callers get Unavailable."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        raise Unavailable(f"catalog {action} failed: {exc}") from exc
+
+
+def _vec(value: Any) -> Vector | None:
+    if value is None:
+        return None
+    return np.asarray(value, dtype=np.float32)
+
+
+def _to_product(row: dict[str, Any]) -> Product:
+    price = row.get("price")
+    return Product(
+        product_id=row["product_id"],
+        title=row["title"],
+        description=row.get("description") or "",
+        category=row.get("category"),
+        price=None if price is None or (isinstance(price, float) and math.isnan(price)) else price,
+        image=row.get("image_key"),
+        attributes=json.loads(row["attributes"]) if row.get("attributes") else {},
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class Catalog:
+    """Products on LanceDB: idempotent upserts, gets, deletes and filtered vector search."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        clip_dim: int,
+        text_dim: int,
+        space: dict[str, str],
+        storage_options: dict[str, str] | None = None,
+        refresh_seconds: float = 1.0,
+        index_min_rows: int = 5000,
+    ) -> None:
+        self.uri = uri
+        self.clip_dim = clip_dim
+        self.text_dim = text_dim
+        self.space = space
+        self.index_min_rows = index_min_rows
+        self._write_lock = threading.Lock()
+        schema = products_schema(clip_dim, text_dim, space)
+        with _storage_errors("open"):
+            self._db = lancedb.connect(
+                uri,
+                storage_options=storage_options or None,
+                read_consistency_interval=timedelta(seconds=refresh_seconds),
+            )
+            try:
+                self._table = self._db.open_table(TABLE)
+            except ValueError:
+                # Not there yet: create it. exist_ok covers a concurrent creator.
+                self._table = self._db.create_table(TABLE, schema=schema, exist_ok=True)
+        self._check_schema()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, clip_dim: int, text_dim: int, space: dict[str, str]
+    ) -> Catalog:
+        uri = settings.resolved_catalog_uri
+        return cls(
+            uri,
+            clip_dim=clip_dim,
+            text_dim=text_dim,
+            space=space,
+            storage_options=settings.storage_options() if uri.startswith("s3://") else None,
+            refresh_seconds=settings.catalog_refresh_seconds,
+            index_min_rows=settings.index_min_rows,
+        )
+
+    def _check_schema(self) -> None:
+        schema = self._table.schema
+        for col, dim in (("image_vector", self.clip_dim), ("text_vector", self.text_dim)):
+            have = schema.field(col).type.list_size
+            if have != dim:
+                raise ConfigError(
+                    f"catalog {self.uri} stores {col} of dimension {have}, but the configured model "
+                    f"produces {dim}. Use the models the catalog was built with, or a new CATALOG_URI "
+                    "and re-index."
+                )
+
+    @property
+    def stored_space(self) -> dict[str, str]:
+        """The models the stored vectors were made with (from the table's schema metadata)."""
+        meta = self._table.schema.metadata or {}
+        raw = meta.get(b"embedding_space")
+        return json.loads(raw) if raw else {}
+
+    @property
+    def version(self) -> int:
+        with _storage_errors("version"):
+            return int(self._table.version)
+
+    def count(self) -> int:
+        with _storage_errors("count"):
+            return int(self._table.count_rows())
+
+    def ping(self) -> bool:
+        try:
+            self.count()
+            return True
+        except Unavailable:
+            return False
+
+    def _query_rows(self, where: str, columns: Sequence[str], limit: int | None = None) -> list[dict[str, Any]]:
+        with _storage_errors("read"):
+            q = self._table.search().where(where).select(list(columns))
+            if limit is not None:
+                q = q.limit(limit)
+            else:
+                q = q.limit(None)
+            return q.to_arrow().to_pylist()
+
+    def get(self, product_id: str) -> Product:
+        """The product, or :class:`NotFound`."""
+        rows = self._query_rows(f"product_id = {quote(product_id)}", _PRODUCT_COLUMNS, limit=1)
+        if not rows:
+            raise NotFound(f"product {product_id!r} not found")
+        return _to_product(rows[0])
+
+    def get_candidate(self, product_id: str) -> Candidate:
+        """The product with its stored vectors."""
+        rows = self._query_rows(
+            f"product_id = {quote(product_id)}",
+            [*_PRODUCT_COLUMNS, "image_vector", "text_vector"],
+            limit=1,
+        )
+        if not rows:
+            raise NotFound(f"product {product_id!r} not found")
+        row = rows[0]
+        return Candidate(_to_product(row), _vec(row["image_vector"]), _vec(row["text_vector"]))
+
+    def existing(self, product_ids: Sequence[str]) -> dict[str, tuple[str, datetime]]:
+        """``product_id -> (content_hash, created_at)`` for the ids that exist."""
+        out: dict[str, tuple[str, datetime]] = {}
+        ids = list(dict.fromkeys(product_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            where = f"product_id IN ({', '.join(quote(i) for i in chunk)})"
+            for row in self._query_rows(where, ["product_id", "content_hash", "created_at"]):
+                out[row["product_id"]] = (row["content_hash"] or "", row["created_at"])
+        return out
+
+    def upsert(self, records: Sequence[ProductRecord]) -> int:
+        """Insert or replace products by ``product_id`` (last one wins within a batch).
+
+        ``created_at`` of an existing product is kept. Returns the number of rows written.
+        """
+        latest: dict[str, ProductRecord] = {}
+        for rec in records:
+            latest[rec.product.product_id] = rec
+        if not latest:
+            return 0
+        for rec in latest.values():
+            for vec, dim in ((rec.image_vector, self.clip_dim), (rec.text_vector, self.text_dim)):
+                if vec is not None and (vec.shape != (dim,) or not np.isfinite(vec).all()):
+                    raise InvalidInput(
+                        f"{rec.product.product_id}: vector of shape {vec.shape} is not finite {dim}-d"
+                    )
+        prior = self.existing(list(latest))
+        rows = []
+        for pid, rec in latest.items():
+            p = rec.product
+            rows.append(
+                {
+                    "product_id": pid,
+                    "title": p.title,
+                    "description": p.description,
+                    "category": p.category,
+                    "price": p.price,
+                    "image_key": p.image,
+                    "attributes": json.dumps(p.attributes, sort_keys=True, default=str),
+                    "content_hash": rec.content_hash,
+                    "created_at": prior[pid][1] if pid in prior else p.created_at,
+                    "updated_at": p.updated_at,
+                    "image_vector": None if rec.image_vector is None else rec.image_vector.tolist(),
+                    "text_vector": rec.text_vector.tolist(),
+                }
+            )
+        data = pa.Table.from_pylist(rows, schema=self._table.schema)
+        with self._write_lock, _storage_errors("upsert"):
+            (
+                self._table.merge_insert("product_id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                # Null is how "no image" is stored; real vectors were validated above.
+                .execute(data, on_bad_vectors="null")
+            )
+        return len(rows)
+
+    def delete(self, product_id: str) -> None:
+        """Delete a product; :class:`NotFound` if it does not exist."""
+        self.get(product_id)
+        with self._write_lock, _storage_errors("delete"):
+            self._table.delete(f"product_id = {quote(product_id)}")
+
+    def vector_search(
+        self,
+        column: Column,
+        vector: Vector,
+        k: int,
+        filters: Filters = Filters(),
+        exclude_id: str | None = None,
+    ) -> list[Candidate]:
+        """The ``k`` rows nearest to ``vector`` on one vector column, pre-filtered.
+
+        Rows whose vector on that column is absent (products without an image) are never returned.
+        Exact (flat) below ``index_min_rows``; IVF-PQ with re-ranking of the full vectors above.
+        """
+        col = _VECTOR_COLUMNS[column]
+        with _storage_errors("search"):
+            q = (
+                self._table.search(vector, vector_column_name=col)
+                .distance_type("dot")
+                .select([*_PRODUCT_COLUMNS, "image_vector", "text_vector", "_distance"])
+                .limit(k)
+            )
+            if self._has_vector_index(col):
+                q = q.nprobes(32).refine_factor(10)
+            where = filter_sql(filters, exclude_id)
+            if where:
+                q = q.where(where, prefilter=True)
+            rows = q.to_arrow().to_pylist()
+        return [
+            Candidate(_to_product(r), _vec(r["image_vector"]), _vec(r["text_vector"])) for r in rows
+        ]
+
+    def _index_names(self) -> set[str]:
+        with _storage_errors("list indices"):
+            return {",".join(ix.columns) for ix in self._table.list_indices()}
+
+    def _has_vector_index(self, col: str) -> bool:
+        return col in self._index_names()
+
+    def ensure_indexes(self) -> list[str]:
+        """Create ANN and scalar indexes once the table is big enough; fold new rows into them.
+
+        Returns the names of indexes created by this call.
+        """
+        n = self.count()
+        created: list[str] = []
+        if n < self.index_min_rows:
+            return created
+        have = self._index_names()
+        with self._write_lock, _storage_errors("index"):
+            for col in ("product_id", "category", "price"):
+                if col not in have:
+                    kind = "BITMAP" if col == "category" else "BTREE"
+                    self._table.create_scalar_index(col, index_type=kind)  # type: ignore[arg-type]
+                    created.append(col)
+            for col, dim in (("image_vector", self.clip_dim), ("text_vector", self.text_dim)):
+                if col not in have:
+                    self._table.create_index(
+                        metric="dot",
+                        vector_column_name=col,
+                        index_type="IVF_PQ",
+                        num_partitions=max(1, int(math.sqrt(n))),
+                        num_sub_vectors=max(1, dim // 16),
+                    )
+                    created.append(col)
+            if not created:
+                self._table.optimize()
+        return created
+
+    def newest(self, k: int, filters: Filters = Filters()) -> list[Product]:
+        """The ``k`` most recently created products that satisfy ``filters``."""
+        where = filter_sql(filters)
+        with _storage_errors("read"):
+            q = self._table.search().select(["product_id", "created_at"]).limit(None)
+            if where:
+                q = q.where(where)
+            ids = q.to_arrow().sort_by([("created_at", "descending"), ("product_id", "ascending")])
+        top = ids.column("product_id").to_pylist()[:k]
+        if not top:
+            return []
+        rows = self._query_rows(f"product_id IN ({', '.join(quote(i) for i in top)})", _PRODUCT_COLUMNS)
+        by_id = {r["product_id"]: _to_product(r) for r in rows}
+        return [by_id[i] for i in top if i in by_id]
+
+    def categories(self) -> dict[str, int]:
+        """Product count per category."""
+        with _storage_errors("read"):
+            tbl = self._table.search().select(["category"]).limit(None).to_arrow()
+        counts: dict[str, int] = {}
+        for c in tbl.column("category").to_pylist():
+            key = c or ""
+            counts[key] = counts.get(key, 0) + 1
+        return counts

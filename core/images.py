@@ -1,0 +1,81 @@
+"""Safe image decoding with byte and pixel limits.
+
+PIL's own decompression-bomb check is process-global and only warns below 2x its limit, so the
+pixel count is checked here from the header, before any pixel data is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from core.errors import InvalidImage, PayloadTooLarge
+
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+CONTENT_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Decode image bytes into an RGB image, enforcing limits.
+
+    Raises :class:`PayloadTooLarge` over ``max_bytes`` or ``max_pixels`` and
+    :class:`InvalidImage` for anything that is not a complete image in an accepted format.
+    """
+    if len(data) == 0:
+        raise InvalidImage("image is empty")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"image is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or ""
+            if fmt not in ACCEPTED_FORMATS:
+                raise InvalidImage(f"unsupported image format {fmt or 'unknown'}")
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise InvalidImage("image has no pixels")
+            if width * height > max_pixels:
+                raise PayloadTooLarge(
+                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+                )
+            img.load()
+            return img.convert("RGB")
+    except (InvalidImage, PayloadTooLarge):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"image rejected as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImage("cannot decode image: not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"cannot decode image: {exc}") from None
+
+
+def sniff_content_type(data: bytes) -> str:
+    """The MIME type of image bytes, from their header only (``application/octet-stream`` if unknown)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return CONTENT_TYPES.get(img.format or "", "application/octet-stream")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "application/octet-stream"
+
+
+def extension_for(data: bytes) -> str:
+    """File extension matching the image's format."""
+    return {
+        "image/jpeg": "jpg",
+        "image/png": "png",
+        "image/webp": "webp",
+        "image/gif": "gif",
+        "image/bmp": "bmp",
+        "image/tiff": "tiff",
+    }.get(sniff_content_type(data), "bin")

@@ -1,0 +1,366 @@
+"""Index products: parse metadata, validate every record, embed in batches, upsert.
+
+A bad record (invalid fields, a missing or undecodable image, an image over the limits) becomes a
+:class:`RecordError` with a reason and never stops the others. Storage failures are not record
+errors: they raise :class:`core.errors.Unavailable` so the caller can retry the whole source.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from core.catalog import Catalog, ProductRecord
+from core.embedding import Embedder
+from core.errors import InvalidInput, NotFound, PayloadTooLarge
+from core.images import decode_image, extension_for, sniff_content_type
+from core.models import Product, ProductInput
+from core.settings import Settings
+from core.storage import ObjectStore, validate_key
+
+log = logging.getLogger(__name__)
+
+METADATA_SUFFIXES = (".json", ".jsonl", ".csv")
+
+
+@dataclass(frozen=True)
+class RecordError:
+    """Why one record was not indexed."""
+
+    source: str
+    line: int | None
+    product_id: str | None
+    reason: str
+    too_large: bool = False  # over a byte/pixel limit (HTTP 413 rather than 422)
+
+
+@dataclass(frozen=True)
+class PendingProduct:
+    """A validated record plus where its image comes from.
+
+    ``image_bytes`` set with ``image_key`` None means "store these bytes in the bucket";
+    ``image_key`` alone means "the image is that object in the bucket".
+    """
+
+    product: ProductInput
+    source: str = "api"
+    line: int | None = None
+    image_bytes: bytes | None = None
+    image_key: str | None = None
+
+
+@dataclass
+class IngestReport:
+    """Outcome of one ingest run."""
+
+    indexed: int = 0
+    unchanged: int = 0
+    failed: list[RecordError] = field(default_factory=list)
+    product_ids: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.indexed + self.unchanged + len(self.failed)
+
+    def summary(self) -> str:
+        rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"indexed {self.indexed}, unchanged {self.unchanged}, failed {len(self.failed)} "
+            f"in {self.seconds:.1f}s ({rate:.1f} products/s)"
+        ]
+        for err in self.failed[:20]:
+            where = f"{err.source}" + (f":{err.line}" if err.line is not None else "")
+            lines.append(f"  FAILED {where} {err.product_id or '-'}: {err.reason}")
+        if len(self.failed) > 20:
+            lines.append(f"  ... and {len(self.failed) - 20} more failures")
+        return "\n".join(lines)
+
+
+Item = PendingProduct | RecordError
+_DUMMY = ProductInput(product_id="_", title="_")  # placeholder product in image-resolution results
+
+
+def parse_metadata(name: str, data: bytes) -> Iterator[tuple[int | None, Any]]:
+    """Yield ``(line, raw_record_or_exception)`` from a .json, .jsonl or .csv file's bytes.
+
+    A parse failure is yielded as an :class:`InvalidInput` in place of the record, so one bad line
+    of a JSONL file fails only that line.
+    """
+    lower = name.lower()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        yield None, InvalidInput("file is not UTF-8 text")
+        return
+    if lower.endswith(".jsonl"):
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield n, InvalidInput(f"invalid JSON: {exc.msg} at column {exc.colno}")
+    elif lower.endswith(".json"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield None, InvalidInput(f"invalid JSON: {exc.msg} at line {exc.lineno}")
+            return
+        if isinstance(doc, list):
+            for n, rec in enumerate(doc, start=1):
+                yield n, rec
+        elif isinstance(doc, dict) and isinstance(doc.get("products"), list):
+            for n, rec in enumerate(doc["products"], start=1):
+                yield n, rec
+        else:
+            yield None, doc
+    elif lower.endswith(".csv"):
+        reader = csv.reader(io.StringIO(text))
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        for row in reader:
+            n = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                yield n, InvalidInput(f"expected {len(header)} CSV fields, got {len(row)}")
+                continue
+            yield n, {k: v for k, v in zip(header, row, strict=True) if v != ""}
+    else:
+        yield None, InvalidInput(f"unsupported metadata file type: {name}")
+
+
+def records_from_metadata(
+    source: str,
+    data: bytes,
+    resolve_image: Callable[[str], PendingProduct | str],
+) -> Iterator[Item]:
+    """Validate each record of one metadata file.
+
+    ``resolve_image(reference)`` turns a record's ``image`` value into either image bytes/key
+    (a :class:`PendingProduct` template whose ``product`` is ignored) or an error reason string.
+    """
+    for line, raw in parse_metadata(source, data):
+        if isinstance(raw, Exception):
+            yield RecordError(source, line, None, str(raw))
+            continue
+        pid = raw.get("product_id") if isinstance(raw, dict) else None
+        try:
+            product = ProductInput.from_mapping(raw)
+        except InvalidInput as exc:
+            yield RecordError(source, line, str(pid) if pid is not None else None, str(exc))
+            continue
+        if product.image is None:
+            yield PendingProduct(product, source, line)
+            continue
+        resolved = resolve_image(product.image)
+        if isinstance(resolved, str):
+            yield RecordError(source, line, product.product_id, resolved)
+        else:
+            yield PendingProduct(
+                product, source, line, image_bytes=resolved.image_bytes, image_key=resolved.image_key
+            )
+
+
+def iter_bucket_prefix(store: ObjectStore, prefix: str, settings: Settings) -> Iterator[Item]:
+    """Records of every metadata object under ``prefix``; ``image`` values are bucket keys."""
+
+    def resolve(ref: str) -> PendingProduct | str:
+        try:
+            return PendingProduct(_DUMMY, image_key=validate_key(ref))
+        except InvalidInput as exc:
+            return str(exc)
+
+    for obj in store.list(prefix):
+        if not obj.key.lower().endswith(METADATA_SUFFIXES):
+            continue
+        try:
+            data = store.get_bytes(obj.key, max_bytes=settings.max_request_bytes * 64)
+        except (NotFound, PayloadTooLarge) as exc:
+            yield RecordError(obj.key, None, None, str(exc))
+            continue
+        yield from records_from_metadata(obj.key, data, resolve)
+
+
+def iter_folder(folder: Path, settings: Settings) -> Iterator[Item]:
+    """Records of every metadata file under a local folder; ``image`` values are paths relative
+    to the metadata file (they may not leave ``folder``). Image bytes are read here and stored in
+    the bucket when indexed."""
+    root = folder.resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in METADATA_SUFFIXES)
+    for meta in files:
+        base = meta.parent
+
+        def resolve(ref: str, base: Path = base) -> PendingProduct | str:
+            path = (base / ref).resolve()
+            if root not in path.parents:
+                return f"image path {ref!r} leaves the source folder"
+            if not path.is_file():
+                return f"image file {ref!r} not found"
+            size = path.stat().st_size
+            if size > settings.max_image_bytes:
+                return f"image is {size} bytes; the limit is {settings.max_image_bytes}"
+            return PendingProduct(_DUMMY, image_bytes=path.read_bytes())
+
+        yield from records_from_metadata(str(meta.relative_to(root)), meta.read_bytes(), resolve)
+
+
+def content_hash(product: ProductInput, image_digest: str | None) -> str:
+    """Hash of everything that determines a product's stored row and vectors."""
+    doc = {
+        "title": product.title,
+        "description": product.description,
+        "category": product.category,
+        "price": product.price,
+        "image": image_digest,
+        "attributes": product.attributes,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def image_key_for(product_id: str, data: bytes) -> str:
+    """Content-addressed bucket key for image bytes that arrive without one."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return f"images/{product_id}/{digest}.{extension_for(data)}"
+
+
+class Indexer:
+    """Embeds and upserts products in batches."""
+
+    def __init__(self, catalog: Catalog, embedder: Embedder, store: ObjectStore, settings: Settings) -> None:
+        self.catalog = catalog
+        self.embedder = embedder
+        self.store = store
+        self.settings = settings
+        self.batch_size = max(8, settings.embed_batch_size)
+
+    def index(
+        self,
+        items: Iterable[Item],
+        *,
+        force: bool = False,
+        progress: bool = False,
+        total: int | None = None,
+        desc: str = "indexing",
+    ) -> IngestReport:
+        """Index every valid item; collect failures. Unchanged products are skipped unless ``force``."""
+        report = IngestReport()
+        started = time.perf_counter()
+        bar = tqdm(total=total, desc=desc, unit="product", disable=not progress, dynamic_ncols=True)
+        batch: list[PendingProduct] = []
+        try:
+            for item in items:
+                if isinstance(item, RecordError):
+                    report.failed.append(item)
+                    bar.update(1)
+                    continue
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    self._flush(batch, report, force)
+                    bar.update(len(batch))
+                    batch = []
+                    bar.set_postfix(indexed=report.indexed, failed=len(report.failed))
+            if batch:
+                self._flush(batch, report, force)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _load_image(self, item: PendingProduct) -> tuple[bytes | None, str | None]:
+        if item.image_bytes is not None:
+            return item.image_bytes, item.image_key
+        if item.image_key is not None:
+            return self.store.get_bytes(item.image_key, max_bytes=self.settings.max_image_bytes), item.image_key
+        return None, None
+
+    def _flush(self, batch: list[PendingProduct], report: IngestReport, force: bool) -> None:
+        prepared: list[tuple[PendingProduct, bytes | None, str | None, str]] = []
+        for item in batch:
+            try:
+                data, key = self._load_image(item)
+            except (NotFound, InvalidInput) as exc:
+                reason = f"image {item.image_key!r}: {exc}" if isinstance(exc, NotFound) else str(exc)
+                report.failed.append(
+                    RecordError(
+                        item.source,
+                        item.line,
+                        item.product.product_id,
+                        reason,
+                        too_large=isinstance(exc, PayloadTooLarge),
+                    )
+                )
+                continue
+            digest = hashlib.sha256(data).hexdigest() if data is not None else None
+            prepared.append((item, data, key, content_hash(item.product, digest)))
+        existing = {} if force else self.catalog.existing([p[0].product.product_id for p in prepared])
+        todo: list[tuple[PendingProduct, Image.Image | None, str | None, str]] = []
+        for item, data, key, chash in prepared:
+            pid = item.product.product_id
+            if not force and pid in existing and existing[pid][0] == chash:
+                report.unchanged += 1
+                report.product_ids.append(pid)
+                continue
+            image = None
+            if data is not None:
+                try:
+                    image = decode_image(
+                        data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
+                    )
+                except InvalidInput as exc:
+                    report.failed.append(
+                        RecordError(
+                            item.source, item.line, pid, str(exc), too_large=isinstance(exc, PayloadTooLarge)
+                        )
+                    )
+                    continue
+                if key is None:
+                    key = image_key_for(pid, data)
+                    self.store.put_bytes(key, data, sniff_content_type(data))
+            todo.append((item, image, key, chash))
+        if not todo:
+            return
+        images = [im for _, im, _, _ in todo if im is not None]
+        img_vecs = iter(self.embedder.clip.embed_images(images)) if images else iter(())
+        txt_vecs = self.embedder.text.embed_texts([t[0].product.embedding_text() for t in todo])
+        now = datetime.now(UTC)
+        records = []
+        for (item, image, key, chash), tvec in zip(todo, txt_vecs, strict=True):
+            p = item.product
+            records.append(
+                ProductRecord(
+                    product=Product(
+                        product_id=p.product_id,
+                        title=p.title,
+                        description=p.description,
+                        category=p.category,
+                        price=p.price,
+                        image=key,
+                        attributes=p.attributes,
+                        created_at=now,
+                        updated_at=now,
+                    ),
+                    image_vector=next(img_vecs) if image is not None else None,
+                    text_vector=tvec,
+                    content_hash=chash,
+                )
+            )
+        self.catalog.upsert(records)
+        report.indexed += len(records)
+        report.product_ids.extend(r.product.product_id for r in records)

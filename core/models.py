@@ -1,0 +1,184 @@
+"""Typed domain objects shared by ingest, catalog and search."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from core.errors import InvalidInput
+
+Vector = NDArray[np.float32]
+
+CORE_FIELDS = ("product_id", "title", "description", "category", "price", "image")
+MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 20_000
+
+
+@dataclass(frozen=True)
+class ProductInput:
+    """A validated product record as it arrives (before embedding)."""
+
+    product_id: str
+    title: str
+    description: str = ""
+    category: str | None = None
+    price: float | None = None
+    image: str | None = None  # object key in the bucket
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def embedding_text(self) -> str:
+        """The text the text encoder sees: title, description, category and attributes."""
+        parts = [self.title.strip()]
+        if self.description.strip():
+            parts.append(self.description.strip())
+        if self.category:
+            parts.append(f"Category: {self.category}")
+        attrs = "; ".join(
+            f"{k}: {v}" for k, v in sorted(self.attributes.items()) if isinstance(v, (str, int, float))
+        )
+        if attrs:
+            parts.append(attrs)
+        return ". ".join(parts)
+
+    @classmethod
+    def from_mapping(cls, raw: Any) -> ProductInput:
+        """Validate a JSON-like mapping; unknown keys become attributes.
+
+        Raises :class:`InvalidInput` naming the first problem found.
+        """
+        if not isinstance(raw, dict):
+            raise InvalidInput(f"a product must be a JSON object, got {type(raw).__name__}")
+        pid = raw.get("product_id")
+        if isinstance(pid, int) and not isinstance(pid, bool):
+            pid = str(pid)
+        if not isinstance(pid, str) or not pid.strip():
+            raise InvalidInput("product_id is required and must be a non-empty string")
+        pid = pid.strip()
+        validate_product_id(pid)
+        title = raw.get("title")
+        if not isinstance(title, str) or not title.strip():
+            raise InvalidInput(f"{pid}: title is required and must be a non-empty string")
+        description = raw.get("description") or ""
+        if not isinstance(description, str):
+            raise InvalidInput(f"{pid}: description must be a string")
+        category = raw.get("category")
+        if category is not None and not isinstance(category, str):
+            raise InvalidInput(f"{pid}: category must be a string")
+        category = category.strip() or None if isinstance(category, str) else None
+        price = parse_price(raw.get("price"), pid)
+        image = raw.get("image")
+        if image is not None and (not isinstance(image, str) or not image.strip()):
+            raise InvalidInput(f"{pid}: image must be an object key (string)")
+        if len(title) > MAX_TEXT_LENGTH or len(description) > MAX_TEXT_LENGTH:
+            raise InvalidInput(f"{pid}: title/description longer than {MAX_TEXT_LENGTH} characters")
+        attributes = {k: v for k, v in raw.items() if k not in CORE_FIELDS and k != "attributes"}
+        nested = raw.get("attributes")
+        if isinstance(nested, dict):
+            attributes = {**nested, **attributes}
+        elif nested is not None:
+            raise InvalidInput(f"{pid}: attributes must be an object")
+        return cls(
+            product_id=pid,
+            title=title.strip(),
+            description=description.strip(),
+            category=category,
+            price=price,
+            image=image.strip() if isinstance(image, str) else None,
+            attributes=attributes,
+        )
+
+
+def validate_product_id(pid: str) -> None:
+    """Product ids are printable, at most 256 characters, with no slashes or control chars."""
+    if len(pid) > MAX_ID_LENGTH:
+        raise InvalidInput(f"product_id longer than {MAX_ID_LENGTH} characters")
+    if any(ch in pid for ch in "/\\") or not pid.isprintable():
+        raise InvalidInput("product_id may not contain slashes or control characters")
+
+
+def parse_price(value: Any, pid: str = "") -> float | None:
+    """Price: absent, or a finite non-negative number (numeric strings accepted)."""
+    prefix = f"{pid}: " if pid else ""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidInput(f"{prefix}price must be a number")
+    try:
+        price = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{prefix}price must be a number, got {value!r}") from None
+    if not math.isfinite(price) or price < 0:
+        raise InvalidInput(f"{prefix}price must be a finite non-negative number, got {value!r}")
+    return price
+
+
+@dataclass(frozen=True)
+class Product:
+    """A product as stored in the catalog (vectors left out)."""
+
+    product_id: str
+    title: str
+    description: str
+    category: str | None
+    price: float | None
+    image: str | None
+    attributes: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Pre-filters applied before ranking. Every hit satisfies all of them."""
+
+    categories: tuple[str, ...] | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_price", "max_price"):
+            v = getattr(self, name)
+            if v is not None and (not math.isfinite(v) or v < 0):
+                raise InvalidInput(f"{name} must be a finite non-negative number")
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise InvalidInput("min_price must not be greater than max_price")
+        if self.categories is not None and len(self.categories) == 0:
+            raise InvalidInput("category filter must name at least one category")
+
+    @property
+    def empty(self) -> bool:
+        return self.categories is None and self.min_price is None and self.max_price is None
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Weights of the two modalities in a fused score."""
+
+    image: float
+    text: float
+
+    def __post_init__(self) -> None:
+        for v in (self.image, self.text):
+            if not math.isfinite(v) or v < 0:
+                raise InvalidInput("weights must be finite and non-negative")
+        if self.image + self.text <= 0:
+            raise InvalidInput("weights.image and weights.text cannot both be 0")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One ranked product with its fused score and the per-modality similarities behind it."""
+
+    product: Product
+    score: float
+    image_similarity: float | None
+    text_similarity: float | None

@@ -1,0 +1,89 @@
+"""The one settings object. Nothing else in the project reads the environment."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration, read from environment variables (and `.env` when present).
+
+    Field names are the environment variable names, case-insensitively (``S3_BUCKET`` ->
+    ``s3_bucket``). Secrets have no defaults.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Object storage
+    s3_endpoint_url: str | None = Field(default=None, description="Empty means AWS S3.")
+    s3_bucket: str = "products"
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_region: str = "us-east-1"
+    catalog_uri: str | None = Field(
+        default=None, description="LanceDB URI; default s3://<S3_BUCKET>/catalog."
+    )
+    catalog_refresh_seconds: float = Field(
+        default=1.0, ge=0, description="How often a query process checks for a new dataset version."
+    )
+    index_min_rows: int = Field(
+        default=5000, ge=256, description="Build ANN + scalar indexes once the table has this many rows."
+    )
+    s3_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Models
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "laion2b_s34b_b79k"
+    text_model: str = "all-MiniLM-L6-v2"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    embed_batch_size: int = Field(default=32, ge=1, le=4096)
+
+    # Ranking
+    image_weight: float = Field(default=0.7, ge=0)
+    text_weight: float = Field(default=0.3, ge=0)
+
+    # Security
+    api_key: SecretStr | None = None
+    webhook_token: SecretStr | None = None
+
+    # Input limits
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_top_k: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _weights_not_both_zero(self) -> Settings:
+        if self.image_weight + self.text_weight <= 0:
+            raise ValueError("IMAGE_WEIGHT and TEXT_WEIGHT cannot both be 0")
+        return self
+
+    @cached_property
+    def resolved_catalog_uri(self) -> str:
+        """Where the LanceDB dataset lives."""
+        return self.catalog_uri or f"s3://{self.s3_bucket}/catalog"
+
+    @property
+    def clip_random_init(self) -> bool:
+        """True in the explicit offline/demo mode (``CLIP_PRETRAINED=none``)."""
+        return self.clip_pretrained.strip().lower() in {"", "none"}
+
+    def storage_options(self) -> dict[str, str]:
+        """Object-store options for LanceDB (only meaningful for ``s3://`` URIs)."""
+        opts: dict[str, str] = {"region": self.aws_region, "timeout": f"{self.s3_timeout_seconds:g}s"}
+        if self.s3_endpoint_url:
+            opts["endpoint"] = self.s3_endpoint_url
+            opts["allow_http"] = str(self.s3_endpoint_url.startswith("http://")).lower()
+            # S3-compatible servers (MinIO, moto) address buckets by path.
+            opts["virtual_hosted_style_request"] = "false"
+        if self.aws_access_key_id is not None:
+            opts["aws_access_key_id"] = self.aws_access_key_id.get_secret_value()
+        if self.aws_secret_access_key is not None:
+            opts["aws_secret_access_key"] = self.aws_secret_access_key.get_secret_value()
+        return opts

@@ -1,0 +1,1 @@
+"""Entry points: the HTTP app factory, the batch indexer, and (later) the Modal app."""

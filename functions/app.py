@@ -1,0 +1,374 @@
+"""The HTTP app factory: parses requests, calls `core`, maps errors. Nothing else."""
+
+
+import base64
+import binascii
+import hmac
+import io
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from starlette.routing import Match
+
+from core import errors
+from core.images import decode_image, sniff_content_type
+from core.ingest import PendingProduct
+from core.models import Filters, Product, ProductInput, SearchHit, Weights
+from core.recommend import cold_start
+from core.search import SearchQuery, search, similar
+from functions.schemas import (
+    DeleteResponse,
+    FiltersIn,
+    HealthResponse,
+    ProductIn,
+    ProductOut,
+    Recommendation,
+    RecommendationsResponse,
+    SearchRequest,
+    SearchResponse,
+    SearchResult,
+    SimilarProduct,
+    SimilarResponse,
+)
+from functions.services import Services
+
+log = logging.getLogger(__name__)
+
+# One table maps the core error tree to HTTP. Order matters: subclasses first.
+ERROR_STATUS: list[tuple[type[errors.ServiceError], int]] = [
+    (errors.NotFound, 404),
+    (errors.PayloadTooLarge, 413),
+    (errors.InvalidImage, 422),
+    (errors.InvalidInput, 422),
+    (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
+    (errors.Unavailable, 503),
+    (errors.ModelLoadError, 503),
+    (errors.ConfigError, 500),
+]
+
+
+def status_for(exc: errors.ServiceError) -> int:
+    for cls, code in ERROR_STATUS:
+        if isinstance(exc, cls):
+            return code
+    return 500
+
+
+def _decode_b64(data: str) -> bytes:
+    if data.startswith("data:"):
+        _, _, data = data.partition(",")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.InvalidImage("image_base64 is not valid base64") from None
+
+
+class Metrics:
+    """Prometheus metrics of one app instance (own registry, so several apps can coexist)."""
+
+    def __init__(self, services: Services) -> None:
+        self.registry = CollectorRegistry()
+        self.request_duration = Histogram(
+            "api_request_duration_seconds",
+            "HTTP request latency by route",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        products = Gauge("catalog_products", "Products in the catalog", registry=self.registry)
+        products.set_function(lambda: float(services.catalog.count()))
+        version = Gauge("catalog_dataset_version", "Served dataset version", registry=self.registry)
+        version.set_function(lambda: float(services.catalog.version))
+        random_init = Gauge(
+            "clip_random_init", "1 when CLIP runs with random weights (CLIP_PRETRAINED=none)",
+            registry=self.registry,
+        )
+        random_init.set(1.0 if services.embedder.clip.random_init else 0.0)
+
+
+def create_app(services: Services) -> FastAPI:
+    """Build the HTTP app around already-loaded services (models, catalog, bucket)."""
+    settings = services.settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("serving catalog %s (%d products)", services.catalog.uri, services.catalog.count())
+        yield
+
+    app = FastAPI(
+        title="Multimodal product search & recommendations",
+        version=services.version,
+        description="Text and image search, similar products and recommendations over a "
+        "LanceDB catalog on S3-compatible storage.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    metrics = Metrics(services)
+    app.state.metrics = metrics
+    weights_default = services.default_weights
+
+    @app.middleware("http")
+    async def limit_and_time(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > settings.max_request_bytes
+            except ValueError:
+                return JSONResponse({"detail": "invalid Content-Length"}, status_code=400)
+            if too_big:
+                return JSONResponse(
+                    {"detail": f"request body over {settings.max_request_bytes} bytes"}, status_code=413
+                )
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = "unmatched"
+        for r in app.router.routes:
+            if r.matches(request.scope)[0] == Match.FULL:
+                route = getattr(r, "path", "unmatched")
+                break
+        metrics.request_duration.labels(request.method, route, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    @app.exception_handler(errors.ServiceError)
+    async def service_error(request: Request, exc: errors.ServiceError) -> JSONResponse:
+        code = status_for(exc)
+        if code >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    def require_api_key(authorization: Annotated[str | None, Header()] = None) -> None:
+        if settings.api_key is None:
+            return
+        if not authorization:
+            raise errors.Unauthorized("this write needs Authorization: Bearer <API_KEY>")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), settings.api_key.get_secret_value().encode()
+        ):
+            raise errors.Forbidden("invalid API key")
+
+    def image_url(request: Request, p: Product) -> str | None:
+        return str(request.url_for("product_image", product_id=p.product_id)) if p.image else None
+
+    def product_out(request: Request, p: Product) -> ProductOut:
+        return ProductOut(
+            product_id=p.product_id,
+            title=p.title,
+            description=p.description,
+            category=p.category,
+            price=p.price,
+            image=p.image,
+            image_url=image_url(request, p),
+            attributes=p.attributes,
+            created_at=p.created_at,
+            updated_at=p.updated_at,
+        )
+
+    def filters_from(f: FiltersIn | None) -> Filters:
+        if f is None:
+            return Filters()
+        cats = (f.category,) if isinstance(f.category, str) else tuple(f.category) if f.category else None
+        return Filters(categories=cats, min_price=f.min_price, max_price=f.max_price)
+
+    def query_filters(
+        category: Annotated[list[str] | None, Query(description="Category (repeat for any-of).")] = None,
+        min_price: Annotated[float | None, Query(ge=0)] = None,
+        max_price: Annotated[float | None, Query(ge=0)] = None,
+    ) -> Filters:
+        try:
+            return filters_from(FiltersIn(category=category, min_price=min_price, max_price=max_price))
+        except ValueError as exc:
+            raise errors.InvalidInput(str(exc)) from None
+
+    def result(request: Request, h: SearchHit) -> SearchResult:
+        p = h.product
+        return SearchResult(
+            product_id=p.product_id,
+            title=p.title,
+            description=p.description,
+            category=p.category,
+            price=p.price,
+            image_url=image_url(request, p),
+            score=round(h.score, 6),
+            image_similarity=None if h.image_similarity is None else round(h.image_similarity, 6),
+            text_similarity=None if h.text_similarity is None else round(h.text_similarity, 6),
+            attributes=p.attributes,
+        )
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    @app.post("/search", response_model=SearchResponse, tags=["search"])
+    def search_products(body: SearchRequest, request: Request) -> SearchResponse:
+        """Text search, search by photo (`image_base64`), or both; with filters and weights."""
+        started = time.perf_counter()
+        image = None
+        if body.image_base64:
+            image = decode_image(
+                _decode_b64(body.image_base64),
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+            )
+        q = SearchQuery(
+            text=body.query,
+            image=image,
+            top_k=body.top_k,
+            filters=filters_from(body.filters),
+            weights=Weights(body.weights.image, body.weights.text) if body.weights else None,
+        )
+        hits = search(services.catalog, services.embedder, q, weights_default)
+        return SearchResponse(
+            results=[result(request, h) for h in hits],
+            query_time_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    @app.get("/similar/{product_id}", response_model=SimilarResponse, tags=["search"])
+    def similar_products(
+        request: Request,
+        product_id: Annotated[str, Path(max_length=256)],
+        filters: Annotated[Filters, Depends(query_filters)],
+        top_k: Annotated[int, Query(ge=1, le=100)] = 10,
+    ) -> SimilarResponse:
+        """Products most like this one (never itself). 404 for an unknown product."""
+        started = time.perf_counter()
+        hits = similar(services.catalog, product_id, top_k, weights_default, filters)
+        return SimilarResponse(
+            product_id=product_id,
+            similar_products=[
+                SimilarProduct(
+                    product_id=h.product.product_id,
+                    title=h.product.title,
+                    category=h.product.category,
+                    price=h.product.price,
+                    image_url=image_url(request, h.product),
+                    similarity=round(h.score, 6),
+                )
+                for h in hits
+            ],
+            query_time_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    @app.get("/recommendations/{user_id}", response_model=RecommendationsResponse, tags=["recommend"])
+    def recommendations(
+        request: Request,
+        user_id: Annotated[str, Path(min_length=1, max_length=256)],
+        filters: Annotated[Filters, Depends(query_filters)],
+        top_k: Annotated[int, Query(ge=1, le=100)] = 10,
+    ) -> RecommendationsResponse:
+        """Recommendations for a user. Without interaction history every user is cold-start:
+        the newest products, each with its reason."""
+        recs = cold_start(services.catalog, top_k, filters)
+        return RecommendationsResponse(
+            user_id=user_id,
+            strategy="cold_start",
+            recommendations=[
+                Recommendation(
+                    product_id=r.product.product_id,
+                    title=r.product.title,
+                    category=r.product.category,
+                    price=r.product.price,
+                    image_url=image_url(request, r.product),
+                    score=round(r.score, 6),
+                    reason=r.reason,
+                )
+                for r in recs
+            ],
+        )
+
+    @app.get("/products/{product_id}", response_model=ProductOut, tags=["products"])
+    def get_product(request: Request, product_id: Annotated[str, Path(max_length=256)]) -> ProductOut:
+        return product_out(request, services.catalog.get(product_id))
+
+    @app.put(
+        "/products/{product_id}",
+        response_model=ProductOut,
+        tags=["products"],
+        dependencies=[Depends(require_api_key)],
+    )
+    def put_product(
+        request: Request, product_id: Annotated[str, Path(max_length=256)], body: ProductIn
+    ) -> ProductOut:
+        """Create or replace a product (PUT replaces: fields left out are cleared, the image too).
+        The image comes as `image_base64` (stored in the bucket) or `image` (an existing key)."""
+        if body.product_id is not None and body.product_id != product_id:
+            raise errors.InvalidInput("product_id in the body does not match the path")
+        raw: dict[str, Any] = body.model_dump(exclude={"image_base64", "product_id"}, exclude_none=True)
+        raw["product_id"] = product_id
+        product = ProductInput.from_mapping(raw)
+        data = _decode_b64(body.image_base64) if body.image_base64 else None
+        pending = PendingProduct(product, source="api", image_bytes=data, image_key=product.image)
+        report = services.indexer.index([pending])
+        if report.failed:
+            failure = report.failed[0]
+            raise (errors.PayloadTooLarge if failure.too_large else errors.InvalidInput)(failure.reason)
+        return product_out(request, services.catalog.get(product_id))
+
+    @app.delete(
+        "/products/{product_id}",
+        response_model=DeleteResponse,
+        tags=["products"],
+        dependencies=[Depends(require_api_key)],
+    )
+    def delete_product(product_id: Annotated[str, Path(max_length=256)]) -> DeleteResponse:
+        services.catalog.delete(product_id)
+        return DeleteResponse(product_id=product_id, deleted=True)
+
+    @app.get("/products/{product_id}/image", name="product_image", tags=["products"])
+    def product_image(product_id: Annotated[str, Path(max_length=256)]) -> Response:
+        """The product's image bytes (404 if the product has none)."""
+        p = services.catalog.get(product_id)
+        if p.image is None:
+            raise errors.NotFound(f"product {product_id!r} has no image")
+        data = services.store.get_bytes(p.image, max_bytes=settings.max_image_bytes)
+        return Response(
+            data,
+            media_type=sniff_content_type(data),
+            headers={"Cache-Control": "public, max-age=300"},
+        )
+
+    @app.get("/health", response_model=HealthResponse, tags=["ops"])
+    def health(response: Response) -> HealthResponse:
+        db_ok = services.catalog.ping()
+        s3_ok = services.store.ping()
+        count = version = None
+        if db_ok:
+            try:
+                count, version = services.catalog.count(), services.catalog.version
+            except errors.Unavailable:
+                db_ok = False
+        clip = services.embedder.clip
+        status = "healthy"
+        if services.warnings:
+            status = "degraded"
+        if not db_ok:
+            status = "unhealthy"
+            response.status_code = 503
+        return HealthResponse(
+            status=status,
+            version=services.version,
+            models_loaded=True,
+            database_connected=db_ok,
+            storage_connected=s3_ok,
+            product_count=count,
+            dataset_version=version,
+            clip_model=clip.name,
+            clip_mode="random-init (CLIP_PRETRAINED=none)" if clip.random_init else "pretrained",
+            text_model=services.embedder.text.name,
+            warnings=services.warnings,
+        )
+
+    @app.get("/metrics", tags=["ops"])
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,175 @@
+"""Request and response bodies of the HTTP API (the public contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class FiltersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: str | list[str] | None = Field(default=None, description="One category or a list (any of).")
+    min_price: float | None = Field(default=None, ge=0)
+    max_price: float | None = Field(default=None, ge=0)
+
+    @field_validator("category")
+    @classmethod
+    def _categories(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and (not v or len(v) > 100):
+            raise ValueError("category list must have 1..100 entries")
+        return v
+
+    @field_validator("min_price", "max_price")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> FiltersIn:
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise ValueError("min_price must not be greater than max_price")
+        return self
+
+
+class WeightsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: float = Field(ge=0, le=1000)
+    text: float = Field(ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> WeightsIn:
+        if self.image + self.text <= 0:
+            raise ValueError("weights.image and weights.text cannot both be 0")
+        return self
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = Field(default=None, max_length=1000, description="Text query.")
+    image_base64: str | None = Field(default=None, description="Query photo, base64 (data: URLs accepted).")
+    top_k: int = Field(default=10, ge=1, le=100)
+    filters: FiltersIn | None = None
+    weights: WeightsIn | None = None
+
+    @model_validator(mode="after")
+    def _something_to_search(self) -> SearchRequest:
+        if (self.query is None or not self.query.strip()) and not self.image_base64:
+            raise ValueError("query or image_base64 is required")
+        return self
+
+
+class ProductOut(BaseModel):
+    product_id: str
+    title: str
+    description: str
+    category: str | None
+    price: float | None
+    image: str | None = Field(description="Object key of the image in the bucket.")
+    image_url: str | None
+    attributes: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class SearchResult(BaseModel):
+    product_id: str
+    title: str
+    description: str
+    category: str | None
+    price: float | None
+    image_url: str | None
+    score: float
+    image_similarity: float | None = None
+    text_similarity: float | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    query_time_ms: float
+
+
+class SimilarProduct(BaseModel):
+    product_id: str
+    title: str
+    category: str | None
+    price: float | None
+    image_url: str | None
+    similarity: float
+
+
+class SimilarResponse(BaseModel):
+    product_id: str
+    similar_products: list[SimilarProduct]
+    query_time_ms: float
+
+
+class ProductIn(BaseModel):
+    """Product fields for PUT. Unknown fields are kept as attributes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    product_id: str | None = Field(default=None, description="Optional; must match the path.")
+    title: str = Field(min_length=1, max_length=20_000)
+    description: str = Field(default="", max_length=20_000)
+    category: str | None = Field(default=None, max_length=200)
+    price: float | None = Field(default=None, ge=0)
+    image_base64: str | None = Field(default=None, description="Image bytes, base64.")
+    image: str | None = Field(default=None, description="Key of an image object in the bucket.")
+    attributes: dict[str, Any] | None = None
+
+    @field_validator("price")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("price must be a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _one_image(self) -> ProductIn:
+        if self.image_base64 and self.image:
+            raise ValueError("give either image_base64 or image, not both")
+        return self
+
+
+class DeleteResponse(BaseModel):
+    product_id: str
+    deleted: bool
+
+
+class Recommendation(BaseModel):
+    product_id: str
+    title: str
+    category: str | None
+    price: float | None
+    image_url: str | None
+    score: float
+    reason: str
+
+
+class RecommendationsResponse(BaseModel):
+    user_id: str
+    recommendations: list[Recommendation]
+    strategy: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    version: str
+    models_loaded: bool
+    database_connected: bool
+    storage_connected: bool
+    product_count: int | None
+    dataset_version: int | None
+    clip_model: str
+    clip_mode: str
+    text_model: str
+    warnings: list[str]

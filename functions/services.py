@@ -1,0 +1,70 @@
+"""Everything a request handler needs, built once per process."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from core import __version__
+from core.catalog import Catalog
+from core.embedding import Embedder, load_embedder
+from core.ingest import Indexer
+from core.models import Weights
+from core.settings import Settings
+from core.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Settings, models, catalog and bucket of one process."""
+
+    settings: Settings
+    embedder: Embedder
+    catalog: Catalog
+    store: ObjectStore
+    indexer: Indexer
+    version: str = __version__
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        warnings: list[str] | None = None,
+    ) -> Services:
+        """Load the models (unless given) and open the bucket and catalog."""
+        embedder = embedder or load_embedder(settings)
+        store = ObjectStore(settings)
+        catalog = Catalog.from_settings(
+            settings, clip_dim=embedder.clip.dim, text_dim=embedder.text.dim, space=embedder.space
+        )
+        svc = cls(
+            settings=settings,
+            embedder=embedder,
+            catalog=catalog,
+            store=store,
+            indexer=Indexer(catalog, embedder, store, settings),
+            warnings=list(warnings or []),
+        )
+        if embedder.clip.random_init:
+            svc.warnings.append(
+                "CLIP_PRETRAINED=none: CLIP runs with random weights (offline/demo mode); image "
+                "search and text-to-image scores are not meaningful."
+            )
+        stored = catalog.stored_space
+        if stored and stored != embedder.space:
+            svc.warnings.append(
+                f"catalog vectors were made with {stored}, but this process embeds queries with "
+                f"{embedder.space}; re-index the catalog or configure the same models."
+            )
+        for w in svc.warnings:
+            log.warning(w)
+        return svc
+
+    @property
+    def default_weights(self) -> Weights:
+        return Weights(image=self.settings.image_weight, text=self.settings.text_weight)

@@ -1,0 +1,76 @@
+"""Shared fixtures: a real S3 protocol server (moto in server mode, over HTTP) and settings."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from core.embedding import Embedder
+from core.embedding.fake import fake_embedder
+from core.settings import Settings
+from functions.services import Services
+
+ACCESS = "test-access-key"
+SECRET = "test-secret-key"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3 server on loopback for the whole session."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    """A fresh bucket per test."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+        aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
+    ).create_bucket(Bucket=name)
+    return name
+
+
+def make_settings(endpoint: str, bucket: str, **overrides: object) -> Settings:
+    base: dict[str, object] = {
+        "s3_endpoint_url": endpoint,
+        "s3_bucket": bucket,
+        "aws_access_key_id": ACCESS,
+        "aws_secret_access_key": SECRET,
+        "catalog_refresh_seconds": 0,
+        "_env_file": None,
+    }
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def s3_settings(s3_endpoint: str, bucket: str) -> Settings:
+    """Settings pointing at a fresh bucket on the S3 server."""
+    return make_settings(s3_endpoint, bucket)
+
+
+@pytest.fixture
+def local_settings(tmp_path: Path) -> Settings:
+    """Settings with the catalog in a temp dir (the bucket is still needed for images)."""
+    return Settings(catalog_uri=str(tmp_path / "catalog"), catalog_refresh_seconds=0, _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def fake() -> Embedder:
+    return fake_embedder()
+
+
+@pytest.fixture
+def services(s3_settings: Settings, fake: Embedder) -> Services:
+    """Services on the S3 server with the deterministic fake embedder."""
+    return Services.from_settings(s3_settings, embedder=fake)
