@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -64,7 +63,7 @@ class Settings(BaseSettings):
             raise ValueError("IMAGE_WEIGHT and TEXT_WEIGHT cannot both be 0")
         return self
 
-    @cached_property
+    @property
     def resolved_catalog_uri(self) -> str:
         """Where the LanceDB dataset lives."""
         return self.catalog_uri or f"s3://{self.s3_bucket}/catalog"

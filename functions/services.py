@@ -53,7 +53,8 @@ class Services:
         if embedder.clip.random_init:
             svc.warnings.append(
                 "CLIP_PRETRAINED=none: CLIP runs with random weights (offline/demo mode); image "
-                "search and text-to-image scores are not meaningful."
+                "search and text-to-image scores are not meaningful, so default ranking uses "
+                "text only (weights image=0, text=1)."
             )
         stored = catalog.stored_space
         if stored and stored != embedder.space:
@@ -67,4 +68,8 @@ class Services:
 
     @property
     def default_weights(self) -> Weights:
+        """IMAGE_WEIGHT / TEXT_WEIGHT; with random-init CLIP the image side is noise, so the
+        default ranks on text alone (a request's own weights still apply)."""
+        if self.embedder.clip.random_init:
+            return Weights(image=0.0, text=1.0)
         return Weights(image=self.settings.image_weight, text=self.settings.text_weight)

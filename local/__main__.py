@@ -1,0 +1,174 @@
+"""``python -m local``: the dev runner.
+
+    serve                 embedded S3 (unless S3_ENDPOINT_URL is set) + sample data + HTTP app
+    index SOURCE          index a folder or s3://<bucket>/<prefix> into the catalog
+    sample --out DIR      write a synthetic catalog (products.jsonl + images/) to a folder
+    import-fashion-mnist  index real Fashion-MNIST product images (Debian dataset-fashion-mnist)
+    import-kaggle DIR     index a Kaggle "Fashion Product Images" folder (styles.csv + images/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from core.errors import ServiceError
+from core.settings import Settings
+
+DEFAULT_DATA_DIR = Path(".local-data")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    class _QuietServer(uvicorn.Server):
+        """uvicorn re-raises Ctrl-C after its graceful shutdown; we stop cleanly instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
+    from functions.app import create_app
+    from local.runtime import build_services, s3_endpoint, seed_sample
+
+    with s3_endpoint(Settings(), args.data_dir, port=args.s3_port, own=True) as ep:
+        settings = ep.settings
+        services = build_services(settings)
+        if args.sample:
+            report = seed_sample(services, args.sample)
+            print(report.summary(), flush=True)
+        base = f"http://{args.host}:{args.port}"
+        where = "embedded, data in " + str(args.data_dir / "s3") if ep.embedded else "external"
+        print(
+            "\n".join(
+                [
+                    "",
+                    f"  API            {base}",
+                    f"  API docs (UI)  {base}/docs",
+                    f"  health         {base}/health",
+                    f"  metrics        {base}/metrics",
+                    f"  S3 endpoint    {settings.s3_endpoint_url} ({where})",
+                    f"  bucket         {settings.s3_bucket}",
+                    f"  catalog        {settings.resolved_catalog_uri} "
+                    f"({services.catalog.count()} products)",
+                    "  Ctrl-C stops everything; data is kept for the next start.",
+                    "",
+                ]
+            ),
+            flush=True,
+        )
+        config = uvicorn.Config(create_app(services), host=args.host, port=args.port, log_level=args.log_level)
+        _QuietServer(config).run()
+    print("stopped; local data saved.", flush=True)
+    return 0
+
+
+def _with_services(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from local.runtime import build_services, s3_endpoint
+
+    class _Ctx:
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            self._ep = s3_endpoint(Settings(), args.data_dir)
+            ep = self._ep.__enter__()
+            return build_services(ep.settings)
+
+        def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+            return self._ep.__exit__(*exc)
+
+    return _Ctx()
+
+
+def _index(args: argparse.Namespace) -> int:
+    from functions.indexer import index_source
+
+    with _with_services(args) as services:
+        report = index_source(services, args.source, force=args.force)
+        print(report.summary())
+    return 0 if report.indexed + report.unchanged > 0 or not report.failed else 1
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from local.sample import generate, write_folder
+
+    path = write_folder(generate(args.num_products, seed=args.seed), args.out)
+    print(f"wrote {args.num_products} products to {path} (images in {args.out / 'images'})")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from local import importers
+
+    with _with_services(args) as services:
+        if args.command == "import-fashion-mnist":
+            items = importers.fashion_mnist(args.root, limit=args.limit, split=args.split)
+            total = args.limit
+        else:
+            items = importers.kaggle_fashion(args.folder, limit=args.limit)
+            total = args.limit
+        report = services.indexer.index(items, progress=True, total=total, desc=args.command)
+        services.catalog.ensure_indexes()
+        print(report.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="where the embedded S3 server keeps its objects (default .local-data)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the service locally")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--s3-port", type=int, default=0, help="embedded S3 port (default: a free one)")
+    p.add_argument("--sample", type=int, default=0, metavar="N", help="seed N sample products")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("index", help="index a folder or s3://bucket/prefix")
+    p.add_argument("source")
+    p.add_argument("--force", action="store_true", help="re-embed unchanged products too")
+    p.set_defaults(func=_index)
+
+    p = sub.add_parser("sample", help="write a synthetic catalog to a folder")
+    p.add_argument("--num-products", type=int, default=200)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("import-fashion-mnist", help="index Fashion-MNIST product images")
+    p.add_argument("--root", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    p.add_argument("--split", choices=["train", "t10k"], default="t10k")
+    p.add_argument("--limit", type=int, default=1000)
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("import-kaggle", help="index a Kaggle Fashion Product Images folder")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("botocore", "urllib3", "werkzeug", "httpx", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ServiceError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Bring up what a local command needs: an S3 endpoint (embedded unless configured), the bucket,
+the models (with the dev-only offline CLIP fallback) and the services."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from core.embedding import Embedder, load_embedder
+from core.errors import ModelLoadError
+from core.ingest import IngestReport, iter_bucket_prefix
+from core.settings import Settings
+from core.storage import ObjectStore
+from functions.services import Services
+from local.s3server import ACCESS_KEY, SECRET_KEY, EmbeddedS3
+from local.sample import generate
+
+log = logging.getLogger(__name__)
+
+BANNER = "!" * 78
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class Endpoint:
+    settings: Settings
+    embedded: EmbeddedS3 | None
+
+
+@contextlib.contextmanager
+def s3_endpoint(settings: Settings, data_dir: Path, *, port: int = 0, own: bool = False) -> Iterator[Endpoint]:
+    """Settings pointing at a usable S3 endpoint.
+
+    ``S3_ENDPOINT_URL`` set: used as is (MinIO, AWS). Otherwise, unless ``own``, a dev server
+    already running on ``data_dir`` is reused; else an embedded server is started on ``data_dir``
+    and stopped (after a final mirror to disk) when the block exits.
+    """
+    if settings.s3_endpoint_url:
+        yield Endpoint(settings, None)
+        return
+    state = data_dir / "s3-endpoint.json"
+    if not own and state.exists():
+        info = json.loads(state.read_text())
+        if _pid_alive(int(info.get("pid", -1))):
+            log.info("using the running dev server's S3 endpoint %s", info["url"])
+            yield Endpoint(_with_endpoint(settings, info["url"]), None)
+            return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedS3(data_dir / "s3", port=port).start()
+    server.write_state(state)
+    try:
+        yield Endpoint(_with_endpoint(settings, server.url), server)
+    finally:
+        state.unlink(missing_ok=True)
+        server.stop()
+
+
+def _with_endpoint(settings: Settings, url: str) -> Settings:
+    return settings.model_copy(
+        update={
+            "s3_endpoint_url": url,
+            "aws_access_key_id": SecretStr(ACCESS_KEY),
+            "aws_secret_access_key": SecretStr(SECRET_KEY),
+        }
+    )
+
+
+def _network_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
+
+
+def load_models_with_fallback(settings: Settings) -> tuple[Embedder, list[str]]:
+    """Load the configured models; if CLIP weights cannot be had, fall back to random-init CLIP
+    with a loud banner. Only the dev runner does this: deployed functions fail instead."""
+    warnings: list[str] = []
+    if not settings.clip_random_init and not _network_reachable():
+        # No network: let huggingface_hub answer from its cache at once instead of retrying.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return load_embedder(settings), warnings
+    except ModelLoadError as exc:
+        msg = (
+            f"CLIP weights {settings.clip_model}/{settings.clip_pretrained} could not be loaded "
+            f"({exc.__cause__ or exc}). The dev runner falls back to CLIP_PRETRAINED=none: RANDOM "
+            "CLIP weights, so image search and text-to-image scores are NOT meaningful. Text "
+            "search still uses the real MiniLM sentence model. Put the weights in the HF cache or "
+            "set CLIP_PRETRAINED to a local checkpoint to fix this."
+        )
+        print(f"\n{BANNER}\n{msg}\n{BANNER}\n", file=sys.stderr, flush=True)
+        warnings.append(msg)
+        return load_embedder(settings, clip_pretrained="none"), warnings
+
+
+def build_services(settings: Settings, *, fallback: bool = True) -> Services:
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    if fallback:
+        embedder, warnings = load_models_with_fallback(settings)
+    else:
+        embedder, warnings = load_embedder(settings), []
+    return Services.from_settings(settings, embedder=embedder, warnings=warnings)
+
+
+SAMPLE_PREFIX = "samples/"
+
+
+def seed_sample(services: Services, n: int, *, progress: bool = True) -> IngestReport:
+    """Put ``n`` generated products (images + products.jsonl) under ``samples/`` in the bucket and
+    index them. Idempotent: unchanged objects are not re-uploaded, unchanged products not re-embedded."""
+    products = generate(n, text_only_every=10)
+    store = services.store
+    have = {o.key: o.etag for o in store.list(SAMPLE_PREFIX)}
+    for p in products:
+        if not p.image:
+            continue
+        key = SAMPLE_PREFIX + p.image_name
+        p.record["image"] = key
+        if have.get(key) != hashlib.md5(p.image).hexdigest():
+            store.put_bytes(key, p.image, "image/jpeg")
+    body = "".join(json.dumps(p.record) + "\n" for p in products).encode()
+    key = SAMPLE_PREFIX + "products.jsonl"
+    if have.get(key) != hashlib.md5(body).hexdigest():
+        store.put_bytes(key, body, "application/x-ndjson")
+    report = services.indexer.index(
+        (i for i in iter_bucket_prefix(store, key, services.settings)),
+        progress=progress,
+        total=n,
+        desc="indexing sample catalog",
+    )
+    services.catalog.ensure_indexes()
+    return report
