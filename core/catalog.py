@@ -20,6 +20,7 @@ from typing import Any, Literal
 import lancedb
 import numpy as np
 import pyarrow as pa
+from lancedb.index import BTree, Bitmap, IvfPq
 
 from core.errors import ConfigError, InvalidInput, NotFound, Unavailable
 from core.models import Filters, Product, Vector
@@ -360,18 +361,18 @@ class Catalog:
         with self._write_lock, _storage_errors("index"):
             for col in ("product_id", "category", "price"):
                 if col not in have:
-                    kind = "BITMAP" if col == "category" else "BTREE"
-                    self._table.create_scalar_index(col, index_type=kind)  # type: ignore[arg-type]
+                    scalar = Bitmap() if col == "category" else BTree()
+                    self._table.create_index(col, config=scalar)
                     created.append(col)
             for col, dim in (("image_vector", self.clip_dim), ("text_vector", self.text_dim)):
                 if col not in have:
-                    self._table.create_index(
-                        metric="dot",
-                        vector_column_name=col,
-                        index_type="IVF_PQ",
+                    # ~sqrt(n) partitions; 16 dims per PQ sub-vector; full vectors re-rank (refine).
+                    ivf = IvfPq(
+                        distance_type="dot",
                         num_partitions=max(1, int(math.sqrt(n))),
                         num_sub_vectors=max(1, dim // 16),
                     )
+                    self._table.create_index(col, config=ivf)
                     created.append(col)
             if not created:
                 self._table.optimize()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from core.embedding import Embedder
 from core.embedding.fake import fake_embedder
 from core.settings import Settings
 from functions.services import Services
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server's access log
 
 ACCESS = "test-access-key"
 SECRET = "test-secret-key"

@@ -1,0 +1,222 @@
+"""Python client for the product search & recommendation API.
+
+    from sdk import RecommendationClient
+    client = RecommendationClient("http://localhost:8000")
+    for hit in client.search("blue running shoes", top_k=5):
+        print(hit.title, hit.price, hit.score)
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "APIError",
+    "AuthError",
+    "NotFoundError",
+    "Product",
+    "Recommendation",
+    "RecommendationClient",
+    "SearchResult",
+    "ServerError",
+    "SimilarProduct",
+    "ValidationError",
+]
+
+
+class APIError(Exception):
+    """An HTTP error answer; ``status`` and the server's ``detail`` are kept."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class NotFoundError(APIError):
+    """404: unknown product."""
+
+
+class ValidationError(APIError):
+    """400/413/422: the request was rejected."""
+
+
+class AuthError(APIError):
+    """401/403: missing or wrong API key."""
+
+
+class ServerError(APIError):
+    """5xx: the service could not answer (retry later)."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    product_id: str
+    title: str
+    description: str
+    category: str | None
+    price: float | None
+    image_url: str | None
+    score: float
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SimilarProduct:
+    product_id: str
+    title: str
+    category: str | None
+    price: float | None
+    image_url: str | None
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    product_id: str
+    title: str
+    score: float
+    reason: str
+    category: str | None = None
+    price: float | None = None
+    image_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Product:
+    product_id: str
+    title: str
+    description: str
+    category: str | None
+    price: float | None
+    image: str | None
+    image_url: str | None
+    attributes: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+
+def _pick(cls: type, data: dict[str, Any]) -> Any:
+    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class RecommendationClient:
+    """Synchronous client. ``api_key`` is sent as a Bearer token (needed for writes when the
+    server has ``API_KEY`` set)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RecommendationClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServerError(0, f"cannot reach {self._http.base_url}: {exc}") from exc
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+                detail = body.get("detail", body) if isinstance(body, dict) else body
+            except ValueError:
+                detail = resp.text
+            code = resp.status_code
+            cls = (NotFoundError if code == 404 else AuthError if code in (401, 403)
+                   else ValidationError if code < 500 else ServerError)
+            raise cls(code, detail)
+        return resp.json()
+
+    @staticmethod
+    def _filters(category: str | list[str] | None, min_price: float | None,
+                 max_price: float | None) -> dict[str, Any] | None:
+        f = {k: v for k, v in {"category": category, "min_price": min_price, "max_price": max_price}.items()
+             if v is not None}
+        return f or None
+
+    def search(self, query: str, top_k: int = 10, *, category: str | list[str] | None = None,
+               min_price: float | None = None, max_price: float | None = None,
+               weights: tuple[float, float] | None = None) -> list[SearchResult]:
+        """Text search. ``weights`` is ``(image, text)``."""
+        return self._search({"query": query}, top_k, category, min_price, max_price, weights)
+
+    def search_image(self, image: bytes | str | Path, top_k: int = 10, *, query: str | None = None,
+                     category: str | list[str] | None = None, min_price: float | None = None,
+                     max_price: float | None = None) -> list[SearchResult]:
+        """Search by photo (bytes or a file path), optionally with a text query too."""
+        data = Path(image).read_bytes() if isinstance(image, (str, Path)) else image
+        body: dict[str, Any] = {"image_base64": base64.b64encode(data).decode()}
+        if query:
+            body["query"] = query
+        return self._search(body, top_k, category, min_price, max_price, None)
+
+    def _search(self, body: dict[str, Any], top_k: int, category: str | list[str] | None,
+                min_price: float | None, max_price: float | None,
+                weights: tuple[float, float] | None) -> list[SearchResult]:
+        body["top_k"] = top_k
+        filters = self._filters(category, min_price, max_price)
+        if filters:
+            body["filters"] = filters
+        if weights:
+            body["weights"] = {"image": weights[0], "text": weights[1]}
+        data = self._call("POST", "/search", json=body)
+        return [_pick(SearchResult, r) for r in data["results"]]
+
+    def find_similar(self, product_id: str, top_k: int = 10) -> list[SimilarProduct]:
+        data = self._call("GET", f"/similar/{product_id}", params={"top_k": top_k})
+        return [_pick(SimilarProduct, r) for r in data["similar_products"]]
+
+    def get_recommendations(self, user_id: str, top_k: int = 10, *, category: str | None = None,
+                            min_price: float | None = None,
+                            max_price: float | None = None) -> list[Recommendation]:
+        params = {"top_k": top_k, **(self._filters(category, min_price, max_price) or {})}
+        data = self._call("GET", f"/recommendations/{user_id}", params=params)
+        return [_pick(Recommendation, r) for r in data["recommendations"]]
+
+    def get_product(self, product_id: str) -> Product:
+        return _pick(Product, self._call("GET", f"/products/{product_id}"))
+
+    def put_product(self, product_id: str, title: str, *, description: str = "",
+                    category: str | None = None, price: float | None = None,
+                    image: bytes | str | Path | None = None, image_key: str | None = None,
+                    **attributes: Any) -> Product:
+        """Create or replace a product. ``image`` is bytes or a local file; ``image_key`` names an
+        object already in the bucket. Extra keyword arguments are stored as attributes."""
+        body: dict[str, Any] = {"title": title, "description": description, **attributes}
+        if category is not None:
+            body["category"] = category
+        if price is not None:
+            body["price"] = price
+        if image is not None:
+            data = Path(image).read_bytes() if isinstance(image, (str, Path)) else image
+            body["image_base64"] = base64.b64encode(data).decode()
+        if image_key is not None:
+            body["image"] = image_key
+        return _pick(Product, self._call("PUT", f"/products/{product_id}", json=body))
+
+    def delete_product(self, product_id: str) -> None:
+        self._call("DELETE", f"/products/{product_id}")
+
+    def health(self) -> dict[str, Any]:
+        """The health document; also returned (not raised) when the server answers 503."""
+        try:
+            return dict(self._call("GET", "/health"))
+        except ServerError as exc:
+            if isinstance(exc.detail, dict):
+                return exc.detail
+            raise

@@ -1,0 +1,185 @@
+"""The HTTP contract through the app factory (fake embedder, catalog on the S3 server)."""
+
+import base64
+import io
+import uuid
+
+import boto3
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from core.embedding import Embedder
+from core.ingest import PendingProduct
+from core.models import ProductInput
+from core.settings import Settings
+from functions.app import create_app
+from functions.services import Services
+from local.sample import generate
+from tests.conftest import ACCESS, SECRET, make_settings
+from tests.helpers import jpeg
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client(s3_endpoint: str, fake: Embedder) -> TestClient:
+    """One seeded catalog per module (one batch commit); tests that write use their own ids."""
+    bucket = f"api-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id=ACCESS,
+                 aws_secret_access_key=SECRET).create_bucket(Bucket=bucket)
+    services = Services.from_settings(make_settings(s3_endpoint, bucket), embedder=fake)
+    items = []
+    for p in generate(18, text_only_every=6, image_size=48):
+        rec = {k: v for k, v in p.record.items() if k != "image"}
+        items.append(PendingProduct(ProductInput.from_mapping(rec), image_bytes=p.image or None))
+    assert services.indexer.index(items).indexed == 18
+    return TestClient(create_app(services))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_search_text_and_filters(client: TestClient) -> None:
+    r = client.post("/search", json={"query": "striped cotton", "top_k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["results"]) == 5 and body["query_time_ms"] >= 0
+    first = body["results"][0]
+    assert set(first) >= {"product_id", "title", "description", "category", "price", "image_url", "score"}
+    r = client.post("/search", json={"query": "bag", "top_k": 100,
+                                     "filters": {"category": ["Bags", "Home"], "min_price": 5, "max_price": 80}})
+    for hit in r.json()["results"]:
+        assert hit["category"] in ("Bags", "Home") and 5 <= hit["price"] <= 80
+
+
+def test_search_by_image_and_image_endpoint(client: TestClient) -> None:
+    product = client.get("/products/S00001").json()
+    img = client.get("/products/S00001/image")
+    assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
+    r = client.post("/search", json={"image_base64": "data:image/jpeg;base64," + b64(img.content), "top_k": 3})
+    assert r.status_code == 200
+    assert r.json()["results"][0]["product_id"] == product["product_id"]
+    assert client.get("/products/S00006/image").status_code == 404  # text-only product
+
+
+def test_similar(client: TestClient) -> None:
+    r = client.get("/similar/S00002", params={"top_k": 4})
+    assert r.status_code == 200
+    ids = [p["product_id"] for p in r.json()["similar_products"]]
+    assert len(ids) == 4 and "S00002" not in ids
+    assert client.get("/similar/NOPE").status_code == 404
+    r = client.get("/similar/S00002", params={"category": "Home"})
+    assert all(p["category"] == "Home" for p in r.json()["similar_products"])
+
+
+def test_product_crud(client: TestClient) -> None:
+    r = client.put("/products/NEW-1", json={"title": "Green mug", "price": 9.5, "category": "Home", "glaze": "matte"})
+    assert r.status_code == 200
+    assert r.json()["attributes"] == {"glaze": "matte"} and r.json()["image_url"] is None
+    created = r.json()["created_at"]
+    r = client.put("/products/NEW-1", json={"title": "Green mug v2", "image_base64": b64(jpeg((0, 200, 0)))})
+    assert r.json()["title"] == "Green mug v2" and r.json()["created_at"] == created
+    assert r.json()["image"].startswith("images/NEW-1/")
+    assert client.get("/products/NEW-1").json()["title"] == "Green mug v2"
+    assert client.delete("/products/NEW-1").json() == {"product_id": "NEW-1", "deleted": True}
+    assert client.get("/products/NEW-1").status_code == 404
+    assert client.delete("/products/NEW-1").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("post", "/search", {"top_k": 3}, 422),
+        ("post", "/search", {"query": "  "}, 422),
+        ("post", "/search", {"query": "x", "top_k": 0}, 422),
+        ("post", "/search", {"query": "x", "top_k": 101}, 422),
+        ("post", "/search", {"query": "x", "filters": {"min_price": "cheap"}}, 422),
+        ("post", "/search", {"query": "x", "filters": {"min_price": 9, "max_price": 1}}, 422),
+        ("post", "/search", {"query": "x", "filters": {"colour": "red"}}, 422),
+        ("post", "/search", {"query": "x", "weights": {"image": 0, "text": 0}}, 422),
+        ("post", "/search", {"image_base64": "!!!not base64!!!"}, 422),
+        ("post", "/search", {"image_base64": b64(b"plain text")}, 422),
+        ("post", "/search", {"query": "x" * 1001}, 422),
+        ("get", "/similar/S00001?top_k=0", None, 422),
+        ("get", "/similar/S00001?min_price=5&max_price=1", None, 422),
+        ("get", "/products/unknown", None, 404),
+        ("put", "/products/P1", {"price": 3}, 422),
+        ("put", "/products/P1", {"title": "t", "price": -1}, 422),
+        ("put", "/products/P1", {"title": "t", "image": "../x.jpg"}, 422),
+        ("put", "/products/P1", {"title": "t", "image": "missing/key.jpg"}, 422),
+        ("put", "/products/P1", {"title": "t", "image": "a.jpg", "image_base64": "aGk="}, 422),
+        ("put", "/products/P1", {"title": "t", "product_id": "P2"}, 422),
+        ("put", "/products/P1", {"title": "t", "image_base64": b64(jpeg()[:40])}, 422),
+    ],
+)
+def test_bad_input_is_4xx_never_500(client: TestClient, method: str, path: str, body: object, status: int) -> None:
+    r = getattr(client, method)(path, **({"json": body} if body is not None else {}))
+    assert r.status_code == status, r.text
+    assert "detail" in r.json()
+
+
+def test_malformed_json_and_oversized_bodies(client: TestClient) -> None:
+    r = client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    big = b"x" * (Settings(_env_file=None).max_request_bytes + 1)  # type: ignore[call-arg]
+    r = client.post("/search", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_image_pixel_limit_is_413(s3_endpoint: str, bucket: str, fake: Embedder) -> None:
+    settings = make_settings(s3_endpoint, bucket, max_image_pixels=10_000)
+    c = TestClient(create_app(Services.from_settings(settings, embedder=fake)))
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 200), "red").save(buf, "PNG")
+    assert c.post("/search", json={"image_base64": b64(buf.getvalue())}).status_code == 413
+    assert c.put("/products/P", json={"title": "t", "image_base64": b64(buf.getvalue())}).status_code == 413
+
+
+def test_api_key_guards_writes(s3_endpoint: str, bucket: str, fake: Embedder) -> None:
+    settings = make_settings(s3_endpoint, bucket, api_key="k-123")
+    c = TestClient(create_app(Services.from_settings(settings, embedder=fake)))
+    assert c.put("/products/P", json={"title": "t"}).status_code == 401
+    assert c.put("/products/P", json={"title": "t"}, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    ok = c.put("/products/P", json={"title": "t"}, headers={"Authorization": "Bearer k-123"})
+    assert ok.status_code == 200
+    assert c.delete("/products/P").status_code == 401
+    assert c.get("/products/P").status_code == 200  # reads stay open
+    assert "k-123" not in c.get("/health").text
+
+
+def test_recommendations_cold_start(client: TestClient) -> None:
+    r = client.get("/recommendations/U1", params={"top_k": 3, "category": "Tops"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["user_id"] == "U1" and body["strategy"] == "cold_start"
+    assert len(body["recommendations"]) == 3
+    assert all(x["category"] == "Tops" and x["reason"] == "New in Tops" for x in body["recommendations"])
+
+
+def test_health_and_metrics(client: TestClient) -> None:
+    h = client.get("/health").json()
+    assert h["status"] == "healthy" and h["models_loaded"] and h["database_connected"]
+    assert h["product_count"] >= 18 and h["clip_mode"] == "pretrained"
+    m = client.get("/metrics")
+    assert m.status_code == 200
+    assert 'api_request_duration_seconds_count{method="PUT",route="/products/{product_id}",status="200"}' in m.text
+    assert "catalog_products " in m.text and "clip_random_init 0.0" in m.text
+
+
+def test_health_reports_random_init_clip(s3_settings: Settings, fake: Embedder) -> None:
+    class RandomClip:
+        random_init = True
+        dim = fake.clip.dim
+        name = "random"
+        embed_images = fake.clip.embed_images
+        embed_texts = fake.clip.embed_texts
+
+    svc = Services.from_settings(s3_settings, embedder=Embedder(clip=RandomClip(), text=fake.text))
+    h = TestClient(create_app(svc)).get("/health").json()
+    assert h["status"] == "degraded"
+    assert h["clip_mode"].startswith("random-init")
+    assert any("CLIP_PRETRAINED=none" in w for w in h["warnings"])
+    assert (svc.default_weights.image, svc.default_weights.text) == (0.0, 1.0)
