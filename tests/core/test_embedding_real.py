@@ -1,0 +1,79 @@
+"""Real open_clip and sentence-transformers code (offline: random-init CLIP, bundled MiniLM)."""
+
+import numpy as np
+import pytest
+
+from core.embedding import Embedder, load_embedder
+from core.embedding.clip import OpenClipEncoder
+from core.embedding.sbert import SentenceEncoder
+from core.errors import ConfigError, ModelLoadError
+from core.images import decode_image
+from core.search import SearchQuery, search
+from core.settings import Settings
+from functions.services import Services
+from local.sample import generate
+from tests.helpers import pending
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def minilm() -> SentenceEncoder:
+    return SentenceEncoder("all-MiniLM-L6-v2", device="cpu")
+
+
+def test_tiny_clip_is_deterministic_and_normalised() -> None:
+    a = OpenClipEncoder("tiny-clip-test", "none", device="cpu")
+    b = OpenClipEncoder("tiny-clip-test", "none", device="cpu")
+    assert a.dim == 64 and a.random_init and a.name == "open_clip:tiny-clip-test:none"
+    imgs = [decode_image(p.image, max_bytes=10**7, max_pixels=10**7) for p in generate(3, image_size=64)]
+    va, vb = a.embed_images(imgs), b.embed_images(imgs)
+    assert va.shape == (3, 64)
+    np.testing.assert_allclose(np.linalg.norm(va, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(va, vb, rtol=1e-5, atol=1e-6)  # every process agrees on vectors
+    t = a.embed_texts(["red shoe", "blue bag"] * 20)  # more than one batch
+    assert t.shape == (40, 64)
+
+
+def test_missing_weights_fail_loudly_naming_offline_mode(tmp_path: object) -> None:
+    with pytest.raises(ModelLoadError, match="CLIP_PRETRAINED=none"):
+        OpenClipEncoder("tiny-clip-test", f"{tmp_path}/missing-checkpoint.pt", device="cpu")
+    with pytest.raises(ConfigError, match="unknown CLIP_MODEL"):
+        OpenClipEncoder("no-such-model", "none", device="cpu")
+
+
+def test_minilm_from_bundled_package_is_semantic(minilm: SentenceEncoder) -> None:
+    assert minilm.dim == 384
+    v = minilm.embed_texts(["red running shoes", "crimson sneakers for jogging", "stainless steel teapot"])
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_load_embedder_caches_per_process() -> None:
+    s = Settings(_env_file=None, clip_model="tiny-clip-test", clip_pretrained="none")  # type: ignore[call-arg]
+    assert load_embedder(s) is load_embedder(s)
+
+
+@pytest.mark.integration
+def test_full_vit_b32_image_search_finds_own_image(s3_settings: Settings, minilm: SentenceEncoder) -> None:
+    """The full-size ViT-B-32 architecture (random init) on a catalog stored on the S3 server."""
+    clip = OpenClipEncoder("ViT-B-32", "none", device="cpu")
+    assert clip.dim == 512
+    services = Services.from_settings(s3_settings, embedder=Embedder(clip=clip, text=minilm))
+    products = generate(16, image_size=224)
+    items = [
+        pending(str(p.record["product_id"]), str(p.record["title"]), category=str(p.record["category"]),
+                image=p.image)
+        for p in products
+    ]
+    assert services.indexer.index(items).indexed == 16
+    for p in products[:5]:
+        img = decode_image(p.image, max_bytes=10**7, max_pixels=10**7)
+        hits = search(services.catalog, services.embedder, SearchQuery(image=img, top_k=3), services.default_weights)
+        assert hits[0].product.product_id == p.record["product_id"]
+        assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+    # Text search on the real sentence model still ranks the matching title first.
+    target = products[7].record
+    hits = search(services.catalog, services.embedder, SearchQuery(text=str(target["title"]), top_k=3),
+                  services.default_weights)
+    assert hits[0].product.product_id == target["product_id"]
