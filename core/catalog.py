@@ -20,7 +20,7 @@ from typing import Any, Literal
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import BTree, Bitmap, IvfPq
+from lancedb.index import Bitmap, BTree, IvfPq
 
 from core.errors import ConfigError, InvalidInput, NotFound, Unavailable
 from core.models import Filters, Product, Vector
@@ -170,9 +170,7 @@ class Catalog:
         self._check_schema()
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, *, clip_dim: int, text_dim: int, space: dict[str, str]
-    ) -> Catalog:
+    def from_settings(cls, settings: Settings, *, clip_dim: int, text_dim: int, space: dict[str, str]) -> Catalog:
         uri = settings.resolved_catalog_uri
         return cls(
             uri,
@@ -221,11 +219,9 @@ class Catalog:
     def _query_rows(self, where: str, columns: Sequence[str], limit: int | None = None) -> list[dict[str, Any]]:
         with _storage_errors("read"):
             q = self._table.search().where(where).select(list(columns))
-            if limit is not None:
-                q = q.limit(limit)
-            else:
-                q = q.limit(None)
-            return q.to_arrow().to_pylist()
+            q = q.limit(limit)
+            rows: list[dict[str, Any]] = q.to_arrow().to_pylist()
+            return rows
 
     def get(self, product_id: str) -> Product:
         """The product, or :class:`NotFound`."""
@@ -270,9 +266,7 @@ class Catalog:
         for rec in latest.values():
             for vec, dim in ((rec.image_vector, self.clip_dim), (rec.text_vector, self.text_dim)):
                 if vec is not None and (vec.shape != (dim,) or not np.isfinite(vec).all()):
-                    raise InvalidInput(
-                        f"{rec.product.product_id}: vector of shape {vec.shape} is not finite {dim}-d"
-                    )
+                    raise InvalidInput(f"{rec.product.product_id}: vector of shape {vec.shape} is not finite {dim}-d")
         prior = self.existing(list(latest))
         rows = []
         for pid, rec in latest.items():
@@ -327,7 +321,7 @@ class Catalog:
         with _storage_errors("search"):
             q = (
                 self._table.search(vector, vector_column_name=col)
-                .distance_type("dot")
+                .distance_type("dot")  # type: ignore[attr-defined]
                 .select([*_PRODUCT_COLUMNS, "image_vector", "text_vector", "_distance"])
                 .limit(k)
             )
@@ -337,9 +331,7 @@ class Catalog:
             if where:
                 q = q.where(where, prefilter=True)
             rows = q.to_arrow().to_pylist()
-        return [
-            Candidate(_to_product(r), _vec(r["image_vector"]), _vec(r["text_vector"])) for r in rows
-        ]
+        return [Candidate(_to_product(r), _vec(r["image_vector"]), _vec(r["text_vector"])) for r in rows]
 
     def _index_names(self) -> set[str]:
         with _storage_errors("list indices"):

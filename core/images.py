@@ -45,9 +45,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
             if width <= 0 or height <= 0:
                 raise InvalidImage("image has no pixels")
             if width * height > max_pixels:
-                raise PayloadTooLarge(
-                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-                )
+                raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
             img.load()
             return img.convert("RGB")
     except (InvalidImage, PayloadTooLarge):

@@ -172,9 +172,7 @@ def records_from_metadata(
         if isinstance(resolved, str):
             yield RecordError(source, line, product.product_id, resolved)
         else:
-            yield PendingProduct(
-                product, source, line, image_bytes=resolved.image_bytes, image_key=resolved.image_key
-            )
+            yield PendingProduct(product, source, line, image_bytes=resolved.image_bytes, image_key=resolved.image_key)
 
 
 def iter_bucket_prefix(store: ObjectStore, prefix: str, settings: Settings) -> Iterator[Item]:
@@ -321,13 +319,13 @@ class Indexer:
             if data is not None:
                 try:
                     image = decode_image(
-                        data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
+                        data,
+                        max_bytes=self.settings.max_image_bytes,
+                        max_pixels=self.settings.max_image_pixels,
                     )
                 except InvalidInput as exc:
                     report.failed.append(
-                        RecordError(
-                            item.source, item.line, pid, str(exc), too_large=isinstance(exc, PayloadTooLarge)
-                        )
+                        RecordError(item.source, item.line, pid, str(exc), too_large=isinstance(exc, PayloadTooLarge))
                     )
                     continue
                 if key is None:

@@ -38,9 +38,7 @@ class ProductInput:
             parts.append(self.description.strip())
         if self.category:
             parts.append(f"Category: {self.category}")
-        attrs = "; ".join(
-            f"{k}: {v}" for k, v in sorted(self.attributes.items()) if isinstance(v, (str, int, float))
-        )
+        attrs = "; ".join(f"{k}: {v}" for k, v in sorted(self.attributes.items()) if isinstance(v, (str, int, float)))
         if attrs:
             parts.append(attrs)
         return ". ".join(parts)

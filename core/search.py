@@ -138,6 +138,4 @@ def similar(
 ) -> list[SearchHit]:
     """Products nearest to a stored product (image-to-image and text-to-text), never itself."""
     anchor = catalog.get_candidate(product_id)
-    return ranked(
-        catalog, anchor.image_vector, anchor.text_vector, default, top_k, filters, exclude_id=product_id
-    )
+    return ranked(catalog, anchor.image_vector, anchor.text_vector, default, top_k, filters, exclude_id=product_id)

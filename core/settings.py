@@ -15,9 +15,7 @@ class Settings(BaseSettings):
     ``s3_bucket``). Secrets have no defaults.
     """
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
 
     # Object storage
     s3_endpoint_url: str | None = Field(default=None, description="Empty means AWS S3.")
@@ -25,9 +23,7 @@ class Settings(BaseSettings):
     aws_access_key_id: SecretStr | None = None
     aws_secret_access_key: SecretStr | None = None
     aws_region: str = "us-east-1"
-    catalog_uri: str | None = Field(
-        default=None, description="LanceDB URI; default s3://<S3_BUCKET>/catalog."
-    )
+    catalog_uri: str | None = Field(default=None, description="LanceDB URI; default s3://<S3_BUCKET>/catalog.")
     catalog_refresh_seconds: float = Field(
         default=1.0, ge=0, description="How often a query process checks for a new dataset version."
     )

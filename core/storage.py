@@ -51,13 +51,9 @@ class ObjectStore:
             "s3",
             endpoint_url=settings.s3_endpoint_url or None,
             region_name=settings.aws_region,
-            aws_access_key_id=(
-                settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None
-            ),
+            aws_access_key_id=(settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None),
             aws_secret_access_key=(
-                settings.aws_secret_access_key.get_secret_value()
-                if settings.aws_secret_access_key
-                else None
+                settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
             ),
             config=Config(
                 connect_timeout=min(settings.s3_timeout_seconds, 5.0),
@@ -120,9 +116,7 @@ class ObjectStore:
         """Write an object; returns its ETag."""
         key = validate_key(key)
         try:
-            resp = self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
-            )
+            resp = self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
             return str(resp.get("ETag", "")).strip('"')
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, key) from exc
@@ -148,8 +142,6 @@ class ObjectStore:
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(
-                        obj["Key"], int(obj.get("Size", 0)), str(obj.get("ETag", "")).strip('"')
-                    )
+                    yield ObjectInfo(obj["Key"], int(obj.get("Size", 0)), str(obj.get("ETag", "")).strip('"'))
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, prefix) from exc

@@ -1,10 +1,8 @@
 """The HTTP app factory: parses requests, calls `core`, maps errors. Nothing else."""
 
-
 import base64
 import binascii
 import hmac
-import io
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -87,7 +85,8 @@ class Metrics:
         version = Gauge("catalog_dataset_version", "Served dataset version", registry=self.registry)
         version.set_function(lambda: float(services.catalog.version))
         random_init = Gauge(
-            "clip_random_init", "1 when CLIP runs with random weights (CLIP_PRETRAINED=none)",
+            "clip_random_init",
+            "1 when CLIP runs with random weights (CLIP_PRETRAINED=none)",
             registry=self.registry,
         )
         random_init.set(1.0 if services.embedder.clip.random_init else 0.0)
@@ -295,9 +294,7 @@ def create_app(services: Services) -> FastAPI:
         tags=["products"],
         dependencies=[Depends(require_api_key)],
     )
-    def put_product(
-        request: Request, product_id: Annotated[str, Path(max_length=256)], body: ProductIn
-    ) -> ProductOut:
+    def put_product(request: Request, product_id: Annotated[str, Path(max_length=256)], body: ProductIn) -> ProductOut:
         """Create or replace a product (PUT replaces: fields left out are cleared, the image too).
         The image comes as `image_base64` (stored in the bucket) or `image` (an existing key)."""
         if body.product_id is not None and body.product_id != product_id:

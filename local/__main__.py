@@ -1,10 +1,10 @@
 """``python -m local``: the dev runner.
 
-    serve                 embedded S3 (unless S3_ENDPOINT_URL is set) + sample data + HTTP app
-    index SOURCE          index a folder or s3://<bucket>/<prefix> into the catalog
-    sample --out DIR      write a synthetic catalog (products.jsonl + images/) to a folder
-    import-fashion-mnist  index real Fashion-MNIST product images (Debian dataset-fashion-mnist)
-    import-kaggle DIR     index a Kaggle "Fashion Product Images" folder (styles.csv + images/)
+serve                 embedded S3 (unless S3_ENDPOINT_URL is set) + sample data + HTTP app
+index SOURCE          index a folder or s3://<bucket>/<prefix> into the catalog
+sample --out DIR      write a synthetic catalog (products.jsonl + images/) to a folder
+import-fashion-mnist  index real Fashion-MNIST product images (Debian dataset-fashion-mnist)
+import-kaggle DIR     index a Kaggle "Fashion Product Images" folder (styles.csv + images/)
 """
 
 from __future__ import annotations
@@ -55,8 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
                     f"  metrics        {base}/metrics",
                     f"  S3 endpoint    {settings.s3_endpoint_url} ({where})",
                     f"  bucket         {settings.s3_bucket}",
-                    f"  catalog        {settings.resolved_catalog_uri} "
-                    f"({services.catalog.count()} products)",
+                    f"  catalog        {settings.resolved_catalog_uri} ({services.catalog.count()} products)",
                     "  Ctrl-C stops everything; data is kept for the next start.",
                     "",
                 ]
@@ -118,10 +117,15 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="where the embedded S3 server keeps its objects (default .local-data)")
+    parser = argparse.ArgumentParser(
+        prog="python -m local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="where the embedded S3 server keeps its objects (default .local-data)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the service locally")

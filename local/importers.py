@@ -20,8 +20,16 @@ from core.models import ProductInput
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _FM_PRICES = (15, 40, 45, 55, 120, 35, 30, 70, 60, 90)
 
@@ -37,8 +45,14 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def fashion_mnist(root: Path = FASHION_MNIST_DIR, *, limit: int | None = None, split: str = "t10k",
-                  upscale: int = 112, seed: int = 0) -> Iterator[Item]:
+def fashion_mnist(
+    root: Path = FASHION_MNIST_DIR,
+    *,
+    limit: int | None = None,
+    split: str = "t10k",
+    upscale: int = 112,
+    seed: int = 0,
+) -> Iterator[Item]:
     """Fashion-MNIST images (real Zalando product photos, 28x28 grey) as products ``FM<split><n>``.
 
     Titles and categories come from the 10 class labels; prices are drawn per class, seeded.
@@ -89,8 +103,12 @@ def kaggle_fashion(folder: Path, *, limit: int | None = None) -> Iterator[Item]:
             count += 1
             line = reader.line_num
             if len(row) != len(header):
-                yield RecordError("styles.csv", line, row[0] if row else None,
-                                  f"expected {len(header)} CSV fields, got {len(row)}")
+                yield RecordError(
+                    "styles.csv",
+                    line,
+                    row[0] if row else None,
+                    f"expected {len(header)} CSV fields, got {len(row)}",
+                )
                 continue
             rec = dict(zip(header, row, strict=True))
             pid = rec.get("id", "")

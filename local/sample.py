@@ -76,13 +76,33 @@ def _silhouette(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], shape
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     if shape == "Footwear":
-        draw.polygon([(x0, y1), (x0, y0 + h * 0.45), (x0 + w * 0.45, y0 + h * 0.3),
-                      (x0 + w * 0.6, y0 + h * 0.55), (x1, y0 + h * 0.7), (x1, y1)], fill=colour)
+        draw.polygon(
+            [
+                (x0, y1),
+                (x0, y0 + h * 0.45),
+                (x0 + w * 0.45, y0 + h * 0.3),
+                (x0 + w * 0.6, y0 + h * 0.55),
+                (x1, y0 + h * 0.7),
+                (x1, y1),
+            ],
+            fill=colour,
+        )
     elif shape == "Tops":
-        draw.polygon([(x0 + w * 0.3, y0), (x0, y0 + h * 0.25), (x0 + w * 0.15, y0 + h * 0.45),
-                      (x0 + w * 0.25, y0 + h * 0.35), (x0 + w * 0.25, y1), (x1 - w * 0.25, y1),
-                      (x1 - w * 0.25, y0 + h * 0.35), (x1 - w * 0.15, y0 + h * 0.45), (x1, y0 + h * 0.25),
-                      (x1 - w * 0.3, y0)], fill=colour)
+        draw.polygon(
+            [
+                (x0 + w * 0.3, y0),
+                (x0, y0 + h * 0.25),
+                (x0 + w * 0.15, y0 + h * 0.45),
+                (x0 + w * 0.25, y0 + h * 0.35),
+                (x0 + w * 0.25, y1),
+                (x1 - w * 0.25, y1),
+                (x1 - w * 0.25, y0 + h * 0.35),
+                (x1 - w * 0.15, y0 + h * 0.45),
+                (x1, y0 + h * 0.25),
+                (x1 - w * 0.3, y0),
+            ],
+            fill=colour,
+        )
     elif shape == "Bags":
         draw.rectangle([x0, y0 + h * 0.3, x1, y1], fill=colour)
         draw.arc([x0 + w * 0.25, y0, x1 - w * 0.25, y0 + h * 0.6], 180, 360, fill=colour, width=max(2, w // 14))
@@ -131,8 +151,9 @@ def render(category: str, colour: str, pattern: str, size: int = 224, seed: int 
     return img
 
 
-def generate(num_products: int, seed: int = 42, *, image_size: int = 224,
-             text_only_every: int = 0) -> list[SampleProduct]:
+def generate(
+    num_products: int, seed: int = 42, *, image_size: int = 224, text_only_every: int = 0
+) -> list[SampleProduct]:
     """``num_products`` products ``S00001``..., the same for the same seed.
 
     ``text_only_every=n`` leaves every n-th product without an image (text-only products).

@@ -1,9 +1,9 @@
 """Python client for the product search & recommendation API.
 
-    from sdk import RecommendationClient
-    client = RecommendationClient("http://localhost:8000")
-    for hit in client.search("blue running shoes", top_k=5):
-        print(hit.title, hit.price, hit.score)
+from sdk import RecommendationClient
+client = RecommendationClient("http://localhost:8000")
+for hit in client.search("blue running shoes", top_k=5):
+    print(hit.title, hit.price, hit.score)
 """
 
 from __future__ import annotations
@@ -110,11 +110,15 @@ class RecommendationClient:
     """Synchronous client. ``api_key`` is sent as a Bearer token (needed for writes when the
     server has ``API_KEY`` set)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self._http.close()
@@ -137,27 +141,52 @@ class RecommendationClient:
             except ValueError:
                 detail = resp.text
             code = resp.status_code
-            cls = (NotFoundError if code == 404 else AuthError if code in (401, 403)
-                   else ValidationError if code < 500 else ServerError)
+            cls = (
+                NotFoundError
+                if code == 404
+                else AuthError
+                if code in (401, 403)
+                else ValidationError
+                if code < 500
+                else ServerError
+            )
             raise cls(code, detail)
         return resp.json()
 
     @staticmethod
-    def _filters(category: str | list[str] | None, min_price: float | None,
-                 max_price: float | None) -> dict[str, Any] | None:
-        f = {k: v for k, v in {"category": category, "min_price": min_price, "max_price": max_price}.items()
-             if v is not None}
+    def _filters(
+        category: str | list[str] | None, min_price: float | None, max_price: float | None
+    ) -> dict[str, Any] | None:
+        f = {
+            k: v
+            for k, v in {"category": category, "min_price": min_price, "max_price": max_price}.items()
+            if v is not None
+        }
         return f or None
 
-    def search(self, query: str, top_k: int = 10, *, category: str | list[str] | None = None,
-               min_price: float | None = None, max_price: float | None = None,
-               weights: tuple[float, float] | None = None) -> list[SearchResult]:
+    def search(
+        self,
+        query: str,
+        top_k: int = 10,
+        *,
+        category: str | list[str] | None = None,
+        min_price: float | None = None,
+        max_price: float | None = None,
+        weights: tuple[float, float] | None = None,
+    ) -> list[SearchResult]:
         """Text search. ``weights`` is ``(image, text)``."""
         return self._search({"query": query}, top_k, category, min_price, max_price, weights)
 
-    def search_image(self, image: bytes | str | Path, top_k: int = 10, *, query: str | None = None,
-                     category: str | list[str] | None = None, min_price: float | None = None,
-                     max_price: float | None = None) -> list[SearchResult]:
+    def search_image(
+        self,
+        image: bytes | str | Path,
+        top_k: int = 10,
+        *,
+        query: str | None = None,
+        category: str | list[str] | None = None,
+        min_price: float | None = None,
+        max_price: float | None = None,
+    ) -> list[SearchResult]:
         """Search by photo (bytes or a file path), optionally with a text query too."""
         data = Path(image).read_bytes() if isinstance(image, (str, Path)) else image
         body: dict[str, Any] = {"image_base64": base64.b64encode(data).decode()}
@@ -165,9 +194,15 @@ class RecommendationClient:
             body["query"] = query
         return self._search(body, top_k, category, min_price, max_price, None)
 
-    def _search(self, body: dict[str, Any], top_k: int, category: str | list[str] | None,
-                min_price: float | None, max_price: float | None,
-                weights: tuple[float, float] | None) -> list[SearchResult]:
+    def _search(
+        self,
+        body: dict[str, Any],
+        top_k: int,
+        category: str | list[str] | None,
+        min_price: float | None,
+        max_price: float | None,
+        weights: tuple[float, float] | None,
+    ) -> list[SearchResult]:
         body["top_k"] = top_k
         filters = self._filters(category, min_price, max_price)
         if filters:
@@ -181,9 +216,15 @@ class RecommendationClient:
         data = self._call("GET", f"/similar/{product_id}", params={"top_k": top_k})
         return [_pick(SimilarProduct, r) for r in data["similar_products"]]
 
-    def get_recommendations(self, user_id: str, top_k: int = 10, *, category: str | None = None,
-                            min_price: float | None = None,
-                            max_price: float | None = None) -> list[Recommendation]:
+    def get_recommendations(
+        self,
+        user_id: str,
+        top_k: int = 10,
+        *,
+        category: str | None = None,
+        min_price: float | None = None,
+        max_price: float | None = None,
+    ) -> list[Recommendation]:
         params = {"top_k": top_k, **(self._filters(category, min_price, max_price) or {})}
         data = self._call("GET", f"/recommendations/{user_id}", params=params)
         return [_pick(Recommendation, r) for r in data["recommendations"]]
@@ -191,10 +232,18 @@ class RecommendationClient:
     def get_product(self, product_id: str) -> Product:
         return _pick(Product, self._call("GET", f"/products/{product_id}"))
 
-    def put_product(self, product_id: str, title: str, *, description: str = "",
-                    category: str | None = None, price: float | None = None,
-                    image: bytes | str | Path | None = None, image_key: str | None = None,
-                    **attributes: Any) -> Product:
+    def put_product(
+        self,
+        product_id: str,
+        title: str,
+        *,
+        description: str = "",
+        category: str | None = None,
+        price: float | None = None,
+        image: bytes | str | Path | None = None,
+        image_key: str | None = None,
+        **attributes: Any,
+    ) -> Product:
         """Create or replace a product. ``image`` is bytes or a local file; ``image_key`` names an
         object already in the bucket. Extra keyword arguments are stored as attributes."""
         body: dict[str, Any] = {"title": title, "description": description, **attributes}

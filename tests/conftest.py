@@ -37,8 +37,11 @@ def bucket(s3_endpoint: str) -> str:
     """A fresh bucket per test."""
     name = f"t-{uuid.uuid4().hex[:12]}"
     boto3.client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-        aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS,
+        aws_secret_access_key=SECRET,
     ).create_bucket(Bucket=name)
     return name
 

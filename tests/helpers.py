@@ -19,23 +19,50 @@ def jpeg(colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (
     return buf.getvalue()
 
 
-def pending(pid: str, title: str, *, category: str | None = None, price: float | None = None,
-            image: bytes | None = None, **attrs: object) -> PendingProduct:
+def pending(
+    pid: str,
+    title: str,
+    *,
+    category: str | None = None,
+    price: float | None = None,
+    image: bytes | None = None,
+    **attrs: object,
+) -> PendingProduct:
     return PendingProduct(
         ProductInput(product_id=pid, title=title, category=category, price=price, attributes=dict(attrs)),
         image_bytes=image,
     )
 
 
-def record(pid: str, clip_dim: int, text_dim: int, rng: np.random.Generator, *, category: str | None = None,
-           price: float | None = None, with_image: bool = True, title: str | None = None) -> ProductRecord:
+def record(
+    pid: str,
+    clip_dim: int,
+    text_dim: int,
+    rng: np.random.Generator,
+    *,
+    category: str | None = None,
+    price: float | None = None,
+    with_image: bool = True,
+    title: str | None = None,
+) -> ProductRecord:
     from datetime import UTC, datetime
 
     now = datetime.now(UTC)
     img = l2_normalize(rng.standard_normal((1, clip_dim)).astype(np.float32))[0] if with_image else None
     txt = l2_normalize(rng.standard_normal((1, text_dim)).astype(np.float32))[0]
     return ProductRecord(
-        Product(pid, title or f"product {pid}", "", category, price, "img/x.jpg" if with_image else None, {},
-                now, now),
-        img, txt, content_hash=pid,
+        Product(
+            pid,
+            title or f"product {pid}",
+            "",
+            category,
+            price,
+            "img/x.jpg" if with_image else None,
+            {},
+            now,
+            now,
+        ),
+        img,
+        txt,
+        content_hash=pid,
     )

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -57,16 +57,15 @@ class Embedder:
         return {"clip": self.clip.name, "text": self.text.name}
 
 
-def l2_normalize(x: Matrix) -> Matrix:
+def l2_normalize(x: NDArray[np.floating[Any]]) -> Matrix:
     """Rows scaled to unit length (zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    out: Matrix = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
 
 
 @lru_cache(maxsize=4)
-def _load(
-    clip_model: str, clip_pretrained: str, text_model: str, device: str, batch_size: int
-) -> Embedder:
+def _load(clip_model: str, clip_pretrained: str, text_model: str, device: str, batch_size: int) -> Embedder:
     from core.embedding.clip import OpenClipEncoder
     from core.embedding.sbert import SentenceEncoder
 

@@ -55,9 +55,7 @@ class OpenClipEncoder:
             if self.random_init:
                 # Deterministic random init, so every process of a deployment agrees on vectors.
                 torch.manual_seed(0)
-            clip, _, preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=weights, device=self.device
-            )
+            clip, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=weights, device=self.device)
         except Exception as exc:  # open_clip raises bare RuntimeError/OSError/HF errors
             where = "local checkpoint" if weights and os.path.exists(weights) else "pretrained tag"
             raise ModelLoadError(
@@ -84,8 +82,9 @@ class OpenClipEncoder:
     def _run(self, batch: torch.Tensor, image: bool) -> Matrix:
         import torch
 
-        with torch.inference_mode(), torch.autocast(
-            device_type="cuda", dtype=torch.float16, enabled=self.device == "cuda"
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device == "cuda"),
         ):
             feats = self._model.encode_image(batch) if image else self._model.encode_text(batch)
             feats = torch.nn.functional.normalize(feats.float(), dim=-1)

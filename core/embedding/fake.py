@@ -43,9 +43,7 @@ class FakeClip:
     def embed_images(self, images: Sequence[Image.Image]) -> Matrix:
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        thumbs = np.stack(
-            [np.asarray(im.convert("RGB").resize((8, 8)), np.float32).ravel() / 255.0 for im in images]
-        )
+        thumbs = np.stack([np.asarray(im.convert("RGB").resize((8, 8)), np.float32).ravel() / 255.0 for im in images])
         return l2_normalize((thumbs - 0.5) @ self._proj)
 
     def embed_texts(self, texts: Sequence[str]) -> Matrix:

@@ -55,10 +55,7 @@ def test_filters_are_exact(s3_settings: Settings) -> None:
     cat = open_catalog(s3_settings)
     rng = np.random.default_rng(2)
     cats = ["Shoes", "Bags", "Hats", "O'Brien"]
-    recs = [
-        record(f"P{i}", 8, 6, rng, category=cats[i % 4], price=None if i % 7 == 0 else float(i))
-        for i in range(80)
-    ]
+    recs = [record(f"P{i}", 8, 6, rng, category=cats[i % 4], price=None if i % 7 == 0 else float(i)) for i in range(80)]
     cat.upsert(recs)
     q = rng.standard_normal(6).astype(np.float32)
     f = Filters(categories=("Shoes", "O'Brien"), min_price=10, max_price=60)
@@ -98,8 +95,10 @@ def test_indexes_created_when_large_enough(tmp_path: object) -> None:
     settings = Settings(_env_file=None, catalog_uri=str(tmp_path), index_min_rows=256)  # type: ignore[call-arg]
     cat = open_catalog(settings, clip_dim=32, text_dim=32)
     rng = np.random.default_rng(4)
-    recs = [record(f"P{i}", 32, 32, rng, category="A" if i % 2 else "B", price=float(i), with_image=i % 5 != 0)
-            for i in range(600)]
+    recs = [
+        record(f"P{i}", 32, 32, rng, category="A" if i % 2 else "B", price=float(i), with_image=i % 5 != 0)
+        for i in range(600)
+    ]
     cat.upsert(recs)
     assert cat.ensure_indexes() == ["product_id", "category", "price", "image_vector", "text_vector"]
     # New rows after indexing are still found (unindexed rows are searched exactly).
@@ -111,7 +110,7 @@ def test_indexes_created_when_large_enough(tmp_path: object) -> None:
     # Recall of the ANN path against exact top-10 on the text column.
     vecs = np.stack([r.text_vector for r in recs])
     recall = []
-    for qi in range(20):
+    for _ in range(20):
         q = rng.standard_normal(32).astype(np.float32)
         exact = {recs[i].product.product_id for i in np.argsort(-(vecs @ q))[:10]}
         got = {h.product.product_id for h in cat.vector_search("text", q, 10) if h.product.product_id != "NEW"}

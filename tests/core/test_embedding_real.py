@@ -62,8 +62,12 @@ def test_full_vit_b32_image_search_finds_own_image(s3_settings: Settings, minilm
     services = Services.from_settings(s3_settings, embedder=Embedder(clip=clip, text=minilm))
     products = generate(16, image_size=224)
     items = [
-        pending(str(p.record["product_id"]), str(p.record["title"]), category=str(p.record["category"]),
-                image=p.image)
+        pending(
+            str(p.record["product_id"]),
+            str(p.record["title"]),
+            category=str(p.record["category"]),
+            image=p.image,
+        )
         for p in products
     ]
     assert services.indexer.index(items).indexed == 16
@@ -74,6 +78,10 @@ def test_full_vit_b32_image_search_finds_own_image(s3_settings: Settings, minilm
         assert hits[0].score == pytest.approx(1.0, abs=1e-3)
     # Text search on the real sentence model still ranks the matching title first.
     target = products[7].record
-    hits = search(services.catalog, services.embedder, SearchQuery(text=str(target["title"]), top_k=3),
-                  services.default_weights)
+    hits = search(
+        services.catalog,
+        services.embedder,
+        SearchQuery(text=str(target["title"]), top_k=3),
+        services.default_weights,
+    )
     assert hits[0].product.product_id == target["product_id"]

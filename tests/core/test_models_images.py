@@ -69,8 +69,13 @@ def test_decompression_bomb_rejected_before_decoding() -> None:
 
 
 def test_settings_defaults_and_storage_options() -> None:
-    s = Settings(_env_file=None, s3_endpoint_url="http://127.0.0.1:9000", s3_bucket="b",  # type: ignore[call-arg]
-                 aws_access_key_id="k", aws_secret_access_key="s3cr3t-value")
+    s = Settings(
+        _env_file=None,
+        s3_endpoint_url="http://127.0.0.1:9000",
+        s3_bucket="b",  # type: ignore[call-arg]
+        aws_access_key_id="k",
+        aws_secret_access_key="s3cr3t-value",
+    )
     assert s.resolved_catalog_uri == "s3://b/catalog"
     opts = s.storage_options()
     assert opts["endpoint"] == "http://127.0.0.1:9000" and opts["allow_http"] == "true"

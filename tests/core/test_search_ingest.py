@@ -27,9 +27,7 @@ def seed(services: Services, n: int = 24) -> list[dict[str, object]]:
         if p.image:
             services.store.put_bytes("uploads/" + p.image_name, p.image)
             p.record["image"] = "uploads/" + p.image_name
-    services.store.put_bytes(
-        "uploads/catalog.jsonl", "".join(json.dumps(p.record) + "\n" for p in products).encode()
-    )
+    services.store.put_bytes("uploads/catalog.jsonl", "".join(json.dumps(p.record) + "\n" for p in products).encode())
     report = services.indexer.index(iter_bucket_prefix(services.store, "uploads/", services.settings))
     assert report.failed == [] and report.indexed == n
     return [p.record for p in products]

@@ -5,7 +5,6 @@ import io
 import uuid
 
 import boto3
-
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -27,8 +26,13 @@ pytestmark = pytest.mark.integration
 def client(s3_endpoint: str, fake: Embedder) -> TestClient:
     """One seeded catalog per module (one batch commit); tests that write use their own ids."""
     bucket = f"api-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id=ACCESS,
-                 aws_secret_access_key=SECRET).create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS,
+        aws_secret_access_key=SECRET,
+    ).create_bucket(Bucket=bucket)
     services = Services.from_settings(make_settings(s3_endpoint, bucket), embedder=fake)
     items = []
     for p in generate(18, text_only_every=6, image_size=48):
@@ -49,8 +53,14 @@ def test_search_text_and_filters(client: TestClient) -> None:
     assert len(body["results"]) == 5 and body["query_time_ms"] >= 0
     first = body["results"][0]
     assert set(first) >= {"product_id", "title", "description", "category", "price", "image_url", "score"}
-    r = client.post("/search", json={"query": "bag", "top_k": 100,
-                                     "filters": {"category": ["Bags", "Home"], "min_price": 5, "max_price": 80}})
+    r = client.post(
+        "/search",
+        json={
+            "query": "bag",
+            "top_k": 100,
+            "filters": {"category": ["Bags", "Home"], "min_price": 5, "max_price": 80},
+        },
+    )
     for hit in r.json()["results"]:
         assert hit["category"] in ("Bags", "Home") and 5 <= hit["price"] <= 80
 

@@ -34,7 +34,11 @@ def start(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     env.update(CLIP_MODEL="tiny-clip-test", CLIP_PRETRAINED="none")
     proc = subprocess.Popen(
         [sys.executable, "-m", "local", "--data-dir", str(data_dir), "serve", "--port", str(port), *extra],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.time() + 180
     while time.time() < deadline:
