@@ -35,7 +35,12 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture
 def bucket(s3_endpoint: str) -> str:
     """A fresh bucket per test."""
-    name = f"t-{uuid.uuid4().hex[:12]}"
+    return new_bucket(s3_endpoint)
+
+
+def new_bucket(s3_endpoint: str, prefix: str = "t") -> str:
+    """Create a uniquely named bucket on the S3 server."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
     boto3.client(
         "s3",
         endpoint_url=s3_endpoint,

@@ -2,9 +2,7 @@
 
 import base64
 import io
-import uuid
 
-import boto3
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -16,7 +14,7 @@ from core.settings import Settings
 from functions.app import create_app
 from functions.services import Services
 from local.sample import generate
-from tests.conftest import ACCESS, SECRET, make_settings
+from tests.conftest import make_settings, new_bucket
 from tests.helpers import jpeg
 
 pytestmark = pytest.mark.integration
@@ -25,14 +23,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def client(s3_endpoint: str, fake: Embedder) -> TestClient:
     """One seeded catalog per module (one batch commit); tests that write use their own ids."""
-    bucket = f"api-{uuid.uuid4().hex[:10]}"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS,
-        aws_secret_access_key=SECRET,
-    ).create_bucket(Bucket=bucket)
+    bucket = new_bucket(s3_endpoint, "api")
     services = Services.from_settings(make_settings(s3_endpoint, bucket), embedder=fake)
     items = []
     for p in generate(18, text_only_every=6, image_size=48):
