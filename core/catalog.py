@@ -106,7 +106,7 @@ def filter_sql(filters: Filters, exclude_id: str | None = None) -> str | None:
 
 
 @contextlib.contextmanager
-def _storage_errors(action: str) -> Iterator[None]:
+def storage_errors(action: str) -> Iterator[None]:
     """Lance reports object-store failures as OSError/RuntimeError; callers get Unavailable."""
     try:
         yield
@@ -156,7 +156,7 @@ class Catalog:
         self.index_min_rows = index_min_rows
         self._write_lock = threading.Lock()
         schema = products_schema(clip_dim, text_dim, space)
-        with _storage_errors("open"):
+        with storage_errors("open"):
             self._db = lancedb.connect(
                 uri,
                 storage_options=storage_options or None,
@@ -193,6 +193,13 @@ class Catalog:
                     "and re-index."
                 )
 
+    def open_or_create(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
+        """Another table of the same dataset (e.g. the upload log), created on first use."""
+        try:
+            return self._db.open_table(name)
+        except ValueError:
+            return self._db.create_table(name, schema=schema, exist_ok=True)
+
     @property
     def stored_space(self) -> dict[str, str]:
         """The models the stored vectors were made with (from the table's schema metadata)."""
@@ -202,11 +209,11 @@ class Catalog:
 
     @property
     def version(self) -> int:
-        with _storage_errors("version"):
+        with storage_errors("version"):
             return int(self._table.version)
 
     def count(self) -> int:
-        with _storage_errors("count"):
+        with storage_errors("count"):
             return int(self._table.count_rows())
 
     def ping(self) -> bool:
@@ -217,7 +224,7 @@ class Catalog:
             return False
 
     def _query_rows(self, where: str, columns: Sequence[str], limit: int | None = None) -> list[dict[str, Any]]:
-        with _storage_errors("read"):
+        with storage_errors("read"):
             q = self._table.search().where(where).select(list(columns))
             q = q.limit(limit)
             rows: list[dict[str, Any]] = q.to_arrow().to_pylist()
@@ -288,7 +295,7 @@ class Catalog:
                 }
             )
         data = pa.Table.from_pylist(rows, schema=self._table.schema)
-        with self._write_lock, _storage_errors("upsert"):
+        with self._write_lock, storage_errors("upsert"):
             (
                 self._table.merge_insert("product_id")
                 .when_matched_update_all()
@@ -301,7 +308,7 @@ class Catalog:
     def delete(self, product_id: str) -> None:
         """Delete a product; :class:`NotFound` if it does not exist."""
         self.get(product_id)
-        with self._write_lock, _storage_errors("delete"):
+        with self._write_lock, storage_errors("delete"):
             self._table.delete(f"product_id = {quote(product_id)}")
 
     def vector_search(
@@ -318,7 +325,7 @@ class Catalog:
         Exact (flat) below ``index_min_rows``; IVF-PQ with re-ranking of the full vectors above.
         """
         col = _VECTOR_COLUMNS[column]
-        with _storage_errors("search"):
+        with storage_errors("search"):
             q = (
                 self._table.search(vector, vector_column_name=col)
                 .distance_type("dot")  # type: ignore[attr-defined]
@@ -334,7 +341,7 @@ class Catalog:
         return [Candidate(_to_product(r), _vec(r["image_vector"]), _vec(r["text_vector"])) for r in rows]
 
     def _index_names(self) -> set[str]:
-        with _storage_errors("list indices"):
+        with storage_errors("list indices"):
             return {",".join(ix.columns) for ix in self._table.list_indices()}
 
     def _has_vector_index(self, col: str) -> bool:
@@ -350,7 +357,7 @@ class Catalog:
         if n < self.index_min_rows:
             return created
         have = self._index_names()
-        with self._write_lock, _storage_errors("index"):
+        with self._write_lock, storage_errors("index"):
             for col in ("product_id", "category", "price"):
                 if col not in have:
                     scalar = Bitmap() if col == "category" else BTree()
@@ -373,7 +380,7 @@ class Catalog:
     def newest(self, k: int, filters: Filters = Filters()) -> list[Product]:
         """The ``k`` most recently created products that satisfy ``filters``."""
         where = filter_sql(filters)
-        with _storage_errors("read"):
+        with storage_errors("read"):
             q = self._table.search().select(["product_id", "created_at"]).limit(None)
             if where:
                 q = q.where(where)
@@ -387,7 +394,7 @@ class Catalog:
 
     def categories(self) -> dict[str, int]:
         """Product count per category."""
-        with _storage_errors("read"):
+        with storage_errors("read"):
             tbl = self._table.search().select(["category"]).limit(None).to_arrow()
         counts: dict[str, int] = {}
         for c in tbl.column("category").to_pylist():

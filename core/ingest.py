@@ -175,24 +175,25 @@ def records_from_metadata(
             yield PendingProduct(product, source, line, image_bytes=resolved.image_bytes, image_key=resolved.image_key)
 
 
+def resolve_bucket_image(ref: str) -> PendingProduct | str:
+    """Image resolver for metadata in the bucket: ``image`` is a key in the same bucket."""
+    try:
+        return PendingProduct(_DUMMY, image_key=validate_key(ref))
+    except InvalidInput as exc:
+        return str(exc)
+
+
 def iter_bucket_prefix(store: ObjectStore, prefix: str, settings: Settings) -> Iterator[Item]:
     """Records of every metadata object under ``prefix``; ``image`` values are bucket keys."""
-
-    def resolve(ref: str) -> PendingProduct | str:
-        try:
-            return PendingProduct(_DUMMY, image_key=validate_key(ref))
-        except InvalidInput as exc:
-            return str(exc)
-
     for obj in store.list(prefix):
         if not obj.key.lower().endswith(METADATA_SUFFIXES):
             continue
         try:
-            data = store.get_bytes(obj.key, max_bytes=settings.max_request_bytes * 64)
+            data = store.get_bytes(obj.key, max_bytes=settings.max_upload_bytes)
         except (NotFound, PayloadTooLarge) as exc:
             yield RecordError(obj.key, None, None, str(exc))
             continue
-        yield from records_from_metadata(obj.key, data, resolve)
+        yield from records_from_metadata(obj.key, data, resolve_bucket_image)
 
 
 def iter_folder(folder: Path, settings: Settings) -> Iterator[Item]:

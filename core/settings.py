@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_top_k: int = Field(default=100, ge=1)
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="Largest metadata file indexed.")
+
+    # Upload triggers
+    upload_sweep_seconds: float = Field(
+        default=0, ge=0, description="Sweep uploads/ this often in the HTTP process; 0 = only on notifications."
+    )
 
     @model_validator(mode="after")
     def _weights_not_both_zero(self) -> Settings:

@@ -99,8 +99,8 @@ class ObjectStore:
         except (ClientError, BotoCoreError):
             return False
 
-    def get_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
-        """Read a whole object; refuses objects over ``max_bytes`` before downloading them."""
+    def get_with_etag(self, key: str, *, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """Read a whole object and the ETag of exactly the bytes read."""
         key = validate_key(key)
         try:
             resp = self._client.get_object(Bucket=self.bucket, Key=key)
@@ -108,9 +108,13 @@ class ObjectStore:
             if max_bytes is not None and size > max_bytes:
                 resp["Body"].close()
                 raise PayloadTooLarge(f"object {key!r} is {size} bytes; the limit is {max_bytes}")
-            return resp["Body"].read()
+            return resp["Body"].read(), str(resp.get("ETag", "")).strip('"')
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, key) from exc
+
+    def get_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """Read a whole object; refuses objects over ``max_bytes`` before downloading them."""
+        return self.get_with_etag(key, max_bytes=max_bytes)[0]
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         """Write an object; returns its ETag."""

@@ -2,14 +2,15 @@
 
 import base64
 import binascii
+import dataclasses
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
 from starlette.routing import Match
@@ -20,10 +21,12 @@ from core.ingest import PendingProduct
 from core.models import Filters, Product, ProductInput, SearchHit, Weights
 from core.recommend import cold_start
 from core.search import SearchQuery, search, similar
+from core.uploads import is_upload_metadata, parse_notification
 from functions.schemas import (
     DeleteResponse,
     FiltersIn,
     HealthResponse,
+    IgnoredKey,
     ProductIn,
     ProductOut,
     Recommendation,
@@ -33,8 +36,12 @@ from functions.schemas import (
     SearchResult,
     SimilarProduct,
     SimilarResponse,
+    TriggerResponse,
+    UploadOut,
+    UploadsResponse,
 )
 from functions.services import Services
+from functions.triggers import UploadWorker
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +99,21 @@ class Metrics:
         random_init.set(1.0 if services.embedder.clip.random_init else 0.0)
 
 
-def create_app(services: Services) -> FastAPI:
-    """Build the HTTP app around already-loaded services (models, catalog, bucket)."""
+def create_app(services: Services, worker: UploadWorker | None = None) -> FastAPI:
+    """Build the HTTP app around already-loaded services (models, catalog, bucket).
+
+    ``worker`` processes upload notifications; by default one is made here (sweeping every
+    ``UPLOAD_SWEEP_SECONDS`` when that is set) and started with the app.
+    """
     settings = services.settings
+    uploads = worker or UploadWorker(services.uploads, sweep_seconds=settings.upload_sweep_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("serving catalog %s (%d products)", services.catalog.uri, services.catalog.count())
+        uploads.start()
         yield
+        uploads.stop()
 
     app = FastAPI(
         title="Multimodal product search & recommendations",
@@ -109,6 +123,7 @@ def create_app(services: Services) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.uploads = uploads
     metrics = Metrics(services)
     app.state.metrics = metrics
     weights_default = services.default_weights
@@ -154,6 +169,17 @@ def create_app(services: Services) -> FastAPI:
             token.strip().encode(), settings.api_key.get_secret_value().encode()
         ):
             raise errors.Forbidden("invalid API key")
+
+    def require_webhook_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if settings.webhook_token is None:
+            return
+        if not authorization:
+            raise errors.Unauthorized("this endpoint needs Authorization: Bearer <WEBHOOK_TOKEN>")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), settings.webhook_token.get_secret_value().encode()
+        ):
+            raise errors.Forbidden("invalid webhook token")
 
     def image_url(request: Request, p: Product) -> str | None:
         return str(request.url_for("product_image", product_id=p.product_id)) if p.image else None
@@ -331,6 +357,46 @@ def create_app(services: Services) -> FastAPI:
             data,
             media_type=sniff_content_type(data),
             headers={"Cache-Control": "public, max-age=300"},
+        )
+
+    @app.post(
+        "/triggers/s3",
+        status_code=202,
+        response_model=TriggerResponse,
+        tags=["uploads"],
+        dependencies=[Depends(require_webhook_token)],
+    )
+    def s3_trigger(payload: Annotated[Any, Body()]) -> TriggerResponse:
+        """S3 event notifications (AWS `Records`, MinIO webhook, EventBridge `detail`). Metadata
+        files under `uploads/` are queued for indexing and the call returns at once."""
+        events = parse_notification(payload)
+        queue: list[str] = []
+        ignored: list[IgnoredKey] = []
+        for ev in events:
+            if ev.bucket is not None and ev.bucket != services.store.bucket:
+                ignored.append(IgnoredKey(key=ev.key, reason=f"bucket {ev.bucket!r} is not served here"))
+            elif not is_upload_metadata(ev.key):
+                ignored.append(IgnoredKey(key=ev.key, reason="not a .json/.jsonl/.csv file under uploads/"))
+            else:
+                queue.append(ev.key)
+        uploads.start()
+        uploads.submit(queue)
+        return TriggerResponse(accepted=len(queue), keys=queue, ignored=ignored)
+
+    @app.get("/uploads", response_model=UploadsResponse, tags=["uploads"])
+    def list_uploads(
+        status: Annotated[Literal["pending", "indexed", "partial", "failed"] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> UploadsResponse:
+        """Ingest records of upload objects, newest first."""
+        records, total = services.uploads.log.list(status, limit, offset)
+        return UploadsResponse(
+            uploads=[UploadOut(**dataclasses.asdict(r)) for r in records],
+            total=total,
+            limit=limit,
+            offset=offset,
+            queued=uploads.queued,
         )
 
     @app.get("/health", response_model=HealthResponse, tags=["ops"])

@@ -173,3 +173,45 @@ class HealthResponse(BaseModel):
     clip_mode: str
     text_model: str
     warnings: list[str]
+
+
+class IgnoredKey(BaseModel):
+    key: str
+    reason: str
+
+
+class TriggerResponse(BaseModel):
+    accepted: int = Field(description="Upload keys queued for indexing.")
+    keys: list[str]
+    ignored: list[IgnoredKey]
+
+
+class UploadFailure(BaseModel):
+    line: int | None
+    product_id: str | None
+    reason: str
+
+
+class UploadOut(BaseModel):
+    key: str
+    etag: str
+    status: str = Field(description="pending, indexed, partial (some records failed) or failed")
+    reason: str
+    product_ids: list[str]
+    failures: list[UploadFailure]
+    records_total: int
+    records_indexed: int
+    records_failed: int
+    attempts: int
+    size: int
+    first_seen_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+
+
+class UploadsResponse(BaseModel):
+    uploads: list[UploadOut]
+    total: int
+    limit: int
+    offset: int
+    queued: int = Field(description="Keys waiting in this process's upload queue.")

@@ -12,6 +12,7 @@ from core.ingest import Indexer
 from core.models import Weights
 from core.settings import Settings
 from core.storage import ObjectStore
+from core.uploads import UploadLog, UploadProcessor
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class Services:
     catalog: Catalog
     store: ObjectStore
     indexer: Indexer
+    uploads: UploadProcessor
     version: str = __version__
     warnings: list[str] = field(default_factory=list)
 
@@ -42,12 +44,14 @@ class Services:
         catalog = Catalog.from_settings(
             settings, clip_dim=embedder.clip.dim, text_dim=embedder.text.dim, space=embedder.space
         )
+        indexer = Indexer(catalog, embedder, store, settings)
         svc = cls(
             settings=settings,
             embedder=embedder,
             catalog=catalog,
             store=store,
-            indexer=Indexer(catalog, embedder, store, settings),
+            indexer=indexer,
+            uploads=UploadProcessor(store, indexer, UploadLog(catalog), settings),
             warnings=list(warnings or []),
         )
         if embedder.clip.random_init:

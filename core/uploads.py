@@ -1,0 +1,295 @@
+"""Upload triggers: product files dropped under ``uploads/`` index themselves.
+
+Every metadata object (``.json`` / ``.jsonl`` / ``.csv``) under ``uploads/`` ends as one ingest
+record in the ``uploads`` table of the dataset: ``indexed``, ``partial`` (some records failed),
+or ``failed``, each failure with its line and reason. Processing always reads the object's
+*current* bytes and records their ETag, so duplicate, racing or reordered notifications converge:
+the same ETag twice is a no-op, a new ETag re-indexes, and product upserts are idempotent.
+Deleting an upload object keeps its products (they belong to the catalog; use
+``DELETE /products/{id}``) and marks the record ``deleted_at``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from urllib.parse import unquote_plus
+
+import pyarrow as pa
+
+from core.catalog import Catalog, quote, storage_errors
+from core.errors import InvalidInput, NotFound, PayloadTooLarge
+from core.ingest import METADATA_SUFFIXES, Indexer, records_from_metadata, resolve_bucket_image
+from core.settings import Settings
+from core.storage import ObjectStore, validate_key
+
+log = logging.getLogger(__name__)
+
+UPLOAD_PREFIX = "uploads/"
+TABLE = "uploads"
+MAX_STORED_FAILURES = 1000
+MAX_ATTEMPTS = 3
+Status = Literal["pending", "indexed", "partial", "failed"]
+STATUSES: tuple[Status, ...] = ("pending", "indexed", "partial", "failed")
+
+
+@dataclass(frozen=True)
+class ObjectEvent:
+    """One object change from a bucket notification."""
+
+    bucket: str | None
+    key: str
+    created: bool
+
+
+def _record_events(records: list[Any]) -> Iterator[ObjectEvent]:
+    for rec in records:
+        if not isinstance(rec, dict):
+            raise InvalidInput("notification Records entries must be objects")
+        s3 = rec.get("s3") or {}
+        name = str(rec.get("eventName") or "")
+        key = (s3.get("object") or {}).get("key")
+        if not isinstance(key, str) or not key:
+            raise InvalidInput("notification record without s3.object.key")
+        bucket = (s3.get("bucket") or {}).get("name")
+        # AWS and MinIO URL-encode keys in Records (spaces as '+').
+        yield ObjectEvent(bucket, unquote_plus(key), created="ObjectRemoved" not in name)
+
+
+def parse_notification(payload: Any) -> list[ObjectEvent]:
+    """Object events from an AWS S3 notification (``Records``), a MinIO webhook payload
+    (``EventName`` + ``Key`` + ``Records``) or an EventBridge event (``detail``).
+
+    AWS's ``s3:TestEvent`` yields no events. Anything else is :class:`InvalidInput`.
+    """
+    if isinstance(payload, list):
+        return [e for item in payload for e in parse_notification(item)]
+    if not isinstance(payload, dict):
+        raise InvalidInput("notification must be a JSON object")
+    if payload.get("Event") == "s3:TestEvent":
+        return []
+    if isinstance(payload.get("Records"), list):
+        return list(_record_events(payload["Records"]))
+    if isinstance(payload.get("detail"), dict):
+        detail = payload["detail"]
+        key = (detail.get("object") or {}).get("key")
+        if not isinstance(key, str) or not key:
+            raise InvalidInput("EventBridge event without detail.object.key")
+        kind = str(payload.get("detail-type") or "")
+        return [ObjectEvent((detail.get("bucket") or {}).get("name"), key, created="Deleted" not in kind)]
+    if isinstance(payload.get("Key"), str):  # MinIO without Records: "Key" is "bucket/key"
+        bucket, _, key = payload["Key"].partition("/")
+        return [ObjectEvent(bucket, unquote_plus(key), "ObjectRemoved" not in str(payload.get("EventName")))]
+    raise InvalidInput("unrecognised notification: expected S3 Records, a MinIO payload or an EventBridge event")
+
+
+def is_upload_metadata(key: str) -> bool:
+    """Keys the trigger indexes: metadata files under ``uploads/`` (images come via their JSON)."""
+    return key.startswith(UPLOAD_PREFIX) and key.lower().endswith(METADATA_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """The ingest record of one upload object."""
+
+    key: str
+    etag: str
+    status: Status
+    reason: str = ""
+    product_ids: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    records_total: int = 0
+    records_indexed: int = 0
+    records_failed: int = 0
+    attempts: int = 0
+    size: int = 0
+    first_seen_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    deleted_at: datetime | None = None
+
+
+def _schema() -> pa.Schema:
+    ts = pa.timestamp("us", tz="UTC")
+    return pa.schema(
+        [
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("etag", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("reason", pa.string()),
+            pa.field("product_ids", pa.list_(pa.string())),
+            pa.field("failures", pa.string()),
+            pa.field("records_total", pa.int64()),
+            pa.field("records_indexed", pa.int64()),
+            pa.field("records_failed", pa.int64()),
+            pa.field("attempts", pa.int64()),
+            pa.field("size", pa.int64()),
+            pa.field("first_seen_at", ts, nullable=False),
+            pa.field("updated_at", ts, nullable=False),
+            pa.field("deleted_at", ts),
+        ]
+    )
+
+
+def _from_row(row: dict[str, Any]) -> UploadRecord:
+    return UploadRecord(
+        key=row["key"],
+        etag=row["etag"],
+        status=row["status"],
+        reason=row.get("reason") or "",
+        product_ids=list(row.get("product_ids") or []),
+        failures=json.loads(row["failures"]) if row.get("failures") else [],
+        records_total=int(row.get("records_total") or 0),
+        records_indexed=int(row.get("records_indexed") or 0),
+        records_failed=int(row.get("records_failed") or 0),
+        attempts=int(row.get("attempts") or 0),
+        size=int(row.get("size") or 0),
+        first_seen_at=row["first_seen_at"],
+        updated_at=row["updated_at"],
+        deleted_at=row.get("deleted_at"),
+    )
+
+
+class UploadLog:
+    """The ``uploads`` table: one row per upload key (its latest ETag), upserted by key."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        with storage_errors("open uploads"):
+            self._table = catalog.open_or_create(TABLE, _schema())
+
+    def get(self, key: str) -> UploadRecord | None:
+        with storage_errors("read uploads"):
+            rows = self._table.search().where(f"key = {quote(key)}").limit(1).to_arrow().to_pylist()
+        return _from_row(rows[0]) if rows else None
+
+    def put(self, rec: UploadRecord) -> None:
+        row = {
+            "key": rec.key,
+            "etag": rec.etag,
+            "status": rec.status,
+            "reason": rec.reason,
+            "product_ids": rec.product_ids,
+            "failures": json.dumps(rec.failures[:MAX_STORED_FAILURES]),
+            "records_total": rec.records_total,
+            "records_indexed": rec.records_indexed,
+            "records_failed": rec.records_failed,
+            "attempts": rec.attempts,
+            "size": rec.size,
+            "first_seen_at": rec.first_seen_at,
+            "updated_at": rec.updated_at,
+            "deleted_at": rec.deleted_at,
+        }
+        data = pa.Table.from_pylist([row], schema=self._table.schema)
+        with storage_errors("write uploads"):
+            self._table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+    def known(self) -> dict[str, UploadRecord]:
+        """Every record by key (the sweeper compares these with the bucket listing)."""
+        with storage_errors("read uploads"):
+            rows = self._table.search().limit(None).to_arrow().to_pylist()
+        return {r["key"]: _from_row(r) for r in rows}
+
+    def list(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> tuple[list[UploadRecord], int]:
+        """A page of records, newest first, and the total matching ``status``."""
+        with storage_errors("read uploads"):
+            q = self._table.search().limit(None)
+            if status is not None:
+                q = q.where(f"status = {quote(status)}")
+            table = q.to_arrow().sort_by([("updated_at", "descending"), ("key", "ascending")])
+        rows = table.slice(offset, limit).to_pylist()
+        return [_from_row(r) for r in rows], table.num_rows
+
+
+class UploadProcessor:
+    """Indexes one upload object into the catalog and records the outcome."""
+
+    def __init__(self, store: ObjectStore, indexer: Indexer, log: UploadLog, settings: Settings) -> None:
+        self.store = store
+        self.indexer = indexer
+        self.log = log
+        self.settings = settings
+
+    def process(self, key: str) -> UploadRecord | None:
+        """Index ``key`` if its current ETag has not been processed; returns the record (None for
+        keys the trigger ignores). Storage outages raise :class:`core.errors.Unavailable`."""
+        if not is_upload_metadata(key):
+            return None
+        key = validate_key(key)
+        prior = self.log.get(key)
+        try:
+            info = self.store.head(key)
+        except NotFound:
+            if prior is not None and prior.deleted_at is None:
+                prior = replace(prior, deleted_at=datetime.now(UTC), updated_at=datetime.now(UTC))
+                self.log.put(prior)
+            return prior
+        if prior is not None and prior.etag == info.etag and prior.status != "pending" and prior.deleted_at is None:
+            return prior  # already processed at this ETag: duplicate or racing event
+        now = datetime.now(UTC)
+        attempts = (prior.attempts if prior is not None and prior.etag == info.etag else 0) + 1
+        first_seen = prior.first_seen_at if prior is not None else now
+        pending = UploadRecord(key, info.etag, "pending", attempts=attempts, size=info.size, first_seen_at=first_seen)
+        if attempts > MAX_ATTEMPTS:
+            failed = replace(pending, status="failed", reason=f"gave up after {MAX_ATTEMPTS} attempts")
+            self.log.put(failed)
+            return failed
+        self.log.put(pending)
+        try:
+            data, etag = self.store.get_with_etag(key, max_bytes=self.settings.max_upload_bytes)
+        except PayloadTooLarge as exc:
+            rec = replace(pending, status="failed", reason=str(exc), updated_at=datetime.now(UTC))
+            self.log.put(rec)
+            return rec
+        except NotFound:
+            rec = replace(pending, status="failed", reason="object deleted before it could be read")
+            self.log.put(rec)
+            return rec
+
+        report = self.indexer.index(records_from_metadata(key, data, resolve_bucket_image))
+        failures = [{"line": e.line, "product_id": e.product_id, "reason": e.reason} for e in report.failed]
+        ok = report.indexed + report.unchanged
+        status: Status
+        if report.total == 0:
+            status, reason = "failed", "no product records in the file"
+        elif not failures:
+            status, reason = "indexed", ""
+        else:
+            status = "partial" if ok else "failed"
+            reason = f"{len(failures)} of {report.total} records failed; first: {failures[0]['reason']}"
+        rec = replace(
+            pending,
+            etag=etag,
+            status=status,
+            reason=reason,
+            product_ids=report.product_ids,
+            failures=failures,
+            records_total=report.total,
+            records_indexed=ok,
+            records_failed=len(failures),
+            updated_at=datetime.now(UTC),
+        )
+        self.log.put(rec)
+        log.info("upload %s: %s (%d indexed, %d failed)", key, status, ok, len(failures))
+        return rec
+
+    def due(self, stale_pending: timedelta = timedelta(minutes=2)) -> list[str]:
+        """Sweeper: upload keys whose current ETag has no final record, plus deletions to note.
+
+        A ``pending`` record older than ``stale_pending`` is due again (its process died)."""
+        known = self.log.known()
+        now = datetime.now(UTC)
+        due: list[str] = []
+        seen: set[str] = set()
+        for obj in self.store.list(UPLOAD_PREFIX):
+            if not is_upload_metadata(obj.key):
+                continue
+            seen.add(obj.key)
+            rec = known.get(obj.key)
+            changed = rec is None or rec.etag != obj.etag or rec.deleted_at is not None
+            if changed or (rec is not None and rec.status == "pending" and now - rec.updated_at >= stale_pending):
+                due.append(obj.key)
+        due += [k for k, r in known.items() if k not in seen and r.deleted_at is None]
+        return due
