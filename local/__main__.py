@@ -35,7 +35,9 @@ def _serve(args: argparse.Namespace) -> int:
                 self._captured_signals.clear()
 
     from functions.app import create_app
+    from functions.triggers import UploadWorker
     from local.runtime import build_services, s3_endpoint, seed_sample
+    from local.s3server import ACCESS_KEY, SECRET_KEY
 
     with s3_endpoint(Settings(), args.data_dir, port=args.s3_port, own=True) as ep:
         settings = ep.settings
@@ -45,6 +47,8 @@ def _serve(args: argparse.Namespace) -> int:
             print(report.summary(), flush=True)
         base = f"http://{args.host}:{args.port}"
         where = "embedded, data in " + str(args.data_dir / "s3") if ep.embedded else "external"
+        if ep.embedded:
+            where += f"; key {ACCESS_KEY} / secret {SECRET_KEY}"
         print(
             "\n".join(
                 [
@@ -53,6 +57,9 @@ def _serve(args: argparse.Namespace) -> int:
                     f"  API docs (UI)  {base}/docs",
                     f"  health         {base}/health",
                     f"  metrics        {base}/metrics",
+                    f"  uploads        drop product JSON/JSONL/CSV under s3://{settings.s3_bucket}/uploads/ "
+                    f"(swept every {args.sweep_seconds:g}s; webhook POST {base}/triggers/s3); "
+                    f"status at {base}/uploads",
                     f"  S3 endpoint    {settings.s3_endpoint_url} ({where})",
                     f"  bucket         {settings.s3_bucket}",
                     f"  catalog        {settings.resolved_catalog_uri} ({services.catalog.count()} products)",
@@ -62,7 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
-        config = uvicorn.Config(create_app(services), host=args.host, port=args.port, log_level=args.log_level)
+        worker = UploadWorker(services.uploads, sweep_seconds=args.sweep_seconds)
+        app = create_app(services, worker)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
         _QuietServer(config).run()
     print("stopped; local data saved.", flush=True)
     return 0
@@ -90,6 +99,21 @@ def _index(args: argparse.Namespace) -> int:
         report = index_source(services, args.source, force=args.force)
         print(report.summary())
     return 0 if report.indexed + report.unchanged > 0 or not report.failed else 1
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from core.storage import ObjectStore
+    from local.runtime import s3_endpoint
+
+    with s3_endpoint(Settings(), args.data_dir) as ep:
+        store = ObjectStore(ep.settings)
+        store.ensure_bucket()
+        prefix = args.prefix if args.prefix.endswith("/") else args.prefix + "/"
+        for path in args.files:
+            key = prefix + path.name
+            store.put_bytes(key, path.read_bytes())
+            print(f"uploaded {path} -> s3://{store.bucket}/{key}")
+    return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -133,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--s3-port", type=int, default=0, help="embedded S3 port (default: a free one)")
     p.add_argument("--sample", type=int, default=0, metavar="N", help="seed N sample products")
+    p.add_argument(
+        "--sweep-seconds",
+        type=float,
+        default=2.0,
+        help="how often to look for new files under uploads/ (0 = notifications only)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
 
@@ -140,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("--force", action="store_true", help="re-embed unchanged products too")
     p.set_defaults(func=_index)
+
+    p = sub.add_parser("upload", help="put files into the bucket (default under uploads/, where they index themselves)")
+    p.add_argument("files", type=Path, nargs="+")
+    p.add_argument("--prefix", default="uploads/", help="key prefix, e.g. uploads/images/ for pictures")
+    p.set_defaults(func=_upload)
 
     p = sub.add_parser("sample", help="write a synthetic catalog to a folder")
     p.add_argument("--num-products", type=int, default=200)

@@ -80,7 +80,10 @@ def test_ignored_keys_and_other_buckets(app: tuple[TestClient, UploadWorker], bu
         "Records": [
             {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": "images/a.json"}}},
             {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": "uploads/a.jpg"}}},
-            {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "other"}, "object": {"key": "uploads/a.json"}}},
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": "other"}, "object": {"key": "uploads/a.json"}},
+            },
         ]
     }
     body = client.post("/triggers/s3", json=payload).json()
@@ -118,9 +121,11 @@ def test_duplicates_races_and_reorders_converge(
 
 def test_sweeper_alone_indexes_everything(services: Services) -> None:
     for i in range(3):
-        put_json(services, f"uploads/batch-{i}.jsonl", "\n".join(
-            json.dumps({"product_id": f"S{i}-{j}", "title": f"Sweep product {i} {j}"}) for j in range(4)
-        ))
+        put_json(
+            services,
+            f"uploads/batch-{i}.jsonl",
+            "\n".join(json.dumps({"product_id": f"S{i}-{j}", "title": f"Sweep product {i} {j}"}) for j in range(4)),
+        )
     services.store.put_bytes("uploads/readme.txt", b"not metadata")
     worker = UploadWorker(services.uploads).start()
     try:
@@ -215,7 +220,9 @@ def test_crash_mid_ingest_loses_nothing(services: Services, s3_settings: Setting
             super()._flush(*args, **kwargs)
 
     dying = UploadProcessor(
-        services.store, CrashingIndexer(services.catalog, fake, services.store, s3_settings), services.uploads.log,
+        services.store,
+        CrashingIndexer(services.catalog, fake, services.store, s3_settings),
+        services.uploads.log,
         s3_settings,
     )
     with pytest.raises(Crash):
@@ -239,9 +246,11 @@ def test_eight_concurrent_uploads_and_puts_lose_no_writes(s3_endpoint: str, fake
     settings = make_settings(s3_endpoint, bucket)
     base = Services.from_settings(settings, embedder=fake)
     for w in range(8):
-        put_json(base, f"uploads/w{w}.jsonl", "\n".join(
-            json.dumps({"product_id": f"W{w}-{i}", "title": f"Writer {w} item {i}"}) for i in range(6)
-        ))
+        put_json(
+            base,
+            f"uploads/w{w}.jsonl",
+            "\n".join(json.dumps({"product_id": f"W{w}-{i}", "title": f"Writer {w} item {i}"}) for i in range(6)),
+        )
     api = TestClient(create_app(Services.from_settings(settings, embedder=fake)))
     errors: list[str] = []
 
