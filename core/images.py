@@ -58,6 +58,27 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
         raise InvalidImage(f"cannot decode image: {exc}") from None
 
 
+def check_image_header(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, int, int]:
+    """Format and size from the header alone (nothing decoded): the limits of :func:`decode_image`
+    for pipelines that decode elsewhere (e.g. on the GPU). Returns ``(format, width, height)``."""
+    if len(data) == 0:
+        raise InvalidImage("image is empty")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"image is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height) = img.format or "", img.size
+    except UnidentifiedImageError:
+        raise InvalidImage("cannot decode image: not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"cannot decode image: {exc}") from None
+    if fmt not in ACCEPTED_FORMATS:
+        raise InvalidImage(f"unsupported image format {fmt or 'unknown'}")
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return fmt, width, height
+
+
 def sniff_content_type(data: bytes) -> str:
     """The MIME type of image bytes, from their header only (``application/octet-stream`` if unknown)."""
     try:

@@ -14,19 +14,19 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from tqdm import tqdm
 
 from core.catalog import Catalog, ProductRecord
-from core.embedding import Embedder
-from core.errors import InvalidInput, NotFound, PayloadTooLarge
-from core.images import decode_image, extension_for, sniff_content_type
-from core.models import Product, ProductInput
+from core.embedding import Embedder, embed_image_bytes
+from core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceError
+from core.images import extension_for, sniff_content_type
+from core.models import Product, ProductInput, Vector
 from core.settings import Settings
 from core.storage import ObjectStore, validate_key
 
@@ -247,6 +247,7 @@ class Indexer:
         self.store = store
         self.settings = settings
         self.batch_size = max(8, settings.embed_batch_size)
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="image-load")
 
     def index(
         self,
@@ -282,6 +283,12 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         return report
 
+    def _try_load(self, item: PendingProduct) -> tuple[bytes | None, str | None] | ServiceError:
+        try:
+            return self._load_image(item)
+        except (NotFound, InvalidInput) as exc:
+            return exc
+
     def _load_image(self, item: PendingProduct) -> tuple[bytes | None, str | None]:
         if item.image_bytes is not None:
             return item.image_bytes, item.image_key
@@ -289,59 +296,62 @@ class Indexer:
             return self.store.get_bytes(item.image_key, max_bytes=self.settings.max_image_bytes), item.image_key
         return None, None
 
+    def _fail(self, report: IngestReport, item: PendingProduct, exc: ServiceError, reason: str = "") -> None:
+        report.failed.append(
+            RecordError(
+                item.source,
+                item.line,
+                item.product.product_id,
+                reason or str(exc),
+                too_large=isinstance(exc, PayloadTooLarge),
+            )
+        )
+
     def _flush(self, batch: list[PendingProduct], report: IngestReport, force: bool) -> None:
+        # Object-store reads overlap: a pool of threads fetches the batch's images.
+        loaded = list(self._pool.map(self._try_load, batch))
         prepared: list[tuple[PendingProduct, bytes | None, str | None, str]] = []
-        for item in batch:
-            try:
-                data, key = self._load_image(item)
-            except (NotFound, InvalidInput) as exc:
-                reason = f"image {item.image_key!r}: {exc}" if isinstance(exc, NotFound) else str(exc)
-                report.failed.append(
-                    RecordError(
-                        item.source,
-                        item.line,
-                        item.product.product_id,
-                        reason,
-                        too_large=isinstance(exc, PayloadTooLarge),
-                    )
-                )
+        for item, result in zip(batch, loaded, strict=True):
+            if isinstance(result, ServiceError):
+                nf = isinstance(result, NotFound)
+                self._fail(report, item, result, f"image {item.image_key!r}: {result}" if nf else "")
                 continue
+            data, key = result
             digest = hashlib.sha256(data).hexdigest() if data is not None else None
             prepared.append((item, data, key, content_hash(item.product, digest)))
         existing = {} if force else self.catalog.existing([p[0].product.product_id for p in prepared])
-        todo: list[tuple[PendingProduct, Image.Image | None, str | None, str]] = []
-        for item, data, key, chash in prepared:
-            pid = item.product.product_id
-            if not force and pid in existing and existing[pid][0] == chash:
+        changed = []
+        for entry in prepared:
+            pid = entry[0].product.product_id
+            if not force and pid in existing and existing[pid][0] == entry[3]:
                 report.unchanged += 1
                 report.product_ids.append(pid)
-                continue
-            image = None
-            if data is not None:
-                try:
-                    image = decode_image(
-                        data,
-                        max_bytes=self.settings.max_image_bytes,
-                        max_pixels=self.settings.max_image_pixels,
-                    )
-                except InvalidInput as exc:
-                    report.failed.append(
-                        RecordError(item.source, item.line, pid, str(exc), too_large=isinstance(exc, PayloadTooLarge))
-                    )
-                    continue
-                if key is None:
-                    key = image_key_for(pid, data)
-                    self.store.put_bytes(key, data, sniff_content_type(data))
-            todo.append((item, image, key, chash))
+            else:
+                changed.append(entry)
+        with_image = [i for i, e in enumerate(changed) if e[1] is not None]
+        image_vectors: dict[int, Vector] = {}
+        if with_image:
+            batch_result = embed_image_bytes(
+                self.embedder.clip,
+                [changed[i][1] for i in with_image],  # type: ignore[misc]
+                max_bytes=self.settings.max_image_bytes,
+                max_pixels=self.settings.max_image_pixels,
+            )
+            image_vectors = {with_image[j]: v for j, v in zip(batch_result.ok, batch_result.vectors, strict=True)}
+            for j, exc in batch_result.errors.items():
+                self._fail(report, changed[with_image[j]][0], exc)
+        todo = [e for i, e in enumerate(changed) if e[1] is None or i in image_vectors]
+        vecs = [image_vectors.get(i) for i, e in enumerate(changed) if e[1] is None or i in image_vectors]
         if not todo:
             return
-        images = [im for _, im, _, _ in todo if im is not None]
-        img_vecs = iter(self.embedder.clip.embed_images(images)) if images else iter(())
         txt_vecs = self.embedder.text.embed_texts([t[0].product.embedding_text() for t in todo])
         now = datetime.now(UTC)
         records = []
-        for (item, image, key, chash), tvec in zip(todo, txt_vecs, strict=True):
+        for (item, data, key, chash), ivec, tvec in zip(todo, vecs, txt_vecs, strict=True):
             p = item.product
+            if data is not None and key is None:
+                key = image_key_for(p.product_id, data)
+                self.store.put_bytes(key, data, sniff_content_type(data))
             records.append(
                 ProductRecord(
                     product=Product(
@@ -355,7 +365,7 @@ class Indexer:
                         created_at=now,
                         updated_at=now,
                     ),
-                    image_vector=next(img_vecs) if image is not None else None,
+                    image_vector=ivec,
                     text_vector=tvec,
                     content_hash=chash,
                 )

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
+import lancedb
 import pyarrow as pa
 
 from core.catalog import Catalog, quote, storage_errors
@@ -160,6 +161,23 @@ class UploadLog:
         with storage_errors("open uploads"):
             self._table = catalog.open_or_create(TABLE, _schema())
 
+    @classmethod
+    def open(cls, settings: Settings) -> UploadLog:
+        """The log alone, without models or the products table (for a model-free sweeper)."""
+        log = cls.__new__(cls)
+        uri = settings.resolved_catalog_uri
+        with storage_errors("open uploads"):
+            db = lancedb.connect(
+                uri,
+                storage_options=settings.storage_options() if uri.startswith("s3://") else None,
+                read_consistency_interval=timedelta(seconds=settings.catalog_refresh_seconds),
+            )
+            try:
+                log._table = db.open_table(TABLE)
+            except ValueError:
+                log._table = db.create_table(TABLE, schema=_schema(), exist_ok=True)
+        return log
+
     def get(self, key: str) -> UploadRecord | None:
         with storage_errors("read uploads"):
             rows = self._table.search().where(f"key = {quote(key)}").limit(1).to_arrow().to_pylist()
@@ -276,20 +294,24 @@ class UploadProcessor:
         return rec
 
     def due(self, stale_pending: timedelta = timedelta(minutes=2)) -> list[str]:
-        """Sweeper: upload keys whose current ETag has no final record, plus deletions to note.
+        """Sweeper: see :func:`due_uploads`."""
+        return due_uploads(self.store, self.log, stale_pending)
 
-        A ``pending`` record older than ``stale_pending`` is due again (its process died)."""
-        known = self.log.known()
-        now = datetime.now(UTC)
-        due: list[str] = []
-        seen: set[str] = set()
-        for obj in self.store.list(UPLOAD_PREFIX):
-            if not is_upload_metadata(obj.key):
-                continue
-            seen.add(obj.key)
-            rec = known.get(obj.key)
-            changed = rec is None or rec.etag != obj.etag or rec.deleted_at is not None
-            if changed or (rec is not None and rec.status == "pending" and now - rec.updated_at >= stale_pending):
-                due.append(obj.key)
-        due += [k for k, r in known.items() if k not in seen and r.deleted_at is None]
-        return due
+
+def due_uploads(store: ObjectStore, log: UploadLog, stale_pending: timedelta = timedelta(minutes=2)) -> list[str]:
+    """Upload keys whose current ETag has no final record, plus deletions to note. A ``pending``
+    record older than ``stale_pending`` is due again (its process died). Needs no models."""
+    known = log.known()
+    now = datetime.now(UTC)
+    due: list[str] = []
+    seen: set[str] = set()
+    for obj in store.list(UPLOAD_PREFIX):
+        if not is_upload_metadata(obj.key):
+            continue
+        seen.add(obj.key)
+        rec = known.get(obj.key)
+        changed = rec is None or rec.etag != obj.etag or rec.deleted_at is not None
+        if changed or (rec is not None and rec.status == "pending" and now - rec.updated_at >= stale_pending):
+            due.append(obj.key)
+    due += [k for k, r in known.items() if k not in seen and r.deleted_at is None]
+    return due

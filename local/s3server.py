@@ -3,8 +3,10 @@
 moto keeps objects in memory; this wrapper restores them from ``<dir>/objects/<bucket>/<key>`` at
 start and mirrors changes back every ``interval`` seconds and at stop. Lance data files are
 immutable and written before the manifest that references them, so a mirror taken at any moment
-holds a consistent (possibly slightly older) dataset version. A hard kill loses at most the last
-``interval`` seconds of writes.
+holds a consistent (possibly slightly older) dataset version. A hard kill (SIGKILL, power loss)
+loses the writes not yet mirrored: normally the last ``interval`` seconds, more while a large
+mirror pass is still copying. Uploads lost that way are simply not there after the restart;
+ingest work lost that way is redone by the upload sweeper.
 """
 
 from __future__ import annotations

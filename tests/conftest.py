@@ -19,6 +19,20 @@ from functions.services import Services
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server's access log
 
 ACCESS = "test-access-key"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests need CUDA: skipped, and named as such in the report, without it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: no CUDA device on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 SECRET = "test-secret-key"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
@@ -16,6 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from core.errors import InvalidInput
+from core.images import decode_image
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,47 @@ class TextEncoder(Protocol):
     dim: int
 
     def embed_texts(self, texts: Sequence[str]) -> Matrix: ...
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Vectors for the inputs that decoded (``ok`` gives their positions) and why the rest did not."""
+
+    vectors: Matrix
+    ok: list[int]
+    errors: dict[int, InvalidInput]
+
+
+def decode_all(
+    datas: Sequence[bytes], *, max_bytes: int, max_pixels: int, workers: int = 4
+) -> tuple[list[int], list[Image.Image], dict[int, InvalidInput]]:
+    """Decode image bytes in a thread pool (PIL releases the GIL while decoding)."""
+
+    def one(data: bytes) -> Image.Image | InvalidInput:
+        try:
+            return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+        except InvalidInput as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(one, datas))
+    ok = [i for i, r in enumerate(results) if isinstance(r, Image.Image)]
+    images = [r for r in results if isinstance(r, Image.Image)]
+    errors = {i: r for i, r in enumerate(results) if isinstance(r, InvalidInput)}
+    return ok, images, errors
+
+
+def embed_image_bytes(
+    encoder: ImageTextEncoder, datas: Sequence[bytes], *, max_bytes: int, max_pixels: int
+) -> ImageBatch:
+    """Image bytes to vectors, using the encoder's own fast path when it has one."""
+    fast = getattr(encoder, "embed_image_bytes", None)
+    if fast is not None:
+        result: ImageBatch = fast(datas, max_bytes=max_bytes, max_pixels=max_pixels)
+        return result
+    ok, images, errors = decode_all(datas, max_bytes=max_bytes, max_pixels=max_pixels)
+    vectors = encoder.embed_images(images) if images else np.zeros((0, encoder.dim), np.float32)
+    return ImageBatch(vectors, ok, errors)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,8 +15,9 @@ from PIL import Image
 if TYPE_CHECKING:
     import torch
 
-from core.embedding import Matrix
-from core.errors import ConfigError, ModelLoadError
+from core.embedding import ImageBatch, Matrix, decode_all
+from core.errors import ConfigError, InvalidImage, InvalidInput, ModelLoadError
+from core.images import check_image_header
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,9 @@ class OpenClipEncoder:
     semantics. It is reported by :attr:`random_init` and logged as a warning.
     """
 
-    def __init__(self, model: str, pretrained: str, *, device: str = "auto", batch_size: int = 32) -> None:
+    def __init__(
+        self, model: str, pretrained: str, *, device: str = "auto", batch_size: int = 32, decode_workers: int = 0
+    ) -> None:
         import open_clip
         import torch
 
@@ -65,7 +69,14 @@ class OpenClipEncoder:
                 "are NOT semantically meaningful)."
             ) from exc
         clip.eval()
+        if self.device == "cuda":
+            clip.half()
         self._model = clip
+        cfg = clip.visual.preprocess_cfg
+        self.image_size = int(cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0])
+        self.mean = tuple(float(m) for m in cfg["mean"])
+        self.std = tuple(float(v) for v in cfg["std"])
+        self.decode_workers = decode_workers or max(2, os.cpu_count() or 2)
         self._preprocess = preprocess
         self._tokenizer = open_clip.get_tokenizer(model)
         self.dim = int(clip.visual.output_dim)
@@ -99,6 +110,100 @@ class OpenClipEncoder:
             batch = torch.stack([self._preprocess(im.convert("RGB")) for im in chunk]).to(self.device)
             out.append(self._run(batch, image=True))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_image_bytes(self, datas: Sequence[bytes], *, max_bytes: int, max_pixels: int) -> ImageBatch:
+        """Image bytes to vectors. On CUDA, JPEGs are decoded on the GPU (nvjpeg, batched) and
+        resized there; everything else is decoded by a pool of CPU threads."""
+        jpeg_idx: list[int] = []
+        if self.device == "cuda":
+            jpeg_idx = [i for i, d in enumerate(datas) if d[:3] == b"\xff\xd8\xff"]
+        other = [i for i in range(len(datas)) if i not in set(jpeg_idx)]
+        ok: list[int] = []
+        parts: list[Matrix] = []
+        errors: dict[int, InvalidInput] = {}
+        if other:
+            good, images, errs = decode_all(
+                [datas[i] for i in other], max_bytes=max_bytes, max_pixels=max_pixels, workers=self.decode_workers
+            )
+            errors.update({other[j]: e for j, e in errs.items()})
+            if images:
+                ok += [other[j] for j in good]
+                parts.append(self._embed_preprocessed_pil(images))
+        if jpeg_idx:
+            good_gpu, vecs, errs = self._embed_jpegs_cuda([datas[i] for i in jpeg_idx], max_bytes, max_pixels)
+            errors.update({jpeg_idx[j]: e for j, e in errs.items()})
+            ok += [jpeg_idx[j] for j in good_gpu]
+            parts.append(vecs)
+        vectors = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        order = np.argsort(ok, kind="stable")
+        return ImageBatch(vectors[order], [ok[i] for i in order], errors)
+
+    def _embed_preprocessed_pil(self, images: Sequence[Image.Image]) -> Matrix:
+        import torch
+
+        out: list[Matrix] = []
+        with ThreadPoolExecutor(max_workers=self.decode_workers) as pool:
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size]
+                tensors = list(pool.map(self._preprocess, chunk))
+                out.append(self._run(torch.stack(tensors).to(self.device), image=True))
+        return np.concatenate(out)
+
+    def _embed_jpegs_cuda(
+        self, datas: Sequence[bytes], max_bytes: int, max_pixels: int
+    ) -> tuple[list[int], Matrix, dict[int, InvalidInput]]:
+        import torch
+        import torch.nn.functional as F
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        errors: dict[int, InvalidInput] = {}
+        ok: list[int] = []
+        for i, d in enumerate(datas):
+            try:
+                check_image_header(d, max_bytes=max_bytes, max_pixels=max_pixels)
+                ok.append(i)
+            except InvalidInput as exc:
+                errors[i] = exc
+        size = self.image_size
+        mean = torch.tensor(self.mean, device="cuda").view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device="cuda").view(1, 3, 1, 1)
+        out: list[Matrix] = []
+        kept: list[int] = []
+        step = max(self.batch_size, 256)
+        for start in range(0, len(ok), step):
+            idx = ok[start : start + step]
+            raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in idx]
+            decoded: list[torch.Tensor | None]
+            try:
+                decoded = list(decode_jpeg(raw, mode=ImageReadMode.RGB, device="cuda"))
+            except RuntimeError:
+                decoded = []  # one bad JPEG fails the whole batch: decode one by one to find it
+                for i, r in zip(idx, raw, strict=True):
+                    try:
+                        decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device="cuda"))
+                    except RuntimeError as exc:
+                        errors[i] = InvalidImage(f"cannot decode image: {exc}")
+                        decoded.append(None)
+            # Same-size images are resized together: shortest side to `size` (bicubic, antialiased,
+            # like PIL), centre crop, normalise; fp16 into the model.
+            groups: dict[tuple[int, int], list[int]] = {}
+            for j, img in enumerate(decoded):
+                if img is not None:
+                    groups.setdefault((int(img.shape[-2]), int(img.shape[-1])), []).append(j)
+            for (h, w), members in groups.items():
+                scale = size / min(h, w)
+                nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+                top, left = (nh - size) // 2, (nw - size) // 2
+                for m0 in range(0, len(members), step):
+                    part = members[m0 : m0 + step]
+                    x = torch.stack([decoded[j] for j in part]).float()  # type: ignore[misc]
+                    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True)
+                    x = x[..., top : top + size, left : left + size].clamp_(0, 255).div_(255.0)
+                    out.append(self._run(((x - mean) / std).half(), image=True))
+                    kept += [idx[j] for j in part]
+        order = np.argsort(kept, kind="stable")
+        vectors = np.concatenate(out)[order] if out else np.zeros((0, self.dim), np.float32)
+        return [kept[i] for i in order], vectors, errors
 
     def embed_texts(self, texts: Sequence[str]) -> Matrix:
         out: list[Matrix] = []

@@ -85,3 +85,40 @@ def test_full_vit_b32_image_search_finds_own_image(s3_settings: Settings, minilm
         services.default_weights,
     )
     assert hits[0].product.product_id == target["product_id"]
+
+
+def _photo_jpegs(n: int, size: int = 600) -> list[bytes]:
+    import io
+
+    from local.sample import render
+
+    out = []
+    for i, p in enumerate(generate(n, image_size=size)):
+        img = render(str(p.record["category"]), str(p.record["color"]), str(p.record["pattern"]), size, seed=i)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def test_image_bytes_path_matches_pil_path_and_reports_bad_items() -> None:
+    clip = OpenClipEncoder("tiny-clip-test", "none", device="cpu", decode_workers=2)
+    jpegs = _photo_jpegs(5, 200)
+    datas = [jpegs[0], b"not an image", jpegs[1], jpegs[2][:80], *jpegs[3:]]
+    result = clip.embed_image_bytes(datas, max_bytes=10**7, max_pixels=10**7)
+    assert result.ok == [0, 2, 4, 5] and set(result.errors) == {1, 3}
+    ref = clip.embed_images([decode_image(d, max_bytes=10**7, max_pixels=10**7) for d in jpegs[:2] + jpegs[3:]])
+    np.testing.assert_allclose(result.vectors, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_jpeg_pipeline_matches_cpu_reference() -> None:
+    """nvjpeg decode + GPU resize + fp16 vs PIL preprocessing + fp32 on CPU: cosine >= 0.99 per image."""
+    jpegs = _photo_jpegs(16)
+    gpu = OpenClipEncoder("ViT-B-32", "none", device="cuda")
+    cpu = OpenClipEncoder("ViT-B-32", "none", device="cpu")
+    got = gpu.embed_image_bytes(jpegs, max_bytes=10**7, max_pixels=10**8)
+    assert got.ok == list(range(16))
+    ref = cpu.embed_images([decode_image(d, max_bytes=10**7, max_pixels=10**8) for d in jpegs])
+    cos = (got.vectors * ref).sum(axis=1)
+    assert cos.min() >= 0.99, cos

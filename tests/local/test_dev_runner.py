@@ -92,9 +92,12 @@ def test_serve_sample_ctrl_c_and_restart_keeps_data(tmp_path: Path) -> None:
 def test_uploads_index_themselves_and_survive_a_kill_mid_ingest(tmp_path: Path) -> None:
     import boto3
 
+    from local.sample import generate
+
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start(tmp_path, port, "--sweep-seconds", "0.5")
+    # 1. Files land in the bucket while nothing sweeps (notifications only); clean stop persists them.
+    proc = start(tmp_path, port, "--sweep-seconds", "0")
     try:
         state = json.loads((tmp_path / "s3-endpoint.json").read_text())
         s3 = boto3.client(
@@ -104,36 +107,41 @@ def test_uploads_index_themselves_and_survive_a_kill_mid_ingest(tmp_path: Path) 
             aws_access_key_id="local",
             aws_secret_access_key="local-secret",
         )
-        from local.sample import generate
-
         products = generate(300, image_size=64)
         for p in products:
             s3.put_object(Bucket="products", Key="uploads/" + p.image_name, Body=p.image)
             p.record["image"] = "uploads/" + p.image_name
-        time.sleep(2.5)  # let the embedded server mirror the images to disk
         body = "".join(json.dumps(p.record) + "\n" for p in products)
         s3.put_object(Bucket="products", Key="uploads/catalog.jsonl", Body=body.encode())
-        put_at = time.time()
-        deadline = put_at + 60
-        while call(f"{base}/health")["product_count"] == 0 and time.time() < deadline:
-            time.sleep(0.05)
-        # Kill once the upload file itself has been mirrored (2 s interval), while ingest still runs.
-        time.sleep(max(0.0, put_at + 2.2 - time.time()))
-        count_at_kill = call(f"{base}/health")["product_count"]
+        assert call(f"{base}/health")["product_count"] == 0
     finally:
-        proc.kill()  # SIGKILL: no clean shutdown, no final mirror
+        stop(proc)
+
+    # 2. The sweeper picks the upload up by itself; the process is SIGKILLed mid-ingest.
+    proc = start(tmp_path, port, "--sweep-seconds", "0.5")
+    try:
+        deadline = time.time() + 120
+        count_at_kill = 0
+        while count_at_kill == 0 and time.time() < deadline:
+            count_at_kill = int(call(f"{base}/health")["product_count"])  # type: ignore[call-overload]
+            time.sleep(0.02)
+    finally:
+        proc.kill()  # no clean shutdown, no final mirror
         proc.wait(30)
     assert 0 < count_at_kill < 300, f"kill did not land mid-ingest ({count_at_kill} indexed)"
 
+    # 3. After a restart every product is indexed, once, and the ingest record says so.
     proc = start(tmp_path, port, "--sweep-seconds", "0.5")
     try:
         deadline = time.time() + 180
+        recs: list[dict[str, object]] = []
         while time.time() < deadline:
-            recs = call(f"{base}/uploads?status=indexed")["uploads"]
+            recs = call(f"{base}/uploads?status=indexed")["uploads"]  # type: ignore[assignment]
             if recs:
                 break
             time.sleep(0.5)
-        assert recs and recs[0]["key"] == "uploads/catalog.jsonl"  # type: ignore[index]
+        assert recs and recs[0]["key"] == "uploads/catalog.jsonl"
+        assert recs[0]["records_indexed"] == 300
         assert call(f"{base}/health")["product_count"] == 300
         assert call(f"{base}/products/S00300")["image"] == "uploads/images/S00300.jpg"
     finally:

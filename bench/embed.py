@@ -1,0 +1,143 @@
+"""CLIP image embedding throughput: JPEG bytes -> vectors, and model only. Runs on CPU or CUDA.
+
+    python -m bench.embed --device cpu --images 256
+    python -m bench.embed --device cuda --images 16384 --batch 512
+
+Inputs are ~600x600 product-like JPEGs (sample renders with sensor-like noise, ~q90). On CUDA it
+also checks the GPU pipeline (nvjpeg decode, GPU resize, fp16) against the CPU reference
+(PIL preprocessing, fp32): cosine per image, which must stay >= 0.99. Weights are random-init
+(CLIP_PRETRAINED=none): same architecture and compute as the real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import time
+
+import numpy as np
+from PIL import Image
+
+from core.embedding import decode_all
+from core.embedding.clip import OpenClipEncoder
+from core.images import decode_image
+from local.sample import ITEMS, render
+
+LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 50_000_000}
+
+
+def make_jpegs(n: int, size: int = 600, distinct: int = 256) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    cats = sorted(ITEMS)
+    colours = ["red", "blue", "green", "yellow", "black", "teal", "orange", "purple"]
+    pats = ["solid", "striped", "dotted", "checked"]
+    base = []
+    for i in range(min(n, distinct)):
+        img = np.asarray(render(cats[i % 6], colours[i % 8], pats[i % 4], size, seed=i), np.int16)
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=90)
+        base.append(buf.getvalue())
+    return [base[i % len(base)] for i in range(n)]
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    import torch
+
+    enc = OpenClipEncoder(args.model, "none", device=args.device, batch_size=args.batch)
+    jpegs = make_jpegs(args.images)
+    rows: list[dict[str, object]] = []
+    mean_kb = sum(map(len, jpegs)) / len(jpegs) / 1024
+
+    # Model only: preprocessed batches already on the device.
+    imgs = [decode_image(d, **LIMITS) for d in jpegs[: args.batch]]
+    batch = torch.stack([enc._preprocess(im) for im in imgs]).to(args.device)
+    enc._run(batch, image=True)
+    reps = max(3, (args.images // args.batch))
+    sync(args.device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        enc._run(batch, image=True)
+    sync(args.device)
+    rows.append(
+        {
+            "path": f"model only ({'fp16' if args.device == 'cuda' else 'fp32'}, batch {args.batch})",
+            "images_per_s": round(reps * args.batch / (time.perf_counter() - t), 1),
+        }
+    )
+
+    # JPEG bytes -> vectors through the service's pipeline (GPU decode on CUDA).
+    enc.embed_image_bytes(jpegs[: args.batch], **LIMITS)
+    sync(args.device)
+    t = time.perf_counter()
+    res = enc.embed_image_bytes(jpegs, **LIMITS)
+    sync(args.device)
+    assert len(res.ok) == len(jpegs) and not res.errors
+    label = "nvjpeg decode + GPU resize" if args.device == "cuda" else f"PIL decode pool ({enc.decode_workers} threads)"
+    rows.append(
+        {"path": f"JPEG bytes -> vectors: {label}", "images_per_s": round(len(jpegs) / (time.perf_counter() - t), 1)}
+    )
+
+    if args.device == "cuda":
+        # The CPU decode pool feeding the GPU, for comparison.
+        sub = jpegs[: min(len(jpegs), 4096)]
+        t = time.perf_counter()
+        _, images, _ = decode_all(sub, workers=os.cpu_count() or 4, **LIMITS)
+        enc._embed_preprocessed_pil(images)
+        sync(args.device)
+        rows.append(
+            {
+                "path": f"JPEG bytes -> vectors: PIL decode pool ({os.cpu_count()} threads) + GPU",
+                "images_per_s": round(len(sub) / (time.perf_counter() - t), 1),
+            }
+        )
+        # Agreement with the CPU reference path.
+        ref_enc = OpenClipEncoder(args.model, "none", device="cpu")
+        check = jpegs[:64]
+        ref = ref_enc.embed_images([decode_image(d, **LIMITS) for d in check])
+        got = enc.embed_image_bytes(check, **LIMITS).vectors
+        cos = (ref * got).sum(axis=1)
+        rows.append(
+            {
+                "path": "cosine GPU pipeline vs CPU reference (64 images)",
+                "images_per_s": f"min {cos.min():.4f} mean {cos.mean():.4f}",
+            }
+        )
+
+    meta = {
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "model": args.model,
+        "images": args.images,
+        "mean_jpeg_kb": round(mean_kb, 1),
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(meta))
+    width = max(len(str(r["path"])) for r in rows)
+    for r in rows:
+        print(f"{str(r['path']).ljust(width)}  {r['images_per_s']}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

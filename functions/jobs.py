@@ -1,0 +1,67 @@
+"""Batch jobs shared by the dev runner and the Modal app: upload processing, sweeping, reindex.
+
+Plain functions over :class:`Services` so they run (and are tested) anywhere; the Modal app wraps
+each in a GPU class method or a scheduled function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from core.ingest import IngestReport, records_from_metadata, resolve_bucket_image
+from core.settings import Settings
+from core.storage import ObjectStore
+from core.uploads import UploadLog, due_uploads, is_upload_metadata
+from functions.services import Services
+
+
+def process_upload(services: Services, key: str) -> dict[str, Any] | None:
+    """Index one upload object (idempotent per ETag); the ingest record as a dict."""
+    rec = services.uploads.process(key)
+    return None if rec is None else asdict(rec)
+
+
+def due_upload_keys(settings: Settings, stale_pending: timedelta = timedelta(minutes=2)) -> list[str]:
+    """What the sweeper must (re)process. Opens no models: cheap to run on a schedule."""
+    return due_uploads(ObjectStore(settings), UploadLog.open(settings), stale_pending)
+
+
+def list_metadata(settings: Settings, prefix: str) -> list[str]:
+    """Metadata keys (.json/.jsonl/.csv) under ``prefix`` in the bucket, in key order."""
+    store = ObjectStore(settings)
+    if prefix.startswith("uploads/"):
+        return [o.key for o in store.list(prefix) if is_upload_metadata(o.key)]
+    return [o.key for o in store.list(prefix) if o.key.lower().endswith((".json", ".jsonl", ".csv"))]
+
+
+@dataclass
+class ReindexSummary:
+    files: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, part: dict[str, Any]) -> None:
+        self.files += 1
+        self.indexed += part["indexed"]
+        self.unchanged += part["unchanged"]
+        self.failed += len(part["failures"])
+        self.seconds = max(self.seconds, part["seconds"])
+        self.failures += part["failures"][: max(0, 100 - len(self.failures))]
+
+
+def index_key(services: Services, key: str, force: bool = False) -> dict[str, Any]:
+    """Index one metadata object of the bucket (a reindex work item); returns counts and failures."""
+    data = services.store.get_bytes(key, max_bytes=services.settings.max_upload_bytes)
+    report: IngestReport = services.indexer.index(records_from_metadata(key, data, resolve_bucket_image), force=force)
+    return {
+        "key": key,
+        "indexed": report.indexed,
+        "unchanged": report.unchanged,
+        "seconds": report.seconds,
+        "failures": [asdict(f) for f in report.failed],
+    }

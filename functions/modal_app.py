@@ -1,0 +1,146 @@
+"""The Modal app: the same `core` code as the dev runner, serverless.
+
+    modal secret create shelfsearch S3_BUCKET=... AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... \\
+        AWS_REGION=... [S3_ENDPOINT_URL=...] [API_KEY=...] [WEBHOOK_TOKEN=...]
+    modal deploy functions/modal_app.py                     # web endpoint + GPU indexer + sweeper
+    modal run functions/modal_app.py::reindex --prefix uploads/   # fan a bucket prefix out over GPUs
+
+- ``web``: the HTTP app from :func:`functions.app.create_app` on CPU containers (queries embed on
+  CPU; many concurrent requests per container). Upload notifications it receives are handed to
+  the GPU indexer with ``.spawn`` instead of an in-process worker.
+- ``GpuIndexer``: models loaded once per container in ``@modal.enter``; indexes upload files and
+  reindex work items, embedding images with nvjpeg decode + fp16 on the GPU.
+- ``sweep_uploads``: every minute, a model-free listing of ``uploads/`` against the ingest
+  records; anything due is spawned onto the GPU indexer.
+Recommendation retraining is not scheduled here yet: the recommender does not exist yet.
+Modal's cloud is not reachable from this project's CI: the definitions are checked and the job
+bodies (``functions/jobs.py``) run locally against an S3 server in the tests.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import modal
+
+APP_NAME = "shelfsearch"
+GPU = "L40S"  # embedding GPU; "H100" for the fastest reindex, "T4"/"L4" for the cheapest trickle of uploads
+GPU_MAX_CONTAINERS = 20
+WEB_MIN_CONTAINERS = 0  # set to 1+ to keep a warm query container (no cold start; costs idle time)
+SWEEP_EVERY = modal.Period(minutes=1)
+
+ROOT = Path(__file__).resolve().parents[1]
+image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .pip_install_from_pyproject(str(ROOT / "pyproject.toml"))
+    .env({"HF_HOME": "/cache/huggingface"})
+    .add_local_python_source("core", "functions", "local")
+)
+secret = modal.Secret.from_name(APP_NAME)  # S3_*, AWS_*, API_KEY, WEBHOOK_TOKEN, CLIP_* ...
+model_cache = modal.Volume.from_name(f"{APP_NAME}-models", create_if_missing=True)
+
+app = modal.App(APP_NAME, image=image, secrets=[secret])
+
+
+def _services() -> Any:
+    from core.settings import Settings
+    from functions.services import Services
+
+    return Services.from_settings(Settings())
+
+
+@app.cls(
+    gpu=GPU, volumes={"/cache": model_cache}, max_containers=GPU_MAX_CONTAINERS, scaledown_window=120, timeout=3600
+)
+class GpuIndexer:
+    """Embeds on a GPU. One container processes one upload or reindex item at a time."""
+
+    @modal.enter()
+    def load(self) -> None:
+        self.services = _services()  # models loaded once per container, never per input
+
+    @modal.method()
+    def process_upload(self, key: str) -> dict[str, Any] | None:
+        from functions.jobs import process_upload
+
+        return process_upload(self.services, key)
+
+    @modal.method()
+    def index_key(self, key: str, force: bool = False) -> dict[str, Any]:
+        from functions.jobs import index_key
+
+        return index_key(self.services, key, force)
+
+
+class SpawnToGpu:
+    """Upload worker for the web function: hands each key to the GPU indexer (returns at once)."""
+
+    def __init__(self) -> None:
+        self.spawned = 0
+
+    def submit(self, keys: list[str]) -> int:
+        for key in keys:
+            GpuIndexer().process_upload.spawn(key)
+        self.spawned += len(keys)
+        return len(keys)
+
+    def start(self) -> SpawnToGpu:
+        return self
+
+    def stop(self, timeout: float = 0.0) -> None:
+        return None
+
+    @property
+    def queued(self) -> int:
+        return 0
+
+
+@app.function(cpu=2.0, memory=4096, min_containers=WEB_MIN_CONTAINERS, scaledown_window=300, timeout=600)
+@modal.concurrent(max_inputs=32)
+@modal.asgi_app()
+def web() -> Any:
+    from functions.app import create_app
+
+    return create_app(_services(), worker=SpawnToGpu())  # type: ignore[arg-type]
+
+
+@app.function(schedule=SWEEP_EVERY, cpu=1.0, timeout=600)
+def sweep_uploads() -> int:
+    """Safety net for missed notifications and crashed ingests; loads no models."""
+    from core.settings import Settings
+    from functions.jobs import due_upload_keys
+
+    keys = due_upload_keys(Settings(), stale_pending=timedelta(minutes=10))
+    for key in keys:
+        GpuIndexer().process_upload.spawn(key)
+    return len(keys)
+
+
+@app.function(cpu=1.0, timeout=600)
+def list_metadata(prefix: str) -> list[str]:
+    from core.settings import Settings
+    from functions.jobs import list_metadata as _list
+
+    return _list(Settings(), prefix)
+
+
+@app.local_entrypoint()
+def reindex(prefix: str = "uploads/", force: bool = False) -> None:
+    """List a bucket prefix and fan its metadata files out over GPU containers, with progress."""
+    from tqdm import tqdm
+
+    from functions.jobs import ReindexSummary
+
+    keys = list_metadata.remote(prefix)
+    summary = ReindexSummary()
+    indexer = GpuIndexer()
+    with tqdm(total=len(keys), desc=f"reindex {prefix}", unit="file") as bar:
+        for part in indexer.index_key.map(keys, kwargs={"force": force}, order_outputs=False):
+            summary.add(part)
+            bar.update(1)
+            bar.set_postfix(indexed=summary.indexed, failed=summary.failed)
+    print(f"{summary.files} files: indexed {summary.indexed}, unchanged {summary.unchanged}, failed {summary.failed}")
+    for f in summary.failures[:20]:
+        print(f"  FAILED {f['source']}:{f['line']} {f['product_id']}: {f['reason']}")

@@ -1,0 +1,94 @@
+"""The Modal app's definitions, and its job bodies run locally against the S3 server.
+
+Modal's cloud is not reachable from CI: nothing here deploys or calls `.remote()`.
+"""
+
+import importlib
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from core.embedding import Embedder
+from core.settings import Settings
+from functions import jobs
+from functions.services import Services
+
+
+@pytest.fixture(scope="module")
+def definitions() -> dict[str, dict[str, Any]]:
+    """Import the app while recording every decorator's arguments."""
+    import modal
+
+    seen: dict[str, dict[str, Any]] = {}
+    orig_function, orig_cls = modal.App.function, modal.App.cls
+
+    def record(orig: Any) -> Any:
+        def decorator_factory(self: Any, *args: Any, **kwargs: Any) -> Any:
+            inner = orig(self, *args, **kwargs)
+
+            def wrap(f: Any) -> Any:
+                raw = f._get_raw_f() if hasattr(f, "_get_raw_f") else f
+                name = raw.__name__
+                seen[name] = kwargs
+                return inner(f)
+
+            return wrap
+
+        return decorator_factory
+
+    modal.App.function, modal.App.cls = record(orig_function), record(orig_cls)  # type: ignore[method-assign]
+    try:
+        sys.modules.pop("functions.modal_app", None)
+        module = importlib.import_module("functions.modal_app")
+    finally:
+        modal.App.function, modal.App.cls = orig_function, orig_cls  # type: ignore[method-assign]
+    seen["__module__"] = {"module": module}
+    return seen
+
+
+def test_app_wiring(definitions: dict[str, dict[str, Any]]) -> None:
+    import modal
+
+    m = definitions["__module__"]["module"]
+    assert m.app.name == "shelfsearch"
+    assert definitions["GpuIndexer"]["gpu"] == m.GPU
+    assert isinstance(definitions["sweep_uploads"]["schedule"], modal.Period)
+    assert "gpu" not in definitions["web"] and definitions["web"]["cpu"] == 2.0
+    assert set(m.app.registered_classes) == {"GpuIndexer"}
+    functions = m.app.registered_functions
+    assert functions["web"]._is_web_endpoint() and not functions["sweep_uploads"]._is_web_endpoint()
+    for name in ("web", "sweep_uploads", "GpuIndexer.*"):
+        assert len(functions[name]._spec_.secrets) == 1  # the "shelfsearch" Secret
+    assert "reindex" in m.app.registered_entrypoints
+
+
+@pytest.mark.integration
+def test_job_bodies_against_the_s3_server(services: Services, s3_settings: Settings, fake: Embedder) -> None:
+    store = services.store
+    store.put_bytes("uploads/a.jsonl", b'{"product_id": "A1", "title": "First"}\n{"product_id": "A2"}\n')
+    store.put_bytes("uploads/a.json", json.dumps({"product_id": "B1", "title": "Second"}).encode())
+    store.put_bytes("imports/c.jsonl", b'{"product_id": "C1", "title": "Third"}\n')
+    # Sweeper body: model-free listing of what is due.
+    assert sorted(jobs.due_upload_keys(s3_settings)) == ["uploads/a.json", "uploads/a.jsonl"]
+    rec = jobs.process_upload(services, "uploads/a.jsonl")
+    assert rec is not None and rec["status"] == "partial" and rec["product_ids"] == ["A1"]
+    assert jobs.due_upload_keys(s3_settings) == ["uploads/a.json"]
+    # Reindex body: list a prefix, index each file (the GPU method's body), summarise.
+    keys = jobs.list_metadata(s3_settings, "imports/")
+    assert keys == ["imports/c.jsonl"]
+    summary = jobs.ReindexSummary()
+    for key in [*keys, "uploads/a.json"]:
+        summary.add(jobs.index_key(services, key))
+    assert (summary.files, summary.indexed, summary.failed) == (2, 2, 0)
+    assert jobs.index_key(services, "imports/c.jsonl")["unchanged"] == 1
+    assert services.catalog.count() == 3
+
+
+def test_spawn_worker_matches_the_upload_worker_interface(definitions: dict[str, dict[str, Any]]) -> None:
+    from functions.triggers import UploadWorker
+
+    spawn = definitions["__module__"]["module"].SpawnToGpu
+    for name in ("submit", "start", "stop", "queued"):
+        assert hasattr(spawn, name) and hasattr(UploadWorker, name)
