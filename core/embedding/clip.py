@@ -43,7 +43,13 @@ class OpenClipEncoder:
     """
 
     def __init__(
-        self, model: str, pretrained: str, *, device: str = "auto", batch_size: int = 32, decode_workers: int = 0
+        self,
+        model: str,
+        pretrained: str,
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        decode_workers: int = 0,
     ) -> None:
         import open_clip
         import torch
@@ -149,11 +155,27 @@ class OpenClipEncoder:
                 out.append(self._run(torch.stack(tensors).to(self.device), image=True))
         return np.concatenate(out)
 
+    def gpu_preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, H, W]`` on the GPU -> the model's normalised fp16 input: shortest side to
+        the input size (bicubic, antialiased, as PIL does), centre crop, mean/std."""
+        import torch
+        import torch.nn.functional as F
+
+        size = self.image_size
+        h, w = int(images.shape[-2]), int(images.shape[-1])
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = F.interpolate(images.float(), size=(nh, nw), mode="bicubic", antialias=True)
+        x = x[..., top : top + size, left : left + size].clamp_(0, 255).div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).half()
+
     def _embed_jpegs_cuda(
         self, datas: Sequence[bytes], max_bytes: int, max_pixels: int
     ) -> tuple[list[int], Matrix, dict[int, InvalidInput]]:
         import torch
-        import torch.nn.functional as F
         from torchvision.io import ImageReadMode, decode_jpeg
 
         errors: dict[int, InvalidInput] = {}
@@ -164,9 +186,6 @@ class OpenClipEncoder:
                 ok.append(i)
             except InvalidInput as exc:
                 errors[i] = exc
-        size = self.image_size
-        mean = torch.tensor(self.mean, device="cuda").view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device="cuda").view(1, 3, 1, 1)
         out: list[Matrix] = []
         kept: list[int] = []
         step = max(self.batch_size, 256)
@@ -190,16 +209,11 @@ class OpenClipEncoder:
             for j, img in enumerate(decoded):
                 if img is not None:
                     groups.setdefault((int(img.shape[-2]), int(img.shape[-1])), []).append(j)
-            for (h, w), members in groups.items():
-                scale = size / min(h, w)
-                nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-                top, left = (nh - size) // 2, (nw - size) // 2
+            for members in groups.values():
                 for m0 in range(0, len(members), step):
                     part = members[m0 : m0 + step]
-                    x = torch.stack([decoded[j] for j in part]).float()  # type: ignore[misc]
-                    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True)
-                    x = x[..., top : top + size, left : left + size].clamp_(0, 255).div_(255.0)
-                    out.append(self._run(((x - mean) / std).half(), image=True))
+                    x = self.gpu_preprocess(torch.stack([decoded[j] for j in part]))  # type: ignore[misc]
+                    out.append(self._run(x, image=True))
                     kept += [idx[j] for j in part]
         order = np.argsort(kept, kind="stable")
         vectors = np.concatenate(out)[order] if out else np.zeros((0, self.dim), np.float32)
