@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from pydantic import SecretStr
 from starlette.routing import Match
 
 from core import errors
@@ -64,6 +65,20 @@ def status_for(exc: errors.ServiceError) -> int:
         if isinstance(exc, cls):
             return code
     return 500
+
+
+def check_bearer(authorization: str | None, secret: SecretStr | None, name: str) -> None:
+    """``Authorization: Bearer <secret>`` when ``secret`` is configured: 401 without credentials,
+    403 with wrong ones (constant-time comparison; the secret is never echoed)."""
+    if secret is None:
+        return
+    if not authorization:
+        raise errors.Unauthorized(f"this endpoint needs Authorization: Bearer <{name}>")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), secret.get_secret_value().encode()
+    ):
+        raise errors.Forbidden(f"invalid {name}")
 
 
 def _decode_b64(data: str) -> bytes:
@@ -160,26 +175,10 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     def require_api_key(authorization: Annotated[str | None, Header()] = None) -> None:
-        if settings.api_key is None:
-            return
-        if not authorization:
-            raise errors.Unauthorized("this write needs Authorization: Bearer <API_KEY>")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), settings.api_key.get_secret_value().encode()
-        ):
-            raise errors.Forbidden("invalid API key")
+        check_bearer(authorization, settings.api_key, "API_KEY")
 
     def require_webhook_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if settings.webhook_token is None:
-            return
-        if not authorization:
-            raise errors.Unauthorized("this endpoint needs Authorization: Bearer <WEBHOOK_TOKEN>")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), settings.webhook_token.get_secret_value().encode()
-        ):
-            raise errors.Forbidden("invalid webhook token")
+        check_bearer(authorization, settings.webhook_token, "WEBHOOK_TOKEN")
 
     def image_url(request: Request, p: Product) -> str | None:
         return str(request.url_for("product_image", product_id=p.product_id)) if p.image else None
