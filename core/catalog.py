@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,8 +24,6 @@ from lancedb.index import Bitmap, BTree, IvfPq
 from core.errors import ConfigError, InvalidInput, NotFound, Unavailable
 from core.models import Filters, Product, Vector
 from core.settings import Settings
-
-log = logging.getLogger(__name__)
 
 TABLE = "products"
 Column = Literal["image", "text"]
@@ -391,13 +388,3 @@ class Catalog:
         rows = self._query_rows(f"product_id IN ({', '.join(quote(i) for i in top)})", _PRODUCT_COLUMNS)
         by_id = {r["product_id"]: _to_product(r) for r in rows}
         return [by_id[i] for i in top if i in by_id]
-
-    def categories(self) -> dict[str, int]:
-        """Product count per category."""
-        with storage_errors("read"):
-            tbl = self._table.search().select(["category"]).limit(None).to_arrow()
-        counts: dict[str, int] = {}
-        for c in tbl.column("category").to_pylist():
-            key = c or ""
-            counts[key] = counts.get(key, 0) + 1
-        return counts

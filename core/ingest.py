@@ -11,7 +11,6 @@ import csv
 import hashlib
 import io
 import json
-import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +28,6 @@ from core.images import extension_for, sniff_content_type
 from core.models import Product, ProductInput, Vector
 from core.settings import Settings
 from core.storage import ObjectStore, validate_key
-
-log = logging.getLogger(__name__)
 
 METADATA_SUFFIXES = (".json", ".jsonl", ".csv")
 

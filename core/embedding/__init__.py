@@ -6,7 +6,6 @@ Heavy imports (torch, open_clip, sentence-transformers) happen inside the loader
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,8 +19,6 @@ from PIL import Image
 from core.errors import InvalidInput
 from core.images import decode_image
 from core.settings import Settings
-
-log = logging.getLogger(__name__)
 
 Matrix = NDArray[np.float32]
 
