@@ -132,6 +132,22 @@ def _to_product(row: dict[str, Any]) -> Product:
     )
 
 
+def open_dataset_table(settings: Settings, name: str, schema: pa.Schema) -> lancedb.table.Table:
+    """One table of the dataset (created on first use) without opening the products table, for
+    model-free jobs (upload sweeper, event import)."""
+    uri = settings.resolved_catalog_uri
+    with storage_errors(f"open {name}"):
+        db = lancedb.connect(
+            uri,
+            storage_options=settings.storage_options() if uri.startswith("s3://") else None,
+            read_consistency_interval=timedelta(seconds=settings.catalog_refresh_seconds),
+        )
+        try:
+            return db.open_table(name)
+        except ValueError:
+            return db.create_table(name, schema=schema, exist_ok=True)
+
+
 class Catalog:
     """Products on LanceDB: idempotent upserts, gets, deletes and filtered vector search."""
 
@@ -178,6 +194,35 @@ class Catalog:
             refresh_seconds=settings.catalog_refresh_seconds,
             index_min_rows=settings.index_min_rows,
         )
+
+    @classmethod
+    def open_existing(cls, settings: Settings) -> Catalog:
+        """Open the products table without loading models (vector sizes from its schema), for
+        jobs such as training that only read stored vectors."""
+        uri = settings.resolved_catalog_uri
+        opts = settings.storage_options() if uri.startswith("s3://") else None
+        with storage_errors("open"):
+            db = lancedb.connect(uri, storage_options=opts)
+            try:
+                schema = db.open_table(TABLE).schema
+            except ValueError:
+                raise NotFound(f"no catalog at {uri}: index products first") from None
+        meta = schema.metadata or {}
+        space = json.loads(meta[b"embedding_space"]) if b"embedding_space" in meta else {}
+        return cls(
+            uri,
+            clip_dim=schema.field("image_vector").type.list_size,
+            text_dim=schema.field("text_vector").type.list_size,
+            space=space,
+            storage_options=opts,
+            refresh_seconds=settings.catalog_refresh_seconds,
+            index_min_rows=settings.index_min_rows,
+        )
+
+    @property
+    def clip_random_init(self) -> bool:
+        """True when the stored image vectors come from random-init CLIP (not meaningful)."""
+        return str(self.stored_space.get("clip", "")).endswith(":none")
 
     def _check_schema(self) -> None:
         schema = self._table.schema
@@ -226,6 +271,19 @@ class Catalog:
             q = q.limit(limit)
             rows: list[dict[str, Any]] = q.to_arrow().to_pylist()
             return rows
+
+    def scan(self, columns: Sequence[str] | None = None) -> tuple[int, pa.Table]:
+        """All rows (``columns`` of them) and the dataset version they were read at."""
+        with storage_errors("read"):
+            version = int(self._table.version)
+            q = self._table.search().limit(None)
+            if columns is not None:
+                q = q.select(list(columns))
+            return version, q.to_arrow()
+
+    def products_from(self, table: pa.Table) -> list[Product]:
+        """Products from rows returned by :meth:`scan` (with the product columns)."""
+        return [_to_product(r) for r in table.select(_PRODUCT_COLUMNS).to_pylist()]
 
     def get(self, product_id: str) -> Product:
         """The product, or :class:`NotFound`."""

@@ -180,3 +180,11 @@ class SearchHit:
     score: float
     image_similarity: float | None
     text_similarity: float | None
+
+
+def default_weights(image_weight: float, text_weight: float, clip_random_init: bool) -> Weights:
+    """IMAGE_WEIGHT / TEXT_WEIGHT; with random-init CLIP the image side is noise, so the default
+    ranks on text alone (a search request's own weights still apply)."""
+    if clip_random_init:
+        return Weights(image=0.0, text=1.0)
+    return Weights(image=image_weight, text=text_weight)

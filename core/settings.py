@@ -59,6 +59,27 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Sweep uploads/ this often in the HTTP process; 0 = only on notifications."
     )
 
+    # Events and recommendations
+    max_events_per_request: int = Field(default=10_000, ge=1, description="Largest POST /events batch.")
+    events_public: bool = Field(
+        default=False, description="Let POST /events through without the API key (browser-side tracking)."
+    )
+    recs_refresh_seconds: float = Field(
+        default=2.0, gt=0, description="How often a query process picks up new products, events and models."
+    )
+    recs_exclude_seen: bool = Field(default=True, description="Leave out products the user already interacted with.")
+    recs_train_minutes: float = Field(
+        default=10.0, ge=0, description="Dev runner: retrain this often when there are new events; 0 = never."
+    )
+    recs_min_rating: float = Field(default=4.0, ge=1, le=5, description="Ratings at least this count as positives.")
+    recs_positive_types: str = Field(
+        default="purchase", description="Comma-separated event types that count as positives when training."
+    )
+
+    @property
+    def positive_types(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.recs_positive_types.split(",") if t.strip())
+
     @model_validator(mode="after")
     def _weights_not_both_zero(self) -> Settings:
         if self.image_weight + self.text_weight <= 0:

@@ -19,10 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-import lancedb
 import pyarrow as pa
 
-from core.catalog import Catalog, quote, storage_errors
+from core.catalog import Catalog, open_dataset_table, quote, storage_errors
 from core.errors import InvalidInput, NotFound, PayloadTooLarge
 from core.ingest import METADATA_SUFFIXES, Indexer, records_from_metadata, resolve_bucket_image
 from core.settings import Settings
@@ -165,17 +164,7 @@ class UploadLog:
     def open(cls, settings: Settings) -> UploadLog:
         """The log alone, without models or the products table (for a model-free sweeper)."""
         log = cls.__new__(cls)
-        uri = settings.resolved_catalog_uri
-        with storage_errors("open uploads"):
-            db = lancedb.connect(
-                uri,
-                storage_options=settings.storage_options() if uri.startswith("s3://") else None,
-                read_consistency_interval=timedelta(seconds=settings.catalog_refresh_seconds),
-            )
-            try:
-                log._table = db.open_table(TABLE)
-            except ValueError:
-                log._table = db.create_table(TABLE, schema=_schema(), exist_ok=True)
+        log._table = open_dataset_table(settings, TABLE, _schema())
         return log
 
     def get(self, key: str) -> UploadRecord | None:

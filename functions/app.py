@@ -8,26 +8,36 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import SecretStr
 from starlette.routing import Match
 
 from core import errors
+from core.events import parse_events
 from core.images import decode_image, sniff_content_type
 from core.ingest import PendingProduct
 from core.models import Filters, Product, ProductInput, SearchHit, Weights
-from core.recommend import cold_start
+from core.recommend.online import RecommendationResult, Recommended
 from core.search import SearchQuery, search, similar
 from core.uploads import is_upload_metadata, parse_notification
 from functions.schemas import (
     DeleteResponse,
+    EventErrorOut,
+    EventIn,
+    EventsResponse,
     FiltersIn,
     HealthResponse,
+    HistoryEvent,
+    HistoryResponse,
     IgnoredKey,
+    MoreLikeRequest,
+    MoreLikeResponse,
     ProductIn,
     ProductOut,
     Recommendation,
@@ -112,6 +122,15 @@ class Metrics:
             registry=self.registry,
         )
         random_init.set(1.0 if services.embedder.clip.random_init else 0.0)
+        self.events = Counter(
+            "events_accepted_total", "Events stored via POST /events", ["event_type"], registry=self.registry
+        )
+        in_memory = Gauge("recommender_events", "Events held by this query process", registry=self.registry)
+        in_memory.set_function(lambda: float(len(services.recommender.state)))
+        model_age = Gauge(
+            "recommender_model_loaded", "1 when a trained recommendation model is served", registry=self.registry
+        )
+        model_age.set_function(lambda: 0.0 if services.recommender.model is None else 1.0)
 
 
 def create_app(services: Services, worker: UploadWorker | None = None) -> FastAPI:
@@ -127,7 +146,9 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("serving catalog %s (%d products)", services.catalog.uri, services.catalog.count())
         uploads.start()
+        services.recommender.start()
         yield
+        services.recommender.stop()
         uploads.stop()
 
     app = FastAPI(
@@ -282,30 +303,133 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             query_time_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
+    def recommendation_out(request: Request, r: Recommended) -> Recommendation:
+        return Recommendation(
+            product_id=r.product.product_id,
+            title=r.product.title,
+            category=r.product.category,
+            price=r.product.price,
+            image_url=image_url(request, r.product),
+            score=round(r.score, 6),
+            reason=r.reason,
+        )
+
+    def recommendations_out(request: Request, user_id: str, result: RecommendationResult) -> RecommendationsResponse:
+        return RecommendationsResponse(
+            user_id=user_id,
+            strategy=result.strategy,
+            model=services.recommender.model_key,
+            recommendations=[recommendation_out(request, r) for r in result.items],
+        )
+
     @app.get("/recommendations/{user_id}", response_model=RecommendationsResponse, tags=["recommend"])
     def recommendations(
         request: Request,
         user_id: Annotated[str, Path(min_length=1, max_length=256)],
         filters: Annotated[Filters, Depends(query_filters)],
         top_k: Annotated[int, Query(ge=1, le=100)] = 10,
+        exclude_seen: Annotated[
+            bool | None, Query(description="Leave out products the user interacted with (default RECS_EXCLUDE_SEEN).")
+        ] = None,
     ) -> RecommendationsResponse:
-        """Recommendations for a user. Without interaction history every user is cold-start:
-        the newest products, each with its reason."""
-        recs = cold_start(services.catalog, top_k, filters)
-        return RecommendationsResponse(
+        """Personalized recommendations, each with a reason. Users without history (or unknown
+        users) get what is popular now; with no events at all, the newest products."""
+        result = services.recommender.recommend(user_id, top_k, filters, exclude_seen)
+        return recommendations_out(request, user_id, result)
+
+    @app.post("/recommendations", response_model=MoreLikeResponse, tags=["recommend"])
+    def more_like_these(request: Request, body: MoreLikeRequest) -> MoreLikeResponse:
+        """ "More like these, less like those": products similar to `positive` and unlike
+        `negative` (content embeddings and co-interaction), optionally leaving out what
+        `user_id` has already seen."""
+        result = services.recommender.more_like(
+            body.positive,
+            body.negative,
+            body.user_id,
+            body.top_k,
+            filters_from(body.filters) if body.filters else Filters(),
+        )
+        return MoreLikeResponse(
+            strategy=result.strategy, recommendations=[recommendation_out(request, r) for r in result.items]
+        )
+
+    events_auth = [] if settings.events_public else [Depends(require_api_key)]
+
+    @app.post(
+        "/events",
+        status_code=202,
+        response_model=EventsResponse,
+        tags=["events"],
+        dependencies=events_auth,
+        responses={422: {"description": "No item was valid; per-item errors in `errors`."}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/EventIn"},
+                                {"type": "array", "items": {"$ref": "#/components/schemas/EventIn"}},
+                            ]
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def post_events(request: Request) -> Any:
+        """One event or a list (up to MAX_EVENTS_PER_REQUEST). Good items are stored and count
+        at once; each bad item is reported by position with its reason and does not block the
+        others. Unknown product ids are accepted (the product may not be indexed yet)."""
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise errors.InvalidInput("body must be JSON: one event object or a list of them") from None
+        items = payload if isinstance(payload, list) else [payload]
+        if not items:
+            raise errors.InvalidInput("no events in the request")
+        if len(items) > settings.max_events_per_request:
+            raise errors.PayloadTooLarge(
+                f"{len(items)} events in one request; the limit is {settings.max_events_per_request}"
+            )
+        good, bad = parse_events(items)
+        errs = [EventErrorOut(index=e.index, detail=e.detail) for e in bad]
+        if not good:
+            return JSONResponse(
+                {
+                    "detail": f"no valid event among {len(items)} item(s)",
+                    "accepted": 0,
+                    "rejected": len(bad),
+                    "errors": [e.model_dump() for e in errs],
+                },
+                status_code=422,
+            )
+        await run_in_threadpool(services.events.append, good)
+        services.recommender.observe(good)
+        for e in good:
+            metrics.events.labels(e.event_type).inc()
+        return EventsResponse(accepted=len(good), rejected=len(bad), errors=errs)
+
+    @app.get("/users/{user_id}/history", response_model=HistoryResponse, tags=["events"])
+    def user_history(
+        user_id: Annotated[str, Path(min_length=1, max_length=256)],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> HistoryResponse:
+        """The user's latest events, newest first (an unknown user has an empty history)."""
+        rec = services.recommender
+        snap = rec.snapshot
+        return HistoryResponse(
             user_id=user_id,
-            strategy="cold_start",
-            recommendations=[
-                Recommendation(
-                    product_id=r.product.product_id,
-                    title=r.product.title,
-                    category=r.product.category,
-                    price=r.product.price,
-                    image_url=image_url(request, r.product),
-                    score=round(r.score, 6),
-                    reason=r.reason,
+            events=[
+                HistoryEvent(
+                    product_id=pid,
+                    title=snap.products[snap.index[pid]].title if pid in snap.index else None,
+                    event_type=et,
+                    value=v,
+                    timestamp=datetime.fromtimestamp(ts, UTC),
                 )
-                for r in recs
+                for ts, pid, et, v in rec.state.recent(user_id, limit)
             ],
         )
 
@@ -433,4 +557,16 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    default_openapi = app.openapi
+
+    def openapi_with_event_schema() -> dict[str, Any]:
+        """POST /events validates items one by one, so its body schema is added by hand."""
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {})["EventIn"] = EventIn.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+        return app.openapi_schema or default_openapi()
+
+    app.openapi = openapi_with_event_schema  # type: ignore[method-assign]
     return app

@@ -10,7 +10,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from core.catalog import Catalog
+from core.events import EventLog
 from core.ingest import IngestReport, records_from_metadata, resolve_bucket_image
+from core.models import default_weights
+from core.recommend.artifact import ModelStore
+from core.recommend.train import TrainReport, train
 from core.settings import Settings
 from core.storage import ObjectStore
 from core.uploads import UploadLog, due_uploads, is_upload_metadata
@@ -65,3 +70,29 @@ def index_key(services: Services, key: str, force: bool = False) -> dict[str, An
         "seconds": report.seconds,
         "failures": [asdict(f) for f in report.failed],
     }
+
+
+def open_recommender_store(settings: Settings) -> tuple[Catalog, EventLog, ModelStore]:
+    """Catalog, events and model store without loading any model (cheap, for batch jobs)."""
+    return Catalog.open_existing(settings), EventLog.open(settings), ModelStore(ObjectStore(settings))
+
+
+def train_recommender(settings: Settings, *, only_if_new_events: bool = False) -> TrainReport | None:
+    """Retrain the recommendation model on every stored event and publish it to the bucket.
+
+    With ``only_if_new_events`` (scheduled runs) nothing happens when no event arrived since the
+    last model was trained. Query processes pick the new model up on their next refresh."""
+    catalog, events, models = open_recommender_store(settings)
+    if only_if_new_events:
+        latest = models.latest()
+        if latest is not None and latest.get("info", {}).get("events_total") == events.count():
+            return None
+    weights = default_weights(settings.image_weight, settings.text_weight, catalog.clip_random_init)
+    return train(
+        catalog,
+        events,
+        models,
+        weights,
+        min_rating=settings.recs_min_rating,
+        positive_types=settings.positive_types,
+    )

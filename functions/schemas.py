@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -158,7 +158,61 @@ class Recommendation(BaseModel):
 class RecommendationsResponse(BaseModel):
     user_id: str
     recommendations: list[Recommendation]
+    strategy: str = Field(
+        description="personalized (trained model), content (history, no model yet), popular (cold start), "
+        "newest (no events at all), empty (no products)"
+    )
+    model: str | None = Field(default=None, description="Key of the trained model in the bucket, if any.")
+
+
+class MoreLikeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    positive: list[str] = Field(min_length=1, max_length=100, description="Products to find more of.")
+    negative: list[str] = Field(default_factory=list, max_length=100, description="Products to steer away from.")
+    user_id: str | None = Field(default=None, max_length=256, description="Also leave out what this user has seen.")
+    top_k: int = Field(default=10, ge=1, le=100)
+    filters: FiltersIn | None = None
+
+
+class MoreLikeResponse(BaseModel):
+    recommendations: list[Recommendation]
     strategy: str
+
+
+class EventIn(BaseModel):
+    """One event (documentation: the endpoint validates items one by one and reports each bad one)."""
+
+    user_id: str
+    product_id: str
+    event_type: Literal["view", "click", "add_to_cart", "purchase", "rating"]
+    value: float | None = Field(default=None, description="Required for rating: 1..5.")
+    timestamp: str | float | None = Field(default=None, description="ISO-8601 or epoch seconds; default now.")
+    event_id: str | None = Field(default=None, description="Idempotency key: an event_id seen before is skipped.")
+
+
+class EventErrorOut(BaseModel):
+    index: int = Field(description="Position of the bad item in the request (0 for a single object).")
+    detail: str
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    rejected: int
+    errors: list[EventErrorOut]
+
+
+class HistoryEvent(BaseModel):
+    product_id: str
+    title: str | None
+    event_type: str
+    value: float | None
+    timestamp: datetime
+
+
+class HistoryResponse(BaseModel):
+    user_id: str
+    events: list[HistoryEvent]
 
 
 class HealthResponse(BaseModel):

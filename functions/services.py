@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from core import __version__
 from core.catalog import Catalog
 from core.embedding import Embedder, load_embedder
+from core.events import EventLog
 from core.ingest import Indexer
-from core.models import Weights
+from core.models import Weights, default_weights
+from core.recommend.artifact import ModelStore
+from core.recommend.online import Recommender
 from core.settings import Settings
 from core.storage import ObjectStore
 from core.uploads import UploadLog, UploadProcessor
@@ -27,6 +30,9 @@ class Services:
     store: ObjectStore
     indexer: Indexer
     uploads: UploadProcessor
+    events: EventLog
+    models: ModelStore
+    recommender: Recommender
     version: str = __version__
     warnings: list[str] = field(default_factory=list)
 
@@ -45,6 +51,17 @@ class Services:
             settings, clip_dim=embedder.clip.dim, text_dim=embedder.text.dim, space=embedder.space
         )
         indexer = Indexer(catalog, embedder, store, settings)
+        events = EventLog(catalog)
+        models = ModelStore(store)
+        recommender = Recommender(
+            catalog,
+            events,
+            models,
+            default_weights(settings.image_weight, settings.text_weight, embedder.clip.random_init),
+            exclude_seen=settings.recs_exclude_seen,
+            refresh_seconds=settings.recs_refresh_seconds,
+        )
+        recommender.refresh()
         svc = cls(
             settings=settings,
             embedder=embedder,
@@ -52,6 +69,9 @@ class Services:
             store=store,
             indexer=indexer,
             uploads=UploadProcessor(store, indexer, UploadLog(catalog), settings),
+            events=events,
+            models=models,
+            recommender=recommender,
             warnings=list(warnings or []),
         )
         if embedder.clip.random_init:
@@ -72,8 +92,4 @@ class Services:
 
     @property
     def default_weights(self) -> Weights:
-        """IMAGE_WEIGHT / TEXT_WEIGHT; with random-init CLIP the image side is noise, so the
-        default ranks on text alone (a request's own weights still apply)."""
-        if self.embedder.clip.random_init:
-            return Weights(image=0.0, text=1.0)
-        return Weights(image=self.settings.image_weight, text=self.settings.text_weight)
+        return default_weights(self.settings.image_weight, self.settings.text_weight, self.embedder.clip.random_init)

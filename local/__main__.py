@@ -5,6 +5,10 @@ index SOURCE          index a folder or s3://<bucket>/<prefix> into the catalog
 sample --out DIR      write a synthetic catalog (products.jsonl + images/) to a folder
 import-fashion-mnist  index real Fashion-MNIST product images (Debian dataset-fashion-mnist)
 import-kaggle DIR     index a Kaggle "Fashion Product Images" folder (styles.csv + images/)
+import-events FILE    bulk-load interaction events (JSONL or CSV) into the events table
+train                 retrain the recommendation model on all stored events
+evaluate              offline comparison: our recommender vs popularity, item-kNN and EASE
+synth-ratings --out   write synthetic MovieLens-like development data (products + rating events)
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from functions.app import create_app
     from functions.triggers import UploadWorker
-    from local.runtime import build_services, s3_endpoint, seed_sample
+    from local.runtime import TrainingSchedule, build_services, s3_endpoint, seed_sample
     from local.s3server import ACCESS_KEY, SECRET_KEY
 
     with s3_endpoint(Settings(), args.data_dir, port=args.s3_port, own=True) as ep:
@@ -72,7 +76,15 @@ def _serve(args: argparse.Namespace) -> int:
         worker = UploadWorker(services.uploads, sweep_seconds=args.sweep_seconds)
         app = create_app(services, worker)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
-        _QuietServer(config).run()
+        minutes = settings.recs_train_minutes if args.train_minutes is None else args.train_minutes
+        trainer = TrainingSchedule(settings, minutes * 60) if minutes > 0 else None
+        if trainer:
+            trainer.start()
+        try:
+            _QuietServer(config).run()
+        finally:
+            if trainer:
+                trainer.stop()
     print("stopped; local data saved.", flush=True)
     return 0
 
@@ -140,6 +152,79 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_events(args: argparse.Namespace) -> int:
+    from core.events import EventLog, import_event_file
+    from local.runtime import s3_endpoint
+
+    with s3_endpoint(Settings(), args.data_dir) as ep:
+        from core.storage import ObjectStore
+
+        ObjectStore(ep.settings).ensure_bucket()
+        report = import_event_file(EventLog.open(ep.settings), args.file, batch_size=args.batch_size)
+        print(report.summary())
+    return 0 if report.accepted or not report.rejected else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from functions.jobs import train_recommender
+    from local.runtime import s3_endpoint
+
+    with s3_endpoint(Settings(), args.data_dir) as ep:
+        report = train_recommender(ep.settings)
+        assert report is not None
+        print(report.summary())
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from core.recommend.evaluate import evaluate, format_table
+    from local import evaluation
+
+    if args.synthetic:
+        ev, vectors, source = evaluation.synthetic(args.users, args.items, args.seed, content=not args.no_content)
+    elif args.events is not None:
+        ev, vectors, source = evaluation.from_files(args.events, args.products, content=not args.no_content)
+    else:
+        from local.runtime import s3_endpoint
+
+        with s3_endpoint(Settings(), args.data_dir) as ep:
+            ev, vectors, source = evaluation.from_catalog(ep.settings)
+    types = [t.strip() for t in args.positive_types.split(",") if t.strip()]
+    rows = evaluate(ev, vectors, test_fraction=args.test_fraction, min_rating=args.min_rating, positive_types=types)
+    desc = (
+        f"{source}: {len(ev)} events, {len(ev.users)} users, {len(ev.items)} items; per-user time split, last "
+        f"{args.test_fraction:.0%} held out; positives: rating >= {args.min_rating:g} or {', '.join(types) or '-'}"
+    )
+    print(format_table(rows, desc))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "data": desc,
+                    "rows": [
+                        {"method": r.name, **r.metrics.as_dict(), "seconds": r.seconds, "params": r.params}
+                        for r in rows
+                    ],
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def _synth_ratings(args: argparse.Namespace) -> int:
+    from local.synth_ratings import SynthConfig, generate, write_jsonl
+
+    products, events = generate(SynthConfig(n_users=args.users, n_items=args.items, seed=args.seed))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(args.out / "products.jsonl", products)
+    write_jsonl(args.out / "events.jsonl", events)
+    print(f"wrote {len(products)} products and {len(events)} rating events to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         help="how often to look for new files under uploads/ (0 = notifications only)",
+    )
+    p.add_argument(
+        "--train-minutes",
+        type=float,
+        default=None,
+        help="retrain recommendations this often when new events arrived (default RECS_TRAIN_MINUTES=10; 0 = off)",
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
@@ -192,6 +283,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path)
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(func=_import)
+
+    p = sub.add_parser("import-events", help="bulk-load events from a JSONL or CSV file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--batch-size", type=int, default=20_000, help="events per commit")
+    p.set_defaults(func=_import_events)
+
+    p = sub.add_parser("train", help="retrain the recommendation model (query processes pick it up live)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="offline recall@10 / NDCG@10 / coverage vs strong baselines")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--events", type=Path, help="events file (JSONL/CSV); default: the catalog's events")
+    src.add_argument("--synthetic", action="store_true", help="generate MovieLens-like development data")
+    p.add_argument("--products", type=Path, help="products JSONL for the content signal (with --events)")
+    p.add_argument("--no-content", action="store_true", help="leave the content (embedding) signal out")
+    p.add_argument("--users", type=int, default=1000, help="with --synthetic")
+    p.add_argument("--items", type=int, default=2000, help="with --synthetic")
+    p.add_argument("--seed", type=int, default=0, help="with --synthetic")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--min-rating", type=float, default=4.0, help="ratings at least this are positives")
+    p.add_argument("--positive-types", default="purchase", help="event types that are positives (comma list)")
+    p.add_argument("--json", type=Path, help="also write the table as JSON here")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("synth-ratings", help="write synthetic MovieLens-like products + rating events")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--items", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_synth_ratings)
     return parser
 
 

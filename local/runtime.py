@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from core.embedding import Embedder, load_embedder
-from core.errors import ModelLoadError
+from core.errors import ModelLoadError, ServiceError
 from core.ingest import IngestReport, iter_bucket_prefix
 from core.settings import Settings
 from core.storage import ObjectStore
@@ -159,3 +159,35 @@ def seed_sample(services: Services, n: int, *, progress: bool = True) -> IngestR
     )
     services.catalog.ensure_indexes()
     return report
+
+
+class TrainingSchedule:
+    """The dev runner's recommendation retraining: every ``interval`` seconds, when events arrived
+    since the last model (the first run comes after one interval)."""
+
+    def __init__(self, settings: Settings, interval: float) -> None:
+        self.settings = settings
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="recs-training", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_once(self) -> None:
+        from functions.jobs import train_recommender
+
+        try:
+            report = train_recommender(self.settings, only_if_new_events=True)
+        except ServiceError as exc:  # empty catalog, no events yet, storage hiccup: try next time
+            log.info("recommendation training skipped: %s", exc)
+            return
+        if report is not None:
+            log.info("recommendation model retrained: %s", report.summary())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.run_once()

@@ -229,6 +229,29 @@ class RecommendationClient:
         data = self._call("GET", f"/recommendations/{user_id}", params=params)
         return [_pick(Recommendation, r) for r in data["recommendations"]]
 
+    def more_like_these(
+        self,
+        positive: list[str],
+        negative: list[str] | None = None,
+        *,
+        user_id: str | None = None,
+        top_k: int = 10,
+    ) -> list[Recommendation]:
+        """"More like these, less like those"."""
+        body = {"positive": positive, "negative": negative or [], "user_id": user_id, "top_k": top_k}
+        data = self._call("POST", "/recommendations", json=body)
+        return [_pick(Recommendation, r) for r in data["recommendations"]]
+
+    def send_events(self, events: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
+        """Send one event or a batch; returns ``{"accepted", "rejected", "errors"}`` (bad items are
+        reported per position; the good ones are stored)."""
+        result: dict[str, Any] = self._call("POST", "/events", json=events)
+        return result
+
+    def track(self, user_id: str, product_id: str, event_type: str, value: float | None = None) -> None:
+        """Send a single event happening now."""
+        self.send_events({"user_id": user_id, "product_id": product_id, "event_type": event_type, "value": value})
+
     def get_product(self, product_id: str) -> Product:
         return _pick(Product, self._call("GET", f"/products/{product_id}"))
 

@@ -49,8 +49,19 @@ def test_sdk_round_trip(live_url: str) -> None:
         assert client.search_image(red, top_k=1)[0].product_id == "R1"
         similar = client.find_similar("R1", top_k=5)
         assert {s.product_id for s in similar} == {"B1", "T1"}
+        # New products reach the recommender's in-memory snapshot within RECS_REFRESH_SECONDS.
+        deadline = time.time() + 10
+        while len(recs := client.get_recommendations("U9", top_k=2)) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(recs) == 2 and all(r.reason.startswith("New in") for r in recs)
+        client.track("U9", "R1", "purchase")
+        with pytest.raises(ValidationError) as bad:
+            client.send_events([{"user_id": "U9", "product_id": "B1", "event_type": "nope"}])
+        assert bad.value.status == 422
         recs = client.get_recommendations("U9", top_k=2)
-        assert len(recs) == 2 and all(r.reason for r in recs)
+        assert "R1" not in [r.product_id for r in recs]  # what U9 bought is not recommended back
+        like = client.more_like_these(["R1"], top_k=2)
+        assert like and all(r.product_id != "R1" and r.reason == "Like Red canvas tote bag" for r in like)
         assert client.get_product("T1").price == 50.0
         with pytest.raises(NotFoundError):
             client.get_product("nope")

@@ -155,7 +155,7 @@ def test_recommendations_cold_start(client: TestClient) -> None:
     r = client.get("/recommendations/U1", params={"top_k": 3, "category": "Tops"})
     assert r.status_code == 200
     body = r.json()
-    assert body["user_id"] == "U1" and body["strategy"] == "cold_start"
+    assert body["user_id"] == "U1" and body["strategy"] == "newest"
     assert len(body["recommendations"]) == 3
     assert all(x["category"] == "Tops" and x["reason"] == "New in Tops" for x in body["recommendations"])
 

@@ -1,0 +1,326 @@
+"""Shopper interaction events: validation and the append-only ``events`` table.
+
+Events are facts ("u1 purchased P7 at t"), so the table is append-only: nothing updates or deletes
+a row, and readers see a prefix-closed history. Every row carries the caller's ``timestamp``
+(history order and recency use it) and the server's ``received_at`` (readers use it to pick up
+rows written by other processes since they last looked).
+
+Unknown product ids are accepted on purpose: uploads are indexed asynchronously, so a shopper's
+click can reach us before the product's upload has been indexed, and migrated history often
+arrives before the catalog. Such events are stored and start to count as soon as the product
+exists; recommendations only ever return products that are in the catalog.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from core.catalog import Catalog, open_dataset_table, storage_errors
+from core.errors import InvalidInput
+from core.settings import Settings
+
+TABLE = "events"
+EventType = Literal["view", "click", "add_to_cart", "purchase", "rating"]
+EVENT_TYPES: tuple[EventType, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
+MAX_ID_LENGTH = 256
+FUTURE_TOLERANCE = timedelta(days=1)
+
+# How strongly one event says "this shopper wants this kind of product". Ratings map 1..5 onto
+# 0.5..3.5 (a 1-star rating is still a sign of interest in the kind of product, a weak one).
+EVENT_STRENGTH: dict[str, float] = {"view": 1.0, "click": 1.5, "add_to_cart": 3.0, "purchase": 5.0}
+
+
+def event_strength(event_type: str, value: float | None) -> float:
+    """Strength of one event: purchase > add_to_cart > click > view; ratings scaled by stars."""
+    if event_type == "rating":
+        return 0.5 + 0.75 * ((value if value is not None else 3.0) - 1.0)
+    return EVENT_STRENGTH[event_type]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One validated event."""
+
+    user_id: str
+    product_id: str
+    event_type: EventType
+    timestamp: datetime
+    value: float | None = None
+    event_id: str = ""
+
+    @property
+    def strength(self) -> float:
+        return event_strength(self.event_type, self.value)
+
+
+@dataclass(frozen=True)
+class EventError:
+    """Why item ``index`` of a batch was rejected."""
+
+    index: int
+    detail: str
+
+
+def _parse_id(raw: Any, name: str) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise InvalidInput(f"{name} is required (a string)")
+    value = str(raw).strip()
+    if not value:
+        raise InvalidInput(f"{name} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(f"{name} is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def parse_timestamp(raw: Any, now: datetime) -> datetime:
+    """ISO-8601 (naive means UTC) or epoch seconds; missing means ``now``."""
+    if raw is None or raw == "":
+        return now
+    if isinstance(raw, bool):
+        raise InvalidInput("timestamp must be ISO-8601 or epoch seconds")
+    if isinstance(raw, (int, float)):
+        if not math.isfinite(raw) or raw < 0:
+            raise InvalidInput("timestamp must be non-negative epoch seconds")
+        try:
+            ts = datetime.fromtimestamp(float(raw), tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise InvalidInput(f"timestamp {raw} is out of range (epoch seconds expected)") from exc
+    elif isinstance(raw, str):
+        text = raw.strip()
+        try:
+            ts = datetime.fromtimestamp(float(text), tz=UTC) if _is_number(text) else datetime.fromisoformat(text)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise InvalidInput(f"timestamp {raw!r} is not ISO-8601 or epoch seconds") from exc
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+    else:
+        raise InvalidInput("timestamp must be ISO-8601 or epoch seconds")
+    if ts > now + FUTURE_TOLERANCE:
+        raise InvalidInput(f"timestamp {ts.isoformat()} is in the future (epoch milliseconds instead of seconds?)")
+    return ts.astimezone(UTC)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_event(item: Any, now: datetime | None = None) -> Event:
+    """Validate one event object; :class:`InvalidInput` says what is wrong with it."""
+    now = now or datetime.now(UTC)
+    if not isinstance(item, Mapping):
+        raise InvalidInput("each event must be a JSON object")
+    user_id = _parse_id(item.get("user_id"), "user_id")
+    product_id = _parse_id(item.get("product_id"), "product_id")
+    raw_type = item.get("event_type")
+    event_type = raw_type.strip().lower() if isinstance(raw_type, str) else raw_type
+    if event_type not in EVENT_TYPES:
+        raise InvalidInput(f"event_type must be one of {', '.join(EVENT_TYPES)} (got {raw_type!r})")
+    value = _parse_value(item.get("value"), event_type)
+    event_id = item.get("event_id")
+    if event_id is not None:
+        event_id = _parse_id(event_id, "event_id")
+    return Event(
+        user_id=user_id,
+        product_id=product_id,
+        event_type=event_type,
+        timestamp=parse_timestamp(item.get("timestamp"), now),
+        value=value,
+        event_id=event_id or uuid.uuid4().hex,
+    )
+
+
+def _parse_value(raw: Any, event_type: str) -> float | None:
+    if raw is None or raw == "":
+        if event_type == "rating":
+            raise InvalidInput("a rating needs a value from 1 to 5")
+        return None
+    if isinstance(raw, bool):
+        raise InvalidInput("value must be a number")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"value must be a number (got {raw!r})") from exc
+    if not math.isfinite(value):
+        raise InvalidInput("value must be a finite number")
+    if event_type == "rating" and not 1 <= value <= 5:
+        raise InvalidInput(f"rating value must be from 1 to 5 (got {raw})")
+    return value
+
+
+def parse_events(items: Iterable[Any], now: datetime | None = None) -> tuple[list[Event], list[EventError]]:
+    """Validate a batch: good events and one error per bad item (by position)."""
+    now = now or datetime.now(UTC)
+    good: list[Event] = []
+    bad: list[EventError] = []
+    for i, item in enumerate(items):
+        try:
+            good.append(parse_event(item, now))
+        except InvalidInput as exc:
+            bad.append(EventError(i, str(exc)))
+    return good, bad
+
+
+def events_schema() -> pa.Schema:
+    ts = pa.timestamp("us", tz="UTC")
+    return pa.schema(
+        [
+            pa.field("event_id", pa.string(), nullable=False),
+            pa.field("user_id", pa.string(), nullable=False),
+            pa.field("product_id", pa.string(), nullable=False),
+            pa.field("event_type", pa.string(), nullable=False),
+            pa.field("value", pa.float64()),
+            pa.field("timestamp", ts, nullable=False),
+            pa.field("received_at", ts, nullable=False),
+        ]
+    )
+
+
+def to_arrow(events: Sequence[Event], received_at: datetime | None = None) -> pa.Table:
+    received = received_at or datetime.now(UTC)
+    return pa.table(
+        {
+            "event_id": [e.event_id for e in events],
+            "user_id": [e.user_id for e in events],
+            "product_id": [e.product_id for e in events],
+            "event_type": [e.event_type for e in events],
+            "value": [e.value for e in events],
+            "timestamp": [e.timestamp for e in events],
+            "received_at": [received] * len(events),
+        },
+        schema=events_schema(),
+    )
+
+
+class EventLog:
+    """The append-only ``events`` table in the catalog's dataset."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        with storage_errors("open events"):
+            self._table = catalog.open_or_create(TABLE, events_schema())
+
+    @classmethod
+    def open(cls, settings: Settings) -> EventLog:
+        """The events table alone (no models, no products table needed)."""
+        log = cls.__new__(cls)
+        log._table = open_dataset_table(settings, TABLE, events_schema())
+        return log
+
+    def append(self, events: Sequence[Event]) -> int:
+        """Store ``events`` in one commit; returns how many were written."""
+        if not events:
+            return 0
+        with storage_errors("append events"):
+            self._table.add(to_arrow(events))
+        return len(events)
+
+    def count(self) -> int:
+        with storage_errors("count events"):
+            return int(self._table.count_rows())
+
+    def version(self) -> int:
+        with storage_errors("read events"):
+            return int(self._table.version)
+
+    def read(self, received_after: datetime | None = None) -> pa.Table:
+        """All events, or those received after ``received_after`` (for incremental readers)."""
+        with storage_errors("read events"):
+            q = self._table.search().limit(None)
+            if received_after is not None:
+                q = q.where(f"received_at > timestamp '{received_after.astimezone(UTC).isoformat(sep=' ')}'")
+            return q.to_arrow().select(events_schema().names)
+
+    def compact(self) -> None:
+        """Merge the small fragments that per-request appends leave behind."""
+        with storage_errors("compact events"):
+            self._table.optimize()
+
+
+def iter_event_file(lines: Iterable[str], fmt: Literal["jsonl", "csv"]) -> Iterator[tuple[int, Any]]:
+    """(line number, raw item) pairs from a JSONL or CSV file (CSV header: user_id, product_id,
+    event_type, value, timestamp). A line that is not JSON yields an :class:`InvalidInput`."""
+    import csv
+    import json
+
+    if fmt == "jsonl":
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield n, InvalidInput(f"invalid JSON: {exc.msg}")
+        return
+    reader = csv.DictReader(lines)
+    for n, row in enumerate(reader, 2):
+        yield n, {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+
+
+@dataclass
+class ImportReport:
+    """Outcome of an event-file import: counts and the first bad lines with reasons."""
+
+    accepted: int = 0
+    rejected: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self, limit: int = 20) -> str:
+        lines = [f"imported {self.accepted} events, rejected {self.rejected}, in {self.seconds:.1f} s"]
+        lines += [f"  line {n}: {reason}" for n, reason in self.errors[:limit]]
+        if len(self.errors) > limit:
+            lines.append(f"  ... and {len(self.errors) - limit} more")
+        return "\n".join(lines)
+
+
+def import_event_file(
+    log: EventLog,
+    path: Path,
+    *,
+    batch_size: int = 20_000,
+    progress: bool = True,
+    max_errors: int = 1000,
+) -> ImportReport:
+    """Bulk-load a JSONL or CSV event file (by suffix): good lines are stored in batches, each
+    bad line is reported with its number and reason."""
+    import time
+
+    from tqdm import tqdm
+
+    fmt: Literal["jsonl", "csv"] = "csv" if path.suffix.lower() == ".csv" else "jsonl"
+    report = ImportReport()
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    batch: list[Event] = []
+    with (
+        path.open(encoding="utf-8") as fh,
+        tqdm(desc=f"import {path.name}", unit=" events", disable=not progress) as bar,
+    ):
+        for n, item in iter_event_file(fh, fmt):
+            try:
+                if isinstance(item, InvalidInput):
+                    raise item
+                batch.append(parse_event(item, now))
+            except InvalidInput as exc:
+                report.rejected += 1
+                if len(report.errors) < max_errors:
+                    report.errors.append((n, str(exc)))
+            if len(batch) >= batch_size:
+                report.accepted += log.append(batch)
+                bar.update(len(batch))
+                batch = []
+        report.accepted += log.append(batch)
+        bar.update(len(batch))
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,84 @@
+"""Trained models in the bucket: ``models/recommender/<id>.npz`` plus a ``latest.json`` pointer.
+
+The pointer is written after the model file, so a reader that sees a pointer always finds the
+file it names. Old model files are kept (a few) so a reader mid-download never loses its file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from core.errors import NotFound
+from core.recommend.models import HybridModel, HybridParams
+from core.storage import ObjectStore
+
+PREFIX = "models/recommender/"
+LATEST = PREFIX + "latest.json"
+KEEP = 5
+
+
+def to_bytes(model: HybridModel) -> bytes:
+    b = model.b.tocsr()
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        items=np.array(model.items, dtype=str),
+        data=b.data.astype(np.float32),
+        indices=b.indices,
+        indptr=b.indptr,
+        shape=np.array(b.shape),
+        meta=np.array(json.dumps({"params": model.params.as_dict(), "info": model.info})),
+    )
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes) -> HybridModel:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        b = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(int(x) for x in z["shape"]))
+        return HybridModel([str(i) for i in z["items"]], b, HybridParams.from_dict(meta["params"]), meta["info"])
+
+
+class ModelStore:
+    """Saves and loads the recommendation model in the bucket."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def save(self, model: HybridModel) -> str:
+        trained_at = datetime.now(UTC)
+        key = f"{PREFIX}model-{trained_at.strftime('%Y%m%dT%H%M%S%fZ')}.npz"
+        self.store.put_bytes(key, to_bytes(model))
+        pointer = {
+            "key": key,
+            "trained_at": trained_at.isoformat(),
+            "params": model.params.as_dict(),
+            "info": model.info,
+        }
+        self.store.put_bytes(LATEST, json.dumps(pointer).encode(), "application/json")
+        old = sorted(o.key for o in self.store.list(PREFIX) if o.key.endswith(".npz") and o.key != key)
+        for stale in old[:-KEEP] if len(old) > KEEP else []:
+            self.store.delete(stale)
+        return key
+
+    def latest(self) -> dict[str, Any] | None:
+        """The pointer of the newest model, or None before the first training."""
+        try:
+            data = self.store.get_bytes(LATEST, max_bytes=1 << 20)
+        except NotFound:
+            return None
+        pointer: dict[str, Any] = json.loads(data)
+        return pointer
+
+    def load_if_changed(self, current_key: str | None) -> tuple[str, HybridModel] | None:
+        """The newest model when it differs from ``current_key``; None when unchanged or none."""
+        pointer = self.latest()
+        if pointer is None or pointer["key"] == current_key:
+            return None
+        return pointer["key"], from_bytes(self.store.get_bytes(pointer["key"]))

@@ -1,0 +1,412 @@
+"""Recommendation models: popularity, item-kNN, EASE, and our hybrid.
+
+The hybrid scores item ``i`` for user ``u`` as
+
+    s(u, i) = cf(u, i) / max cf(u) + beta * pop_t(u)(i) / max pop_t(u) + gamma * content(u, i) / max content(u)
+
+- ``cf``: EASE (Steck 2019) item-item weights ``B`` applied to the user's history vector, where
+  each past item counts ``strength ** alpha * 0.5 ** (rank / half_life)`` (purchase > cart >
+  click > view, ratings by stars; ``rank`` 0 = most recent item), so the newest items steer;
+- ``pop_t``: item popularity around the time the user was last active (events within a
+  Laplace kernel of width ``tau_days``), which tracks what is new and trending;
+- ``content``: cosine between each item's fused embedding and the user's recency-weighted
+  profile of embeddings, which reaches new products nobody interacted with yet.
+
+All hyper-parameters (``lam``, ``alpha``, ``half_life``, ``beta``, ``tau_days``, ``gamma``) are
+chosen by :func:`tune_hybrid` on a per-user time split *inside* the training data, never on
+held-out data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from core.recommend.data import F32, F64, I32, EventArrays, Interactions, aggregate, positives, time_split
+
+DAY = 86400.0
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class HybridParams:
+    lam: float = 300.0
+    alpha: float = 0.0
+    half_life: float = INF
+    beta: float = 0.0
+    tau_days: float = 14.0
+    gamma: float = 0.0
+    delta: float = 0.0
+    seq_half_life: float = 2.0
+    neighbors: int = 256
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: (float(v) if math.isfinite(v) else "inf") for k, v in asdict(self).items()}  # type: ignore[misc]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> HybridParams:
+        fields = cls.__dataclass_fields__
+        values = {k: int(v) if k == "neighbors" else float(v) for k, v in raw.items() if k in fields}
+        return cls(**values)  # type: ignore[arg-type]
+
+
+GRID: dict[str, list[float]] = {
+    "lam": [30.0, 100.0, 300.0, 1000.0, 3000.0],
+    "half_life": [INF, 200.0, 50.0, 20.0, 8.0],
+    "alpha": [0.0, 0.5, 1.0],
+    "tau_days": [1.0, 4.0, 14.0, 60.0, 1e6],
+    "beta": [0.0, 0.1, 0.2, 0.4, 0.8],
+    "gamma": [0.0, 0.05, 0.1, 0.2, 0.4],
+    "delta": [0.0, 0.1, 0.2, 0.4, 0.8],
+    "seq_half_life": [1.0, 2.0, 5.0],
+}
+SEQ_WINDOW = 5
+
+
+def history_matrix(inter: Interactions, alpha: float, half_life: float, rows: I32 | None = None) -> sp.csr_matrix:
+    """Users x items matrix of history weights ``strength**alpha * 0.5**(rank/half_life)``."""
+    w = np.power(inter.strength.astype(np.float64), alpha)
+    if math.isfinite(half_life):
+        w = w * np.power(0.5, inter.rank / half_life)
+    m = sp.csr_matrix((w.astype(np.float32), (inter.user, inter.item)), shape=(inter.n_users, inter.n_items))
+    return m if rows is None else m[rows]
+
+
+def binary_matrix(inter: Interactions) -> sp.csr_matrix:
+    ones = np.ones(len(inter.user), dtype=np.float32)
+    return sp.csr_matrix((ones, (inter.user, inter.item)), shape=(inter.n_users, inter.n_items))
+
+
+def fit_ease(x: sp.csr_matrix, lam: float) -> F32:
+    """EASE closed form: ``B = I - P diagMat(1/diag(P))`` with ``P = (X'X + lam I)^-1``, diag 0."""
+    g = (x.T @ x).toarray().astype(np.float64)
+    g[np.diag_indices_from(g)] += lam
+    p = np.linalg.inv(g)
+    b = p / (-np.diag(p))
+    b[np.diag_indices_from(b)] = 0.0
+    out: F32 = b.astype(np.float32)
+    return out
+
+
+def fit_itemknn(x: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Cosine item-item similarity, each item keeping its ``k`` nearest neighbours."""
+    xt = sp.csc_matrix(x)
+    norms = np.sqrt(np.asarray(xt.multiply(xt).sum(axis=0)).ravel())
+    norms[norms == 0] = 1.0
+    sim = (xt.T @ xt).toarray() / np.outer(norms, norms)
+    np.fill_diagonal(sim, 0.0)
+    return prune_rows(sim.astype(np.float32), k)
+
+
+def fit_transitions(ev: EventArrays, n_items: int, window: int = SEQ_WINDOW) -> sp.csr_matrix:
+    """What comes next: ``T[i, j]`` sums ``1/d`` over users who reached ``j`` ``d <= window``
+    steps after ``i``, normalised by ``sqrt(n_i n_j)``."""
+    order = ev.chronological()
+    u, it = ev.user[order], ev.item[order]
+    rows, cols, vals = [], [], []
+    for d in range(1, window + 1):
+        same = u[d:] == u[:-d]
+        rows.append(it[:-d][same])
+        cols.append(it[d:][same])
+        vals.append(np.full(int(same.sum()), 1.0 / d, dtype=np.float32))
+    t = (
+        sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items))
+        if rows
+        else sp.csr_matrix((n_items, n_items), dtype=np.float32)
+    )
+    t.setdiag(0)
+    t.eliminate_zeros()
+    cnt = np.bincount(ev.item, minlength=n_items).astype(np.float64)
+    inv = 1.0 / np.sqrt(np.maximum(cnt, 1.0))
+    return sp.csr_matrix(sp.diags(inv) @ t @ sp.diags(inv), dtype=np.float32)
+
+
+def prune_rows(dense: F32, k: int) -> sp.csr_matrix:
+    """Keep the ``k`` largest-magnitude entries of each row (sparse ``B`` for serving)."""
+    n = dense.shape[0]
+    if k >= dense.shape[1]:
+        return sp.csr_matrix(dense)
+    idx = np.argpartition(-np.abs(dense), k - 1, axis=1)[:, :k]
+    rows = np.repeat(np.arange(n), k)
+    vals = dense[rows, idx.ravel()]
+    return sp.csr_matrix((vals, (rows, idx.ravel())), shape=dense.shape)
+
+
+class TimePopularity:
+    """Daily event counts per item; :meth:`at` is popularity around given times: counts weighted
+    by ``exp(-|day - day_t| / tau_days)``."""
+
+    def __init__(self, ev: EventArrays, n_items: int) -> None:
+        self.n_items = n_items
+        self.global_counts: F32 = np.bincount(ev.item, minlength=n_items).astype(np.float32)
+        self.day0 = float(np.floor(ev.ts.min() / DAY)) if len(ev) else 0.0
+        day = (np.floor(ev.ts / DAY) - self.day0).astype(np.int64) if len(ev) else np.zeros(0, np.int64)
+        self.n_days = int(day.max()) + 1 if len(ev) else 1
+        self.latest_ts = float(ev.ts.max()) if len(ev) else math.nan
+        # items x days, sparse: memory follows the number of events, not days x items.
+        self.hist = sp.csr_matrix((np.ones(len(ev), dtype=np.float32), (ev.item, day)), shape=(n_items, self.n_days))
+
+    def at(self, t: F64, tau_days: float) -> F32:
+        """Popularity rows (len(t) x items) for epoch times ``t``; NaN means the latest day."""
+        if tau_days >= 1e5 or len(t) == 0:
+            return np.broadcast_to(self.global_counts, (len(t), self.n_items))
+        last = self.n_days - 1
+        day = np.where(np.isnan(t), last, np.floor(np.nan_to_num(t) / DAY) - self.day0)
+        day = np.clip(day, 0, last).astype(np.int64)
+        uniq, inv = np.unique(day, return_inverse=True)
+        kernel = np.exp(-np.abs(np.arange(self.n_days)[:, None] - uniq[None, :]) / tau_days).astype(np.float32)
+        per_day = np.asarray(self.hist @ kernel, dtype=np.float32)  # items x unique days
+        return per_day.T[inv.ravel()]
+
+
+def _row_max_normalise(m: F32) -> F32:
+    mx = m.max(axis=1, keepdims=True)
+    mx[mx <= 0] = 1.0
+    out: F32 = m / mx
+    return out
+
+
+def content_scores(hist: sp.csr_matrix, vectors: F32) -> F32:
+    """Cosine of each item with the user's weighted profile of item embeddings."""
+    profile = np.asarray(hist @ vectors, dtype=np.float32)
+    norms = np.linalg.norm(profile, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    out: F32 = (profile / norms) @ vectors.T
+    return out
+
+
+@dataclass
+class HybridModel:
+    """A trained hybrid: EASE weights over ``items`` plus the tuned parameters."""
+
+    items: list[str]
+    b: Any  # items x items EASE weights: csr (served) or dense (while tuning)
+    params: HybridParams
+    info: dict[str, Any] = field(default_factory=dict)
+    t: sp.csr_matrix | None = None  # items x items "what comes next" weights
+
+    def components(
+        self,
+        hist: sp.csr_matrix,
+        t_last: F64,
+        pop: TimePopularity | None,
+        vectors: F32 | None,
+        recent: sp.csr_matrix | None = None,
+    ) -> dict[str, F32]:
+        """The weighted, per-user normalised parts of the score (users x items):
+        ``collaborative``, ``popular``, ``content`` and ``sequence`` (from ``recent``, the history
+        weighted by ``0.5 ** (rank / seq_half_life)``); the score is their sum."""
+        p = self.params
+        prod = hist @ self.b
+        parts = {
+            "collaborative": _row_max_normalise(np.asarray(prod.toarray() if sp.issparse(prod) else prod, np.float32))
+        }
+        if p.beta > 0 and pop is not None:
+            parts["popular"] = p.beta * _row_max_normalise(np.array(pop.at(t_last, p.tau_days), dtype=np.float32))
+        if p.gamma > 0 and vectors is not None:
+            parts["content"] = p.gamma * _row_max_normalise(content_scores(hist, vectors))
+        if p.delta > 0 and self.t is not None and self.t.shape[0] and recent is not None:
+            seq = np.asarray((recent @ self.t).toarray(), dtype=np.float32)
+            parts["sequence"] = p.delta * _row_max_normalise(seq)
+        return parts
+
+    def score(
+        self,
+        hist: sp.csr_matrix,
+        t_last: F64,
+        pop: TimePopularity | None,
+        vectors: F32 | None,
+        recent: sp.csr_matrix | None = None,
+    ) -> F32:
+        """Scores (users x items) for history rows weighted with this model's alpha/half-life."""
+        parts = list(self.components(hist, t_last, pop, vectors, recent).values())
+        out = parts[0]
+        for part in parts[1:]:
+            out = out + part
+        return out
+
+
+def top_k(scores: F32, k: int, exclude: sp.csr_matrix | None = None) -> I32:
+    """Indices of the ``k`` best items per row, best first, skipping ``exclude``'s nonzeros."""
+    s = np.array(scores, dtype=np.float32, copy=True)
+    if exclude is not None:
+        ex = exclude.tocoo()
+        s[ex.row, ex.col] = -np.inf
+    k = min(k, s.shape[1])
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    ndcg: float
+    recall: float
+    coverage: float
+    users: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"ndcg@10": self.ndcg, "recall@10": self.recall, "coverage": self.coverage, "users": self.users}
+
+
+def ranking_metrics(recs: I32, relevant: sp.csr_matrix, n_items: int, k: int = 10) -> Metrics:
+    """NDCG@k and recall@k (hits / number of relevant items) averaged over rows, and the share of
+    the catalog that appears in anyone's top k."""
+    rel = relevant.tocsr()
+    hits = np.asarray(rel[np.arange(recs.shape[0])[:, None], recs[:, :k]].toarray() > 0, dtype=np.float64)
+    n_rel = np.asarray((rel > 0).sum(axis=1)).ravel().astype(np.float64)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = hits @ disc
+    idcg = np.array([disc[: int(min(n, k))].sum() for n in n_rel])
+    ok = n_rel > 0
+    cov = len(np.unique(recs[:, :k])) / max(n_items, 1)
+    if not ok.any():
+        return Metrics(0.0, 0.0, cov, 0)
+    return Metrics(
+        float((dcg[ok] / idcg[ok]).mean()), float((hits.sum(axis=1)[ok] / n_rel[ok]).mean()), cov, int(ok.sum())
+    )
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/test split ready for scoring: train interactions and test relevance."""
+
+    train_ev: EventArrays
+    train: Interactions
+    relevant: sp.csr_matrix  # users x items, test positives
+    users: I32  # users with at least one test positive
+    t_last: F64  # per user, last training timestamp
+
+
+def make_split(
+    ev: EventArrays, test_fraction: float = 0.2, min_rating: float = 4.0, positive_types: Sequence[str] = ("purchase",)
+) -> Split:
+    train_ev, test_ev = time_split(ev, test_fraction)
+    train = aggregate(train_ev)
+    pos = positives(test_ev, min_rating, positive_types)
+    rel = sp.csr_matrix(
+        (np.ones(len(pos), dtype=np.float32), (pos.user, pos.item)), shape=(len(ev.users), len(ev.items))
+    )
+    rel.data[:] = 1.0
+    users = np.flatnonzero(np.asarray(rel.sum(axis=1)).ravel() > 0).astype(np.int32)
+    return Split(train_ev, train, rel, users, train.user_last_ts())
+
+
+ScoreFn = Callable[[I32], F32]
+
+
+def evaluate_scores(split: Split, score: ScoreFn, k: int = 10, batch: int = 2048) -> Metrics:
+    """Metrics of a scoring function on ``split`` (train items excluded from the candidates)."""
+    seen = binary_matrix(split.train)
+    recs = []
+    for start in range(0, len(split.users), batch):
+        rows = split.users[start : start + batch]
+        recs.append(top_k(score(rows), k, seen[rows]))
+    all_recs = np.concatenate(recs) if recs else np.zeros((0, k), dtype=np.int32)
+    return ranking_metrics(all_recs, split.relevant[split.users], split.train.n_items, k)
+
+
+def sample_users(users: I32, limit: int, seed: int = 0) -> I32:
+    if len(users) <= limit:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, limit, replace=False)).astype(np.int32)
+
+
+@dataclass
+class TuneLog:
+    trials: list[tuple[dict[str, float], float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def tune_hybrid(
+    ev: EventArrays,
+    vectors: F32 | None = None,
+    *,
+    min_rating: float = 4.0,
+    positive_types: Sequence[str] = ("purchase",),
+    max_users: int = 1500,
+    rounds: int = 2,
+    grid: dict[str, list[float]] | None = None,
+    start: HybridParams = HybridParams(),
+) -> tuple[HybridParams, float, TuneLog]:
+    """Coordinate ascent over :data:`GRID` maximising NDCG@10 on the last 20% of each user's
+    events in ``ev`` (the training data), fitting on the first 80%."""
+    t0 = time.perf_counter()
+    grid = dict(grid or GRID)
+    if vectors is None:
+        grid["gamma"] = [0.0]
+    split = make_split(ev, 0.2, min_rating, positive_types)
+    split = replace(split, users=sample_users(split.users, max_users))
+    x = binary_matrix(split.train)
+    pop = TimePopularity(split.train_ev, split.train.n_items)
+    trans = fit_transitions(split.train_ev, split.train.n_items)
+    b_cache: dict[float, F32] = {}
+    log = TuneLog()
+
+    def run(p: HybridParams) -> float:
+        if p.lam not in b_cache:
+            b_cache[p.lam] = fit_ease(x, p.lam)
+        model = HybridModel(ev.items, b_cache[p.lam], p, t=trans)
+        hist = history_matrix(split.train, p.alpha, p.half_life)
+        recent = history_matrix(split.train, 0.0, p.seq_half_life)
+        m = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows]))
+        log.trials.append((p.as_dict(), m.ndcg))
+        return m.ndcg
+
+    best, best_score = start, run(start)
+    for _ in range(rounds):
+        improved = False
+        for name, values in grid.items():
+            for v in values:
+                cand = replace(best, **{name: v})  # type: ignore[arg-type]
+                if cand == best:
+                    continue
+                s = run(cand)
+                if s > best_score + 1e-6:
+                    best, best_score, improved = cand, s, True
+        if not improved:
+            break
+    log.seconds = time.perf_counter() - t0
+    return best, best_score, log
+
+
+def train_hybrid(
+    ev: EventArrays,
+    vectors: F32 | None = None,
+    *,
+    min_rating: float = 4.0,
+    positive_types: Sequence[str] = ("purchase",),
+    params: HybridParams | None = None,
+) -> HybridModel:
+    """Tune (unless ``params`` are given) on a split inside ``ev``, then fit on all of ``ev``."""
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {}
+    if params is None:
+        params, val_ndcg, log = tune_hybrid(ev, vectors, min_rating=min_rating, positive_types=positive_types)
+        info.update(validation_ndcg=val_ndcg, tune_seconds=log.seconds, trials=len(log.trials))
+    x = binary_matrix(aggregate(ev))
+    b = prune_rows(fit_ease(x, params.lam), params.neighbors)
+    t = prune_rows_sparse(fit_transitions(ev, len(ev.items)), params.neighbors) if params.delta > 0 else None
+    info.update(train_seconds=time.perf_counter() - t0, events=len(ev), users=len(ev.users), items=len(ev.items))
+    return HybridModel(list(ev.items), b, params, info, t)
+
+
+def prune_rows_sparse(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep each row's ``k`` largest entries of a sparse matrix."""
+    m = m.tocsr()
+    rows, cols, vals = [], [], []
+    for r in range(m.shape[0]):
+        lo, hi = m.indptr[r], m.indptr[r + 1]
+        sel = lo + np.argpartition(-m.data[lo:hi], k - 1)[:k] if hi - lo > k else np.arange(lo, hi)
+        rows.append(np.full(len(sel), r))
+        cols.append(m.indices[sel])
+        vals.append(m.data[sel])
+    if not rows:
+        return m
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=m.shape)

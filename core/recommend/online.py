@@ -1,0 +1,549 @@
+"""The query-side recommender: everything a request needs, in memory, refreshed in the background.
+
+A query process keeps three things warm and swaps each one atomically when it changes:
+
+- a :class:`CatalogSnapshot` (ids, titles, categories, prices and fused embeddings of all
+  products), re-read when the products table gets a new version;
+- :class:`EventState`, every event in arrival order plus per-user histories: events posted to
+  this process apply at once, events written by other processes are read incrementally from
+  the ``events`` table (by ``received_at``, de-duplicated by ``event_id``);
+- the newest trained :class:`HybridModel` from the bucket (``models/recommender/latest.json``),
+  so a retrain is picked up without a restart.
+
+A request then costs a few sparse/dense vector operations over the catalog (no storage reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from core.catalog import Catalog
+from core.errors import InvalidInput, NotFound
+from core.events import EVENT_TYPES, Event, EventLog, event_strength
+from core.models import Filters, Product, Weights
+from core.recommend.artifact import ModelStore
+from core.recommend.data import F32, F64, EventArrays, Interactions
+from core.recommend.models import HybridModel, HybridParams, TimePopularity, history_matrix
+
+log = logging.getLogger(__name__)
+
+WEEK = 7 * 86400.0
+TRENDING_TAU_DAYS = 7.0
+# Without a trained model: content + trending only.
+UNTRAINED = HybridParams(beta=0.3, gamma=1.0, half_life=20.0, alpha=1.0, tau_days=TRENDING_TAU_DAYS)
+_VERB = {
+    "view": "viewed",
+    "click": "clicked",
+    "add_to_cart": "added to your cart",
+    "purchase": "bought",
+    "rating": "rated",
+}
+
+
+@dataclass(frozen=True)
+class CatalogSnapshot:
+    """The catalog as arrays; ``vectors`` are unit-norm fused embeddings (rows of zeros when a
+    product has none)."""
+
+    version: int
+    products: list[Product]
+    index: dict[str, int]
+    categories: np.ndarray[Any, np.dtype[np.object_]]
+    prices: F64
+    vectors: F32
+
+    @classmethod
+    def empty(cls) -> CatalogSnapshot:
+        return cls(-1, [], {}, np.array([], dtype=object), np.zeros(0), np.zeros((0, 1), np.float32))
+
+    @classmethod
+    def load(cls, catalog: Catalog, weights: Weights) -> CatalogSnapshot:
+        version, table = catalog.scan()
+        products = catalog.products_from(table)
+        text = _matrix(table.column("text_vector"), catalog.text_dim)
+        parts = [math.sqrt(weights.text) * text]
+        if weights.image > 0:
+            parts.insert(0, math.sqrt(weights.image) * _matrix(table.column("image_vector"), catalog.clip_dim))
+        fused = np.hstack(parts).astype(np.float32)
+        norms = np.linalg.norm(fused, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        return cls(
+            version,
+            products,
+            {p.product_id: i for i, p in enumerate(products)},
+            np.array([p.category for p in products], dtype=object),
+            np.array([math.nan if p.price is None else float(p.price) for p in products], dtype=np.float64),
+            fused / norms,
+        )
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    def mask(self, filters: Filters) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        ok = np.ones(len(self), dtype=bool)
+        if filters.categories is not None:
+            ok &= np.isin(self.categories, list(filters.categories))
+        if filters.min_price is not None:
+            ok &= self.prices >= filters.min_price
+        if filters.max_price is not None:
+            ok &= self.prices <= filters.max_price
+        return ok
+
+
+def _matrix(col: pa.ChunkedArray, dim: int) -> F32:
+    out = np.zeros((len(col), dim), dtype=np.float32)
+    arr = col.combine_chunks()
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if valid.any():
+        values = arr.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+        out[valid] = values.reshape(-1, dim)
+    return out
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    product_id: str
+    event_type: str  # the strongest event on the item
+    value: float | None
+    strength: float
+    timestamp: float
+    count: int
+
+
+class EventState:
+    """All events seen by this process, per user and in arrival order (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+        self._by_user: dict[str, list[tuple[float, int, str, str, float | None]]] = defaultdict(list)
+        self._item: list[str] = []
+        self._ts: list[float] = []
+        self._seq = 0
+        self.generation = 0
+        self.watermark: datetime | None = None
+
+    def add(self, events: Sequence[Event]) -> int:
+        added = 0
+        with self._lock:
+            for e in events:
+                if e.event_id in self._ids:
+                    continue
+                self._ids.add(e.event_id)
+                ts = e.timestamp.timestamp()
+                self._by_user[e.user_id].append((ts, self._seq, e.product_id, e.event_type, e.value))
+                self._item.append(e.product_id)
+                self._ts.append(ts)
+                self._seq += 1
+                added += 1
+            if added:
+                self.generation += 1
+        return added
+
+    def add_table(self, table: pa.Table) -> int:
+        """Add rows read from the events table (skips ones already seen)."""
+        if table.num_rows == 0:
+            return 0
+        cols = table.to_pydict()
+        events = [
+            Event(u, p, t, ts, v, eid)  # type: ignore[arg-type]
+            for eid, u, p, t, v, ts in zip(
+                cols["event_id"],
+                cols["user_id"],
+                cols["product_id"],
+                cols["event_type"],
+                cols["value"],
+                cols["timestamp"],
+                strict=True,
+            )
+        ]
+        events.sort(key=lambda e: e.timestamp)
+        received = max(cols["received_at"])
+        n = self.add(events)
+        with self._lock:
+            if self.watermark is None or received > self.watermark:
+                self.watermark = received
+        return n
+
+    def __len__(self) -> int:
+        return len(self._item)
+
+    @property
+    def users(self) -> int:
+        return len(self._by_user)
+
+    def history(self, user_id: str) -> list[HistoryItem]:
+        """The user's items, most recent first; each with its strongest event."""
+        with self._lock:
+            rows = list(self._by_user.get(user_id, ()))
+        best: dict[str, HistoryItem] = {}
+        for ts, _seq, pid, etype, value in sorted(rows):
+            s = event_strength(etype, value)
+            prev = best.get(pid)
+            if prev is None:
+                best[pid] = HistoryItem(pid, etype, value, s, ts, 1)
+            else:
+                strongest = s >= prev.strength
+                best[pid] = HistoryItem(
+                    pid,
+                    etype if strongest else prev.event_type,
+                    value if strongest else prev.value,
+                    max(s, prev.strength),
+                    ts,
+                    prev.count + 1,
+                )
+        return sorted(best.values(), key=lambda h: -h.timestamp)
+
+    def recent(self, user_id: str, limit: int) -> list[tuple[float, str, str, float | None]]:
+        """The user's latest raw events (ts, product_id, event_type, value), newest first."""
+        with self._lock:
+            rows = sorted(self._by_user.get(user_id, ()), reverse=True)[:limit]
+        return [(ts, pid, et, v) for ts, _s, pid, et, v in rows]
+
+    def popularity(self, snapshot: CatalogSnapshot) -> TimePopularity:
+        with self._lock:
+            items, ts = list(self._item), np.array(self._ts, dtype=np.float64)
+        codes = np.array([snapshot.index.get(i, -1) for i in items], dtype=np.int32)
+        keep = codes >= 0
+        n = int(keep.sum())
+        ev = EventArrays(
+            [],
+            [],
+            np.zeros(n, np.int32),
+            codes[keep],
+            np.zeros(n, np.int32),
+            np.full(n, np.nan),
+            ts[keep],
+            np.arange(n, dtype=np.int64),
+        )
+        return TimePopularity(ev, len(snapshot))
+
+    def type_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = [r for user_rows in self._by_user.values() for r in user_rows]
+        counts: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
+        for r in rows:
+            counts[r[3]] += 1
+        return counts
+
+
+@dataclass(frozen=True)
+class Recommended:
+    product: Product
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecommendationResult:
+    items: list[Recommended]
+    strategy: str  # personalized | content | popular | newest
+
+
+@dataclass
+class _Compiled:
+    """The model re-indexed onto one catalog snapshot, and item popularity over it."""
+
+    snapshot_version: int
+    source: HybridModel
+    model: HybridModel
+    popularity: TimePopularity
+    pop_generation: int
+
+
+@dataclass
+class Recommender:
+    """Answers recommendation queries from memory; :meth:`refresh` keeps it current."""
+
+    catalog: Catalog
+    events: EventLog
+    models: ModelStore
+    weights: Weights
+    exclude_seen: bool = True
+    refresh_seconds: float = 2.0
+    state: EventState = field(default_factory=EventState)
+    snapshot: CatalogSnapshot = field(default_factory=CatalogSnapshot.empty)
+    model: HybridModel | None = None
+    model_key: str | None = None
+    _compiled: _Compiled | None = None
+    _untrained: HybridModel = field(
+        default_factory=lambda: HybridModel([], sp.csr_matrix((0, 0), dtype=np.float32), UNTRAINED, {})
+    )
+    _events_version: int = -1
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    last_refresh: float = 0.0
+
+    # ---- refreshing ------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Pick up a new catalog version, new events from other writers, and a new model."""
+        with self._lock:
+            version = self.catalog.version
+            if version != self.snapshot.version:
+                self.snapshot = CatalogSnapshot.load(self.catalog, self.weights)
+            ev_version = self.events.version()
+            if ev_version != self._events_version:
+                since = self.state.watermark - timedelta(minutes=5) if self.state.watermark else None
+                self.state.add_table(self.events.read(since))
+                self._events_version = ev_version
+            loaded = self.models.load_if_changed(self.model_key)
+            if loaded is not None:
+                self.model_key, self.model = loaded
+                log.info("recommendation model %s loaded", self.model_key)
+            self._compiled_for(self.snapshot)
+            self._refresh_popularity()
+            self.last_refresh = time.time()
+
+    def start(self, on_error: Callable[[Exception], None] | None = None) -> None:
+        """Refresh every ``refresh_seconds`` in a daemon thread."""
+
+        def loop() -> None:
+            while not self._stop.wait(self.refresh_seconds):
+                try:
+                    self.refresh()
+                except Exception as exc:  # keep serving the last good state
+                    log.warning("recommender refresh failed: %s", exc)
+                    if on_error:
+                        on_error(exc)
+
+        self._thread = threading.Thread(target=loop, name="recommender-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def ensure_fresh(self) -> None:
+        """Without the background thread (a host that never started it), refresh inline when
+        the state is older than ``refresh_seconds``."""
+        running = self._thread is not None and self._thread.is_alive()
+        if not running and time.time() - self.last_refresh > self.refresh_seconds:
+            self.refresh()
+
+    def observe(self, events: Sequence[Event]) -> None:
+        """Events this process just stored: they count at once."""
+        self.state.add(events)
+
+    # ---- scoring ---------------------------------------------------------------------------
+    def _compiled_for(self, snap: CatalogSnapshot) -> _Compiled:
+        """The model over this snapshot's items (built once per model and catalog version)."""
+        model = self.model if self.model is not None else self._untrained
+        c = self._compiled
+        if c is None or c.snapshot_version != snap.version or c.source is not model:
+            ids = [p.product_id for p in snap.products]
+            c = _Compiled(
+                snap.version,
+                model,
+                HybridModel(ids, _reindex(model, snap), model.params, model.info),
+                self.state.popularity(snap),
+                self.state.generation,
+            )
+            self._compiled = c
+        return c
+
+    def _refresh_popularity(self) -> None:
+        c = self._compiled
+        if c is not None and c.pop_generation != self.state.generation:
+            gen = self.state.generation
+            c.popularity, c.pop_generation = self.state.popularity(self.snapshot), gen
+
+    def recommend(
+        self,
+        user_id: str,
+        top_k: int = 10,
+        filters: Filters = Filters(),
+        exclude_seen: bool | None = None,
+    ) -> RecommendationResult:
+        self.ensure_fresh()
+        snap = self.snapshot
+        if len(snap) == 0:
+            return RecommendationResult([], "empty")
+        history = [h for h in self.state.history(user_id) if h.product_id in snap.index]
+        exclude = self.exclude_seen if exclude_seen is None else exclude_seen
+        allowed = snap.mask(filters)
+        if exclude:
+            for h in history:
+                allowed[snap.index[h.product_id]] = False
+        if not history:
+            return self._popular(snap, top_k, allowed)
+        compiled = self._compiled_for(snap)
+        p = compiled.model.params
+        idx = np.array([snap.index[h.product_id] for h in history], dtype=np.int32)
+        inter = Interactions(
+            1,
+            len(snap),
+            np.zeros(len(history), np.int32),
+            idx,
+            np.array([h.strength for h in history], np.float32),
+            np.array([h.timestamp for h in history]),
+            np.arange(len(history), dtype=np.int32),
+        )
+        hist = history_matrix(inter, p.alpha, p.half_life)
+        recent = history_matrix(inter, 0.0, p.seq_half_life)
+        t_last = np.array([history[0].timestamp])
+        parts = compiled.model.components(hist, t_last, compiled.popularity, snap.vectors, recent)
+        total = np.sum([part[0] for part in parts.values()], axis=0)
+        scores = np.where(allowed, total, -np.inf)
+        top = _best(scores, top_k)
+        strategy = "personalized" if self.model is not None else "content"
+        weights = hist.toarray()[0]
+        recent_w = recent.toarray()[0]
+        items = [
+            Recommended(
+                snap.products[i],
+                float(scores[i]),
+                self._reason(i, parts, history, idx, weights, recent_w, compiled, snap, t_last[0]),
+            )
+            for i in top
+        ]
+        return RecommendationResult(items, strategy)
+
+    def _reason(
+        self,
+        i: int,
+        parts: dict[str, F32],
+        history: list[HistoryItem],
+        idx: np.ndarray[Any, np.dtype[np.int32]],
+        weights: F32,
+        recent: F32,
+        compiled: _Compiled,
+        snap: CatalogSnapshot,
+        t_last: float,
+    ) -> str:
+        best = max(parts, key=lambda k: float(parts[k][0, i]))
+        if best == "popular":
+            return _popular_reason(snap.products[i], t_last)
+        if best == "collaborative":
+            contrib = weights[idx] * np.asarray(compiled.model.b[idx, i].toarray()).ravel()
+        elif best == "sequence" and compiled.model.t is not None:
+            contrib = recent[idx] * np.asarray(compiled.model.t[idx, i].toarray()).ravel()
+        else:
+            contrib = weights[idx] * (snap.vectors[idx] @ snap.vectors[i])
+        j = int(np.argmax(contrib))
+        h = history[j]
+        title = snap.products[idx[j]].title
+        if best == "sequence":
+            return f"Often chosen right after {title}"
+        if best == "collaborative":
+            if h.event_type in ("purchase", "add_to_cart"):
+                return f"Often bought with {title}"
+            if h.event_type == "rating":
+                return f"Because you rated {title}"
+            return f"Because you viewed {title}"
+        return f"Similar to {title}, which you {_VERB[h.event_type]}"
+
+    def _popular(
+        self, snap: CatalogSnapshot, top_k: int, allowed: np.ndarray[Any, np.dtype[np.bool_]]
+    ) -> RecommendationResult:
+        compiled = self._compiled_for(snap)
+        pop = compiled.popularity
+        if len(self.state) == 0 or not math.isfinite(pop.latest_ts):
+            created = np.array([p.created_at.timestamp() for p in snap.products])
+            top = _best(np.where(allowed, created, -np.inf), top_k)
+            items = [
+                Recommended(snap.products[i], 1.0 / (r + 1), f"New in {snap.products[i].category or 'the catalog'}")
+                for r, i in enumerate(top)
+            ]
+            return RecommendationResult(items, "newest")
+        row = pop.at(np.array([np.nan]), TRENDING_TAU_DAYS)[0]
+        mx = float(row.max()) or 1.0
+        # Products nobody touched yet still fill the list, newest first, below the popular ones.
+        created = np.array([p.created_at.timestamp() for p in snap.products])
+        age_rank = np.argsort(np.argsort(-created)) / max(len(snap), 1)
+        scores = np.where(allowed, np.where(row > 0, 1.0 + row / mx, 1.0 - age_rank), -np.inf)
+        items = []
+        for i in _best(scores, top_k):
+            p = snap.products[i]
+            reason = _popular_reason(p, pop.latest_ts) if row[i] > 0 else f"New in {p.category or 'the catalog'}"
+            items.append(Recommended(p, float(scores[i]) / 2.0, reason))
+        return RecommendationResult(items, "popular")
+
+    def more_like(
+        self,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        user_id: str | None = None,
+        top_k: int = 10,
+        filters: Filters = Filters(),
+    ) -> RecommendationResult:
+        """ "More like these, less like those": content and collaborative similarity to the
+        positives minus similarity to the negatives (plus the user's own history, if given)."""
+        self.ensure_fresh()
+        snap = self.snapshot
+        if not positive:
+            raise InvalidInput("positive must name at least one product")
+        missing = [p for p in [*positive, *negative] if p not in snap.index]
+        if missing:
+            raise NotFound(f"unknown product ids: {', '.join(missing[:10])}")
+        pos = np.array([snap.index[p] for p in positive], dtype=np.int32)
+        neg = np.array([snap.index[p] for p in negative], dtype=np.int32)
+        compiled = self._compiled_for(snap)
+        content = snap.vectors[pos].mean(axis=0) @ snap.vectors.T
+        if len(neg):
+            content = content - 0.5 * (snap.vectors[neg].mean(axis=0) @ snap.vectors.T)
+        b = compiled.model.b
+        cf = np.zeros(len(snap), dtype=np.float32)
+        if b.shape[0]:
+            cf = np.asarray(b[pos].sum(axis=0)).ravel() - (np.asarray(b[neg].sum(axis=0)).ravel() if len(neg) else 0)
+            mx = float(np.abs(cf).max()) or 1.0
+            cf = cf / mx
+        total = content + 0.5 * cf
+        allowed = snap.mask(filters)
+        allowed[pos] = False
+        if len(neg):
+            allowed[neg] = False
+        if user_id:
+            history = [h for h in self.state.history(user_id) if h.product_id in snap.index]
+            if self.exclude_seen:
+                for h in history:
+                    allowed[snap.index[h.product_id]] = False
+        scores = np.where(allowed, total, -np.inf)
+        items = []
+        for i in _best(scores, top_k):
+            j = int(pos[np.argmax(snap.vectors[pos] @ snap.vectors[i])])
+            items.append(Recommended(snap.products[i], float(scores[i]), f"Like {snap.products[j].title}"))
+        return RecommendationResult(items, "more_like_these")
+
+
+def _popular_reason(product: Product, t_ref: float) -> str:
+    where = product.category or "the catalog"
+    if math.isfinite(t_ref) and time.time() - t_ref <= WEEK:
+        return f"Popular in {where} this week"
+    return f"Popular in {where}"
+
+
+def _best(scores: F32 | F64, k: int) -> list[int]:
+    finite = np.flatnonzero(np.isfinite(scores))
+    if len(finite) == 0:
+        return []
+    k = min(k, len(finite))
+    part = finite[np.argpartition(-scores[finite], k - 1)[:k]]
+    return [int(i) for i in part[np.argsort(-scores[part], kind="stable")]]
+
+
+def _reindex(model: HybridModel, snap: CatalogSnapshot) -> sp.csr_matrix:
+    """The model's item-item weights over the snapshot's items (products the model never saw
+    get empty rows and columns)."""
+    n = len(snap)
+    if not model.items:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    to_snap = np.array([snap.index.get(i, -1) for i in model.items], dtype=np.int64)
+    keep = np.flatnonzero(to_snap >= 0)
+    sel = sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (keep, to_snap[keep])), shape=(len(model.items), n))
+    return (sel.T @ model.b @ sel).tocsr()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
