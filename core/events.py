@@ -92,7 +92,7 @@ def parse_timestamp(raw: Any, now: datetime) -> datetime:
         try:
             ts = datetime.fromtimestamp(float(raw), tz=UTC)
         except (OverflowError, OSError, ValueError) as exc:
-            raise InvalidInput(f"timestamp {raw} is out of range (epoch seconds expected)") from exc
+            raise InvalidInput(f"timestamp {raw} is out of range (epoch seconds expected, not milliseconds)") from exc
     elif isinstance(raw, str):
         text = raw.strip()
         try:
