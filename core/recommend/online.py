@@ -457,17 +457,26 @@ class Recommender:
                 for r, i in enumerate(top)
             ]
             return RecommendationResult(items, "newest")
-        row = pop.at(np.array([np.nan]), TRENDING_TAU_DAYS)[0]
-        mx = float(row.max()) or 1.0
-        # Products nobody touched yet still fill the list, newest first, below the popular ones.
+        # Trending (events around the latest one, 7-day kernel) first, all-time popularity as the
+        # tie-breaker and fallback; products nobody touched yet fill the list, newest first.
+        trend = pop.at(np.array([np.nan]), TRENDING_TAU_DAYS)[0]
+        trend = trend / (float(trend.max()) or 1.0)
+        alltime = pop.global_counts / (float(pop.global_counts.max()) or 1.0)
         created = np.array([p.created_at.timestamp() for p in snap.products])
         age_rank = np.argsort(np.argsort(-created)) / max(len(snap), 1)
-        scores = np.where(allowed, np.where(row > 0, 1.0 + row / mx, 1.0 - age_rank), -np.inf)
+        popular = trend + 0.2 * alltime
+        scores = np.where(allowed, np.where(popular > 0, popular, -age_rank), -np.inf)
         items = []
         for i in _best(scores, top_k):
             p = snap.products[i]
-            reason = _popular_reason(p, pop.latest_ts) if row[i] > 0 else f"New in {p.category or 'the catalog'}"
-            items.append(Recommended(p, float(scores[i]) / 2.0, reason))
+            where = p.category or "the catalog"
+            if trend[i] >= 0.05:
+                reason = _popular_reason(p, pop.latest_ts)
+            elif alltime[i] > 0:
+                reason = f"Popular in {where}"
+            else:
+                reason = f"New in {where}"
+            items.append(Recommended(p, float(scores[i]), reason))
         return RecommendationResult(items, "popular")
 
     def more_like(
