@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from core.catalog import Catalog, open_dataset_table, storage_errors
+from core.catalog import Catalog, Compactor, open_dataset_table, storage_errors
 from core.errors import InvalidInput
 from core.settings import Settings
 
@@ -223,7 +223,13 @@ class EventLog:
             return 0
         with storage_errors("append events"):
             self._table.add(to_arrow(events))
+        self._compactor().committed()
         return len(events)
+
+    def _compactor(self) -> Compactor:
+        if not hasattr(self, "_compact"):
+            self._compact = Compactor(self._table)
+        return self._compact
 
     def count(self) -> int:
         with storage_errors("count events"):

@@ -12,7 +12,10 @@
   reindex work items, embedding images with nvjpeg decode + fp16 on the GPU.
 - ``sweep_uploads``: every minute, a model-free listing of ``uploads/`` against the ingest
   records; anything due is spawned onto the GPU indexer.
-Recommendation retraining is not scheduled here yet: the recommender does not exist yet.
+- ``train_recommender``: every 15 minutes on CPU, retrains the recommendation model when events
+  arrived since the last one and publishes it to the bucket; ``web`` containers pick it up on
+  their next refresh (``RECS_REFRESH_SECONDS``) without a restart. ``modal run
+  functions/modal_app.py::train_now`` trains at once.
 Modal's cloud is not reachable from this project's CI: the definitions are checked and the job
 bodies (``functions/jobs.py``) run locally against an S3 server in the tests.
 """
@@ -30,6 +33,7 @@ GPU = "L40S"  # embedding GPU; "H100" for the fastest reindex, "T4"/"L4" for the
 GPU_MAX_CONTAINERS = 20
 WEB_MIN_CONTAINERS = 0  # set to 1+ to keep a warm query container (no cold start; costs idle time)
 SWEEP_EVERY = modal.Period(minutes=1)
+TRAIN_EVERY = modal.Period(minutes=15)
 
 ROOT = Path(__file__).resolve().parents[1]
 image = (
@@ -116,6 +120,26 @@ def sweep_uploads() -> int:
     for key in keys:
         GpuIndexer().process_upload.spawn(key)
     return len(keys)
+
+
+@app.function(schedule=TRAIN_EVERY, cpu=4.0, memory=8192, timeout=3600)
+def train_recommender(force: bool = False) -> dict[str, Any] | None:
+    """Retrain recommendations on all stored events (skipped when none arrived since the last
+    model, unless ``force``); loads no embedding models."""
+    from core.settings import Settings
+    from functions.jobs import train_recommender as _train
+
+    report = _train(Settings(), only_if_new_events=not force)
+    if report is None:
+        return None
+    print(report.summary())
+    return {"key": report.key, "events": report.events, "seconds": report.seconds}
+
+
+@app.local_entrypoint()
+def train_now() -> None:
+    """Retrain the recommendation model now (``modal run functions/modal_app.py::train_now``)."""
+    print(train_recommender.remote(force=True))
 
 
 @app.function(cpu=1.0, timeout=600)

@@ -102,11 +102,7 @@ def evaluate(
     pop = TimePopularity(split.train_ev, len(ev.items))
     recent = history_matrix(split.train, 0.0, model.params.seq_half_life)
     m = evaluate_scores(split, lambda u: model.score(hist[u], split.t_last[u], pop, vectors, recent[u]), k)
-    p = model.params
-    desc = (
-        f"lambda={p.lam:g} alpha={p.alpha:g} half_life={p.half_life:g} beta={p.beta:g} "
-        f"tau_days={p.tau_days:g} gamma={p.gamma:g} delta={p.delta:g} seq_half_life={p.seq_half_life:g}"
-    )
+    desc = model.params.describe()
     rows.append(Row("shelfsearch hybrid", m, time.perf_counter() - t0, desc))
     return rows
 
@@ -114,12 +110,15 @@ def evaluate(
 def format_table(rows: Sequence[Row], split_desc: str) -> str:
     lines = [
         split_desc,
-        f"{'method':<22} {'NDCG@10':>8} {'recall@10':>10} {'coverage':>9} {'users':>6} {'seconds':>8}  params",
+        f"{'method':<20} {'NDCG@10':>8} {'recall@10':>9} {'(capped)':>8} {'coverage':>8} {'users':>5} {'sec':>5}"
+        "  params",
     ]
     for r in rows:
         m = r.metrics
-        cells = f"{m.ndcg:>8.4f} {m.recall:>10.4f} {m.coverage:>9.3f} {m.users:>6d} {r.seconds:>8.1f}"
-        lines.append(f"{r.name:<22} {cells}  {r.params}")
+        cells = f"{m.ndcg:>8.4f} {m.recall:>9.4f} {m.recall_capped:>8.4f} {m.coverage:>8.3f} {m.users:>5d}"
+        cells += f" {r.seconds:>5.1f}"
+        lines.append(f"{r.name:<20} {cells}  {r.params}")
+    lines.append("recall@10 = hits / held-out positives; (capped) = hits / min(10, held-out positives)")
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@ The hybrid scores item ``i`` for user ``u`` as
 - ``content``: cosine between each item's fused embedding and the user's recency-weighted
   profile of embeddings, which reaches new products nobody interacted with yet.
 
-All hyper-parameters (``lam``, ``alpha``, ``half_life``, ``beta``, ``tau_days``, ``gamma``) are
+All hyper-parameters (``lam``, ``rho``, ``alpha``, ``half_life``, ``beta``, ``tau_days``, ``gamma``,
+``delta``, ``seq_half_life``) are
 chosen by :func:`tune_hybrid` on a per-user time split *inside* the training data, never on
 held-out data.
 """
@@ -37,6 +38,7 @@ INF = math.inf
 @dataclass(frozen=True)
 class HybridParams:
     lam: float = 300.0
+    rho: float = 0.0
     alpha: float = 0.0
     half_life: float = INF
     beta: float = 0.0
@@ -49,6 +51,9 @@ class HybridParams:
     def as_dict(self) -> dict[str, float]:
         return {k: (float(v) if math.isfinite(v) else "inf") for k, v in asdict(self).items()}  # type: ignore[misc]
 
+    def describe(self) -> str:
+        return " ".join(f"{k}={v:g}" for k, v in asdict(self).items() if k != "neighbors")
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> HybridParams:
         fields = cls.__dataclass_fields__
@@ -58,6 +63,7 @@ class HybridParams:
 
 GRID: dict[str, list[float]] = {
     "lam": [30.0, 100.0, 300.0, 1000.0, 3000.0],
+    "rho": [0.0, 0.5, 1.0],
     "half_life": [INF, 200.0, 50.0, 20.0, 8.0],
     "alpha": [0.0, 0.5, 1.0],
     "tau_days": [1.0, 4.0, 14.0, 60.0, 1e6],
@@ -83,15 +89,33 @@ def binary_matrix(inter: Interactions) -> sp.csr_matrix:
     return sp.csr_matrix((ones, (inter.user, inter.item)), shape=(inter.n_users, inter.n_items))
 
 
-def fit_ease(x: sp.csr_matrix, lam: float) -> F32:
-    """EASE closed form: ``B = I - P diagMat(1/diag(P))`` with ``P = (X'X + lam I)^-1``, diag 0."""
+def fit_ease(x: sp.csr_matrix, lam: float, y: sp.csr_matrix | None = None, rho: float = 0.0) -> F32:
+    """EASE (Steck 2019): ``min ||Y - XB||^2 + lam ||B||^2`` subject to ``diag(B) = 0``.
+
+    With ``Y = X`` this is the classic closed form ``B = I - P diagMat(1/diag(P))``,
+    ``P = (X'X + lam I)^-1``. With ``rho > 0`` the target mixes in ``y``, the *positive*
+    interactions (``Y = (1 - rho) X + rho y``): the input is everything the user did, the output
+    what they will like. The general solution is ``B = P X'Y - P diagMat(diag(P X'Y) / diag(P))``.
+    """
     g = (x.T @ x).toarray().astype(np.float64)
     g[np.diag_indices_from(g)] += lam
     p = np.linalg.inv(g)
-    b = p / (-np.diag(p))
+    if y is None or rho == 0.0:
+        b = p / (-np.diag(p))
+    else:
+        xty = (1.0 - rho) * (x.T @ x).toarray() + rho * (x.T @ y).toarray()
+        r = p @ xty
+        b = r - p * (np.diag(r) / np.diag(p))[None, :]
     b[np.diag_indices_from(b)] = 0.0
     out: F32 = b.astype(np.float32)
     return out
+
+
+def positive_matrix(ev: EventArrays, min_rating: float, types: Sequence[str]) -> sp.csr_matrix:
+    """Users x items, 1 where the user had a positive event (rating >= ``min_rating``, or a
+    ``types`` event) with the item."""
+    pos = aggregate(positives(ev, min_rating, types))
+    return binary_matrix(pos)
 
 
 def fit_itemknn(x: sp.csr_matrix, k: int) -> sp.csr_matrix:
@@ -250,9 +274,16 @@ class Metrics:
     recall: float
     coverage: float
     users: int
+    recall_capped: float = 0.0  # hits / min(k, relevant): the "normalised" recall some papers use
 
     def as_dict(self) -> dict[str, float]:
-        return {"ndcg@10": self.ndcg, "recall@10": self.recall, "coverage": self.coverage, "users": self.users}
+        return {
+            "ndcg@10": self.ndcg,
+            "recall@10": self.recall,
+            "recall@10_capped": self.recall_capped,
+            "coverage": self.coverage,
+            "users": self.users,
+        }
 
 
 def ranking_metrics(recs: I32, relevant: sp.csr_matrix, n_items: int, k: int = 10) -> Metrics:
@@ -262,14 +293,19 @@ def ranking_metrics(recs: I32, relevant: sp.csr_matrix, n_items: int, k: int = 1
     hits = np.asarray(rel[np.arange(recs.shape[0])[:, None], recs[:, :k]].toarray() > 0, dtype=np.float64)
     n_rel = np.asarray((rel > 0).sum(axis=1)).ravel().astype(np.float64)
     disc = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = hits @ disc
+    dcg = hits @ disc[: hits.shape[1]]  # fewer than k items in a tiny catalog
     idcg = np.array([disc[: int(min(n, k))].sum() for n in n_rel])
     ok = n_rel > 0
     cov = len(np.unique(recs[:, :k])) / max(n_items, 1)
     if not ok.any():
         return Metrics(0.0, 0.0, cov, 0)
+    n_hits = hits.sum(axis=1)[ok]
     return Metrics(
-        float((dcg[ok] / idcg[ok]).mean()), float((hits.sum(axis=1)[ok] / n_rel[ok]).mean()), cov, int(ok.sum())
+        float((dcg[ok] / idcg[ok]).mean()),
+        float((n_hits / n_rel[ok]).mean()),
+        cov,
+        int(ok.sum()),
+        float((n_hits / np.minimum(n_rel[ok], k)).mean()),
     )
 
 
@@ -346,13 +382,16 @@ def tune_hybrid(
     x = binary_matrix(split.train)
     pop = TimePopularity(split.train_ev, split.train.n_items)
     trans = fit_transitions(split.train_ev, split.train.n_items)
-    b_cache: dict[float, F32] = {}
+    y = positive_matrix(split.train_ev, min_rating, positive_types)
+    if y.nnz == 0:
+        grid["rho"] = [0.0]
+    b_cache: dict[tuple[float, float], F32] = {}
     log = TuneLog()
 
     def run(p: HybridParams) -> float:
-        if p.lam not in b_cache:
-            b_cache[p.lam] = fit_ease(x, p.lam)
-        model = HybridModel(ev.items, b_cache[p.lam], p, t=trans)
+        if (p.lam, p.rho) not in b_cache:
+            b_cache[(p.lam, p.rho)] = fit_ease(x, p.lam, y, p.rho)
+        model = HybridModel(ev.items, b_cache[(p.lam, p.rho)], p, t=trans)
         hist = history_matrix(split.train, p.alpha, p.half_life)
         recent = history_matrix(split.train, 0.0, p.seq_half_life)
         m = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows]))
@@ -391,7 +430,8 @@ def train_hybrid(
         params, val_ndcg, log = tune_hybrid(ev, vectors, min_rating=min_rating, positive_types=positive_types)
         info.update(validation_ndcg=val_ndcg, tune_seconds=log.seconds, trials=len(log.trials))
     x = binary_matrix(aggregate(ev))
-    b = prune_rows(fit_ease(x, params.lam), params.neighbors)
+    y = positive_matrix(ev, min_rating, positive_types)
+    b = prune_rows(fit_ease(x, params.lam, y, params.rho), params.neighbors)
     t = prune_rows_sparse(fit_transitions(ev, len(ev.items)), params.neighbors) if params.delta > 0 else None
     info.update(train_seconds=time.perf_counter() - t0, events=len(ev), users=len(ev.users), items=len(ev.items))
     return HybridModel(list(ev.items), b, params, info, t)

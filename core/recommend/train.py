@@ -32,8 +32,7 @@ class TrainReport:
         return (
             f"trained on {self.events} events from {self.users} users over {self.items} products in "
             f"{self.seconds:.1f} s -> {self.key}\n"
-            f"  parameters: lambda={p.lam:g} alpha={p.alpha:g} half_life={p.half_life:g} beta={p.beta:g} "
-            f"tau_days={p.tau_days:g} gamma={p.gamma:g}"
+            f"  parameters: {p.describe()}"
             + (f"\n  internal validation NDCG@10: {val:.4f} ({info.get('trials')} trials)" if val is not None else "")
         )
 

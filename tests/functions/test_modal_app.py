@@ -55,13 +55,16 @@ def test_app_wiring(definitions: dict[str, dict[str, Any]]) -> None:
     assert m.app.name == "shelfsearch"
     assert definitions["GpuIndexer"]["gpu"] == m.GPU
     assert isinstance(definitions["sweep_uploads"]["schedule"], modal.Period)
+    assert (
+        definitions["train_recommender"]["schedule"] is m.TRAIN_EVERY and "gpu" not in definitions["train_recommender"]
+    )
     assert "gpu" not in definitions["web"] and definitions["web"]["cpu"] == 2.0
     assert set(m.app.registered_classes) == {"GpuIndexer"}
     functions = m.app.registered_functions
     assert functions["web"]._is_web_endpoint() and not functions["sweep_uploads"]._is_web_endpoint()
-    for name in ("web", "sweep_uploads", "GpuIndexer.*"):
+    for name in ("web", "sweep_uploads", "train_recommender", "GpuIndexer.*"):
         assert len(functions[name]._spec_.secrets) == 1  # the "shelfsearch" Secret
-    assert "reindex" in m.app.registered_entrypoints
+    assert {"reindex", "train_now"} <= set(m.app.registered_entrypoints)
 
 
 @pytest.mark.integration
@@ -92,3 +95,30 @@ def test_spawn_worker_matches_the_upload_worker_interface(definitions: dict[str,
     spawn = definitions["__module__"]["module"].SpawnToGpu
     for name in ("submit", "start", "stop", "queued"):
         assert hasattr(spawn, name) and hasattr(UploadWorker, name)
+
+
+@pytest.mark.integration
+def test_training_job_body_against_the_s3_server(services: Services, s3_settings: Settings) -> None:
+    """The scheduled function's body: trains once there are events, then skips until new ones."""
+    from core.events import parse_events
+    from core.ingest import PendingProduct
+    from core.models import ProductInput
+
+    products = [
+        PendingProduct(ProductInput.from_mapping({"product_id": f"P{i}", "title": f"Item {i}"})) for i in range(6)
+    ]
+    assert services.indexer.index(products).indexed == 6
+    good, _ = parse_events(
+        [
+            {"user_id": f"u{u}", "product_id": f"P{(u + k) % 6}", "event_type": "purchase"}
+            for u in range(8)
+            for k in range(3)
+        ]
+    )
+    services.events.append(good)
+    first = jobs.train_recommender(s3_settings, only_if_new_events=True)
+    assert first is not None and first.events == 24 and first.key.startswith("models/recommender/")
+    assert jobs.train_recommender(s3_settings, only_if_new_events=True) is None  # nothing new
+    services.events.append(parse_events([{"user_id": "u0", "product_id": "P5", "event_type": "view"}])[0])
+    again = jobs.train_recommender(s3_settings, only_if_new_events=True)
+    assert again is not None and again.key != first.key
