@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 WEEK = 7 * 86400.0
 TRENDING_TAU_DAYS = 7.0
+# Re-read this much before the newest received_at seen: covers other writers whose commit landed
+# after a later-stamped one (duplicates are dropped by event_id).
+EVENT_OVERLAP = timedelta(seconds=30)
 # Without a trained model: content + trending only.
 UNTRAINED = HybridParams(beta=0.3, gamma=1.0, half_life=20.0, alpha=1.0, tau_days=TRENDING_TAU_DAYS)
 _VERB = {
@@ -282,6 +285,8 @@ class Recommender:
         default_factory=lambda: HybridModel([], sp.csr_matrix((0, 0), dtype=np.float32), UNTRAINED, {})
     )
     _events_version: int = -1
+    _snapshot_at: float = 0.0
+    _snapshot_cost: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -292,11 +297,17 @@ class Recommender:
         """Pick up a new catalog version, new events from other writers, and a new model."""
         with self._lock:
             version = self.catalog.version
-            if version != self.snapshot.version:
+            # While a bulk import commits every fraction of a second, re-reading the whole table
+            # on every version would keep the object store busy: wait at least 10x as long as
+            # the last load took (new products still arrive within seconds).
+            due = time.monotonic() - self._snapshot_at >= 10 * self._snapshot_cost
+            if version != self.snapshot.version and (due or len(self.snapshot) == 0):
+                started = time.monotonic()
                 self.snapshot = CatalogSnapshot.load(self.catalog, self.weights)
+                self._snapshot_at, self._snapshot_cost = time.monotonic(), time.monotonic() - started
             ev_version = self.events.version()
             if ev_version != self._events_version:
-                since = self.state.watermark - timedelta(minutes=5) if self.state.watermark else None
+                since = self.state.watermark - EVENT_OVERLAP if self.state.watermark else None
                 self.state.add_table(self.events.read(since))
                 self._events_version = ev_version
             loaded = self.models.load_if_changed(self.model_key)
