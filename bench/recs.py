@@ -92,8 +92,11 @@ def main() -> None:
     def event() -> None:
         r = client.post(
             "/events",
-            json={"user_id": rng.choice(user_ids), "product_id": f"B{rng.randrange(args.products):07d}",
-                  "event_type": "click"},
+            json={
+                "user_id": rng.choice(user_ids),
+                "product_id": f"B{rng.randrange(args.products):07d}",
+                "event_type": "click",
+            },
         )
         assert r.status_code == 202, r.text
 
@@ -125,8 +128,10 @@ def main() -> None:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         },
     )
-    print(f"catalog build {build_s:.1f} s; POST /events {len(events)} in {ingest_s:.1f} s; train {train_s:.1f} s; "
-          f"model pickup {pickup_s:.1f} s; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
+    print(
+        f"catalog build {build_s:.1f} s; POST /events {len(events)} in {ingest_s:.1f} s; train {train_s:.1f} s; "
+        f"model pickup {pickup_s:.1f} s; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB"
+    )
 
 
 if __name__ == "__main__":
