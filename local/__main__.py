@@ -217,7 +217,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _synth_ratings(args: argparse.Namespace) -> int:
     from local.synth_ratings import SynthConfig, generate, write_jsonl
 
-    products, events = generate(SynthConfig(n_users=args.users, n_items=args.items, seed=args.seed))
+    config = SynthConfig(
+        n_users=args.users,
+        n_items=args.items,
+        seed=args.seed,
+        mean_ratings_per_user=args.mean_ratings,
+        min_ratings_per_user=args.min_ratings,
+    )
+    try:
+        products, events = generate(config)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     write_jsonl(args.out / "products.jsonl", products)
     write_jsonl(args.out / "events.jsonl", events)
@@ -312,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--items", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mean-ratings", type=float, default=100.0, help="mean ratings per user")
+    p.add_argument("--min-ratings", type=int, default=20, help="fewest ratings per user")
     p.set_defaults(func=_synth_ratings)
     return parser
 
