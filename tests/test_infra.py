@@ -23,3 +23,12 @@ def test_compose_sends_upload_events_to_the_webhook() -> None:
     assert "WEBHOOK_TOKEN" in env["MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_PRODUCTS"]
     setup = compose["services"]["setup"]["entrypoint"]
     assert "arn:minio:sqs::PRODUCTS:webhook" in setup and "--prefix uploads/" in setup
+
+
+def test_env_example_lists_every_setting() -> None:
+    from core.settings import Settings
+
+    text = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    listed = {line.split("=", 1)[0].strip().lstrip("# ").upper() for line in text.splitlines() if "=" in line}
+    missing = {name.upper() for name in Settings.model_fields} - listed
+    assert not missing, f".env.example does not list {sorted(missing)}"
