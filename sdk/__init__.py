@@ -237,7 +237,7 @@ class RecommendationClient:
         user_id: str | None = None,
         top_k: int = 10,
     ) -> list[Recommendation]:
-        """"More like these, less like those"."""
+        """ "More like these, less like those"."""
         body = {"positive": positive, "negative": negative or [], "user_id": user_id, "top_k": top_k}
         data = self._call("POST", "/recommendations", json=body)
         return [_pick(Recommendation, r) for r in data["recommendations"]]

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 
 from core.recommend.data import F32, F64, I32, EventArrays, Interactions, aggregate, positives, time_split
@@ -97,18 +98,41 @@ def fit_ease(x: sp.csr_matrix, lam: float, y: sp.csr_matrix | None = None, rho: 
     interactions (``Y = (1 - rho) X + rho y``): the input is everything the user did, the output
     what they will like. The general solution is ``B = P X'Y - P diagMat(diag(P X'Y) / diag(P))``.
     """
-    g = (x.T @ x).toarray().astype(np.float64)
+    b_all, b_pos = ease_pair(x, lam, y if rho else None)
+    if b_pos is None or rho == 0.0:
+        return b_all
+    out: F32 = (1.0 - rho) * b_all + rho * b_pos  # B is linear in the target Y
+    return out
+
+
+def ease_pair(x: sp.csr_matrix, lam: float, y: sp.csr_matrix | None) -> tuple[F32, F32 | None]:
+    """EASE weights for target ``X`` and (when ``y`` is given) for target ``y``, from one
+    inversion. float64 up to 4,000 items, float32 above (memory and time; lam >= 30 keeps the
+    system well conditioned)."""
+    dtype = np.float64 if x.shape[1] <= 4000 else np.float32
+    g = (x.T @ x).toarray().astype(dtype)
     g[np.diag_indices_from(g)] += lam
     p = np.linalg.inv(g)
-    if y is None or rho == 0.0:
-        b = p / (-np.diag(p))
-    else:
-        xty = (1.0 - rho) * (x.T @ x).toarray() + rho * (x.T @ y).toarray()
-        r = p @ xty
-        b = r - p * (np.diag(r) / np.diag(p))[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    out: F32 = b.astype(np.float32)
-    return out
+    d = np.diag(p).copy()
+    b_all = p / (-d)
+    b_all[np.diag_indices_from(b_all)] = 0.0
+    if y is None:
+        return b_all.astype(np.float32), None
+    r = p @ (x.T @ y).toarray().astype(dtype)
+    del g
+    r -= p * (np.diag(r) / d)[None, :]
+    r[np.diag_indices_from(r)] = 0.0
+    return b_all.astype(np.float32), r.astype(np.float32)
+
+
+def restrict_items(ev: EventArrays, keep: I32 | npt.NDArray[np.int64]) -> EventArrays:
+    """Only events on items ``keep`` (indices into ``ev.items``), re-coded onto that subset."""
+    code = np.full(len(ev.items), -1, dtype=np.int32)
+    code[keep] = np.arange(len(keep), dtype=np.int32)
+    sub = ev.take(code[ev.item] >= 0)
+    return EventArrays(
+        sub.users, [ev.items[i] for i in keep], sub.user, code[sub.item], sub.etype, sub.value, sub.ts, sub.seq
+    )
 
 
 def positive_matrix(ev: EventArrays, min_rating: float, types: Sequence[str]) -> sp.csr_matrix:
@@ -367,6 +391,7 @@ def tune_hybrid(
     min_rating: float = 4.0,
     positive_types: Sequence[str] = ("purchase",),
     max_users: int = 1500,
+    max_items: int = 3000,
     rounds: int = 2,
     grid: dict[str, list[float]] | None = None,
     start: HybridParams = HybridParams(),
@@ -377,6 +402,11 @@ def tune_hybrid(
     grid = dict(grid or GRID)
     if vectors is None:
         grid["gamma"] = [0.0]
+    if len(ev.items) > max_items:
+        # Tune on the most-interacted products: the parameters transfer, the cost is bounded.
+        keep = np.sort(np.argsort(-np.bincount(ev.item, minlength=len(ev.items)), kind="stable")[:max_items])
+        ev = restrict_items(ev, keep)
+        vectors = None if vectors is None else vectors[keep]
     split = make_split(ev, 0.2, min_rating, positive_types)
     split = replace(split, users=sample_users(split.users, max_users))
     x = binary_matrix(split.train)
@@ -385,13 +415,16 @@ def tune_hybrid(
     y = positive_matrix(split.train_ev, min_rating, positive_types)
     if y.nnz == 0:
         grid["rho"] = [0.0]
-    b_cache: dict[tuple[float, float], F32] = {}
+    pairs: dict[float, tuple[F32, F32 | None]] = {}
     log = TuneLog()
 
     def run(p: HybridParams) -> float:
-        if (p.lam, p.rho) not in b_cache:
-            b_cache[(p.lam, p.rho)] = fit_ease(x, p.lam, y, p.rho)
-        model = HybridModel(ev.items, b_cache[(p.lam, p.rho)], p, t=trans)
+        if p.lam not in pairs:
+            pairs.clear()  # one pair in memory at a time (2 x items^2 floats)
+            pairs[p.lam] = ease_pair(x, p.lam, y if y.nnz else None)
+        b_all, b_pos = pairs[p.lam]
+        b = b_all if b_pos is None or p.rho == 0 else (1.0 - p.rho) * b_all + p.rho * b_pos
+        model = HybridModel(ev.items, b, p, t=trans)
         hist = history_matrix(split.train, p.alpha, p.half_life)
         recent = history_matrix(split.train, 0.0, p.seq_half_life)
         m = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows]))
