@@ -24,25 +24,35 @@ KEEP = 5
 
 
 def to_bytes(model: HybridModel) -> bytes:
-    b = model.b.tocsr()
+    arrays: dict[str, Any] = {
+        "items": np.array(model.items, dtype=str),
+        "meta": np.array(json.dumps({"params": model.params.as_dict(), "info": model.info})),
+    }
+    for name, m in (("b", model.b), ("t", model.t)):
+        if m is None:
+            continue
+        m = sp.csr_matrix(m)
+        arrays[f"{name}_data"] = m.data.astype(np.float32)
+        arrays[f"{name}_indices"] = m.indices
+        arrays[f"{name}_indptr"] = m.indptr
+        arrays[f"{name}_shape"] = np.array(m.shape)
     buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        items=np.array(model.items, dtype=str),
-        data=b.data.astype(np.float32),
-        indices=b.indices,
-        indptr=b.indptr,
-        shape=np.array(b.shape),
-        meta=np.array(json.dumps({"params": model.params.as_dict(), "info": model.info})),
-    )
+    np.savez_compressed(buf, **arrays)
     return buf.getvalue()
+
+
+def _csr(z: Any, name: str) -> sp.csr_matrix | None:
+    if f"{name}_data" not in z:
+        return None
+    shape = tuple(int(x) for x in z[f"{name}_shape"])
+    return sp.csr_matrix((z[f"{name}_data"], z[f"{name}_indices"], z[f"{name}_indptr"]), shape=shape)
 
 
 def from_bytes(data: bytes) -> HybridModel:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
-        b = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(int(x) for x in z["shape"]))
-        return HybridModel([str(i) for i in z["items"]], b, HybridParams.from_dict(meta["params"]), meta["info"])
+        params = HybridParams.from_dict(meta["params"])
+        return HybridModel([str(i) for i in z["items"]], _csr(z, "b"), params, meta["info"], _csr(z, "t"))
 
 
 class ModelStore:

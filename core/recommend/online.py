@@ -66,10 +66,11 @@ class CatalogSnapshot:
     categories: np.ndarray[Any, np.dtype[np.object_]]
     prices: F64
     vectors: F32
+    created: F64  # created_at, epoch seconds
 
     @classmethod
     def empty(cls) -> CatalogSnapshot:
-        return cls(-1, [], {}, np.array([], dtype=object), np.zeros(0), np.zeros((0, 1), np.float32))
+        return cls(-1, [], {}, np.array([], dtype=object), np.zeros(0), np.zeros((0, 1), np.float32), np.zeros(0))
 
     @classmethod
     def load(cls, catalog: Catalog, weights: Weights) -> CatalogSnapshot:
@@ -89,6 +90,7 @@ class CatalogSnapshot:
             np.array([p.category for p in products], dtype=object),
             np.array([math.nan if p.price is None else float(p.price) for p in products], dtype=np.float64),
             fused / norms,
+            np.array([p.created_at.timestamp() for p in products], dtype=np.float64),
         )
 
     def __len__(self) -> int:
@@ -264,6 +266,22 @@ class _Compiled:
     model: HybridModel
     popularity: TimePopularity
     pop_generation: int
+    trend: F32 = field(default_factory=lambda: np.zeros(0, np.float32))  # cold start, per refresh
+    alltime: F32 = field(default_factory=lambda: np.zeros(0, np.float32))
+    cold_scores: F64 = field(default_factory=lambda: np.zeros(0))
+
+    def set_popularity(self, pop: TimePopularity, generation: int, snap: CatalogSnapshot) -> None:
+        """Popularity and the cold-start ranking derived from it: trending (events around the
+        latest one, 7-day kernel) first, all-time popularity as tie-breaker and fallback,
+        products nobody touched yet after them, newest first."""
+        trend = pop.at(np.array([np.nan]), TRENDING_TAU_DAYS)[0]
+        trend = trend / (float(trend.max(initial=0.0)) or 1.0)
+        alltime = pop.global_counts / (float(pop.global_counts.max(initial=0.0)) or 1.0)
+        age_rank = np.argsort(np.argsort(-snap.created)) / max(len(snap), 1)
+        popular = trend + 0.2 * alltime
+        self.popularity, self.pop_generation = pop, generation
+        self.trend, self.alltime = trend, alltime
+        self.cold_scores = np.where(popular > 0, popular, -age_rank)
 
 
 @dataclass
@@ -354,13 +372,17 @@ class Recommender:
         c = self._compiled
         if c is None or c.snapshot_version != snap.version or c.source is not model:
             ids = [p.product_id for p in snap.products]
+            t = None if model.t is None else _reindex(model, snap, model.t)
+            gen = self.state.generation
+            pop = self.state.popularity(snap)
             c = _Compiled(
                 snap.version,
                 model,
-                HybridModel(ids, _reindex(model, snap), model.params, model.info),
-                self.state.popularity(snap),
-                self.state.generation,
+                HybridModel(ids, _reindex(model, snap, model.b), model.params, model.info, t),
+                pop,
+                gen,
             )
+            c.set_popularity(pop, gen, snap)
             self._compiled = c
         return c
 
@@ -368,7 +390,7 @@ class Recommender:
         c = self._compiled
         if c is not None and c.pop_generation != self.state.generation:
             gen = self.state.generation
-            c.popularity, c.pop_generation = self.state.popularity(self.snapshot), gen
+            c.set_popularity(self.state.popularity(self.snapshot), gen, self.snapshot)
 
     def recommend(
         self,
@@ -409,51 +431,20 @@ class Recommender:
         scores = np.where(allowed, total, -np.inf)
         top = _best(scores, top_k)
         strategy = "personalized" if self.model is not None else "content"
-        weights = hist.toarray()[0]
-        recent_w = recent.toarray()[0]
-        items = [
-            Recommended(
-                snap.products[i],
-                float(scores[i]),
-                self._reason(i, parts, history, idx, weights, recent_w, compiled, snap, t_last[0]),
-            )
-            for i in top
-        ]
+        # Who contributed what to each recommended product, for its reason (one slice per signal).
+        w = hist.toarray()[0][idx][:, None]
+        contrib = {
+            "collaborative": w * compiled.model.b[idx][:, top].toarray(),
+            "content": w * (snap.vectors[idx] @ snap.vectors[top].T),
+        }
+        if compiled.model.t is not None:
+            contrib["sequence"] = recent.toarray()[0][idx][:, None] * compiled.model.t[idx][:, top].toarray()
+        items = []
+        for col, i in enumerate(top):
+            best = max(parts, key=lambda k: float(parts[k][0, i]))
+            reason = _history_reason(best, contrib.get(best), col, history, snap, idx, snap.products[i], t_last[0])
+            items.append(Recommended(snap.products[i], float(scores[i]), reason))
         return RecommendationResult(items, strategy)
-
-    def _reason(
-        self,
-        i: int,
-        parts: dict[str, F32],
-        history: list[HistoryItem],
-        idx: np.ndarray[Any, np.dtype[np.int32]],
-        weights: F32,
-        recent: F32,
-        compiled: _Compiled,
-        snap: CatalogSnapshot,
-        t_last: float,
-    ) -> str:
-        best = max(parts, key=lambda k: float(parts[k][0, i]))
-        if best == "popular":
-            return _popular_reason(snap.products[i], t_last)
-        if best == "collaborative":
-            contrib = weights[idx] * np.asarray(compiled.model.b[idx, i].toarray()).ravel()
-        elif best == "sequence" and compiled.model.t is not None:
-            contrib = recent[idx] * np.asarray(compiled.model.t[idx, i].toarray()).ravel()
-        else:
-            contrib = weights[idx] * (snap.vectors[idx] @ snap.vectors[i])
-        j = int(np.argmax(contrib))
-        h = history[j]
-        title = snap.products[idx[j]].title
-        if best == "sequence":
-            return f"Often chosen right after {title}"
-        if best == "collaborative":
-            if h.event_type in ("purchase", "add_to_cart"):
-                return f"Often bought with {title}"
-            if h.event_type == "rating":
-                return f"Because you rated {title}"
-            return f"Because you viewed {title}"
-        return f"Similar to {title}, which you {_VERB[h.event_type]}"
 
     def _popular(
         self, snap: CatalogSnapshot, top_k: int, allowed: np.ndarray[Any, np.dtype[np.bool_]]
@@ -461,22 +452,14 @@ class Recommender:
         compiled = self._compiled_for(snap)
         pop = compiled.popularity
         if len(self.state) == 0 or not math.isfinite(pop.latest_ts):
-            created = np.array([p.created_at.timestamp() for p in snap.products])
-            top = _best(np.where(allowed, created, -np.inf), top_k)
+            top = _best(np.where(allowed, snap.created, -np.inf), top_k)
             items = [
                 Recommended(snap.products[i], 1.0 / (r + 1), f"New in {snap.products[i].category or 'the catalog'}")
                 for r, i in enumerate(top)
             ]
             return RecommendationResult(items, "newest")
-        # Trending (events around the latest one, 7-day kernel) first, all-time popularity as the
-        # tie-breaker and fallback; products nobody touched yet fill the list, newest first.
-        trend = pop.at(np.array([np.nan]), TRENDING_TAU_DAYS)[0]
-        trend = trend / (float(trend.max()) or 1.0)
-        alltime = pop.global_counts / (float(pop.global_counts.max()) or 1.0)
-        created = np.array([p.created_at.timestamp() for p in snap.products])
-        age_rank = np.argsort(np.argsort(-created)) / max(len(snap), 1)
-        popular = trend + 0.2 * alltime
-        scores = np.where(allowed, np.where(popular > 0, popular, -age_rank), -np.inf)
+        trend, alltime = compiled.trend, compiled.alltime
+        scores = np.where(allowed, compiled.cold_scores, -np.inf)
         items = []
         for i in _best(scores, top_k):
             p = snap.products[i]
@@ -537,6 +520,34 @@ class Recommender:
         return RecommendationResult(items, "more_like_these")
 
 
+def _history_reason(
+    signal: str,
+    contrib: F32 | None,
+    col: int,
+    history: list[HistoryItem],
+    snap: CatalogSnapshot,
+    idx: np.ndarray[Any, np.dtype[np.int32]],
+    product: Product,
+    t_last: float,
+) -> str:
+    """The reason for one product: the history item that contributed most to its dominant signal
+    (so it is always something the user really did), or its popularity."""
+    if signal == "popular" or contrib is None:
+        return _popular_reason(product, t_last)
+    j = int(np.argmax(contrib[:, col]))
+    h = history[j]
+    title = snap.products[idx[j]].title
+    if signal == "sequence":
+        return f"Often chosen right after {title}"
+    if signal == "collaborative":
+        if h.event_type in ("purchase", "add_to_cart"):
+            return f"Often bought with {title}"
+        if h.event_type == "rating":
+            return f"Because you rated {title}"
+        return f"Because you viewed {title}"
+    return f"Similar to {title}, which you {_VERB[h.event_type]}"
+
+
 def _popular_reason(product: Product, t_ref: float) -> str:
     where = product.category or "the catalog"
     if math.isfinite(t_ref) and time.time() - t_ref <= WEEK:
@@ -553,8 +564,8 @@ def _best(scores: F32 | F64, k: int) -> list[int]:
     return [int(i) for i in part[np.argsort(-scores[part], kind="stable")]]
 
 
-def _reindex(model: HybridModel, snap: CatalogSnapshot) -> sp.csr_matrix:
-    """The model's item-item weights over the snapshot's items (products the model never saw
+def _reindex(model: HybridModel, snap: CatalogSnapshot, weights: sp.csr_matrix) -> sp.csr_matrix:
+    """The model's item-item ``weights`` over the snapshot's items (products the model never saw
     get empty rows and columns)."""
     n = len(snap)
     if not model.items:
@@ -562,7 +573,7 @@ def _reindex(model: HybridModel, snap: CatalogSnapshot) -> sp.csr_matrix:
     to_snap = np.array([snap.index.get(i, -1) for i in model.items], dtype=np.int64)
     keep = np.flatnonzero(to_snap >= 0)
     sel = sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (keep, to_snap[keep])), shape=(len(model.items), n))
-    return (sel.T @ model.b @ sel).tocsr()
+    return (sel.T @ weights @ sel).tocsr()
 
 
 def utcnow() -> datetime:

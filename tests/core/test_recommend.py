@@ -169,7 +169,8 @@ def test_model_artifact_round_trip_in_the_bucket(s3_settings: Settings) -> None:
     model = train_hybrid(arrays(rows, items), None, params=HybridParams(lam=10.0, delta=0.3))
     back = from_bytes(to_bytes(model))
     assert back.items == model.items and back.params == model.params
-    assert np.allclose(back.b.toarray(), model.b.toarray()) and back.t is None  # transitions saved below
+    assert np.allclose(back.b.toarray(), model.b.toarray())
+    assert model.t is not None and back.t is not None and np.allclose(back.t.toarray(), model.t.toarray())
     store = ObjectStore(s3_settings)
     models = ModelStore(store)
     assert models.latest() is None and models.load_if_changed(None) is None
