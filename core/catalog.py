@@ -148,22 +148,36 @@ class Compactor:
     and keeps versions younger than LanceDB's default 7 days, so readers are never cut off.
     """
 
-    def __init__(self, table: Any, every: int = COMPACT_EVERY) -> None:
+    def __init__(self, table: Any, every: int = COMPACT_EVERY, background: bool = False) -> None:
         self.table = table
         self.every = every
+        self.background = background
         self._commits = 0
         self._lock = threading.Lock()
+        self._running = threading.Lock()
 
     def committed(self) -> None:
+        """Count one commit; compact when due (in a thread with ``background``: appends commute
+        with compaction, so append-only tables need not wait)."""
         with self._lock:
             self._commits += 1
             if self._commits < self.every:
                 return
             self._commits = 0
+        if self.background:
+            threading.Thread(target=self._compact_once, name="compaction", daemon=True).start()
+        else:
+            self._compact_once()
+
+    def _compact_once(self) -> None:
+        if not self._running.acquire(blocking=False):
+            return  # one compaction at a time
         try:
             self.table.optimize(cleanup_older_than=CLEANUP_OLDER_THAN)
-        except (OSError, RuntimeError) as exc:  # a concurrent writer won: try again next time
+        except Exception as exc:  # best effort (e.g. a concurrent writer won): try again next time
             log.warning("compaction of %s skipped: %s", self.table.name, exc)
+        finally:
+            self._running.release()
 
 
 def open_dataset_table(settings: Settings, name: str, schema: pa.Schema) -> lancedb.table.Table:

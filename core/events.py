@@ -228,7 +228,7 @@ class EventLog:
 
     def _compactor(self) -> Compactor:
         if not hasattr(self, "_compact"):
-            self._compact = Compactor(self._table)
+            self._compact = Compactor(self._table, background=True)
         return self._compact
 
     def count(self) -> int:
