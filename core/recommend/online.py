@@ -337,7 +337,12 @@ class Recommender:
             self.last_refresh = time.time()
 
     def start(self, on_error: Callable[[Exception], None] | None = None) -> None:
-        """Refresh every ``refresh_seconds`` in a daemon thread."""
+        """Refresh now (products indexed since this object was built, e.g. a seeded sample, are
+        served from the first request), then every ``refresh_seconds`` in a daemon thread."""
+        try:
+            self.refresh()
+        except Exception as exc:  # storage down at start: the loop keeps trying
+            log.warning("recommender refresh failed: %s", exc)
 
         def loop() -> None:
             while not self._stop.wait(self.refresh_seconds):

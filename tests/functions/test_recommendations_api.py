@@ -206,3 +206,15 @@ def test_events_need_the_api_key_unless_public(s3_endpoint: str, fake: Embedder)
     public = make_settings(s3_endpoint, new_bucket(s3_endpoint, "pub"), api_key="k1", events_public=True)
     client = TestClient(create_app(Services.from_settings(public, embedder=fake)))
     assert client.post("/events", json=event).status_code == 202
+
+
+def test_products_indexed_before_start_are_served_from_the_first_request(s3_endpoint: str, fake: Embedder) -> None:
+    """The dev runner seeds its sample after building the services; the first request after the
+    app starts must already see those products (regression: it answered "empty" for ~2 s)."""
+    settings = make_settings(s3_endpoint, new_bucket(s3_endpoint, "start"), recs_refresh_seconds=60)
+    services = Services.from_settings(settings, embedder=fake)
+    items = [PendingProduct(ProductInput.from_mapping({"product_id": f"N{i}", "title": f"New {i}"})) for i in range(3)]
+    assert services.indexer.index(items).indexed == 3
+    with TestClient(create_app(services)) as client:  # runs the lifespan: recommender.start()
+        body = client.get("/recommendations/anyone").json()
+    assert body["strategy"] == "newest" and len(body["recommendations"]) == 3
