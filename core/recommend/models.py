@@ -62,6 +62,9 @@ class HybridParams:
         return cls(**values)  # type: ignore[arg-type]
 
 
+# The blend used when the training data is too small to tune anything.
+NO_SIGNAL = HybridParams(alpha=1.0, half_life=20.0, beta=0.2, gamma=0.4, delta=0.2)
+
 GRID: dict[str, list[float]] = {
     "lam": [30.0, 100.0, 300.0, 1000.0, 3000.0],
     "rho": [0.0, 0.5, 1.0],
@@ -462,6 +465,11 @@ def train_hybrid(
     if params is None:
         params, val_ndcg, log = tune_hybrid(ev, vectors, min_rating=min_rating, positive_types=positive_types)
         info.update(validation_ndcg=val_ndcg, tune_seconds=log.seconds, trials=len(log.trials))
+        if val_ndcg <= 0.0:
+            # Too little data to validate anything (every trial scored 0): use every signal with
+            # middle-of-the-grid weights instead of whatever the first trial happened to be.
+            params = NO_SIGNAL
+            info["fallback"] = "no validation signal: default blend"
     x = binary_matrix(aggregate(ev))
     y = positive_matrix(ev, min_rating, positive_types)
     b = prune_rows(fit_ease(x, params.lam, y, params.rho), params.neighbors)

@@ -447,7 +447,13 @@ class Recommender:
         items = []
         for col, i in enumerate(top):
             best = max(parts, key=lambda k: float(parts[k][0, i]))
-            reason = _history_reason(best, contrib.get(best), col, history, snap, idx, snap.products[i], t_last[0])
+            product = snap.products[i]
+            if float(parts[best][0, i]) > 0:
+                reason = _history_reason(best, contrib.get(best), col, history, snap, idx, product, t_last[0])
+            elif compiled.alltime[i] > 0:  # nothing in the history speaks for it: say only what is true
+                reason = _popular_reason(product, t_last[0])
+            else:
+                reason = f"New in {product.category or 'the catalog'}"
             items.append(Recommended(snap.products[i], float(scores[i]), reason))
         return RecommendationResult(items, strategy)
 

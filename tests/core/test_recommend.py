@@ -181,3 +181,10 @@ def test_model_artifact_round_trip_in_the_bucket(s3_settings: Settings) -> None:
     assert models.load_if_changed(keys[-1]) is None  # unchanged: nothing downloaded
     kept = [o.key for o in store.list("models/recommender/") if o.key.endswith(".npz")]
     assert len(kept) == 6 and keys[-1] in kept  # the newest plus KEEP=5 older ones
+
+
+def test_too_little_data_to_tune_falls_back_to_a_default_blend() -> None:
+    from core.recommend.models import NO_SIGNAL
+
+    model = train_hybrid(arrays([("u", "a", "purchase", None, 1.0), ("u", "b", "view", None, 2.0)]))
+    assert model.info["validation_ndcg"] == 0.0 and model.params == NO_SIGNAL and "fallback" in model.info
