@@ -200,6 +200,7 @@ class TimePopularity:
         day = (np.floor(ev.ts / DAY) - self.day0).astype(np.int64) if len(ev) else np.zeros(0, np.int64)
         self.n_days = int(day.max()) + 1 if len(ev) else 1
         self.latest_ts = float(ev.ts.max()) if len(ev) else math.nan
+        self._rows: dict[tuple[int, float], F32] = {}
         # items x days, sparse: memory follows the number of events, not days x items.
         self.hist = sp.csr_matrix((np.ones(len(ev), dtype=np.float32), (ev.item, day)), shape=(n_items, self.n_days))
 
@@ -210,10 +211,28 @@ class TimePopularity:
         last = self.n_days - 1
         day = np.where(np.isnan(t), last, np.floor(np.nan_to_num(t) / DAY) - self.day0)
         day = np.clip(day, 0, last).astype(np.int64)
+        if len(day) == 1:  # the query path: one row, cached per (day, width)
+            key = (int(day[0]), tau_days)
+            if key not in self._rows:
+                kernel1 = np.exp(-np.abs(np.arange(self.n_days) - key[0]) / tau_days).astype(np.float32)
+                self._rows[key] = np.asarray(self.hist @ kernel1, dtype=np.float32)[None, :]
+            return self._rows[key]
         uniq, inv = np.unique(day, return_inverse=True)
         kernel = np.exp(-np.abs(np.arange(self.n_days)[:, None] - uniq[None, :]) / tau_days).astype(np.float32)
         per_day = np.asarray(self.hist @ kernel, dtype=np.float32)  # items x unique days
         return per_day.T[inv.ravel()]
+
+
+def _apply(hist: sp.csr_matrix, weights: Any) -> F32:
+    """``hist @ weights`` as a dense array. One user (the query path): a weighted sum of the
+    history rows of ``weights``, which avoids a sparse x sparse product."""
+    if hist.shape[0] == 1 and sp.issparse(weights):
+        h = hist.tocsr()
+        out1: F32 = np.asarray(weights[h.indices].T @ h.data, dtype=np.float32)[None, :]
+        return out1
+    prod = hist @ weights
+    out: F32 = np.asarray(prod.toarray() if sp.issparse(prod) else prod, dtype=np.float32)
+    return out
 
 
 def _row_max_normalise(m: F32) -> F32:
@@ -254,17 +273,13 @@ class HybridModel:
         ``collaborative``, ``popular``, ``content`` and ``sequence`` (from ``recent``, the history
         weighted by ``0.5 ** (rank / seq_half_life)``); the score is their sum."""
         p = self.params
-        prod = hist @ self.b
-        parts = {
-            "collaborative": _row_max_normalise(np.asarray(prod.toarray() if sp.issparse(prod) else prod, np.float32))
-        }
+        parts = {"collaborative": _row_max_normalise(_apply(hist, self.b))}
         if p.beta > 0 and pop is not None:
             parts["popular"] = p.beta * _row_max_normalise(np.array(pop.at(t_last, p.tau_days), dtype=np.float32))
         if p.gamma > 0 and vectors is not None:
             parts["content"] = p.gamma * _row_max_normalise(content_scores(hist, vectors))
         if p.delta > 0 and self.t is not None and self.t.shape[0] and recent is not None:
-            seq = np.asarray((recent @ self.t).toarray(), dtype=np.float32)
-            parts["sequence"] = p.delta * _row_max_normalise(seq)
+            parts["sequence"] = p.delta * _row_max_normalise(_apply(recent, self.t))
         return parts
 
     def score(
