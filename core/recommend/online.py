@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from core.catalog import Catalog
 from core.errors import InvalidInput, NotFound
-from core.events import EVENT_TYPES, Event, EventLog, event_strength
+from core.events import Event, EventLog, event_strength
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64, EventArrays, Interactions
@@ -185,10 +185,6 @@ class EventState:
     def __len__(self) -> int:
         return len(self._item)
 
-    @property
-    def users(self) -> int:
-        return len(self._by_user)
-
     def history(self, user_id: str) -> list[HistoryItem]:
         """The user's items, most recent first; each with its strongest event."""
         with self._lock:
@@ -234,14 +230,6 @@ class EventState:
             np.arange(n, dtype=np.int64),
         )
         return TimePopularity(ev, len(snapshot))
-
-    def type_counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = [r for user_rows in self._by_user.values() for r in user_rows]
-        counts: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
-        for r in rows:
-            counts[r[3]] += 1
-        return counts
 
 
 @dataclass(frozen=True)
@@ -585,7 +573,3 @@ def _reindex(model: HybridModel, snap: CatalogSnapshot, weights: sp.csr_matrix) 
     keep = np.flatnonzero(to_snap >= 0)
     sel = sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (keep, to_snap[keep])), shape=(len(model.items), n))
     return (sel.T @ weights @ sel).tocsr()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
