@@ -215,25 +215,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _synth_ratings(args: argparse.Namespace) -> int:
-    from local.synth_ratings import SynthConfig, generate, write_jsonl
+    from local import synth_ratings
 
-    config = SynthConfig(
-        n_users=args.users,
-        n_items=args.items,
-        seed=args.seed,
-        mean_ratings_per_user=args.mean_ratings,
-        min_ratings_per_user=args.min_ratings,
-    )
     try:
-        products, events = generate(config)
-    except ValueError as exc:
+        return synth_ratings.run(args)
+    except ValueError as exc:  # a config the generator cannot honour
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(args.out / "products.jsonl", products)
-    write_jsonl(args.out / "events.jsonl", events)
-    print(f"wrote {len(products)} products and {len(events)} rating events to {args.out}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,12 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("synth-ratings", help="write synthetic MovieLens-like products + rating events")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--items", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mean-ratings", type=float, default=100.0, help="mean ratings per user")
-    p.add_argument("--min-ratings", type=int, default=20, help="fewest ratings per user")
+    from local.synth_ratings import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=_synth_ratings)
     return parser
 

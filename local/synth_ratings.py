@@ -684,16 +684,25 @@ def summarize(products: list[dict[str, Any]], events: list[dict[str, Any]]) -> d
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: write products.jsonl and events.jsonl into --out and print a one-line summary."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The CLI flags (shared by this module's ``main`` and ``python -m local synth-ratings``)."""
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--users", type=int, default=SynthConfig.n_users)
     ap.add_argument("--items", type=int, default=SynthConfig.n_items)
     ap.add_argument("--seed", type=int, default=SynthConfig.seed)
     ap.add_argument("--mean-ratings", type=float, default=SynthConfig.mean_ratings_per_user, help="per user")
     ap.add_argument("--min-ratings", type=int, default=SynthConfig.min_ratings_per_user, help="per user")
-    args = ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: write products.jsonl and events.jsonl into --out and print a one-line summary."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate and write the data for parsed :func:`add_arguments` flags."""
     t0 = time.perf_counter()
     config = SynthConfig(
         n_users=args.users,
