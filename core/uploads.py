@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -198,6 +199,12 @@ class UploadLog:
         with storage_errors("read uploads"):
             rows = self._table.search().limit(None).to_arrow().to_pylist()
         return {r["key"]: _from_row(r) for r in rows}
+
+    def counts(self) -> dict[str, int]:
+        """Upload records by status."""
+        with storage_errors("read uploads"):
+            statuses = self._table.search().select(["status"]).limit(None).to_arrow().column("status")
+        return dict(Counter(statuses.to_pylist()))
 
     def list(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> tuple[list[UploadRecord], int]:
         """A page of records, newest first, and the total matching ``status``."""

@@ -3,8 +3,12 @@
 import base64
 import binascii
 import dataclasses
+import functools
+import gzip
 import hmac
+import importlib.resources
 import logging
+import pathlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,11 +18,13 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import SecretStr
 from starlette.routing import Match
 
 from core import errors
+from core.analytics import QueryLog, RequestLog, catalog_stats
 from core.events import parse_events
 from core.images import decode_image, sniff_content_type
 from core.ingest import PendingProduct
@@ -27,10 +33,14 @@ from core.recommend.online import RecommendationResult, Recommended
 from core.search import SearchQuery, search, similar
 from core.uploads import is_upload_metadata, parse_notification
 from functions.schemas import (
+    ActiveUser,
+    CatalogStatsOut,
+    CategoryCountOut,
     DeleteResponse,
     EventErrorOut,
     EventIn,
     EventsResponse,
+    EventStatsOut,
     FiltersIn,
     HealthResponse,
     HistoryEvent,
@@ -38,23 +48,43 @@ from functions.schemas import (
     IgnoredKey,
     MoreLikeRequest,
     MoreLikeResponse,
+    PriceHistogramOut,
     ProductIn,
     ProductOut,
     Recommendation,
     RecommendationsResponse,
+    RouteStatsOut,
     SearchRequest,
     SearchResponse,
     SearchResult,
     SimilarProduct,
     SimilarResponse,
+    StatsResponse,
+    TopQuery,
+    TrafficBucketOut,
+    TrafficStatsOut,
     TriggerResponse,
     UploadOut,
     UploadsResponse,
+    UploadStatsOut,
 )
 from functions.services import Services
 from functions.triggers import UploadWorker
 
 log = logging.getLogger(__name__)
+
+UI_DIR = pathlib.Path(__file__).with_name("ui")
+# Requests the analytics view does not count as traffic: the dashboard's own assets and polling.
+UNTRACKED_ROUTES = frozenset({"/ui", "/stats", "/metrics", "/", "/ui/vendor/plotly.min.js"})
+
+
+@functools.cache
+def plotly_js() -> tuple[bytes, bytes]:
+    """plotly.min.js from the installed ``plotly`` wheel (the dashboard uses no CDN), plain
+    and gzipped."""
+    data = (importlib.resources.files("plotly") / "package_data" / "plotly.min.js").read_bytes()
+    return data, gzip.compress(data, 6)
+
 
 # One table maps the core error tree to HTTP. Order matters: subclasses first.
 ERROR_STATUS: list[tuple[type[errors.ServiceError], int]] = [
@@ -162,6 +192,10 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
     app.state.uploads = uploads
     metrics = Metrics(services)
     app.state.metrics = metrics
+    traffic = RequestLog()
+    queries = QueryLog()
+    started_at = datetime.now(UTC)
+    stats_cache: dict[int, CatalogStatsOut] = {}
     weights_default = services.default_weights
 
     @app.middleware("http")
@@ -176,16 +210,18 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
                 return JSONResponse(
                     {"detail": f"request body over {settings.max_request_bytes} bytes"}, status_code=413
                 )
-        started = time.perf_counter()
-        response = await call_next(request)
+        # Match the route first: a mounted app (the UI's static files) rewrites the scope's path.
         route = "unmatched"
         for r in app.router.routes:
             if r.matches(request.scope)[0] == Match.FULL:
                 route = getattr(r, "path", "unmatched")
                 break
-        metrics.request_duration.labels(request.method, route, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
+        started = time.perf_counter()
+        response = await call_next(request)
+        elapsed = time.perf_counter() - started
+        metrics.request_duration.labels(request.method, route, str(response.status_code)).observe(elapsed)
+        if route not in UNTRACKED_ROUTES:
+            traffic.record(f"{request.method} {route}", response.status_code, elapsed)
         return response
 
     @app.exception_handler(errors.ServiceError)
@@ -251,7 +287,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+        return RedirectResponse("/ui/")
 
     @app.post("/search", response_model=SearchResponse, tags=["search"])
     def search_products(body: SearchRequest, request: Request) -> SearchResponse:
@@ -272,6 +308,10 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             weights=Weights(body.weights.image, body.weights.text) if body.weights else None,
         )
         hits = search(services.catalog, services.embedder, q, weights_default)
+        if body.query and body.query.strip():
+            queries.record(body.query)
+        elif image is not None:
+            queries.record("(search by photo)")
         return SearchResponse(
             results=[result(request, h) for h in hits],
             query_time_ms=round((time.perf_counter() - started) * 1000, 2),
@@ -552,6 +592,81 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             text_model=services.embedder.text.name,
             warnings=services.warnings,
         )
+
+    def catalog_figures() -> CatalogStatsOut:
+        version = services.catalog.version
+        cached = stats_cache.get(version)
+        if cached is None:
+            _, table = services.catalog.scan(["category", "price"])
+            st = catalog_stats(table, version)
+            p = st.prices
+            cached = CatalogStatsOut(
+                products=st.products,
+                dataset_version=version,
+                categories=[CategoryCountOut(category=c.category, count=c.count) for c in st.categories],
+                prices=PriceHistogramOut(
+                    edges=p.edges, counts=p.counts, priced=p.priced, min=p.minimum, median=p.median, max=p.maximum
+                ),
+            )
+            stats_cache.clear()
+            stats_cache[version] = cached
+        return cached
+
+    @app.get("/stats", response_model=StatsResponse, tags=["ops"])
+    def stats(
+        window_minutes: Annotated[float, Query(gt=0, le=24 * 60, description="Traffic window")] = 15,
+        top: Annotated[int, Query(ge=1, le=100, description="How many top queries")] = 10,
+    ) -> StatsResponse:
+        """Figures for the analytics view: catalog by category and price, events by type,
+        ingest status, this process's request latency and traffic over time, top queries."""
+        state = services.recommender.state
+        users, recent = state.users(20)
+        by_type = state.type_counts()
+        t = traffic.summary(window_minutes * 60, buckets=30)
+        return StatsResponse(
+            catalog=catalog_figures(),
+            events=EventStatsOut(
+                total=sum(by_type.values()),
+                by_type=by_type,
+                users=users,
+                recent_users=[
+                    ActiveUser(user_id=u, events=n, last_event_at=datetime.fromtimestamp(ts, UTC))
+                    for u, n, ts in recent
+                ],
+            ),
+            uploads=UploadStatsOut(by_status=services.uploads.log.counts(), queued=uploads.queued),
+            traffic=TrafficStatsOut(
+                window_s=t.window_s,
+                bucket_s=t.bucket_s,
+                requests=t.requests,
+                errors=t.errors,
+                routes=[RouteStatsOut(**dataclasses.asdict(r)) for r in t.routes],
+                timeline=[
+                    TrafficBucketOut(
+                        start=datetime.fromtimestamp(b.start, UTC),
+                        requests=b.requests,
+                        errors=b.errors,
+                        p50_ms=b.p50_ms,
+                        p95_ms=b.p95_ms,
+                    )
+                    for b in t.timeline
+                ],
+            ),
+            top_queries=[TopQuery(query=q, count=n) for q, n in queries.top(top)],
+            searches=queries.total,
+            started_at=started_at,
+        )
+
+    @app.get("/ui/vendor/plotly.min.js", include_in_schema=False)
+    def plotly(request: Request) -> Response:
+        plain, packed = plotly_js()
+        headers = {"Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+            return Response(packed, media_type="text/javascript", headers=headers)
+        return Response(plain, media_type="text/javascript", headers=headers)
+
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
 
     @app.get("/metrics", tags=["ops"])
     def prometheus_metrics() -> Response:

@@ -269,3 +269,87 @@ class UploadsResponse(BaseModel):
     limit: int
     offset: int
     queued: int = Field(description="Keys waiting in this process's upload queue.")
+
+
+class CategoryCountOut(BaseModel):
+    category: str = Field(description='"(none)" for products without a category')
+    count: int
+
+
+class PriceHistogramOut(BaseModel):
+    edges: list[float] = Field(description="Bin edges (one more than counts), round numbers")
+    counts: list[int]
+    priced: int = Field(description="Products with a price")
+    min: float | None
+    median: float | None
+    max: float | None
+
+
+class CatalogStatsOut(BaseModel):
+    products: int
+    dataset_version: int
+    categories: list[CategoryCountOut] = Field(description="Largest first")
+    prices: PriceHistogramOut
+
+
+class ActiveUser(BaseModel):
+    user_id: str
+    events: int
+    last_event_at: datetime
+
+
+class EventStatsOut(BaseModel):
+    total: int
+    by_type: dict[str, int]
+    users: int
+    recent_users: list[ActiveUser] = Field(description="Most recently active first")
+
+
+class UploadStatsOut(BaseModel):
+    by_status: dict[str, int]
+    queued: int
+
+
+class RouteStatsOut(BaseModel):
+    route: str
+    requests: int
+    errors: int = Field(description="5xx answers")
+    client_errors: int = Field(description="4xx answers")
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+class TrafficBucketOut(BaseModel):
+    start: datetime
+    requests: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+class TrafficStatsOut(BaseModel):
+    window_s: float
+    bucket_s: float
+    requests: int
+    errors: int
+    routes: list[RouteStatsOut] = Field(description="Busiest first")
+    timeline: list[TrafficBucketOut] = Field(description="Oldest first")
+
+
+class TopQuery(BaseModel):
+    query: str
+    count: int
+
+
+class StatsResponse(BaseModel):
+    """Figures for the analytics view. Catalog, events and uploads come from the dataset;
+    traffic and top queries are this process's own (the dashboard's calls are not counted)."""
+
+    catalog: CatalogStatsOut
+    events: EventStatsOut
+    uploads: UploadStatsOut
+    traffic: TrafficStatsOut
+    top_queries: list[TopQuery]
+    searches: int = Field(description="Searches answered by this process since it started")
+    started_at: datetime

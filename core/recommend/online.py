@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -136,6 +136,7 @@ class EventState:
         self._by_user: dict[str, list[tuple[float, int, str, str, float | None]]] = defaultdict(list)
         self._item: list[str] = []
         self._ts: list[float] = []
+        self._types: Counter[str] = Counter()
         self._seq = 0
         self.generation = 0
         self.watermark: datetime | None = None
@@ -151,6 +152,7 @@ class EventState:
                 self._by_user[e.user_id].append((ts, self._seq, e.product_id, e.event_type, e.value))
                 self._item.append(e.product_id)
                 self._ts.append(ts)
+                self._types[e.event_type] += 1
                 self._seq += 1
                 added += 1
             if added:
@@ -206,6 +208,19 @@ class EventState:
                     prev.count + 1,
                 )
         return sorted(best.values(), key=lambda h: -h.timestamp)
+
+    def type_counts(self) -> dict[str, int]:
+        """Events held, by event type."""
+        with self._lock:
+            return dict(self._types)
+
+    def users(self, limit: int) -> tuple[int, list[tuple[str, int, float]]]:
+        """How many users have events, and the ``limit`` most recently active ones as
+        (user_id, events, last event time), newest first."""
+        with self._lock:
+            summary = [(u, len(rows), max(r[0] for r in rows)) for u, rows in self._by_user.items() if rows]
+        summary.sort(key=lambda u: (-u[2], u[0]))
+        return len(summary), summary[:limit]
 
     def recent(self, user_id: str, limit: int) -> list[tuple[float, str, str, float | None]]:
         """The user's latest raw events (ts, product_id, event_type, value), newest first."""
