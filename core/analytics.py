@@ -78,8 +78,8 @@ def price_stats(prices: Sequence[float] | np.ndarray, max_bins: int = 20) -> Pri
 
 
 def catalog_stats(table: pa.Table, version: int) -> CatalogStats:
-    """Products per category (largest first; on ties named ones before ``(none)``) and the price distribution, from a table with
-    ``category`` and ``price`` columns."""
+    """Products per category (largest first; on ties named ones before ``(none)``) and the
+    price distribution, from a table with ``category`` and ``price`` columns."""
     cats = Counter(NO_CATEGORY if c is None else str(c) for c in table.column("category").to_pylist())
     categories = [
         CategoryCount(c, n) for c, n in sorted(cats.items(), key=lambda kv: (-kv[1], kv[0] == NO_CATEGORY, kv[0]))
