@@ -3,11 +3,16 @@
 # Extra arguments go to pytest (e.g. ./test.sh -m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")"
-# Real product images for the importer tests (Debian's Fashion-MNIST), when we may install it.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "==> installing Debian package dataset-fashion-mnist"
-  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
-    || echo "    (could not install it; the Fashion-MNIST test will be skipped)"
+# Debian packages the suite uses, when we may install them: real product images for the importer
+# tests (Fashion-MNIST) and Chromium for the dashboard's browser tests (Playwright drives it; no
+# browser download).
+need=()
+[ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+command -v chromium >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "==> installing Debian packages: ${need[*]}"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) \
+    || echo "    (could not install them; the tests that need them are skipped and say why)"
 fi
 scripts/setup-venv.sh dev
 echo "==> ruff"

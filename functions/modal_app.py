@@ -36,11 +36,14 @@ SWEEP_EVERY = modal.Period(minutes=1)
 TRAIN_EVERY = modal.Period(minutes=15)
 
 ROOT = Path(__file__).resolve().parents[1]
+# Ship every file of our packages, not only .py (Modal's default): the dashboard's HTML/JS/CSS in
+# functions/ui/ and the open_clip configs in core/embedding/model_configs/ are needed at run time.
+SOURCE_IGNORE = ["**/__pycache__/**", "**/*.pyc"]
 image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install_from_pyproject(str(ROOT / "pyproject.toml"))
     .env({"HF_HOME": "/cache/huggingface"})
-    .add_local_python_source("core", "functions", "local")
+    .add_local_python_source("core", "functions", "local", ignore=SOURCE_IGNORE)
 )
 secret = modal.Secret.from_name(APP_NAME)  # S3_*, AWS_*, API_KEY, WEBHOOK_TOKEN, CLIP_* ...
 model_cache = modal.Volume.from_name(f"{APP_NAME}-models", create_if_missing=True)

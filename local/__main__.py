@@ -57,8 +57,9 @@ def _serve(args: argparse.Namespace) -> int:
             "\n".join(
                 [
                     "",
+                    f"  dashboard      {base}/ui/  (search, products, shoppers, analytics)",
                     f"  API            {base}",
-                    f"  API docs (UI)  {base}/docs",
+                    f"  API docs       {base}/docs",
                     f"  health         {base}/health",
                     f"  metrics        {base}/metrics",
                     f"  uploads        drop product JSON/JSONL/CSV under s3://{settings.s3_bucket}/uploads/ "

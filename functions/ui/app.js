@@ -187,8 +187,9 @@ const grid = (items, opts) => h("div", { class: "grid" }, items.map((p) => card(
 const searchState = { query: "", category: "", min: "", max: "", imageWeight: null, photo: null, photoName: "" };
 
 async function renderSearch() {
-  const st = await stats().catch(() => null);
-  const health = await api("/health").catch(() => null);
+  const live = liveToken();
+  const [st, health] = await Promise.all([stats().catch(() => null), api("/health").catch(() => null)]);
+  if (!live()) return;
   const defaultImageWeight = health && health.clip_mode && health.clip_mode.startsWith("random") ? 0 : 70;
   if (searchState.imageWeight === null) searchState.imageWeight = defaultImageWeight;
 
@@ -358,17 +359,15 @@ async function renderSearch() {
   } else if (searchState.query || searchState.photo) {
     runSearch();
   } else {
-    results.replaceChildren(h("h2", { text: "Recommended for you" }), h("div", { id: "home-recs" }, message("Loading…", "hint")));
+    const home = h("div", { id: "home-recs" }, message("Loading…", "hint"));
+    results.replaceChildren(h("h2", { text: "Recommended for you" }), home);
     try {
       const recs = await api(`/recommendations/${encodeURIComponent(store.user)}?top_k=8`);
-      const home = $("#home-recs");
-      if (home)
-        home.replaceChildren(
-          recs.recommendations.length ? grid(recs.recommendations, (p) => ({ reason: p.reason })) : message("Nothing to recommend yet."),
-        );
+      home.replaceChildren(
+        recs.recommendations.length ? grid(recs.recommendations, (p) => ({ reason: p.reason })) : message("Nothing to recommend yet."),
+      );
     } catch (err) {
-      const home = $("#home-recs");
-      if (home) home.replaceChildren(message(`Recommendations unavailable: ${err.message}`, "error"));
+      home.replaceChildren(message(`Recommendations unavailable: ${err.message}`, "error"));
     }
   }
   q.focus();
@@ -376,11 +375,14 @@ async function renderSearch() {
 
 // ---------- Product page
 async function renderProduct(productId) {
+  const live = liveToken();
   view().replaceChildren(message("Loading product…", "hint"));
   let p;
   try {
     p = await api(`/products/${encodeURIComponent(productId)}`);
+    if (!live()) return;
   } catch (err) {
+    if (!live()) return;
     view().replaceChildren(
       message(err.status === 404 ? `No product with id “${productId}”.` : `Could not load the product: ${err.message}`, "error"),
       h("a", { href: "#/search", text: "← back to search" }),
@@ -457,7 +459,10 @@ const feedback = { positive: [], negative: [], titles: {} };
 
 async function renderUser(userId) {
   userId = userId || store.user;
+  const live = liveToken();
+  view().replaceChildren(message("Loading…", "hint"));
   const st = await stats(true).catch(() => null);
+  if (!live()) return;
   const input = h("input", { id: "user-id", value: userId, list: "known-users", autocomplete: "off", spellcheck: "false" });
   const known = h(
     "datalist",
@@ -495,13 +500,14 @@ async function renderUser(userId) {
   const history = h("section", { id: "history", class: "history" }, message("Loading…", "hint"));
   const recs = h("section", { id: "recs" }, message("Loading…", "hint"));
   const more = h("section", { id: "more-like" });
+  const strategy = h("span", { id: "recs-strategy", class: "pill" });
   view().replaceChildren(
     picker,
     h(
       "div",
       { class: "user-layout" },
       h("div", {}, h("h2", { text: "Recent history" }), history),
-      h("div", {}, h("h2", {}, "Recommendations ", h("span", { id: "recs-strategy", class: "pill" })), recs, more),
+      h("div", {}, h("h2", {}, "Recommendations ", strategy), recs, more),
     ),
   );
   if (feedback.user !== userId) Object.assign(feedback, { user: userId, positive: [], negative: [], titles: {} });
@@ -537,7 +543,7 @@ async function renderUser(userId) {
     );
   try {
     const data = await api(`/recommendations/${encodeURIComponent(userId)}?top_k=12`);
-    $("#recs-strategy").textContent = data.strategy + (data.model ? ` · model ${data.model}` : "");
+    strategy.textContent = data.strategy + (data.model ? ` · model ${data.model}` : "");
     recs.replaceChildren(
       data.recommendations.length
         ? grid(data.recommendations, (p) => ({ reason: p.reason, actions: actions(p) }))
@@ -561,6 +567,7 @@ async function renderUser(userId) {
       more.replaceChildren();
       return;
     }
+    const moreResults = h("div", { id: "more-results" }, message("Loading…", "hint"));
     const chips = (ids, cls) => ids.map((id) => h("span", { class: `chip ${cls}`, text: feedback.titles[id] || id }));
     more.replaceChildren(
       h("h2", { text: "More like these" }),
@@ -581,18 +588,18 @@ async function renderUser(userId) {
           },
         }),
       ),
-      h("div", { id: "more-results" }, message("Loading…", "hint")),
+      moreResults,
     );
     const body = { user_id: userId, top_k: 8 };
     if (feedback.positive.length) body.positive = feedback.positive;
     if (feedback.negative.length) body.negative = feedback.negative;
     try {
       const data = await api("/recommendations", { method: "POST", body });
-      $("#more-results").replaceChildren(
+      moreResults.replaceChildren(
         data.recommendations.length ? grid(data.recommendations, (p) => ({ reason: p.reason })) : message("Nothing matches these choices."),
       );
     } catch (err) {
-      $("#more-results").replaceChildren(message(`Could not get more like these: ${err.message}`, "error"));
+      moreResults.replaceChildren(message(`Could not get more like these: ${err.message}`, "error"));
     }
   }
 }
@@ -648,6 +655,7 @@ function table(headers, rows, id) {
 
 let analyticsTimer = null;
 async function renderAnalytics() {
+  const live = liveToken();
   const updated = h("span", { id: "updated", class: "small" });
   const windowSel = h(
     "select",
@@ -683,6 +691,7 @@ async function renderAnalytics() {
     try {
       [st, ups] = await Promise.all([api(`/stats?window_minutes=${windowSel.value}&top=10`), api("/uploads?limit=25")]);
     } catch (err) {
+      if (!live()) return;
       $("#kpis").replaceChildren(message(`Analytics unavailable: ${err.message}`, "error"));
       return;
     }
@@ -690,10 +699,11 @@ async function renderAnalytics() {
     try {
       Plotly = await loadPlotly();
     } catch (err) {
+      if (!live()) return;
       $("#kpis").replaceChildren(message(err.message, "error"));
       return;
     }
-    if (!document.getElementById("kpis")) return; // navigated away meanwhile
+    if (!live()) return; // navigated away meanwhile
     updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
     const kpi = (label, value, id) => h("div", { class: "kpi", id }, h("div", { class: "value", text: String(value) }), h("div", { class: "label", text: label }));
     const by = st.uploads.by_status;
@@ -797,9 +807,12 @@ async function renderAnalytics() {
               h("span", { class: `chip st-${u.status}`, text: u.status }),
               u.records_indexed,
               u.records_failed,
-              [u.reason, ...u.failures.slice(0, 5).map((f) => `line ${f.line ?? "?"}${f.product_id ? ` (${f.product_id})` : ""}: ${f.reason}`)]
-                .filter(Boolean)
-                .join(" · ") + (u.failures.length > 5 ? ` · … ${u.failures.length - 5} more` : ""),
+              u.failures.length
+                ? u.failures
+                    .slice(0, 5)
+                    .map((f) => `line ${f.line ?? "?"}: ${f.reason}`)
+                    .join(" · ") + (u.failures.length > 5 ? ` · … ${u.failures.length - 5} more` : "")
+                : u.reason,
               ago(u.updated_at),
             ]),
             "uploads-table",
@@ -853,7 +866,15 @@ async function checkHealth() {
 }
 
 // ---------- router
+let routeToken = 0;
+// Each render checks, after every wait, that it is still the page being shown.
+function liveToken() {
+  const mine = routeToken;
+  return () => mine === routeToken;
+}
+
 async function route() {
+  routeToken += 1;
   clearInterval(analyticsTimer);
   const [, page = "search", arg] = location.hash.replace(/^#\/?/, "").match(/^([^/]*)\/?(.*)$/) || [];
   for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === (page || "search"));

@@ -122,3 +122,22 @@ def test_training_job_body_against_the_s3_server(services: Services, s3_settings
     services.events.append(parse_events([{"user_id": "u0", "product_id": "P5", "event_type": "view"}])[0])
     again = jobs.train_recommender(s3_settings, only_if_new_events=True)
     assert again is not None and again.key != first.key
+
+
+def test_image_ships_the_dashboard_and_model_configs() -> None:
+    """Modal's add_local_python_source keeps only .py files unless told otherwise; the web
+    endpoint needs functions/ui/* and core needs its open_clip configs."""
+    from pathlib import Path
+
+    from modal.file_pattern_matcher import FilePatternMatcher
+
+    from functions import modal_app
+
+    ignored = FilePatternMatcher(*modal_app.SOURCE_IGNORE)
+    root = Path(__file__).resolve().parents[2]
+    needed = [*(root / "functions" / "ui").rglob("*"), *(root / "core" / "embedding" / "model_configs").glob("*")]
+    assert any(p.name == "app.js" for p in needed) and any(p.suffix == ".json" for p in needed)
+    for path in needed:
+        rel = path.relative_to(root / path.relative_to(root).parts[0])
+        assert not ignored(rel), rel
+    assert ignored(Path("core/__pycache__/catalog.cpython-311.pyc"))

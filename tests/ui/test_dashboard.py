@@ -1,0 +1,395 @@
+"""The dashboard end to end in headless Chromium (Debian's /usr/bin/chromium driven by
+Playwright; no browser download) against the dev runner with a sample catalog on its embedded S3
+server. Screenshots of every page land in test-artifacts/ui/."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from local.s3server import ACCESS_KEY, SECRET_KEY
+from tests.devserver import ROOT, call, free_port, start, stop
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.ui]
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts" / "ui"
+# Flags for a closed network (no Google services lookups, no background traffic).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOPPER = "ui-test-shopper"
+HISTORY_REASON = re.compile(
+    r"^(?:Because you (?:viewed|rated) (?P<a>.+)|Often bought with (?P<b>.+)|Often chosen right after (?P<c>.+)"
+    r"|Similar to (?P<d>.+), which you .+)$"
+)
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"ui: no Chromium at {CHROMIUM} (test.sh installs Debian's chromium package)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@dataclass
+class Server:
+    base: str
+    s3_port: int
+    proc: Any
+    log: Path
+
+    def api(self, path: str, body: object | None = None, method: str | None = None) -> Any:
+        return call(f"{self.base}{path}", body, method)  # type: ignore[arg-type]
+
+
+@dataclass
+class Watch:
+    """What a page did that a test should fail on: script errors, requests to other hosts."""
+
+    errors: list[str] = field(default_factory=list)
+    external: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def _serve(tmp: Path, *extra: str) -> Iterator[Server]:
+    port, s3_port = free_port(), free_port()
+    log = tmp / "server.log"
+    proc = start(tmp / "data", port, "--s3-port", str(s3_port), "--sweep-seconds", "1", *extra, log=log)
+    server = Server(f"http://127.0.0.1:{port}", s3_port, proc, log)
+    try:
+        yield server
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Dev runner with 48 sample products and one upload that has a bad line."""
+    tmp = tmp_path_factory.mktemp("ui")
+    with _serve(tmp, "--sample", "48") as srv:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{srv.s3_port}",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
+        good = {"product_id": "UPL1", "title": "Uploaded walnut desk lamp", "category": "Home", "price": 64.0}
+        body = json.dumps(good) + "\n" + '{"product_id": "UPL2", "price": 3}\n'
+        s3.put_object(Bucket="products", Key="uploads/ui-batch.jsonl", Body=body.encode())
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: Server) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script(f"localStorage.setItem('shelf.user', {json.dumps(SHOPPER)})")
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    watch = Watch()
+    host = urllib.parse.urlsplit(server.base).netloc
+    pg.on("pageerror", lambda e: watch.errors.append(str(e)))
+    pg.on(
+        "request",
+        lambda r: (
+            watch.external.append(r.url)
+            if urllib.parse.urlsplit(r.url).netloc not in (host, "") and not r.url.startswith("data:")
+            else None
+        ),
+    )
+    pg.watch = watch
+    yield pg
+    context.close()
+    assert not watch.errors, f"script errors: {watch.errors}"
+    assert not watch.external, f"requests to other hosts: {watch.external}"
+
+
+def shot(page: Any, name: str) -> None:
+    """Full-page screenshot once every (lazy) image on the page has loaded."""
+    images_loaded(page, "#view")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def images_loaded(page: Any, scope: str) -> list[int]:
+    """Scroll every image under ``scope`` into view, wait until all finished loading, and return
+    their natural widths."""
+    imgs = page.locator(f"{scope} img")
+    for i in range(imgs.count()):
+        imgs.nth(i).scroll_into_view_if_needed()
+    page.wait_for_function(
+        "s => [...document.querySelectorAll(s + ' img')].every(i => i.complete)", arg=scope, timeout=30_000
+    )
+    page.evaluate("window.scrollTo(0, 0)")
+    return list(page.eval_on_selector_all(f"{scope} img", "els => els.map(e => e.naturalWidth)"))
+
+
+def card_ids(page: Any, scope: str) -> list[str]:
+    return list(page.eval_on_selector_all(f"{scope} .card", "els => els.map(e => e.dataset.productId)"))
+
+
+def search(page: Any, query: str) -> None:
+    page.fill("#q", query)
+    page.click("#search-btn")
+    page.wait_for_selector("#query-time")
+
+
+def test_search_shows_cards_whose_images_load(server: Server, page: Any) -> None:
+    page.goto(server.base + "/")
+    assert page.url.endswith("/ui/")
+    page.wait_for_selector("#home-recs .card")  # the landing page recommends something at once
+    search(page, "blue running shoes")
+    meta = page.inner_text("#query-time")
+    assert re.match(r"^\d+ results? · [\d.]+ ms on the server, [\d.]+ ms in all$", meta), meta
+    expected = server.api("/search", {"query": "blue running shoes", "top_k": 24})["results"]
+    assert card_ids(page, "#results") == [r["product_id"] for r in expected]
+    widths = images_loaded(page, "#results")
+    assert len(widths) == sum(1 for r in expected if r["image_url"]) > 0
+    assert all(w > 0 for w in widths), widths
+    no_image = page.locator("#results .card .noimg")
+    assert no_image.count() == sum(1 for r in expected if not r["image_url"])
+    titles = page.eval_on_selector_all("#results .card .title", "els => els.map(e => e.textContent)")
+    assert titles == [r["title"] for r in expected]
+    assert page.locator("#results .card .score").first.inner_text().startswith("score ")
+    shot(page, "search")
+
+
+def test_filters_change_results_correctly(server: Server, page: Any) -> None:
+    page.goto(server.base + "/ui/")
+    search(page, "bag")
+    unfiltered = card_ids(page, "#results")
+    page.select_option("#category", "Bags")
+    page.fill("#max-price", "100")
+    page.click("#search-btn")
+    page.wait_for_function("() => document.querySelector('#query-time') !== null")
+    page.wait_for_selector("#results .card")
+    filtered = page.eval_on_selector_all(
+        "#results .card", "els => els.map(e => [e.dataset.productId, e.dataset.category, Number(e.dataset.price)])"
+    )
+    assert filtered and all(cat == "Bags" and price <= 100 for _, cat, price in filtered), filtered
+    api = server.api("/search", {"query": "bag", "top_k": 24, "filters": {"category": "Bags", "max_price": 100}})
+    assert [pid for pid, _, _ in filtered] == [r["product_id"] for r in api["results"]]
+    assert [pid for pid, _, _ in filtered] != unfiltered
+    shot(page, "search-filtered")
+
+    page.fill("#min-price", "500")
+    page.click("#search-btn")
+    page.wait_for_selector("#search-meta .msg.error")
+    assert "minimum price is above the maximum" in page.inner_text("#search-meta")
+    page.fill("#max-price", "")
+    page.fill("#min-price", "100000")
+    page.click("#search-btn")
+    page.wait_for_selector("#results .msg")
+    assert "No products match" in page.inner_text("#results")
+
+
+def test_search_by_photo_finds_the_product_itself_first(server: Server, page: Any, tmp_path: Path) -> None:
+    with_images = [p for p in server.api("/search", {"query": "bag", "top_k": 40})["results"] if p["image_url"]]
+    first, second = with_images[3], with_images[7]
+    page.goto(server.base + "/ui/")
+    photo = tmp_path / "query.png"
+    with urllib.request.urlopen(first["image_url"]) as resp:
+        photo.write_bytes(resp.read())
+    page.set_input_files("#photo", str(photo))  # "click to choose"
+    page.wait_for_selector("#query-time")
+    assert card_ids(page, "#results")[0] == first["product_id"]
+    assert page.locator("#photo-preview img").count() == 1
+    shot(page, "search-photo")
+
+    # drag and drop a second product's image onto the drop zone
+    with urllib.request.urlopen(second["image_url"]) as resp:
+        data = list(resp.read())
+    page.evaluate(
+        """([bytes]) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
+            const drop = new DragEvent("drop", { dataTransfer: dt, bubbles: true });
+            document.querySelector("#photo-drop").dispatchEvent(drop);
+        }""",
+        [data],
+    )
+    page.wait_for_function(
+        "pid => document.querySelector('#results .card')?.dataset.productId === pid", arg=second["product_id"]
+    )
+
+    # a file that claims to be an image but is not: a readable error, nothing breaks
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    page.click("#photo-clear")
+    page.set_input_files("#photo", str(broken))
+    page.wait_for_selector("#search-meta .msg.error")
+    text = page.inner_text("#search-meta")
+    assert text.startswith("Search failed:") and "image" in text.lower(), text
+    shot(page, "search-bad-photo")
+    # and a non-image file is refused in the browser
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    page.set_input_files("#photo", str(notes))
+    page.wait_for_selector("#toast.error")
+    assert "is not an image" in page.inner_text("#toast")
+
+
+def test_product_view_shows_similar_items_and_records_events(server: Server, page: Any) -> None:
+    page.goto(server.base + "/ui/")
+    search(page, "ceramic coffee mug")
+    first = page.locator("#results .card").first
+    pid, title = first.get_attribute("data-product-id"), first.locator(".title").inner_text()
+    first.locator(".title").click()
+    page.wait_for_selector("#product-title")
+    assert page.inner_text("#product-title") == title
+    assert page.url.endswith(f"#/product/{pid}")
+    page.wait_for_selector("#similar .card")
+    similar = card_ids(page, "#similar")
+    expected = server.api(f"/similar/{pid}?top_k=8")["similar_products"]
+    assert similar == [s["product_id"] for s in expected] and pid not in similar
+    assert all(w > 0 for w in images_loaded(page, "#similar"))
+    assert page.locator("#attributes dt").count() >= 1
+    page.click("#add-to-cart")
+    page.wait_for_selector("#toast:not([hidden])")
+    assert "add_to_cart" in page.inner_text("#toast")
+    shot(page, "product")
+    history = server.api(f"/users/{SHOPPER}/history")["events"]
+    kinds = {e["event_type"] for e in history if e["product_id"] == pid}
+    assert {"click", "view", "add_to_cart"} <= kinds, history
+
+
+def test_user_view_shows_history_and_recommendations_with_true_reasons(server: Server, page: Any) -> None:
+    page.goto(server.base + "/ui/")
+    search(page, "leather backpack")
+    page.locator("#results .card .title").first.click()
+    page.wait_for_selector("#similar .card")
+    page.goto(server.base + f"/ui/#/user/{SHOPPER}")
+    page.wait_for_selector("#history li")
+    page.wait_for_selector("#recs .card")
+    history_titles = set(page.eval_on_selector_all("#history li a", "els => els.map(e => e.textContent)"))
+    reasons = page.eval_on_selector_all("#recs .card .reason", "els => els.map(e => e.textContent)")
+    assert len(reasons) == page.locator("#recs .card").count() > 0
+    assert all(r.strip() for r in reasons)
+    referenced = [next(g for g in m.groups() if g) for r in reasons if (m := HISTORY_REASON.match(r))]
+    assert referenced, f"no reason refers to the history: {reasons}"
+    assert set(referenced) <= history_titles, (referenced, history_titles)
+    seen = set(page.eval_on_selector_all("#history li", "els => els.map(e => e.dataset.productId)"))
+    assert not seen & set(card_ids(page, "#recs")), "seen items are excluded by default"
+    assert page.inner_text("#recs-strategy").split(" ")[0] in {"personalized", "content"}
+
+    liked = page.locator("#recs .card").first
+    liked_id = liked.get_attribute("data-product-id")
+    liked.locator("button.more").click()
+    page.wait_for_selector("#more-results .card")
+    assert page.locator("#more-like .chip.pos").count() == 1
+    assert liked_id not in card_ids(page, "#more-results")
+    disliked = page.locator("#recs .card").nth(1)
+    disliked.locator("button.less").click()
+    page.wait_for_selector("#more-like .chip.neg")
+    page.wait_for_selector("#more-results .card")
+    expected = server.api(
+        "/recommendations",
+        {
+            "positive": [liked_id],
+            "negative": [disliked.get_attribute("data-product-id")],
+            "user_id": SHOPPER,
+            "top_k": 8,
+        },
+        "POST",
+    )["recommendations"]
+    page.wait_for_function(
+        "ids => JSON.stringify([...document.querySelectorAll('#more-results .card')].map(e => e.dataset.productId))"
+        " === JSON.stringify(ids)",
+        arg=[r["product_id"] for r in expected],
+    )
+    shot(page, "user")
+
+    # a user with no events: cold start with readable reasons and an empty-history message
+    page.goto(server.base + "/ui/#/user/nobody-yet")
+    page.wait_for_selector("#history .msg.empty")
+    page.wait_for_selector("#recs .card")
+    assert "No events yet for nobody-yet" in page.inner_text("#history")
+    assert all(r for r in page.eval_on_selector_all("#recs .reason", "els => els.map(e => e.textContent)"))
+
+
+def test_analytics_renders_charts_and_tables(server: Server, page: Any) -> None:
+    server.api("/search", {"query": "wireless headphones"})
+    with_image = next(p for p in server.api("/search", {"query": "mug"})["results"] if p["image_url"])
+    with urllib.request.urlopen(with_image["image_url"]) as resp:
+        assert resp.status == 200
+    server.api(
+        "/events",
+        [{"user_id": "ana", "product_id": "S00001", "event_type": t} for t in ("view", "click", "purchase")],
+        "POST",
+    )
+    for _ in range(30):  # the sweeper indexes the upload within a few seconds
+        ups = server.api("/uploads")["uploads"]
+        if ups and ups[0]["status"] != "pending":
+            break
+        page.wait_for_timeout(1000)
+    stats = server.api("/stats")
+    page.goto(server.base + "/ui/#/analytics")
+    page.wait_for_selector("#chart-categories .main-svg")
+    for chart in ("#chart-prices", "#chart-traffic", "#chart-events"):
+        page.wait_for_selector(f"{chart} .main-svg")
+    bars = page.locator("#chart-categories .point")
+    assert bars.count() == len(stats["catalog"]["categories"])
+    xlabels = page.eval_on_selector_all("#chart-categories .xtick text", "els => els.map(e => e.textContent)")
+    assert xlabels == [c["category"] for c in stats["catalog"]["categories"]]
+    assert page.locator("#chart-prices .point").count() == len(stats["catalog"]["prices"]["counts"])
+    assert page.locator("#chart-events .point").count() == len(stats["events"]["by_type"])
+    assert page.locator("#chart-traffic .point").count() > 0
+    assert page.inner_text("#kpi-products .value") == str(stats["catalog"]["products"])
+    latency = page.inner_text("#latency-table")
+    assert "POST /search" in latency and "GET /products/{product_id}/image" in latency
+    assert "wireless headphones" in page.inner_text("#top-queries")
+    uploads = page.inner_text("#uploads-table")
+    assert "uploads/ui-batch.jsonl" in uploads and "partial" in uploads
+    assert "line 2" in uploads and "title" in uploads.lower(), uploads
+    shot(page, "analytics")
+
+
+def test_empty_catalog_and_service_down(browser: Any, tmp_path: Path) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    with _serve(tmp_path) as srv:
+        page.goto(srv.base + "/ui/")
+        page.wait_for_selector("#results .msg")
+        assert "catalog is empty" in page.inner_text("#results")
+        shot(page, "empty-catalog")
+        page.goto(srv.base + "/ui/#/analytics")
+        page.wait_for_selector("#kpi-products")
+        assert page.inner_text("#kpi-products .value") == "0"
+        assert "The catalog is empty" in page.inner_text("#chart-categories")
+        assert "No uploads yet" in page.inner_text("#panel-uploads")
+        page.goto(srv.base + "/ui/#/search")
+        page.wait_for_selector("#q")
+        stop(srv.proc)  # the service goes away under the open page
+        page.fill("#q", "anything")
+        page.click("#search-btn")
+        page.wait_for_selector("#banner:not([hidden])")
+        assert "Cannot reach the service" in page.inner_text("#banner")
+        assert "Search failed" in page.inner_text("#search-meta")
+        shot(page, "service-down")
+    context.close()
