@@ -247,8 +247,10 @@ async function renderSearch() {
   const showPhoto = () => {
     preview.replaceChildren();
     if (!searchState.photo) return;
+    const img = h("img", { src: searchState.photo, alt: "search photo" });
+    img.addEventListener("error", () => img.replaceWith(h("span", { class: "chip neg", text: "cannot preview this file" })));
     preview.append(
-      h("img", { src: searchState.photo, alt: "search photo" }),
+      img,
       h("span", { text: searchState.photoName }),
       h("button", {
         type: "button",
