@@ -622,7 +622,9 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
         state = services.recommender.state
         users, recent = state.users(20)
         by_type = state.type_counts()
-        t = traffic.summary(window_minutes * 60, buckets=30)
+        # A process younger than the window has no older traffic: start the timeline at its start.
+        uptime = (datetime.now(UTC) - started_at).total_seconds()
+        t = traffic.summary(max(60.0, min(window_minutes * 60, uptime)), buckets=30)
         return StatsResponse(
             catalog=catalog_figures(),
             events=EventStatsOut(

@@ -5,6 +5,7 @@ import gzip
 import importlib.resources
 import json
 import re
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -121,6 +122,9 @@ def test_stats_describe_catalog_events_uploads_and_traffic(env: tuple[TestClient
     assert routes["POST /search"]["p50_ms"] > 0
     assert st["traffic"]["requests"] == sum(r["requests"] for r in st["traffic"]["routes"])
     assert sum(b["requests"] for b in st["traffic"]["timeline"]) == st["traffic"]["requests"]
+    started = datetime.fromisoformat(st["started_at"])
+    assert 60 <= st["traffic"]["window_s"] < 900  # a young process: the timeline starts near its start
+    assert datetime.fromisoformat(st["traffic"]["timeline"][0]["start"]) >= started - timedelta(seconds=61)
 
 
 def test_catalog_figures_follow_new_versions(env: tuple[TestClient, Services]) -> None:
