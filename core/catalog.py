@@ -14,7 +14,7 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import lancedb
@@ -136,7 +136,7 @@ def _to_product(row: dict[str, Any]) -> Product:
 
 
 COMPACT_EVERY = 32
-CLEANUP_OLDER_THAN = timedelta(seconds=30)
+DEFAULT_RETENTION = timedelta(hours=24)
 
 
 class Compactor:
@@ -145,13 +145,17 @@ class Compactor:
     Each small commit (one PUT, one event batch) adds a fragment, and reads and merge-inserts
     touch every fragment: without compaction a 2,000-product import by single PUTs slows down
     linearly (measured ~0.1 s -> 0.4 s per PUT over the first 300). ``optimize`` merges fragments
-    and keeps versions younger than LanceDB's default 7 days, so readers are never cut off.
+    and removes only versions older than ``retention`` (VERSION_RETENTION_HOURS), so a version a
+    query process still serves, or one a user may roll back to, is never deleted.
     """
 
-    def __init__(self, table: Any, every: int = COMPACT_EVERY, background: bool = False) -> None:
+    def __init__(
+        self, table: Any, every: int = COMPACT_EVERY, background: bool = False, retention: timedelta = DEFAULT_RETENTION
+    ) -> None:
         self.table = table
         self.every = every
         self.background = background
+        self.retention = retention
         self._commits = 0
         self._lock = threading.Lock()
         self._running = threading.Lock()
@@ -173,7 +177,7 @@ class Compactor:
         if not self._running.acquire(blocking=False):
             return  # one compaction at a time
         try:
-            self.table.optimize(cleanup_older_than=CLEANUP_OLDER_THAN)
+            self.table.optimize(cleanup_older_than=self.retention)
         except Exception as exc:  # best effort (e.g. a concurrent writer won): try again next time
             log.warning("compaction of %s skipped: %s", self.table.name, exc)
         finally:
@@ -196,6 +200,41 @@ def open_dataset_table(settings: Settings, name: str, schema: pa.Schema) -> lanc
             return db.create_table(name, schema=schema, exist_ok=True)
 
 
+@dataclass(frozen=True)
+class Compaction:
+    table: str
+    versions_before: int
+    versions_after: int
+    seconds: float
+
+
+def compact_dataset(settings: Settings) -> list[Compaction]:
+    """Compact every table of the dataset and delete versions older than
+    VERSION_RETENTION_HOURS (never younger ones: query processes may still serve them and
+    `rollback` may need them). Safe beside readers and writers; run it on a schedule."""
+    import time
+
+    uri = settings.resolved_catalog_uri
+    retention = timedelta(hours=settings.version_retention_hours)
+    out = []
+    with storage_errors("compact"):
+        db = lancedb.connect(uri, storage_options=settings.storage_options() if uri.startswith("s3://") else None)
+        for name in sorted(db.list_tables().tables):
+            table = db.open_table(name)
+            before = len(table.list_versions())
+            started = time.perf_counter()
+            table.optimize(cleanup_older_than=retention)
+            out.append(Compaction(name, before, len(table.list_versions()), time.perf_counter() - started))
+    return out
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    version: int
+    timestamp: datetime
+    products: int
+
+
 class Catalog:
     """Products on LanceDB: idempotent upserts, gets, deletes and filtered vector search."""
 
@@ -209,8 +248,10 @@ class Catalog:
         storage_options: dict[str, str] | None = None,
         refresh_seconds: float = 1.0,
         index_min_rows: int = 5000,
+        retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
         self.uri = uri
+        self.retention = retention
         self.clip_dim = clip_dim
         self.text_dim = text_dim
         self.space = space
@@ -229,7 +270,7 @@ class Catalog:
                 # Not there yet: create it. exist_ok covers a concurrent creator.
                 self._table = self._db.create_table(TABLE, schema=schema, exist_ok=True)
         self._check_schema()
-        self._compactor = Compactor(self._table)
+        self._compactor = Compactor(self._table, retention=retention)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clip_dim: int, text_dim: int, space: dict[str, str]) -> Catalog:
@@ -242,6 +283,7 @@ class Catalog:
             storage_options=settings.storage_options() if uri.startswith("s3://") else None,
             refresh_seconds=settings.catalog_refresh_seconds,
             index_min_rows=settings.index_min_rows,
+            retention=timedelta(hours=settings.version_retention_hours),
         )
 
     @classmethod
@@ -266,6 +308,7 @@ class Catalog:
             storage_options=opts,
             refresh_seconds=settings.catalog_refresh_seconds,
             index_min_rows=settings.index_min_rows,
+            retention=timedelta(hours=settings.version_retention_hours),
         )
 
     @property
@@ -306,6 +349,37 @@ class Catalog:
     def count(self) -> int:
         with storage_errors("count"):
             return int(self._table.count_rows())
+
+    def versions(self, limit: int = 20) -> list[DatasetVersion]:
+        """The newest ``limit`` versions of the products table still stored (older ones were
+        cleaned up after VERSION_RETENTION_HOURS), newest first, with their row counts."""
+        with storage_errors("list versions"):
+            listed = sorted(self._table.list_versions(), key=lambda v: -int(v["version"]))[:limit]
+            reader = self._db.open_table(TABLE)
+            out = []
+            for v in listed:
+                reader.checkout(int(v["version"]))
+                ts = v["timestamp"]
+                when = ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
+                out.append(DatasetVersion(int(v["version"]), when, int(reader.count_rows())))
+            return out
+
+    def restore(self, version: int) -> int:
+        """Make ``version`` the current state again by committing it as a new version (history
+        is kept, so a restore can itself be undone). Returns the new version number."""
+        with storage_errors("list versions"):
+            known = {int(v["version"]) for v in self._table.list_versions()}
+        if version not in known:
+            oldest = min(known) if known else None
+            raise NotFound(
+                f"catalog version {version} does not exist or was cleaned up (stored versions: "
+                f"{oldest}..{max(known) if known else None}; VERSION_RETENTION_HOURS keeps older ones)"
+            )
+        with self._write_lock, storage_errors("restore"):
+            self._table.restore(version)
+            new = int(self._table.version)
+        log.warning("catalog %s restored to version %d as new version %d", self.uri, version, new)
+        return new
 
     def ping(self) -> bool:
         try:

@@ -207,6 +207,7 @@ class EventLog:
     """The append-only ``events`` table in the catalog's dataset."""
 
     def __init__(self, catalog: Catalog) -> None:
+        self._retention = catalog.retention
         with storage_errors("open events"):
             self._table = catalog.open_or_create(TABLE, events_schema())
 
@@ -214,6 +215,7 @@ class EventLog:
     def open(cls, settings: Settings) -> EventLog:
         """The events table alone (no models, no products table needed)."""
         log = cls.__new__(cls)
+        log._retention = timedelta(hours=settings.version_retention_hours)
         log._table = open_dataset_table(settings, TABLE, events_schema())
         return log
 
@@ -228,7 +230,7 @@ class EventLog:
 
     def _compactor(self) -> Compactor:
         if not hasattr(self, "_compact"):
-            self._compact = Compactor(self._table, background=True)
+            self._compact = Compactor(self._table, background=True, retention=self._retention)
         return self._compact
 
     def count(self) -> int:

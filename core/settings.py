@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         default=5000, ge=256, description="Build ANN + scalar indexes once the table has this many rows."
     )
     s3_timeout_seconds: float = Field(default=10.0, gt=0)
+    version_retention_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="Dataset versions younger than this survive compaction/cleanup: query processes may "
+        "still serve them and `rollback` can restore them.",
+    )
 
     # Models
     clip_model: str = "ViT-B-32"
@@ -46,6 +52,10 @@ class Settings(BaseSettings):
     # Security
     api_key: SecretStr | None = None
     webhook_token: SecretStr | None = None
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated browser origins allowed cross-site (or *); empty = CORS closed.",
+    )
 
     # Input limits
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
@@ -77,6 +87,10 @@ class Settings(BaseSettings):
     )
 
     @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
     def positive_types(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.recs_positive_types.split(",") if t.strip())
 
@@ -84,6 +98,16 @@ class Settings(BaseSettings):
     def _weights_not_both_zero(self) -> Settings:
         if self.image_weight + self.text_weight <= 0:
             raise ValueError("IMAGE_WEIGHT and TEXT_WEIGHT cannot both be 0")
+        return self
+
+    @model_validator(mode="after")
+    def _retention_outlives_refresh(self) -> Settings:
+        floor = 10 * max(self.catalog_refresh_seconds, self.recs_refresh_seconds, 1.0)
+        if self.version_retention_hours * 3600 < floor:
+            raise ValueError(
+                f"VERSION_RETENTION_HOURS must cover at least ten refresh intervals ({floor:g} s) so that "
+                "cleanup never deletes a version a query process is still serving"
+            )
         return self
 
     @property
@@ -98,7 +122,13 @@ class Settings(BaseSettings):
 
     def storage_options(self) -> dict[str, str]:
         """Object-store options for LanceDB (only meaningful for ``s3://`` URIs)."""
-        opts: dict[str, str] = {"region": self.aws_region, "timeout": f"{self.s3_timeout_seconds:g}s"}
+        opts: dict[str, str] = {
+            "region": self.aws_region,
+            "timeout": f"{self.s3_timeout_seconds:g}s",
+            # New tables name manifests so the latest is found without listing every version:
+            # commits stay O(1) however many versions retention keeps.
+            "new_table_enable_v2_manifest_paths": "true",
+        }
         if self.s3_endpoint_url:
             opts["endpoint"] = self.s3_endpoint_url
             opts["allow_http"] = str(self.s3_endpoint_url.startswith("http://")).lower()

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -53,6 +54,8 @@ from functions.schemas import (
     ProductOut,
     Recommendation,
     RecommendationsResponse,
+    RollbackRequest,
+    RollbackResponse,
     RouteStatsOut,
     SearchRequest,
     SearchResponse,
@@ -67,6 +70,8 @@ from functions.schemas import (
     UploadOut,
     UploadsResponse,
     UploadStatsOut,
+    VersionOut,
+    VersionsResponse,
 )
 from functions.services import Services
 from functions.triggers import UploadWorker
@@ -130,6 +135,66 @@ def _decode_b64(data: str) -> bytes:
         raise errors.InvalidImage("image_base64 is not valid base64") from None
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Refuses request bodies over ``max_bytes`` with 413: at once when Content-Length says so,
+    and while streaming when it is absent (chunked uploads), without buffering the excess."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                await JSONResponse({"detail": "invalid Content-Length"}, status_code=400)(scope, receive, send)
+                return
+            if too_big:
+                await self._refuse(scope, receive, send)
+                return
+        seen = 0
+        exceeded = False
+        started = False
+
+        async def counted() -> Any:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    exceeded = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded(message: Any) -> None:
+            nonlocal started
+            if exceeded:
+                return  # the app's answer to a truncated body is replaced by the 413 below
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not exceeded:
+                raise  # a real failure, not the truncated body (any wrapping of _BodyTooLarge is ours)
+        if exceeded and not started:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        body = {"detail": f"request body over {self.max_bytes} bytes (MAX_REQUEST_BYTES)"}
+        await JSONResponse(body, status_code=413)(scope, receive, send)
+
+
 class Metrics:
     """Prometheus metrics of one app instance (own registry, so several apps can coexist)."""
 
@@ -188,6 +253,15 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
         "LanceDB catalog on S3-compatible storage.",
         lifespan=lifespan,
     )
+    if settings.cors_origin_list:
+        # Closed by default: only origins named in CORS_ORIGINS may call the API from a browser on another site.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     app.state.services = services
     app.state.uploads = uploads
     metrics = Metrics(services)
@@ -199,17 +273,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
     weights_default = services.default_weights
 
     @app.middleware("http")
-    async def limit_and_time(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > settings.max_request_bytes
-            except ValueError:
-                return JSONResponse({"detail": "invalid Content-Length"}, status_code=400)
-            if too_big:
-                return JSONResponse(
-                    {"detail": f"request body over {settings.max_request_bytes} bytes"}, status_code=413
-                )
+    async def time_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         # Match the route first: a mounted app (the UI's static files) rewrites the scope's path.
         route = "unmatched"
         for r in app.router.routes:
@@ -659,6 +723,34 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             started_at=started_at,
         )
 
+    @app.get(
+        "/admin/versions", response_model=VersionsResponse, tags=["admin"], dependencies=[Depends(require_api_key)]
+    )
+    def catalog_versions(limit: Annotated[int, Query(ge=1, le=200)] = 20) -> VersionsResponse:
+        """Stored versions of the products table, newest first, with their product counts."""
+        return VersionsResponse(
+            current=services.catalog.version,
+            retention_hours=settings.version_retention_hours,
+            versions=[
+                VersionOut(version=v.version, timestamp=v.timestamp, products=v.products)
+                for v in services.catalog.versions(limit)
+            ],
+        )
+
+    @app.post(
+        "/admin/rollback", response_model=RollbackResponse, tags=["admin"], dependencies=[Depends(require_api_key)]
+    )
+    def rollback(body: RollbackRequest) -> RollbackResponse:
+        """Make a stored catalog version current again (committed as a new version, so it can be
+        undone). Other query processes pick it up within CATALOG_REFRESH_SECONDS. 404 if the
+        version does not exist or was cleaned up."""
+        previous = services.catalog.version
+        new = services.catalog.restore(body.version)
+        services.recommender.refresh()
+        return RollbackResponse(
+            restored=body.version, version=new, previous=previous, products=services.catalog.count()
+        )
+
     @app.get("/ui/vendor/plotly.min.js", include_in_schema=False)
     def plotly(request: Request) -> Response:
         plain, packed = plotly_js()
@@ -673,6 +765,9 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
     @app.get("/metrics", tags=["ops"])
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # Outermost: bodies over MAX_REQUEST_BYTES are refused before anything reads them.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 
     default_openapi = app.openapi
 

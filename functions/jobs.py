@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from core.catalog import Catalog
+from core.catalog import Catalog, Compaction, compact_dataset
 from core.events import EventLog
 from core.ingest import IngestReport, records_from_metadata, resolve_bucket_image
 from core.models import default_weights
@@ -96,3 +96,8 @@ def train_recommender(settings: Settings, *, only_if_new_events: bool = False) -
         min_rating=settings.recs_min_rating,
         positive_types=settings.positive_types,
     )
+
+
+def compact(settings: Settings) -> list[Compaction]:
+    """Scheduled compaction + cleanup of every dataset table (keeps VERSION_RETENTION_HOURS)."""
+    return compact_dataset(settings)

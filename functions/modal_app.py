@@ -34,6 +34,7 @@ GPU_MAX_CONTAINERS = 20
 WEB_MIN_CONTAINERS = 0  # set to 1+ to keep a warm query container (no cold start; costs idle time)
 SWEEP_EVERY = modal.Period(minutes=1)
 TRAIN_EVERY = modal.Period(minutes=15)
+COMPACT_EVERY = modal.Period(hours=1)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Ship every file of our packages, not only .py (Modal's default): the dashboard's HTML/JS/CSS in
@@ -143,6 +144,18 @@ def train_recommender(force: bool = False) -> dict[str, Any] | None:
 def train_now() -> None:
     """Retrain the recommendation model now (``modal run functions/modal_app.py::train_now``)."""
     print(train_recommender.remote(force=True))
+
+
+@app.function(schedule=COMPACT_EVERY, cpu=2.0, memory=4096, timeout=3600)
+def compact_dataset() -> list[dict[str, Any]]:
+    """Compact every dataset table and delete versions older than VERSION_RETENTION_HOURS
+    (never younger ones: web containers may be serving them, `rollback` may need them)."""
+    from dataclasses import asdict
+
+    from core.settings import Settings
+    from functions.jobs import compact
+
+    return [asdict(c) for c in compact(Settings())]
 
 
 @app.function(cpu=1.0, timeout=600)

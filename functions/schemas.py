@@ -353,3 +353,28 @@ class StatsResponse(BaseModel):
     top_queries: list[TopQuery]
     searches: int = Field(description="Searches answered by this process since it started")
     started_at: datetime
+
+
+class VersionOut(BaseModel):
+    version: int
+    timestamp: datetime
+    products: int
+
+
+class VersionsResponse(BaseModel):
+    current: int
+    retention_hours: float = Field(description="Versions older than this are cleaned up (VERSION_RETENTION_HOURS)")
+    versions: list[VersionOut] = Field(description="Newest first")
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="A stored catalog version (see GET /admin/versions)")
+
+
+class RollbackResponse(BaseModel):
+    restored: int = Field(description="The version whose data is current again")
+    version: int = Field(description="The new version that holds it (undo: roll back to `previous`)")
+    previous: int
+    products: int

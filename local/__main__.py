@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from functions.app import create_app
     from functions.triggers import UploadWorker
-    from local.runtime import TrainingSchedule, build_services, s3_endpoint, seed_sample
+    from local.runtime import CompactionSchedule, TrainingSchedule, build_services, s3_endpoint, seed_sample
     from local.s3server import ACCESS_KEY, SECRET_KEY
 
     with s3_endpoint(Settings(), args.data_dir, port=args.s3_port, own=True) as ep:
@@ -79,13 +79,16 @@ def _serve(args: argparse.Namespace) -> int:
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
         minutes = settings.recs_train_minutes if args.train_minutes is None else args.train_minutes
         trainer = TrainingSchedule(settings, minutes * 60) if minutes > 0 else None
-        if trainer:
-            trainer.start()
+        compactor = CompactionSchedule(settings, args.compact_minutes * 60) if args.compact_minutes > 0 else None
+        for job in (trainer, compactor):
+            if job:
+                job.start()
         try:
             _QuietServer(config).run()
         finally:
-            if trainer:
-                trainer.stop()
+            for job in (trainer, compactor):
+                if job:
+                    job.stop()
     print("stopped; local data saved.", flush=True)
     return 0
 
@@ -215,6 +218,50 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _versions(args: argparse.Namespace) -> int:
+    from core.catalog import Catalog
+    from local.runtime import s3_endpoint
+
+    with s3_endpoint(Settings(), args.data_dir) as ep:
+        catalog = Catalog.open_existing(ep.settings)
+        current = catalog.version
+        print(f"{'version':>8}  {'created (UTC)':<19}  {'products':>8}")
+        for v in catalog.versions(args.limit):
+            mark = "  <- current" if v.version == current else ""
+            print(f"{v.version:>8}  {v.timestamp:%Y-%m-%d %H:%M:%S}  {v.products:>8}{mark}")
+        print(
+            f"versions older than VERSION_RETENTION_HOURS={ep.settings.version_retention_hours:g} are "
+            "removed by compaction; restore one with: python -m local rollback --version N"
+        )
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from core.catalog import Catalog
+    from local.runtime import s3_endpoint
+
+    with s3_endpoint(Settings(), args.data_dir) as ep:
+        catalog = Catalog.open_existing(ep.settings)
+        previous, before = catalog.version, catalog.count()
+        new = catalog.restore(args.version)
+        print(
+            f"catalog restored to version {args.version}: now version {new} with {catalog.count()} products "
+            f"(was version {previous} with {before}). Query processes pick it up within "
+            f"CATALOG_REFRESH_SECONDS; undo with: python -m local rollback --version {previous}"
+        )
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from functions.jobs import compact
+    from local.runtime import s3_endpoint
+
+    with s3_endpoint(Settings(), args.data_dir) as ep:
+        for c in compact(ep.settings):
+            print(f"{c.table}: {c.versions_before} -> {c.versions_after} versions in {c.seconds:.1f}s")
+    return 0
+
+
 def _synth_ratings(args: argparse.Namespace) -> int:
     from local import synth_ratings
 
@@ -253,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="retrain recommendations this often when new events arrived (default RECS_TRAIN_MINUTES=10; 0 = off)",
+    )
+    p.add_argument(
+        "--compact-minutes",
+        type=float,
+        default=60,
+        help="compact the dataset and remove versions older than VERSION_RETENTION_HOURS this often (0 = off)",
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
@@ -306,6 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positive-types", default="purchase", help="event types that are positives (comma list)")
     p.add_argument("--json", type=Path, help="also write the table as JSON here")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("versions", help="list the catalog's stored versions (newest first)")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=_versions)
+
+    p = sub.add_parser("rollback", help="make a stored catalog version current again (undoable)")
+    p.add_argument("--version", type=int, required=True, help="a version listed by `versions`")
+    p.set_defaults(func=_rollback)
+
+    p = sub.add_parser("compact", help="compact the dataset and remove versions older than VERSION_RETENTION_HOURS")
+    p.set_defaults(func=_compact)
 
     p = sub.add_parser("synth-ratings", help="write synthetic MovieLens-like products + rating events")
     from local.synth_ratings import add_arguments

@@ -191,3 +191,29 @@ class TrainingSchedule:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self.run_once()
+
+
+class CompactionSchedule:
+    """The dev runner's dataset compaction + version cleanup, every ``interval`` seconds."""
+
+    def __init__(self, settings: Settings, interval: float) -> None:
+        self.settings = settings
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="compaction", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        from functions.jobs import compact
+
+        while not self._stop.wait(self.interval):
+            try:
+                for c in compact(self.settings):
+                    log.info("compacted %s: %d -> %d versions", c.table, c.versions_before, c.versions_after)
+            except ServiceError as exc:
+                log.warning("compaction skipped: %s", exc)

@@ -59,10 +59,11 @@ def test_app_wiring(definitions: dict[str, dict[str, Any]]) -> None:
         definitions["train_recommender"]["schedule"] is m.TRAIN_EVERY and "gpu" not in definitions["train_recommender"]
     )
     assert "gpu" not in definitions["web"] and definitions["web"]["cpu"] == 2.0
+    assert definitions["compact_dataset"]["schedule"] is m.COMPACT_EVERY and "gpu" not in definitions["compact_dataset"]
     assert set(m.app.registered_classes) == {"GpuIndexer"}
     functions = m.app.registered_functions
     assert functions["web"]._is_web_endpoint() and not functions["sweep_uploads"]._is_web_endpoint()
-    for name in ("web", "sweep_uploads", "train_recommender", "GpuIndexer.*"):
+    for name in ("web", "sweep_uploads", "train_recommender", "compact_dataset", "GpuIndexer.*"):
         assert len(functions[name]._spec_.secrets) == 1  # the "shelfsearch" Secret
     assert {"reindex", "train_now"} <= set(m.app.registered_entrypoints)
 
