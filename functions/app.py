@@ -105,6 +105,18 @@ ERROR_STATUS: list[tuple[type[errors.ServiceError], int]] = [
 ]
 
 
+# Every error answer: {"detail": message or FastAPI's validation error list}, sometimes with more
+# fields (POST /events adds its per-item errors).
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "ErrorResponse",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {
+        "detail": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+    },
+}
+
+
 def status_for(exc: errors.ServiceError) -> int:
     for cls, code in ERROR_STATUS:
         if isinstance(exc, cls):
@@ -573,7 +585,13 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
         services.catalog.delete(product_id)
         return DeleteResponse(product_id=product_id, deleted=True)
 
-    @app.get("/products/{product_id}/image", name="product_image", tags=["products"])
+    @app.get(
+        "/products/{product_id}/image",
+        name="product_image",
+        tags=["products"],
+        response_class=Response,
+        responses={200: {"description": "The image bytes", "content": {"image/*": {}}}},
+    )
     def product_image(product_id: Annotated[str, Path(max_length=256)]) -> Response:
         """The product's image bytes (404 if the product has none)."""
         p = services.catalog.get(product_id)
@@ -762,7 +780,12 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
 
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}},
+    )
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -771,14 +794,28 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
 
     default_openapi = app.openapi
 
-    def openapi_with_event_schema() -> dict[str, Any]:
-        """POST /events validates items one by one, so its body schema is added by hand."""
+    def openapi_with_errors() -> dict[str, Any]:
+        """The generated schema plus what FastAPI cannot infer: POST /events' body (validated item
+        by item) and the error answers every operation may give (`{"detail": ...}`: a message,
+        or FastAPI's list of validation errors)."""
         if app.openapi_schema is None:
             schema = default_openapi()
-            schema.setdefault("components", {}).setdefault("schemas", {})["EventIn"] = EventIn.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["EventIn"] = EventIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            components["ErrorResponse"] = ERROR_SCHEMA
+            error = {
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            }
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    responses = operation.setdefault("responses", {})
+                    old = responses.get("422", {})
+                    responses["422"] = {**error, "description": old.get("description", "Invalid input")}
+                    responses.setdefault(
+                        "4XX", {**error, "description": "Bad request: unauthorized, forbidden, not found, too large"}
+                    )
+                    responses.setdefault("503", {**error, "description": "Storage or model unavailable; retry"})
         return app.openapi_schema or default_openapi()
 
-    app.openapi = openapi_with_event_schema  # type: ignore[method-assign]
+    app.openapi = openapi_with_errors  # type: ignore[method-assign]
     return app
