@@ -11,11 +11,13 @@ import contextlib
 import json
 import logging
 import math
+import random
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import lancedb
 import numpy as np
@@ -27,6 +29,7 @@ from core.models import Filters, Product, Vector
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TABLE = "products"
 Column = Literal["image", "text"]
@@ -112,6 +115,37 @@ def storage_errors(action: str) -> Iterator[None]:
         yield
     except (OSError, RuntimeError) as exc:
         raise Unavailable(f"catalog {action} failed: {exc}") from exc
+
+
+WRITE_RETRY_SECONDS = 30.0
+
+
+def commit_with_retry(
+    action: str,
+    first: Callable[[], T],
+    again: Callable[[], T] | None = None,
+    *,
+    budget_s: float = WRITE_RETRY_SECONDS,
+) -> T:
+    """Run one commit, retrying with jittered exponential backoff (0.1 s doubling to 4 s) while
+    it fails with a commit conflict ("too many concurrent writers") or a storage error, for at
+    most ``budget_s`` seconds; then :class:`Unavailable` (503, nothing half-written). ``again``
+    replaces ``first`` on retries: for appends, an insert-if-absent keyed by id, so a commit
+    that landed although its answer was lost is not written twice."""
+    deadline = time.monotonic() + budget_s
+    delay, attempt, fn = 0.1, 0, first
+    while True:
+        try:
+            with storage_errors(action):
+                return fn()
+        except Unavailable as exc:
+            attempt += 1
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s failed (attempt %d), retrying in ~%.1fs: %s", action, attempt, delay, exc)
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 4.0)
+            fn = again or first
 
 
 def _vec(value: Any) -> Vector | None:
@@ -249,9 +283,11 @@ class Catalog:
         refresh_seconds: float = 1.0,
         index_min_rows: int = 5000,
         retention: timedelta = DEFAULT_RETENTION,
+        write_retry_seconds: float = WRITE_RETRY_SECONDS,
     ) -> None:
         self.uri = uri
         self.retention = retention
+        self.write_retry_seconds = write_retry_seconds
         self.clip_dim = clip_dim
         self.text_dim = text_dim
         self.space = space
@@ -284,6 +320,7 @@ class Catalog:
             refresh_seconds=settings.catalog_refresh_seconds,
             index_min_rows=settings.index_min_rows,
             retention=timedelta(hours=settings.version_retention_hours),
+            write_retry_seconds=settings.write_retry_seconds,
         )
 
     @classmethod
@@ -309,6 +346,7 @@ class Catalog:
             refresh_seconds=settings.catalog_refresh_seconds,
             index_min_rows=settings.index_min_rows,
             retention=timedelta(hours=settings.version_retention_hours),
+            write_retry_seconds=settings.write_retry_seconds,
         )
 
     @property
@@ -473,13 +511,17 @@ class Catalog:
                 }
             )
         data = pa.Table.from_pylist(rows, schema=self._table.schema)
-        with self._write_lock, storage_errors("upsert"):
-            (
-                self._table.merge_insert("product_id")
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                # Null is how "no image" is stored; real vectors were validated above.
-                .execute(data, on_bad_vectors="null")
+        with self._write_lock:
+            commit_with_retry(
+                "upsert",
+                lambda: (
+                    self._table.merge_insert("product_id")
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    # Null is how "no image" is stored; real vectors were validated above.
+                    .execute(data, on_bad_vectors="null")
+                ),
+                budget_s=self.write_retry_seconds,
             )
             self._compactor.committed()
         return len(rows)
@@ -487,8 +529,12 @@ class Catalog:
     def delete(self, product_id: str) -> None:
         """Delete a product; :class:`NotFound` if it does not exist."""
         self.get(product_id)
-        with self._write_lock, storage_errors("delete"):
-            self._table.delete(f"product_id = {quote(product_id)}")
+        with self._write_lock:
+            commit_with_retry(
+                "delete",
+                lambda: self._table.delete(f"product_id = {quote(product_id)}"),
+                budget_s=self.write_retry_seconds,
+            )
 
     def vector_search(
         self,

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from core.catalog import Catalog, Compactor, open_dataset_table, storage_errors
+from core.catalog import Catalog, Compactor, commit_with_retry, open_dataset_table, storage_errors
 from core.errors import InvalidInput
 from core.settings import Settings
 
@@ -208,6 +208,7 @@ class EventLog:
 
     def __init__(self, catalog: Catalog) -> None:
         self._retention = catalog.retention
+        self._retry_s = catalog.write_retry_seconds
         with storage_errors("open events"):
             self._table = catalog.open_or_create(TABLE, events_schema())
 
@@ -216,6 +217,7 @@ class EventLog:
         """The events table alone (no models, no products table needed)."""
         log = cls.__new__(cls)
         log._retention = timedelta(hours=settings.version_retention_hours)
+        log._retry_s = settings.write_retry_seconds
         log._table = open_dataset_table(settings, TABLE, events_schema())
         return log
 
@@ -223,8 +225,15 @@ class EventLog:
         """Store ``events`` in one commit; returns how many were written."""
         if not events:
             return 0
-        with storage_errors("append events"):
-            self._table.add(to_arrow(events))
+        data = to_arrow(events)
+        commit_with_retry(
+            "append events",
+            lambda: self._table.add(data),
+            # a retry inserts only event_ids not stored yet: a batch that landed although its
+            # answer was lost (timeout, dropped connection) is not stored twice
+            lambda: self._table.merge_insert("event_id").when_not_matched_insert_all().execute(data),
+            budget_s=self._retry_s,
+        )
         self._compactor().committed()
         return len(events)
 

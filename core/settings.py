@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         default=5000, ge=256, description="Build ANN + scalar indexes once the table has this many rows."
     )
     s3_timeout_seconds: float = Field(default=10.0, gt=0)
+    write_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a write (upsert, delete, event append) retries commit conflicts and storage "
+        "errors with backoff before answering 503.",
+    )
     version_retention_hours: float = Field(
         default=24.0,
         gt=0,

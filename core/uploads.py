@@ -22,7 +22,7 @@ from urllib.parse import unquote_plus
 
 import pyarrow as pa
 
-from core.catalog import Catalog, open_dataset_table, quote, storage_errors
+from core.catalog import Catalog, commit_with_retry, open_dataset_table, quote, storage_errors
 from core.errors import InvalidInput, NotFound, PayloadTooLarge
 from core.ingest import METADATA_SUFFIXES, Indexer, records_from_metadata, resolve_bucket_image
 from core.settings import Settings
@@ -158,6 +158,7 @@ class UploadLog:
     """The ``uploads`` table: one row per upload key (its latest ETag), upserted by key."""
 
     def __init__(self, catalog: Catalog) -> None:
+        self._retry_s = catalog.write_retry_seconds
         with storage_errors("open uploads"):
             self._table = catalog.open_or_create(TABLE, _schema())
 
@@ -165,6 +166,7 @@ class UploadLog:
     def open(cls, settings: Settings) -> UploadLog:
         """The log alone, without models or the products table (for a model-free sweeper)."""
         log = cls.__new__(cls)
+        log._retry_s = settings.write_retry_seconds
         log._table = open_dataset_table(settings, TABLE, _schema())
         return log
 
@@ -191,8 +193,13 @@ class UploadLog:
             "deleted_at": rec.deleted_at,
         }
         data = pa.Table.from_pylist([row], schema=self._table.schema)
-        with storage_errors("write uploads"):
-            self._table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        commit_with_retry(
+            "write uploads",
+            lambda: (
+                self._table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(data)
+            ),
+            budget_s=self._retry_s,
+        )
 
     def known(self) -> dict[str, UploadRecord]:
         """Every record by key (the sweeper compares these with the bucket listing)."""

@@ -15,7 +15,7 @@ from functions.services import Services
 from tests.conftest import make_settings, new_bucket
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-EXAMPLES = 30  # per operation
+EXAMPLES = 20  # per operation
 
 
 @pytest.fixture(scope="module")

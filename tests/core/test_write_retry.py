@@ -1,0 +1,68 @@
+"""Writes retry commit conflicts and storage errors with backoff, within a budget, and a retried
+event append never stores a batch twice (data on the S3 server)."""
+
+from typing import Any
+
+import pytest
+
+from core.catalog import commit_with_retry
+from core.embedding import Embedder
+from core.errors import Unavailable
+from core.events import EventLog, parse_events
+from core.settings import Settings
+from functions.services import Services
+
+pytestmark = pytest.mark.integration
+
+
+def test_conflicts_are_retried_until_the_commit_lands() -> None:
+    calls: list[str] = []
+
+    def first() -> str:
+        calls.append("first")
+        raise RuntimeError("lance error: Too many concurrent writers. Attempted 6 times")
+
+    def again() -> str:
+        calls.append("again")
+        if len(calls) < 3:
+            raise OSError("connection reset by peer")
+        return "done"
+
+    assert commit_with_retry("test", first, again, budget_s=10) == "done"
+    assert calls == ["first", "again", "again"]
+
+
+def test_retries_stop_at_the_budget_with_unavailable() -> None:
+    calls = 0
+
+    def always() -> None:
+        nonlocal calls
+        calls += 1
+        raise OSError("endpoint unreachable")
+
+    with pytest.raises(Unavailable, match="endpoint unreachable"):
+        commit_with_retry("test", always, budget_s=0.5)
+    assert 2 <= calls <= 6
+
+
+def test_event_batch_that_landed_but_failed_is_not_stored_twice(s3_settings: Settings, fake: Embedder) -> None:
+    services = Services.from_settings(s3_settings, embedder=fake)
+    log = EventLog(services.catalog)
+    good, _ = parse_events([{"user_id": "u", "product_id": f"P{i}", "event_type": "view"} for i in range(5)])
+    table: Any = log._table
+    real_add = table.add
+    lost = {"n": 0}
+
+    def add_then_lose_the_answer(data: Any) -> None:
+        real_add(data)  # the commit lands ...
+        lost["n"] += 1
+        raise OSError("connection reset while reading the commit response")  # ... its answer does not
+
+    table.add = add_then_lose_the_answer
+    try:
+        assert log.append(good) == 5
+    finally:
+        table.add = real_add
+    assert lost["n"] == 1
+    ids = log.read().column("event_id").to_pylist()
+    assert sorted(ids) == sorted(e.event_id for e in good)  # five rows, not ten
