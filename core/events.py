@@ -14,6 +14,7 @@ exists; recommendations only ever return products that are in the catalog.
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -203,12 +204,24 @@ def to_arrow(events: Sequence[Event], received_at: datetime | None = None) -> pa
     )
 
 
+@dataclass
+class _Ticket:
+    """One caller's batch waiting for a group commit (``signal``: finished, or your turn to lead)."""
+
+    events: list[Event]
+    signal: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False
+    finished: bool = False
+    error: BaseException | None = None
+
+
 class EventLog:
     """The append-only ``events`` table in the catalog's dataset."""
 
     def __init__(self, catalog: Catalog) -> None:
         self._retention = catalog.retention
         self._retry_s = catalog.write_retry_seconds
+        self._init_queue()
         with storage_errors("open events"):
             self._table = catalog.open_or_create(TABLE, events_schema())
 
@@ -218,24 +231,67 @@ class EventLog:
         log = cls.__new__(cls)
         log._retention = timedelta(hours=settings.version_retention_hours)
         log._retry_s = settings.write_retry_seconds
+        log._init_queue()
         log._table = open_dataset_table(settings, TABLE, events_schema())
         return log
 
+    def _init_queue(self) -> None:
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._committing = False
+
     def append(self, events: Sequence[Event]) -> int:
-        """Store ``events`` in one commit; returns how many were written."""
+        """Store ``events`` durably; returns how many were written.
+
+        Group commit: concurrent callers in one process share commits. A caller that finds no
+        commit running leads one round: it commits everything queued at that moment (its own
+        batch and those that arrived meanwhile) in one write, wakes their callers, and hands the
+        lead to the next queued caller, if any. Appends from one process never race each other
+        for a version, a burst of small batches costs a few commits, and no caller waits for
+        more than the rounds ahead of its own.
+        """
         if not events:
             return 0
-        data = to_arrow(events)
-        commit_with_retry(
-            "append events",
-            lambda: self._table.add(data),
-            # a retry inserts only event_ids not stored yet: a batch that landed although its
-            # answer was lost (timeout, dropped connection) is not stored twice
-            lambda: self._table.merge_insert("event_id").when_not_matched_insert_all().execute(data),
-            budget_s=self._retry_s,
-        )
-        self._compactor().committed()
+        ticket = _Ticket(list(events))
+        with self._queue_lock:
+            self._queue.append(ticket)
+            if not self._committing:
+                self._committing = True
+                ticket.lead = True
+        while not ticket.finished:
+            if ticket.lead:
+                self._commit_round()
+            ticket.signal.wait()
+        if ticket.error is not None:
+            raise ticket.error
         return len(events)
+
+    def _commit_round(self) -> None:
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        data = to_arrow([e for t in batch for e in t.events])
+        error: BaseException | None = None
+        try:
+            commit_with_retry(
+                "append events",
+                lambda: self._table.add(data),
+                # a retry inserts only event_ids not stored yet: a batch that landed although its
+                # answer was lost (timeout, dropped connection) is not stored twice
+                lambda: self._table.merge_insert("event_id").when_not_matched_insert_all().execute(data),
+                budget_s=self._retry_s,
+            )
+            self._compactor().committed()
+        except BaseException as exc:  # handed to every caller of this round
+            error = exc
+        for t in batch:
+            t.error, t.finished = error, True
+            t.signal.set()
+        with self._queue_lock:
+            if self._queue:
+                self._queue[0].lead = True
+                self._queue[0].signal.set()
+            else:
+                self._committing = False
 
     def _compactor(self) -> Compactor:
         if not hasattr(self, "_compact"):

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     )
 
     # Events and recommendations
+    max_concurrent_requests: int = Field(
+        default=16, ge=0, description="Requests handled at once per process; more wait, then get 429 (0 = no limit)."
+    )
+    queue_wait_seconds: float = Field(
+        default=2.0, ge=0, description="How long a request waits for a free slot before 429 + Retry-After."
+    )
     max_events_per_request: int = Field(default=10_000, ge=1, description="Largest POST /events batch.")
     events_public: bool = Field(
         default=False, description="Let POST /events through without the API key (browser-side tracking)."

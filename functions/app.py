@@ -1,5 +1,6 @@
 """The HTTP app factory: parses requests, calls `core`, maps errors. Nothing else."""
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -205,6 +206,39 @@ class BodySizeLimit:
     async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
         body = {"detail": f"request body over {self.max_bytes} bytes (MAX_REQUEST_BYTES)"}
         await JSONResponse(body, status_code=413)(scope, receive, send)
+
+
+class ConcurrencyLimit:
+    """Load shedding: at most ``limit`` requests in the app at once; a request that finds no free
+    slot within ``wait_s`` gets 429 with Retry-After (never a 5xx, never an unbounded queue).
+    Health, metrics and the dashboard's files are always served."""
+
+    EXEMPT = ("/health", "/metrics", "/ui")
+
+    def __init__(self, app: Any, limit: int, wait_s: float) -> None:
+        self.app = app
+        self.limit = limit
+        self.wait_s = wait_s
+        self._slots: asyncio.Semaphore | None = None
+        self.shed = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.limit <= 0 or scope["path"].startswith(self.EXEMPT):
+            await self.app(scope, receive, send)
+            return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.limit)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.wait_s)
+        except TimeoutError:
+            self.shed += 1
+            busy = {"detail": f"server busy ({self.limit} requests in progress); retry after 1 s"}
+            await JSONResponse(busy, status_code=429, headers={"Retry-After": "1"})(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._slots.release()
 
 
 class Metrics:
@@ -789,6 +823,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests, wait_s=settings.queue_wait_seconds)
     # Outermost: bodies over MAX_REQUEST_BYTES are refused before anything reads them.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 

@@ -66,3 +66,34 @@ def test_event_batch_that_landed_but_failed_is_not_stored_twice(s3_settings: Set
     assert lost["n"] == 1
     ids = log.read().column("event_id").to_pylist()
     assert sorted(ids) == sorted(e.event_id for e in good)  # five rows, not ten
+
+
+def test_concurrent_appends_share_commits_and_lose_nothing(s3_settings: Settings, fake: Embedder) -> None:
+    import threading
+
+    services = Services.from_settings(s3_settings, embedder=fake)
+    log = EventLog(services.catalog)
+    before = log.version()
+    batches = [
+        parse_events([{"user_id": f"u{t}", "product_id": f"P{i}", "event_type": "click"} for i in range(10)])[0]
+        for t in range(16)
+    ]
+    errors: list[BaseException] = []
+
+    def send(batch: Any) -> None:
+        try:
+            assert log.append(batch) == 10
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    ids = log.read().column("event_id").to_pylist()
+    assert len(ids) == 160 == len(set(ids))
+    commits = log.version() - before
+    print(f"16 concurrent appends -> {commits} commits")
+    assert 1 <= commits < 16  # grouped: fewer commits than callers
