@@ -229,7 +229,10 @@ class ConcurrencyLimit:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.limit)
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.wait_s)
+            if self._slots.locked():  # no free slot now: wait for one, a bounded time
+                await asyncio.wait_for(self._slots.acquire(), self.wait_s)
+            else:
+                await self._slots.acquire()  # free: returns at once (wait_for(..., 0) would not)
         except TimeoutError:
             self.shed += 1
             busy = {"detail": f"server busy ({self.limit} requests in progress); retry after 1 s"}

@@ -9,6 +9,8 @@ for hit in client.search("blue running shoes", top_k=5):
 from __future__ import annotations
 
 import base64
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ class AuthError(APIError):
 
 
 class ServerError(APIError):
-    """5xx: the service could not answer (retry later)."""
+    """5xx, or 429 busy: the service could not answer now (the client already retried)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,14 @@ def _pick(cls: type, data: dict[str, Any]) -> Any:
 
 class RecommendationClient:
     """Synchronous client. ``api_key`` is sent as a Bearer token (needed for writes when the
-    server has ``API_KEY`` set)."""
+    server has ``API_KEY`` set).
+
+    Answers that say "try again" (429 busy, 502/503/504 storage or gateway trouble) and failed
+    connections are retried up to ``retries`` times with exponential backoff (``backoff`` s,
+    doubling, honouring ``Retry-After``). Events get an ``event_id`` before they are sent, so a
+    retried batch is never stored twice."""
+
+    RETRY_STATUS = (429, 502, 503, 504)
 
     def __init__(
         self,
@@ -116,7 +125,11 @@ class RecommendationClient:
         api_key: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        retries: int = 4,
+        backoff: float = 0.5,
     ) -> None:
+        self.retries = retries
+        self.backoff = backoff
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
 
@@ -129,11 +142,27 @@ class RecommendationClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                resp = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                if last:
+                    raise ServerError(0, f"cannot reach {self._http.base_url}: {exc}") from exc
+            else:
+                if resp.status_code not in self.RETRY_STATUS or last:
+                    return resp
+                after = resp.headers.get("Retry-After", "")
+                if after.isdigit():
+                    delay = max(delay, min(float(after), 30.0))
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ServerError(0, f"cannot reach {self._http.base_url}: {exc}") from exc
+        resp = self._send(method, path, **kwargs)
         if resp.status_code >= 400:
             try:
                 body = resp.json()
@@ -147,7 +176,7 @@ class RecommendationClient:
                 else AuthError
                 if code in (401, 403)
                 else ValidationError
-                if code < 500
+                if code < 500 and code != 429
                 else ServerError
             )
             raise cls(code, detail)
@@ -245,7 +274,10 @@ class RecommendationClient:
     def send_events(self, events: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
         """Send one event or a batch; returns ``{"accepted", "rejected", "errors"}`` (bad items are
         reported per position; the good ones are stored)."""
-        result: dict[str, Any] = self._call("POST", "/events", json=events)
+        items = [events] if isinstance(events, dict) else events
+        # An id per event makes retries idempotent: the server skips event_ids it already stored.
+        keyed = [e if e.get("event_id") else {**e, "event_id": uuid.uuid4().hex} for e in items]
+        result: dict[str, Any] = self._call("POST", "/events", json=keyed[0] if isinstance(events, dict) else keyed)
         return result
 
     def track(self, user_id: str, product_id: str, event_type: str, value: float | None = None) -> None:

@@ -4,13 +4,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import uvicorn
 
 from functions.app import create_app
 from functions.services import Services
-from sdk import AuthError, NotFoundError, RecommendationClient, ValidationError
+from sdk import AuthError, NotFoundError, RecommendationClient, ServerError, ValidationError
 from tests.conftest import make_settings
 from tests.helpers import jpeg
 
@@ -20,11 +21,16 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def live_url(s3_endpoint: str, bucket: str, fake: object) -> Iterator[str]:
     settings = make_settings(s3_endpoint, bucket, api_key="sdk-key")
-    app = create_app(Services.from_settings(settings, embedder=fake))  # type: ignore[arg-type]
+    with serve(create_app(Services.from_settings(settings, embedder=fake))) as url:  # type: ignore[arg-type]
+        yield url
+
+
+@contextmanager
+def serve(app: object) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -74,3 +80,42 @@ def test_sdk_round_trip(live_url: str) -> None:
     with RecommendationClient(live_url) as anonymous, pytest.raises(AuthError) as auth:
         anonymous.put_product("X", "no key")
     assert auth.value.status == 401
+
+
+@pytest.mark.slow
+def test_sdk_retries_busy_answers_and_events_stay_idempotent(s3_endpoint: str, bucket: str, fake: object) -> None:
+    """One request at a time, no queueing: concurrent callers get 429 + Retry-After, which the
+    client retries with backoff; without retries the caller sees ServerError(429)."""
+    settings = make_settings(s3_endpoint, bucket, max_concurrent_requests=1, queue_wait_seconds=0)
+    services = Services.from_settings(settings, embedder=fake)  # type: ignore[arg-type]
+    with serve(create_app(services)) as url:
+        with RecommendationClient(url) as c:
+            for i in range(4):
+                c.put_product(f"L{i}", f"lamp {i}")
+
+        sent: list[int] = []
+
+        def hammer(retries: int, failures: list[Exception]) -> None:
+            with RecommendationClient(url, retries=retries, backoff=0.05) as c:
+                for _ in range(5):
+                    try:
+                        c.search("lamp")
+                        c.send_events([{"user_id": "u", "product_id": "L1", "event_type": "view"}])
+                        sent.append(1)
+                    except ServerError as exc:
+                        failures.append(exc)
+
+        def run(retries: int) -> list[Exception]:
+            failures: list[Exception] = []
+            threads = [threading.Thread(target=hammer, args=(retries, failures)) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            return failures
+
+        without = run(0)
+        assert without and all(getattr(e, "status", None) == 429 for e in without)
+        assert run(8) == []
+        stored = services.events.read().column("event_id").to_pylist()
+        assert len(stored) == len(set(stored)) == len(sent) >= 30  # each accepted event once
