@@ -161,21 +161,36 @@ def seed_sample(services: Services, n: int, *, progress: bool = True) -> IngestR
     return report
 
 
-class TrainingSchedule:
-    """The dev runner's recommendation retraining: every ``interval`` seconds, when events arrived
-    since the last model (the first run comes after one interval)."""
+class Schedule:
+    """A dev-runner job run every ``interval`` seconds in a daemon thread (first run after one
+    interval); subclasses say what one run does."""
+
+    name = "job"
 
     def __init__(self, settings: Settings, interval: float) -> None:
         self.settings = settings
         self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="recs-training", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def run_once(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.run_once()
+
+
+class TrainingSchedule(Schedule):
+    """Recommendation retraining, when events arrived since the last model."""
+
+    name = "recs-training"
 
     def run_once(self) -> None:
         from functions.jobs import train_recommender
@@ -188,32 +203,17 @@ class TrainingSchedule:
         if report is not None:
             log.info("recommendation model retrained: %s", report.summary())
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.run_once()
 
+class CompactionSchedule(Schedule):
+    """Dataset compaction + cleanup of versions older than VERSION_RETENTION_HOURS."""
 
-class CompactionSchedule:
-    """The dev runner's dataset compaction + version cleanup, every ``interval`` seconds."""
+    name = "compaction"
 
-    def __init__(self, settings: Settings, interval: float) -> None:
-        self.settings = settings
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="compaction", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
+    def run_once(self) -> None:
         from functions.jobs import compact
 
-        while not self._stop.wait(self.interval):
-            try:
-                for c in compact(self.settings):
-                    log.info("compacted %s: %d -> %d versions", c.table, c.versions_before, c.versions_after)
-            except ServiceError as exc:
-                log.warning("compaction skipped: %s", exc)
+        try:
+            for c in compact(self.settings):
+                log.info("compacted %s: %d -> %d versions", c.table, c.versions_before, c.versions_after)
+        except ServiceError as exc:
+            log.warning("compaction skipped: %s", exc)

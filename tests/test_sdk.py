@@ -97,7 +97,7 @@ def test_sdk_retries_busy_answers_and_events_stay_idempotent(s3_endpoint: str, b
 
         def hammer(retries: int, failures: list[Exception]) -> None:
             with RecommendationClient(url, retries=retries, backoff=0.05) as c:
-                for _ in range(5):
+                for _ in range(3):
                     try:
                         c.search("lamp")
                         c.send_events([{"user_id": "u", "product_id": "L1", "event_type": "view"}])
@@ -107,7 +107,7 @@ def test_sdk_retries_busy_answers_and_events_stay_idempotent(s3_endpoint: str, b
 
         def run(retries: int) -> list[Exception]:
             failures: list[Exception] = []
-            threads = [threading.Thread(target=hammer, args=(retries, failures)) for _ in range(6)]
+            threads = [threading.Thread(target=hammer, args=(retries, failures)) for _ in range(4)]
             for t in threads:
                 t.start()
             for t in threads:
@@ -118,4 +118,4 @@ def test_sdk_retries_busy_answers_and_events_stay_idempotent(s3_endpoint: str, b
         assert without and all(getattr(e, "status", None) == 429 for e in without)
         assert run(8) == []
         stored = services.events.read().column("event_id").to_pylist()
-        assert len(stored) == len(set(stored)) == len(sent) >= 30  # each accepted event once
+        assert len(stored) == len(set(stored)) == len(sent) >= 12  # each accepted event once

@@ -16,7 +16,7 @@ from functions.services import Services
 from tests.conftest import make_settings, new_bucket
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-WRITERS, ROUNDS, PER_UPLOAD, PUTS, EVENTS = 8, 2, 5, 3, 40
+WRITERS, ROUNDS, PER_UPLOAD, PUTS, EVENTS = 8, 1, 6, 4, 50
 
 
 def test_eight_writers_mixing_uploads_puts_and_events(
