@@ -269,9 +269,9 @@ class EventLog:
     def _commit_round(self) -> None:
         with self._queue_lock:
             batch, self._queue = self._queue, []
-        data = to_arrow([e for t in batch for e in t.events])
         error: BaseException | None = None
         try:
+            data = to_arrow([e for t in batch for e in t.events])
             commit_with_retry(
                 "append events",
                 lambda: self._table.add(data),
