@@ -138,10 +138,11 @@ class Settings(BaseSettings):
             "region": self.aws_region,
             "timeout": f"{self.s3_timeout_seconds:g}s",
             "connect_timeout": f"{min(self.s3_timeout_seconds, 5.0):g}s",
-            # Lance retries failed object-store requests itself (by default up to 3 minutes): bound
-            # that so a query fails fast (503) when the store is unreachable instead of hanging.
+            # Lance retries failed object-store requests itself (by default for up to 3 minutes):
+            # bound each storage call to about one timeout, so a query fails fast (503) when the
+            # store is unreachable instead of hanging.
             "client_max_retries": "3",
-            "client_retry_timeout": str(max(1, round(2 * self.s3_timeout_seconds))),
+            "client_retry_timeout": str(max(1, round(self.s3_timeout_seconds))),
             # New tables name manifests so the latest is found without listing every version:
             # commits stay O(1) however many versions retention keeps.
             "new_table_enable_v2_manifest_paths": "true",

