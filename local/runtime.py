@@ -3,6 +3,7 @@ the models (with the dev-only offline CLIP fallback) and the services."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import json
@@ -161,7 +162,7 @@ def seed_sample(services: Services, n: int, *, progress: bool = True) -> IngestR
     return report
 
 
-class Schedule:
+class Schedule(abc.ABC):
     """A dev-runner job run every ``interval`` seconds in a daemon thread (first run after one
     interval); subclasses say what one run does."""
 
@@ -179,8 +180,9 @@ class Schedule:
     def stop(self) -> None:
         self._stop.set()
 
+    @abc.abstractmethod
     def run_once(self) -> None:
-        raise NotImplementedError
+        """One run of the job; errors it can recover from are logged, not raised."""
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
