@@ -58,6 +58,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--json", default="")
+    ap.add_argument("--pool", default="", help="comma list of worker-process counts to measure (EmbedPool)")
+    ap.add_argument("--slice", type=int, default=256, help="images per pool work item")
+    ap.add_argument("--label", default="", help="appended to the pool rows (e.g. 'MPS')")
     args = ap.parse_args()
     import torch
 
@@ -97,6 +100,30 @@ def main() -> None:
     rate = round(len(jpegs) / (time.perf_counter() - t), 1)
     rows.append({"path": f"JPEG bytes -> vectors: {label}", "images_per_s": rate})
 
+    pool_check = None
+    for workers in [int(w) for w in args.pool.split(",") if w.strip()]:
+        from core.embedding.pool import EmbedPool
+
+        t0 = time.perf_counter()
+        with EmbedPool(
+            args.model, "none", device=args.device, workers=workers, batch_size=args.batch, slice_size=args.slice
+        ) as pool:
+            pool.warm_up(jpegs[0], **LIMITS)
+            start_s = time.perf_counter() - t0
+            t = time.perf_counter()
+            res = pool.embed_image_bytes(jpegs, **LIMITS)
+            rate = round(len(jpegs) / (time.perf_counter() - t), 1)
+            assert len(res.ok) == len(jpegs) and not res.errors
+            pool_check = pool.embed_image_bytes(jpegs[:64], **LIMITS).vectors
+        what = "nvjpeg + GPU resize (fp16)" if args.device == "cuda" else "PIL decode (fp32)"
+        label = f" [{args.label}]" if args.label else ""
+        rows.append(
+            {
+                "path": f"JPEG bytes -> vectors: EmbedPool {workers} processes x {what}{label} (start {start_s:.0f} s)",
+                "images_per_s": rate,
+            }
+        )
+
     if args.device == "cuda":
         from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -131,13 +158,16 @@ def main() -> None:
         ref_enc = OpenClipEncoder(args.model, "none", device="cpu")
         ref = ref_enc.embed_images([decode_image(d, **LIMITS) for d in check])
         got = enc.embed_image_bytes(check, **LIMITS).vectors
-        cos = (ref * got).sum(axis=1)
-        rows.append(
-            {
-                "path": "cosine vs CPU reference (64 images)",
-                "images_per_s": f"min {cos.min():.5f} mean {cos.mean():.5f}",
-            }
-        )
+        for name, vecs in (("in-process", got), ("EmbedPool", pool_check)):
+            if vecs is None:
+                continue
+            cos = (ref * vecs).sum(axis=1)
+            rows.append(
+                {
+                    "path": f"cosine vs CPU reference, {name} GPU path (64 images)",
+                    "images_per_s": f"min {cos.min():.5f} mean {cos.mean():.5f}",
+                }
+            )
         off = (ref @ ref.T)[~np.eye(len(ref), dtype=bool)]
         rows.append(
             {
