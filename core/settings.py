@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     text_model: str = "all-MiniLM-L6-v2"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     embed_batch_size: int = Field(default=32, ge=1, le=4096)
+    embed_processes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Worker processes for bulk image embedding (0: in the serving process). On a GPU, "
+        "about one per CPU core with CUDA MPS: GPU JPEG decoding does not scale inside one process.",
+    )
 
     # Ranking
     image_weight: float = Field(default=0.7, ge=0)

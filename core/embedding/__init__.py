@@ -106,11 +106,21 @@ def l2_normalize(x: NDArray[np.floating[Any]]) -> Matrix:
 
 
 @lru_cache(maxsize=4)
-def _load(clip_model: str, clip_pretrained: str, text_model: str, device: str, batch_size: int) -> Embedder:
+def _load(
+    clip_model: str, clip_pretrained: str, text_model: str, device: str, batch_size: int, processes: int = 0
+) -> Embedder:
     from core.embedding.clip import OpenClipEncoder
     from core.embedding.sbert import SentenceEncoder
 
-    clip = OpenClipEncoder(clip_model, clip_pretrained, device=device, batch_size=batch_size)
+    local = OpenClipEncoder(clip_model, clip_pretrained, device=device, batch_size=batch_size)
+    clip: ImageTextEncoder = local
+    if processes > 0:
+        from core.embedding.pool import EmbedPool, PooledImageEncoder, start_mps
+
+        if local.device == "cuda":
+            start_mps()
+        pool = EmbedPool(clip_model, clip_pretrained, device=local.device, workers=processes, batch_size=batch_size)
+        clip = PooledImageEncoder(local, pool)
     text = SentenceEncoder(text_model, device=device, batch_size=batch_size)
     return Embedder(clip=clip, text=text)
 
@@ -127,4 +137,5 @@ def load_embedder(settings: Settings, *, clip_pretrained: str | None = None) -> 
         settings.text_model,
         settings.device,
         settings.embed_batch_size,
+        settings.embed_processes,
     )

@@ -23,6 +23,7 @@ from multiprocessing.shared_memory import SharedMemory
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from core.embedding import ImageBatch, Matrix
 from core.errors import InvalidInput
@@ -176,3 +177,45 @@ class EmbedPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PooledImageEncoder:
+    """An in-process encoder for texts and single images, with image bytes sent to an
+    :class:`EmbedPool` (bulk indexing). Same vectors, same interface."""
+
+    def __init__(self, local: OpenClipEncoder, pool: EmbedPool) -> None:
+        self.local = local
+        self.pool = pool
+        self.name = local.name
+        self.dim = local.dim
+        self.random_init = local.random_init
+
+    def embed_images(self, images: Sequence[Image.Image]) -> Matrix:
+        return self.local.embed_images(images)
+
+    def embed_texts(self, texts: Sequence[str]) -> Matrix:
+        return self.local.embed_texts(texts)
+
+    def embed_image_bytes(self, datas: Sequence[bytes], *, max_bytes: int, max_pixels: int) -> ImageBatch:
+        if len(datas) < 2:  # one image: not worth a round trip
+            return self.local.embed_image_bytes(datas, max_bytes=max_bytes, max_pixels=max_pixels)
+        return self.pool.embed_image_bytes(datas, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+def start_mps() -> bool:
+    """Start the CUDA MPS control daemon when its binary is present (it lets the pool's processes
+    share the GPU concurrently instead of time-slicing it: 4,500-7,100 vs 2,500-3,900 images/s
+    measured on an H200 with 14 processes). Returns whether a daemon is now running."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-cuda-mps-control")
+    if exe is None:
+        return False
+    try:
+        subprocess.run([exe, "-d"], check=False, timeout=10, capture_output=True)
+        probe = subprocess.run([exe], input=b"get_server_list\n", timeout=10, capture_output=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("could not start CUDA MPS: %s", exc)
+        return False
+    return probe.returncode == 0

@@ -122,3 +122,43 @@ def test_cuda_jpeg_pipeline_matches_cpu_reference() -> None:
     ref = cpu.embed_images([decode_image(d, max_bytes=10**7, max_pixels=10**8) for d in jpegs])
     cos = (got.vectors * ref).sum(axis=1)
     assert cos.min() >= 0.99, cos
+
+
+def test_embed_pool_matches_in_process_and_indexes_through_s3(s3_settings: Settings, minilm: SentenceEncoder) -> None:
+    """EmbedPool (2 worker processes, shared-memory transport): same vectors, same per-image
+    errors, input order kept across slices; and the indexer uses it through the settings."""
+    from core.embedding.pool import EmbedPool, PooledImageEncoder
+
+    clip = OpenClipEncoder("tiny-clip-test", "none", device="cpu")
+    jpegs = _photo_jpegs(7, 200)
+    datas = [jpegs[0], b"not an image", *jpegs[1:4], jpegs[4][:80], *jpegs[5:]]
+    want = clip.embed_image_bytes(datas, max_bytes=10**7, max_pixels=10**7)
+    with EmbedPool("tiny-clip-test", "none", device="cpu", workers=2, slice_size=3) as pool:
+        got = pool.embed_image_bytes(datas, max_bytes=10**7, max_pixels=10**7)
+        assert got.ok == want.ok == [0, 2, 3, 4, 6, 7]
+        assert {i: str(e) for i, e in got.errors.items()} == {i: str(e) for i, e in want.errors.items()}
+        np.testing.assert_allclose(got.vectors, want.vectors, rtol=1e-5, atol=1e-6)
+        too_big = pool.embed_image_bytes(jpegs[:2], max_bytes=100, max_pixels=10**7)
+        assert too_big.ok == [] and set(too_big.errors) == {0, 1}
+
+        pooled = PooledImageEncoder(clip, pool)
+        services = Services.from_settings(s3_settings, embedder=Embedder(clip=pooled, text=minilm))
+        items = [pending(f"p{i}", f"product {i}", image=d) for i, d in enumerate(datas)]
+        report = services.indexer.index(items)
+        assert report.indexed == 6 and sorted(f.product_id for f in report.failed) == ["p1", "p5"]
+        stored = services.catalog.get_candidate("p3")
+        assert stored.image_vector is not None
+        np.testing.assert_allclose(stored.image_vector, want.vectors[2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_embed_pool_matches_cpu_reference() -> None:
+    from core.embedding.pool import EmbedPool
+
+    jpegs = _photo_jpegs(16)
+    cpu = OpenClipEncoder("ViT-B-32", "none", device="cpu")
+    ref = cpu.embed_images([decode_image(d, max_bytes=10**7, max_pixels=10**8) for d in jpegs])
+    with EmbedPool("ViT-B-32", "none", device="cuda", workers=2, slice_size=4) as pool:
+        got = pool.embed_image_bytes(jpegs, max_bytes=10**7, max_pixels=10**8)
+    assert got.ok == list(range(16))
+    assert (got.vectors * ref).sum(axis=1).min() >= 0.99

@@ -54,6 +54,7 @@ def test_app_wiring(definitions: dict[str, dict[str, Any]]) -> None:
     m = definitions["__module__"]["module"]
     assert m.app.name == "shelfsearch"
     assert definitions["GpuIndexer"]["gpu"] == m.GPU
+    assert definitions["GpuIndexer"]["cpu"] >= m.GPU_EMBED_PROCESSES + 1  # a core per embedding process
     assert isinstance(definitions["sweep_uploads"]["schedule"], modal.Period)
     assert (
         definitions["train_recommender"]["schedule"] is m.TRAIN_EVERY and "gpu" not in definitions["train_recommender"]
@@ -142,3 +143,16 @@ def test_image_ships_the_dashboard_and_model_configs() -> None:
         rel = path.relative_to(root / path.relative_to(root).parts[0])
         assert not ignored(rel), rel
     assert ignored(Path("core/__pycache__/catalog.cpython-311.pyc"))
+
+
+def test_gpu_containers_embed_with_a_process_pool(
+    definitions: dict[str, dict[str, Any]], s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = definitions["__module__"]["module"]
+    for key, value in s3_settings.model_dump().items():
+        if value is not None and not isinstance(value, (dict, list)):
+            monkeypatch.setenv(key.upper(), str(getattr(value, "get_secret_value", lambda: value)()))
+    monkeypatch.delenv("EMBED_PROCESSES", raising=False)
+    assert m.gpu_settings().embed_processes == m.GPU_EMBED_PROCESSES > 0
+    monkeypatch.setenv("EMBED_PROCESSES", "0")
+    assert m.gpu_settings().embed_processes == 0
