@@ -151,7 +151,8 @@ def test_gpu_containers_embed_with_a_process_pool(
     m = definitions["__module__"]["module"]
     for key, value in s3_settings.model_dump().items():
         if value is not None and not isinstance(value, (dict, list)):
-            monkeypatch.setenv(key.upper(), str(getattr(value, "get_secret_value", lambda: value)()))
+            plain = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            monkeypatch.setenv(key.upper(), str(plain))
     monkeypatch.delenv("EMBED_PROCESSES", raising=False)
     assert m.gpu_settings().embed_processes == m.GPU_EMBED_PROCESSES > 0
     monkeypatch.setenv("EMBED_PROCESSES", "0")
