@@ -293,6 +293,7 @@ class Catalog:
         self.space = space
         self.index_min_rows = index_min_rows
         self._write_lock = threading.Lock()
+        self.local_writes = 0  # commits made through this object (read-your-writes for caches)
         schema = products_schema(clip_dim, text_dim, space)
         with storage_errors("open"):
             self._db = lancedb.connect(
@@ -415,6 +416,7 @@ class Catalog:
             )
         with self._write_lock, storage_errors("restore"):
             self._table.restore(version)
+            self.local_writes += 1
             new = int(self._table.version)
         log.warning("catalog %s restored to version %d as new version %d", self.uri, version, new)
         return new
@@ -441,6 +443,12 @@ class Catalog:
             if columns is not None:
                 q = q.select(list(columns))
             return version, q.to_arrow()
+
+    def rows_by_id(self, product_ids: Sequence[str]) -> pa.Table:
+        """Full rows (product columns, content hash and vectors) of these products."""
+        where = f"product_id IN ({', '.join(quote(i) for i in product_ids)})"
+        with storage_errors("read"):
+            return self._table.search().where(where).limit(None).to_arrow()
 
     def products_from(self, table: pa.Table) -> list[Product]:
         """Products from rows returned by :meth:`scan` (with the product columns)."""
@@ -524,6 +532,7 @@ class Catalog:
                 budget_s=self.write_retry_seconds,
             )
             self._compactor.committed()
+            self.local_writes += 1
         return len(rows)
 
     def delete(self, product_id: str) -> None:
@@ -535,6 +544,7 @@ class Catalog:
                 lambda: self._table.delete(f"product_id = {quote(product_id)}"),
                 budget_s=self.write_retry_seconds,
             )
+            self.local_writes += 1
 
     def vector_search(
         self,

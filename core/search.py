@@ -24,6 +24,7 @@ from PIL import Image
 from core.catalog import Candidate, Catalog
 from core.embedding import Embedder
 from core.errors import InvalidInput
+from core.hot import HotCatalog, HotSnapshot, score_rows, top_rows, unique_rows
 from core.models import Filters, SearchHit, Vector, Weights
 
 CANDIDATE_FACTOR = 4
@@ -106,8 +107,62 @@ def ranked(
     return fuse(candidates, q_img, q_txt, weights, top_k)
 
 
-def search(catalog: Catalog, embedder: Embedder, query: SearchQuery, default: Weights) -> list[SearchHit]:
-    """Text search, search by image, or both at once."""
+def hot_ranked(
+    hot: HotCatalog,
+    snap: HotSnapshot,
+    q_img: Vector | None,
+    q_txt: Vector | None,
+    weights: Weights,
+    top_k: int,
+    filters: Filters = Filters(),
+    exclude_id: str | None = None,
+) -> list[SearchHit]:
+    """:func:`ranked` on the in-memory snapshot: same candidates rule, same exact scores."""
+    k = max(top_k * CANDIDATE_FACTOR, MIN_CANDIDATES)
+    allowed = snap.mask(filters)
+    if exclude_id is not None and exclude_id in snap.index:
+        allowed[snap.index[exclude_id]] = False
+    n_allowed = int(allowed.sum())
+    parts = []
+    if q_img is not None and weights.image > 0:
+        parts.append(hot.candidates(snap, "image", q_img, k, allowed, n_allowed))
+    if q_txt is not None and weights.text > 0:
+        parts.append(hot.candidates(snap, "text", q_txt, k, allowed, n_allowed))
+    scored = score_rows(snap, unique_rows(parts), q_img, q_txt, weights.image, weights.text)
+    hits = []
+    for i in top_rows(scored, snap, top_k):
+        s_img, s_txt = float(scored.s_img[i]), float(scored.s_txt[i])
+        hits.append(
+            SearchHit(
+                snap.products[int(scored.rows[i])],
+                float(scored.score[i]),
+                None if np.isnan(s_img) else s_img,
+                None if np.isnan(s_txt) else s_txt,
+            )
+        )
+    return hits
+
+
+def _rank(
+    catalog: Catalog,
+    hot: HotCatalog | None,
+    q_img: Vector | None,
+    q_txt: Vector | None,
+    weights: Weights,
+    top_k: int,
+    filters: Filters = Filters(),
+    exclude_id: str | None = None,
+) -> list[SearchHit]:
+    snap = hot.current() if hot is not None else None
+    if hot is not None and snap is not None:
+        return hot_ranked(hot, snap, q_img, q_txt, weights, top_k, filters, exclude_id)
+    return ranked(catalog, q_img, q_txt, weights, top_k, filters, exclude_id)
+
+
+def search(
+    catalog: Catalog, embedder: Embedder, query: SearchQuery, default: Weights, hot: HotCatalog | None = None
+) -> list[SearchHit]:
+    """Text search, search by image, or both at once (from ``hot`` once it has loaded)."""
     weights = query.weights or default
     q_img: Vector | None = None
     q_txt: Vector | None = None
@@ -126,7 +181,7 @@ def search(catalog: Catalog, embedder: Embedder, query: SearchQuery, default: We
         if text is None:
             # A photo alone carries no sentence vector: rank on the image side only.
             weights = Weights(image=1.0, text=0.0)
-    return ranked(catalog, q_img, q_txt, weights, query.top_k, query.filters)
+    return _rank(catalog, hot, q_img, q_txt, weights, query.top_k, query.filters)
 
 
 def similar(
@@ -135,7 +190,13 @@ def similar(
     top_k: int,
     default: Weights,
     filters: Filters = Filters(),
+    hot: HotCatalog | None = None,
 ) -> list[SearchHit]:
     """Products nearest to a stored product (image-to-image and text-to-text), never itself."""
+    snap = hot.current() if hot is not None else None
+    if snap is not None and product_id in snap.index:
+        row = snap.index[product_id]
+        q_img = snap.image[row] if snap.has_image[row] else None
+        return _rank(catalog, hot, q_img, snap.text[row], default, top_k, filters, exclude_id=product_id)
     anchor = catalog.get_candidate(product_id)
-    return ranked(catalog, anchor.image_vector, anchor.text_vector, default, top_k, filters, exclude_id=product_id)
+    return _rank(catalog, hot, anchor.image_vector, anchor.text_vector, default, top_k, filters, product_id)

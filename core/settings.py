@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     index_min_rows: int = Field(
         default=5000, ge=256, description="Build ANN + scalar indexes once the table has this many rows."
     )
+    hot_catalog: bool = Field(
+        default=True, description="Answer search/similar from an in-memory copy of the catalog (refreshed per version)."
+    )
+    ann_min_rows: int = Field(
+        default=20_000, ge=1, description="Hot catalog: exact search below this many products, IVF ANN above."
+    )
+    ann_nprobe: int = Field(default=24, ge=1, le=4096, description="IVF lists probed per query (recall vs speed).")
     s3_timeout_seconds: float = Field(default=10.0, gt=0)
     write_retry_seconds: float = Field(
         default=30.0,

@@ -290,9 +290,13 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("serving catalog %s (%d products)", services.catalog.uri, services.catalog.count())
         uploads.start()
+        if services.hot is not None:
+            services.hot.start()
         services.recommender.start()
         yield
         services.recommender.stop()
+        if services.hot is not None:
+            services.hot.stop()
         uploads.stop()
 
     app = FastAPI(
@@ -420,7 +424,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             filters=filters_from(body.filters),
             weights=Weights(body.weights.image, body.weights.text) if body.weights else None,
         )
-        hits = search(services.catalog, services.embedder, q, weights_default)
+        hits = search(services.catalog, services.embedder, q, weights_default, hot=services.hot)
         if body.query and body.query.strip():
             queries.record(body.query)
         elif image is not None:
@@ -439,7 +443,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
     ) -> SimilarResponse:
         """Products most like this one (never itself). 404 for an unknown product."""
         started = time.perf_counter()
-        hits = similar(services.catalog, product_id, top_k, weights_default, filters)
+        hits = similar(services.catalog, product_id, top_k, weights_default, filters, hot=services.hot)
         return SimilarResponse(
             product_id=product_id,
             similar_products=[

@@ -9,6 +9,7 @@ from core import __version__
 from core.catalog import Catalog
 from core.embedding import Embedder, load_embedder
 from core.events import EventLog
+from core.hot import HotCatalog
 from core.ingest import Indexer
 from core.models import Weights, default_weights
 from core.recommend.artifact import ModelStore
@@ -33,6 +34,7 @@ class Services:
     events: EventLog
     models: ModelStore
     recommender: Recommender
+    hot: HotCatalog | None = None
     version: str = __version__
     warnings: list[str] = field(default_factory=list)
 
@@ -72,6 +74,14 @@ class Services:
             events=events,
             models=models,
             recommender=recommender,
+            hot=HotCatalog(
+                catalog,
+                ann_min_rows=settings.ann_min_rows,
+                nprobe=settings.ann_nprobe,
+                refresh_seconds=settings.catalog_refresh_seconds,
+            )
+            if settings.hot_catalog
+            else None,
             warnings=list(warnings or []),
         )
         if embedder.clip.random_init:

@@ -103,7 +103,7 @@ class OpenClipEncoder:
             torch.inference_mode(),
             torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device == "cuda"),
         ):
-            feats = self._model.encode_image(batch) if image else self._model.encode_text(batch)
+            feats = self._model.encode_image(batch) if image else self._encode_text(batch)
             feats = torch.nn.functional.normalize(feats.float(), dim=-1)
         return feats.cpu().numpy().astype(np.float32)
 
@@ -218,6 +218,33 @@ class OpenClipEncoder:
         order = np.argsort(kept, kind="stable")
         vectors = np.concatenate(out)[order] if out else np.zeros((0, self.dim), np.float32)
         return [kept[i] for i in order], vectors, errors
+
+    def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``encode_text`` on the real tokens only. open_clip pads every text to 77 tokens; the text
+        tower's causal mask means no position attends to a later one, and the pooled (argmax =
+        end-of-text) position is inside the real tokens, so cutting the padding is exact and runs
+        a short query ~5-10x faster. Other text towers take the full path."""
+        import torch
+        from open_clip.model import CLIP
+        from open_clip.transformer import text_global_pool
+
+        m = self._model
+        if not (isinstance(m, CLIP) and m.text_pool_type == "argmax" and m.attn_mask is not None):
+            full: torch.Tensor = m.encode_text(tokens)
+            return full
+        n = max(1, int((tokens != 0).sum(dim=1).max()))
+        tokens = tokens[:, :n]
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:n].to(cast)
+        x = m.transformer(x, attn_mask=m.attn_mask[:n, :n])
+        x = m.ln_final(x)
+        x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        if isinstance(m.text_projection, torch.nn.Linear):
+            x = m.text_projection(x)
+        elif m.text_projection is not None:
+            x = x @ m.text_projection
+        out: torch.Tensor = x
+        return out
 
     def embed_texts(self, texts: Sequence[str]) -> Matrix:
         out: list[Matrix] = []

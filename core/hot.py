@@ -1,0 +1,383 @@
+"""The hot copy of the catalog that queries are answered from: vectors and filter columns in
+memory, an ANN index per modality, refreshed from the dataset on S3 when a new version appears.
+
+Reading LanceDB over an object store costs hundreds of milliseconds per query; this copy answers
+in milliseconds while the dataset on S3 stays the one source of truth.
+
+- **Snapshots are immutable.** A query takes the current :class:`HotSnapshot` and uses only it;
+  a refresh builds a new one and swaps the reference.
+- **Refresh is incremental.** A new dataset version is compared by ``(product_id, content_hash)``
+  (two small columns); only new or changed rows are read in full. Their rows are appended, the
+  rows they replace and deleted products become tombstones, and the ANN indexes are cloned and
+  patched (``remove_ids`` + ``add_with_ids``). When tombstones pass a third of the rows, or the
+  embedding space changes, the next refresh rebuilds from a full scan.
+- **ANN.** Below ``ann_min_rows`` live rows every query is exact (one matrix-vector product).
+  Above, a faiss IVF index with 8-bit scalar quantisation per modality proposes candidates, which
+  are re-scored exactly with the float32 vectors. Filters are applied inside the ANN scan (an id
+  bitmap); a filter that keeps fewer than ``EXACT_FILTER_FRACTION`` of the rows is answered by an
+  exact scan of just those rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from core.models import Filters, Product
+
+if TYPE_CHECKING:
+    from core.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+B8 = npt.NDArray[np.bool_]
+
+EXACT_FILTER_FRACTION = 0.02
+REBUILD_TOMBSTONE_FRACTION = 1 / 3
+DELTA_CHUNK = 500  # product ids per "IN (...)" read of changed rows
+
+
+def _faiss() -> Any:
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one query per request thread; no OpenMP oversubscription
+    return faiss
+
+
+def build_ann(vectors: F32, rows: I64, *, seed: int = 0) -> Any:
+    """An IVF index (inner product, 8-bit scalar quantiser) over ``vectors[rows]``, ids = rows."""
+    faiss = _faiss()
+    n, d = len(rows), vectors.shape[1]
+    nlist = max(8, int(math.sqrt(n)))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFScalarQuantizer(
+        quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    rng = np.random.default_rng(seed)
+    sample = rows if n <= 40 * nlist else rng.choice(rows, 40 * nlist, replace=False)
+    index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
+    index.add_with_ids(np.ascontiguousarray(vectors[rows]), rows.astype(np.int64))
+    return index
+
+
+@dataclass(frozen=True)
+class HotSnapshot:
+    """One dataset version in memory. Row ``i`` is a product slot; ``alive[i]`` is False for
+    tombstones (replaced or deleted rows)."""
+
+    version: int
+    products: list[Product]
+    index: dict[str, int]  # product_id -> live row
+    hashes: dict[str, str]  # product_id -> content_hash of the live row
+    alive: B8
+    categories: npt.NDArray[np.object_]
+    prices: npt.NDArray[np.float64]  # NaN when absent
+    image: F32  # rows of zeros where a product has no image
+    has_image: B8
+    text: F32
+    ann_image: Any = None
+    ann_text: Any = None
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def live(self) -> int:
+        return len(self.index)
+
+    def mask(self, filters: Filters) -> B8:
+        ok = self.alive.copy()
+        if filters.categories is not None:
+            ok &= np.isin(self.categories, list(filters.categories))
+        if filters.min_price is not None:
+            ok &= self.prices >= filters.min_price
+        if filters.max_price is not None:
+            ok &= self.prices <= filters.max_price
+        return ok
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Candidate rows with their exact per-modality similarities (NaN where absent) and score."""
+
+    rows: I64
+    score: npt.NDArray[np.float64]
+    s_img: npt.NDArray[np.float64]
+    s_txt: npt.NDArray[np.float64]
+
+
+def _vectors(col: pa.ChunkedArray | pa.Array, dim: int) -> tuple[F32, B8]:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    out = np.zeros((len(arr), dim), dtype=np.float32)
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if valid.any():
+        out[valid] = arr.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return out, valid
+
+
+def _prices(col: pa.ChunkedArray) -> npt.NDArray[np.float64]:
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)  # nulls -> NaN
+
+
+class HotCatalog:
+    """Keeps a :class:`HotSnapshot` of ``catalog`` current; answers candidate searches from it."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        ann_min_rows: int = 20_000,
+        nprobe: int = 24,
+        refresh_seconds: float = 1.0,
+    ) -> None:
+        self.catalog = catalog
+        self.ann_min_rows = ann_min_rows
+        self.nprobe = nprobe
+        self.refresh_seconds = refresh_seconds
+        self.snapshot: HotSnapshot | None = None
+        self.last_refresh_seconds = 0.0
+        self.full_loads = 0
+        self.delta_loads = 0
+        self._seen_writes = -1
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- loading ---------------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Bring the snapshot to the dataset's current version. Returns whether it changed."""
+        with self._lock:
+            writes = self.catalog.local_writes
+            version = self.catalog.version
+            old = self.snapshot
+            self._seen_writes = writes
+            if old is not None and old.version == version:
+                return False
+            started = time.perf_counter()
+            new = self._delta(old, version) if old is not None else None
+            if new is None:
+                new = self._full(version)
+                self.full_loads += 1
+            else:
+                self.delta_loads += 1
+            self.snapshot = new
+            self.last_refresh_seconds = time.perf_counter() - started
+            log.info(
+                "hot catalog at version %d: %d products (%s, %.2f s)",
+                new.version,
+                new.live,
+                "full" if new is not old and self.delta_loads == 0 else "delta",
+                self.last_refresh_seconds,
+            )
+            return True
+
+    def _full(self, version: int) -> HotSnapshot:
+        version, table = self.catalog.scan()
+        return self._from_table(version, table)
+
+    def _from_table(self, version: int, table: pa.Table) -> HotSnapshot:
+        products = self.catalog.products_from(table)
+        image, has_image = _vectors(table.column("image_vector"), self.catalog.clip_dim)
+        text, _ = _vectors(table.column("text_vector"), self.catalog.text_dim)
+        snap = HotSnapshot(
+            version=version,
+            products=products,
+            index={p.product_id: i for i, p in enumerate(products)},
+            hashes=dict(
+                zip(table.column("product_id").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
+            ),
+            alive=np.ones(len(products), dtype=bool),
+            categories=np.array([p.category for p in products], dtype=object),
+            prices=_prices(table.column("price")),
+            image=image,
+            has_image=has_image,
+            text=text,
+        )
+        return self._with_ann(snap)
+
+    def _with_ann(self, snap: HotSnapshot) -> HotSnapshot:
+        if snap.live < self.ann_min_rows:
+            return snap
+        rows_img = np.flatnonzero(snap.alive & snap.has_image).astype(np.int64)
+        rows_txt = np.flatnonzero(snap.alive).astype(np.int64)
+        ann_image = build_ann(snap.image, rows_img) if len(rows_img) >= self.ann_min_rows // 2 else None
+        return _replace(snap, ann_image=ann_image, ann_text=build_ann(snap.text, rows_txt))
+
+    def _delta(self, old: HotSnapshot, version: int) -> HotSnapshot | None:
+        """The new version as a patch of ``old``; None when a full load is the better choice."""
+        version, keys = self.catalog.scan(["product_id", "content_hash"])
+        ids = keys.column("product_id").to_pylist()
+        hashes = keys.column("content_hash").to_pylist()
+        current = dict(zip(ids, hashes, strict=True))
+        changed = [pid for pid, h in current.items() if old.hashes.get(pid, None) != h or pid not in old.index]
+        removed = [pid for pid in old.index if pid not in current]
+        dead = len(old.alive) - old.live + len(removed) + sum(1 for pid in changed if pid in old.index)
+        if (dead + len(changed)) > REBUILD_TOMBSTONE_FRACTION * max(1, len(current)):
+            return None
+        if not changed and not removed:
+            return _replace(old, version=version, loaded_at=time.time())
+        tables = [self.catalog.rows_by_id(changed[i : i + DELTA_CHUNK]) for i in range(0, len(changed), DELTA_CHUNK)]
+        fresh = pa.concat_tables(tables) if tables else None
+        n_old = len(old.alive)
+        alive = old.alive.copy()
+        index = dict(old.index)
+        hashes_new = dict(old.hashes)
+        gone = [index.pop(pid) for pid in removed] + [index[pid] for pid in changed if pid in index]
+        for pid in removed:
+            hashes_new.pop(pid, None)
+        alive[gone] = False
+        products = list(old.products)
+        image, text, has_image = old.image, old.text, old.has_image
+        categories, prices = old.categories, old.prices
+        new_rows = np.zeros(0, dtype=np.int64)
+        if fresh is not None and fresh.num_rows:
+            add_products = self.catalog.products_from(fresh)
+            add_img, add_has = _vectors(fresh.column("image_vector"), self.catalog.clip_dim)
+            add_txt, _ = _vectors(fresh.column("text_vector"), self.catalog.text_dim)
+            new_rows = np.arange(n_old, n_old + len(add_products), dtype=np.int64)
+            for row, p, h in zip(new_rows, add_products, fresh.column("content_hash").to_pylist(), strict=True):
+                index[p.product_id] = int(row)
+                hashes_new[p.product_id] = h
+            products += add_products
+            alive = np.concatenate([alive, np.ones(len(add_products), dtype=bool)])
+            image = np.concatenate([image, add_img])
+            has_image = np.concatenate([has_image, add_has])
+            text = np.concatenate([text, add_txt])
+            categories = np.concatenate([categories, np.array([p.category for p in add_products], dtype=object)])
+            prices = np.concatenate([prices, _prices(fresh.column("price"))])
+        snap = HotSnapshot(version, products, index, hashes_new, alive, categories, prices, image, has_image, text)
+        if old.ann_text is None or snap.live < self.ann_min_rows // 2:
+            return self._with_ann(snap)
+        faiss = _faiss()
+        gone_ids = np.asarray(gone, dtype=np.int64)
+
+        def patch(ann: Any, vectors: F32, add: I64) -> Any:
+            ann = faiss.clone_index(ann)
+            if len(gone_ids):
+                ann.remove_ids(gone_ids)
+            if len(add):
+                ann.add_with_ids(np.ascontiguousarray(vectors[add]), add)
+            return ann
+
+        ann_text = patch(old.ann_text, text, new_rows)
+        ann_image = patch(old.ann_image, image, new_rows[has_image[new_rows]]) if old.ann_image is not None else None
+        return _replace(snap, ann_image=ann_image, ann_text=ann_text)
+
+    def current(self) -> HotSnapshot | None:
+        """The snapshot to answer from, brought up to date first when this process itself wrote
+        to the catalog since the last refresh (read-your-writes; other writers' changes arrive
+        with the background refresh). None until the first load."""
+        if self.snapshot is not None and self.catalog.local_writes != self._seen_writes:
+            try:
+                self.refresh()
+            except Exception as exc:  # answer from the last snapshot
+                log.warning("hot catalog refresh after a local write failed: %s", exc)
+        return self.snapshot
+
+    # ---- background refresh ----------------------------------------------------------------
+    def start(self, on_error: Callable[[Exception], None] | None = None) -> None:
+        """Load now, then follow new dataset versions every ``refresh_seconds`` in a thread."""
+        try:
+            self.refresh()
+        except Exception as exc:  # the service still answers from LanceDB meanwhile
+            log.warning("hot catalog: first load failed: %s", exc)
+            if on_error is not None:
+                on_error(exc)
+
+        def loop() -> None:
+            while not self._stop.wait(self.refresh_seconds):
+                try:
+                    self.refresh()
+                except Exception as exc:  # keep serving the last snapshot
+                    log.warning("hot catalog refresh failed: %s", exc)
+                    if on_error is not None:
+                        on_error(exc)
+
+        self._thread = threading.Thread(target=loop, name="hot-catalog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ---- querying --------------------------------------------------------------------------
+    def candidates(self, snap: HotSnapshot, modality: str, q: F32, k: int, allowed: B8, n_allowed: int) -> I64:
+        """Rows of the ``k`` best ``allowed`` rows for one modality (ANN or exact)."""
+        vectors = snap.image if modality == "image" else snap.text
+        ann = snap.ann_image if modality == "image" else snap.ann_text
+        if modality == "image":
+            allowed = allowed & snap.has_image
+            n_allowed = int(allowed.sum())
+        if n_allowed == 0:
+            return np.zeros(0, dtype=np.int64)
+        fraction = n_allowed / max(1, snap.live)
+        if ann is None or fraction < EXACT_FILTER_FRACTION:
+            rows = np.flatnonzero(allowed) if n_allowed < len(allowed) else np.arange(len(allowed))
+            scores = vectors[rows] @ q if len(rows) < len(allowed) else vectors @ q
+            if len(rows) <= k:
+                return rows.astype(np.int64)
+            top = np.argpartition(-scores, k - 1)[:k]
+            return rows[top].astype(np.int64)
+        faiss = _faiss()
+        params = faiss.SearchParametersIVF()
+        params.nprobe = min(ann.nlist, max(self.nprobe, math.ceil(self.nprobe / max(fraction, 1e-9) ** 0.5)))
+        if n_allowed < snap.live or not snap.alive.all():
+            bits = np.packbits(allowed, bitorder="little")
+            params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+            _, ids = ann.search(q.reshape(1, -1), k, params=params)
+            del bits  # kept alive until the search returned
+        else:
+            _, ids = ann.search(q.reshape(1, -1), k, params=params)
+        found: I64 = np.asarray(ids[0][ids[0] >= 0], dtype=np.int64)
+        return found
+
+
+def score_rows(
+    snap: HotSnapshot, rows: I64, q_img: F32 | None, q_txt: F32 | None, w_img: float, w_txt: float
+) -> Scored:
+    """Exact fused scores (see :mod:`core.search`) of ``rows``: per-modality cosines weighted by
+    the weights of the modalities both sides have."""
+    n = len(rows)
+    s_img = np.full(n, np.nan)
+    s_txt = np.full(n, np.nan)
+    num = np.zeros(n)
+    den = np.zeros(n)
+    if q_img is not None and w_img > 0:
+        has = snap.has_image[rows]
+        s_img[has] = snap.image[rows[has]] @ q_img
+        num[has] += w_img * s_img[has]
+        den[has] += w_img
+    if q_txt is not None and w_txt > 0:
+        s_txt = (snap.text[rows] @ q_txt).astype(np.float64)
+        num += w_txt * s_txt
+        den += w_txt
+    keep = den > 0
+    score = np.where(keep, num / np.where(keep, den, 1.0), -np.inf)
+    return Scored(rows[keep], score[keep], s_img[keep], s_txt[keep])
+
+
+def top_rows(scored: Scored, snap: HotSnapshot, k: int) -> list[int]:
+    """Positions into ``scored`` of the ``k`` best, ties broken by product id (as the Lance path)."""
+    if len(scored.rows) == 0:
+        return []
+    order = sorted(range(len(scored.rows)), key=lambda i: (-scored.score[i], snap.products[scored.rows[i]].product_id))
+    return order[:k]
+
+
+def _replace(snap: HotSnapshot, **changes: Any) -> HotSnapshot:
+    from dataclasses import replace
+
+    return replace(snap, **changes)
+
+
+def unique_rows(parts: Sequence[I64]) -> I64:
+    out: I64 = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    return out
