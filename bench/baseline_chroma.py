@@ -33,6 +33,7 @@ from typing import Any
 
 import chromadb
 import numpy as np
+from chromadb.api.collection_configuration import CreateCollectionConfiguration, CreateHNSWConfiguration
 from chromadb.api.types import Where
 from chromadb.config import Settings
 
@@ -56,8 +57,8 @@ def _where(category: str | None, min_price: float | None, max_price: float | Non
     if not clauses:
         return None
     if len(clauses) == 1:
-        return clauses[0]  # type: ignore[return-value]
-    return {"$and": clauses}  # type: ignore[return-value, dict-item]
+        return clauses[0]
+    return {"$and": clauses}
 
 
 def _metadata(meta: dict[str, object]) -> dict[str, str | float] | None:
@@ -82,18 +83,20 @@ class ChromaBaseline:
 
     def __init__(self, path: str) -> None:
         self._client = chromadb.PersistentClient(path=path, settings=Settings(anonymized_telemetry=False))
-        hnsw: dict[str, Any] = {"space": "cosine"}  # chromadb 1.x: configuration, not "hnsw:space" metadata
+        # chromadb 1.x: the space goes in the collection configuration, not "hnsw:space" metadata.
+        hnsw = CreateHNSWConfiguration(space="cosine")
         if self.ef_search is not None:
             hnsw["ef_search"] = self.ef_search
+        config = CreateCollectionConfiguration(hnsw=hnsw)
         # embedding_function=None: we always pass vectors; the default would be Chroma's ONNX MiniLM.
         self._image = self._client.get_or_create_collection(
             IMAGE_COLLECTION,
-            configuration={"hnsw": hnsw},  # type: ignore[typeddict-item]
+            configuration=config,
             embedding_function=None,
         )
         self._text = self._client.get_or_create_collection(
             TEXT_COLLECTION,
-            configuration={"hnsw": hnsw},  # type: ignore[typeddict-item]
+            configuration=config,
             embedding_function=None,
         )
 
@@ -123,7 +126,7 @@ class ChromaBaseline:
             self._image.add(
                 ids=[ids[i] for i in rows],
                 embeddings=img[rows],
-                metadatas=[metas[i] for i in rows],  # type: ignore[misc]
+                metadatas=[metas[i] for i in rows],
             )
         return time.perf_counter() - t
 
@@ -192,7 +195,8 @@ class ChromaBaseline:
             modalities.append((self._text, q_txt, w_txt))
         sims = [self._nearest(col, q, k, where) for col, q, _ in modalities]
         union = {pid for s in sims for pid in s}
-        union.discard(exclude_id)  # type: ignore[arg-type]
+        if exclude_id is not None:
+            union.discard(exclude_id)
         if self.rescore_exact:
             for (col, q, _), s in zip(modalities, sims, strict=True):
                 missing = sorted(union.difference(s))
@@ -218,7 +222,8 @@ class ChromaBaseline:
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     v = rng.standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
 
 
 def _exact(

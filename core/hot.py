@@ -148,6 +148,7 @@ class HotCatalog:
         self.full_loads = 0
         self.delta_loads = 0
         self._seen_writes = -1
+        self._confirmed_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -159,8 +160,9 @@ class HotCatalog:
             writes = self.catalog.local_writes
             version = self.catalog.version
             old = self.snapshot
-            self._seen_writes = writes
             if old is not None and old.version == version:
+                self._seen_writes = writes
+                self._confirmed_at = time.time()
                 return False
             started = time.perf_counter()
             new = self._delta(old, version) if old is not None else None
@@ -170,6 +172,11 @@ class HotCatalog:
             else:
                 self.delta_loads += 1
             self.snapshot = new
+            if new.version >= version:
+                # Only now are this process's writes known to be in the snapshot; a read that
+                # came back older than the version seen above leaves them due (next query retries).
+                self._seen_writes = writes
+            self._confirmed_at = time.time()
             self.last_refresh_seconds = time.perf_counter() - started
             log.info(
                 "hot catalog at version %d: %d products (%s, %.2f s)",
@@ -272,6 +279,10 @@ class HotCatalog:
         ann_image = patch(old.ann_image, image, new_rows[has_image[new_rows]]) if old.ann_image is not None else None
         return _replace(snap, ann_image=ann_image, ann_text=ann_text)
 
+    def age_seconds(self) -> float:
+        """Seconds since the snapshot was last confirmed to be the dataset's current version."""
+        return max(0.0, time.time() - self._confirmed_at)
+
     def current(self) -> HotSnapshot | None:
         """The snapshot to answer from, brought up to date first when this process itself wrote
         to the catalog since the last refresh (read-your-writes; other writers' changes arrive
@@ -294,7 +305,7 @@ class HotCatalog:
                 on_error(exc)
 
         def loop() -> None:
-            while not self._stop.wait(self.refresh_seconds):
+            while not self._stop.wait(max(self.refresh_seconds, 0.2)):
                 try:
                     self.refresh()
                 except Exception as exc:  # keep serving the last snapshot

@@ -16,7 +16,10 @@ their union is re-scored exactly with the stored vectors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -49,6 +52,55 @@ class SearchQuery:
             raise InvalidInput(f"query longer than {MAX_QUERY_CHARS} characters")
         if not 1 <= self.top_k <= 1000:
             raise InvalidInput("top_k must be between 1 and 1000")
+
+
+class QueryCache:
+    """Query text -> (sentence vector, CLIP text vector): a thread-safe LRU. Repeated queries
+    (most traffic on a shop's search box) skip both text encoders."""
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[tuple[str, bool], tuple[Vector, Vector | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, bool]) -> tuple[Vector, Vector | None] | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return found
+
+    def put(self, key: tuple[str, bool], value: tuple[Vector, Vector | None]) -> None:
+        if self.maxsize <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class Timings:
+    """Where one query's time went (seconds), for metrics."""
+
+    inference: float = 0.0
+    vector_search: float = 0.0
+    cache_hit: bool | None = None
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _cos(a: Vector | None, b: Vector | None) -> float | None:
@@ -159,20 +211,46 @@ def _rank(
     return ranked(catalog, q_img, q_txt, weights, top_k, filters, exclude_id)
 
 
+def _text_vectors(
+    embedder: Embedder, text: str, with_clip: bool, cache: QueryCache | None, timings: Timings
+) -> tuple[Vector, Vector | None]:
+    key = (text, with_clip)
+    found = cache.get(key) if cache is not None else None
+    if found is not None:
+        timings.cache_hit = True
+        return found
+    started = time.perf_counter()
+    q_txt = embedder.text.embed_texts([text])[0]
+    q_img = embedder.clip.embed_texts([text])[0] if with_clip else None
+    timings.inference += time.perf_counter() - started
+    if cache is not None:
+        timings.cache_hit = False
+        cache.put(key, (q_txt, q_img))
+    return q_txt, q_img
+
+
 def search(
-    catalog: Catalog, embedder: Embedder, query: SearchQuery, default: Weights, hot: HotCatalog | None = None
+    catalog: Catalog,
+    embedder: Embedder,
+    query: SearchQuery,
+    default: Weights,
+    hot: HotCatalog | None = None,
+    cache: QueryCache | None = None,
+    timings: Timings | None = None,
 ) -> list[SearchHit]:
-    """Text search, search by image, or both at once (from ``hot`` once it has loaded)."""
+    """Text search, search by image, or both at once (from ``hot`` once it has loaded; query
+    text vectors from ``cache`` when it holds them)."""
+    timings = timings if timings is not None else Timings()
     weights = query.weights or default
     q_img: Vector | None = None
     q_txt: Vector | None = None
     text = query.text.strip() if query.text else None
     if text:
-        q_txt = embedder.text.embed_texts([text])[0]
-        if weights.image > 0:
-            q_img = embedder.clip.embed_texts([text])[0]
+        q_txt, q_img = _text_vectors(embedder, text, weights.image > 0, cache, timings)
     if query.image is not None:
+        started = time.perf_counter()
         img_vec = embedder.clip.embed_images([query.image])[0]
+        timings.inference += time.perf_counter() - started
         if q_img is None:
             q_img = img_vec
         else:
@@ -181,7 +259,10 @@ def search(
         if text is None:
             # A photo alone carries no sentence vector: rank on the image side only.
             weights = Weights(image=1.0, text=0.0)
-    return _rank(catalog, hot, q_img, q_txt, weights, query.top_k, query.filters)
+    started = time.perf_counter()
+    hits = _rank(catalog, hot, q_img, q_txt, weights, query.top_k, query.filters)
+    timings.vector_search += time.perf_counter() - started
+    return hits
 
 
 def similar(

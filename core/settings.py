@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         default=20_000, ge=1, description="Hot catalog: exact search below this many products, IVF ANN above."
     )
     ann_nprobe: int = Field(default=24, ge=1, le=4096, description="IVF lists probed per query (recall vs speed).")
+    query_cache_size: int = Field(
+        default=10_000, ge=0, description="Query texts whose vectors are kept (LRU; 0 = off)."
+    )
     s3_timeout_seconds: float = Field(default=10.0, gt=0)
     write_retry_seconds: float = Field(
         default=30.0,

@@ -32,7 +32,7 @@ from core.images import decode_image, sniff_content_type
 from core.ingest import PendingProduct
 from core.models import Filters, Product, ProductInput, SearchHit, Weights
 from core.recommend.online import RecommendationResult, Recommended
-from core.search import SearchQuery, search, similar
+from core.search import SearchQuery, Timings, search, similar
 from core.uploads import is_upload_metadata, parse_notification
 from functions.schemas import (
     ActiveUser,
@@ -275,6 +275,39 @@ class Metrics:
             "recommender_model_loaded", "1 when a trained recommendation model is served", registry=self.registry
         )
         model_age.set_function(lambda: 0.0 if services.recommender.model is None else 1.0)
+        self.inference = Histogram(
+            "model_inference_duration_seconds",
+            "Query embedding time (text encoders, or CLIP on a query photo)",
+            ["kind"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1),
+        )
+        self.vector_search = Histogram(
+            "vector_search_duration_seconds",
+            "Candidate search + exact re-scoring time",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+        )
+        cache = services.query_cache
+        self.cache_requests = Counter(
+            "query_cache_requests_total", "Query-embedding cache lookups", ["result"], registry=self.registry
+        )
+        hit_rate = Gauge("cache_hit_rate", "Query-embedding cache hit rate since start", registry=self.registry)
+        hit_rate.set_function(lambda: cache.hit_rate)
+        size = Gauge("query_cache_entries", "Query texts held by the cache", registry=self.registry)
+        size.set_function(lambda: float(len(cache)))
+        hot = services.hot
+        freshness = Gauge(
+            "index_freshness_seconds",
+            "Seconds since the served in-memory catalog snapshot was last confirmed current (-1 before its first load)",
+            registry=self.registry,
+        )
+        freshness.set_function(lambda: -1.0 if hot is None or hot.snapshot is None else hot.age_seconds())
+        served = Gauge(
+            "index_served_version", "Dataset version of the in-memory catalog snapshot", registry=self.registry
+        )
+        served.set_function(lambda: -1.0 if hot is None or hot.snapshot is None else float(hot.snapshot.version))
 
 
 def create_app(services: Services, worker: UploadWorker | None = None) -> FastAPI:
@@ -424,7 +457,22 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             filters=filters_from(body.filters),
             weights=Weights(body.weights.image, body.weights.text) if body.weights else None,
         )
-        hits = search(services.catalog, services.embedder, q, weights_default, hot=services.hot)
+        timings = Timings()
+        hits = search(
+            services.catalog,
+            services.embedder,
+            q,
+            weights_default,
+            hot=services.hot,
+            cache=services.query_cache,
+            timings=timings,
+        )
+        kind = "image" if image is not None else "text"
+        if timings.inference:
+            metrics.inference.labels(kind).observe(timings.inference)
+        if timings.cache_hit is not None:
+            metrics.cache_requests.labels("hit" if timings.cache_hit else "miss").inc()
+        metrics.vector_search.labels("/search").observe(timings.vector_search)
         if body.query and body.query.strip():
             queries.record(body.query)
         elif image is not None:
@@ -444,6 +492,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
         """Products most like this one (never itself). 404 for an unknown product."""
         started = time.perf_counter()
         hits = similar(services.catalog, product_id, top_k, weights_default, filters, hot=services.hot)
+        metrics.vector_search.labels("/similar").observe(time.perf_counter() - started)
         return SimilarResponse(
             product_id=product_id,
             similar_products=[

@@ -14,6 +14,7 @@ from core.ingest import Indexer
 from core.models import Weights, default_weights
 from core.recommend.artifact import ModelStore
 from core.recommend.online import Recommender
+from core.search import QueryCache
 from core.settings import Settings
 from core.storage import ObjectStore
 from core.uploads import UploadLog, UploadProcessor
@@ -35,6 +36,7 @@ class Services:
     models: ModelStore
     recommender: Recommender
     hot: HotCatalog | None = None
+    query_cache: QueryCache = field(default_factory=QueryCache)
     version: str = __version__
     warnings: list[str] = field(default_factory=list)
 
@@ -82,6 +84,7 @@ class Services:
             )
             if settings.hot_catalog
             else None,
+            query_cache=QueryCache(settings.query_cache_size),
             warnings=list(warnings or []),
         )
         if embedder.clip.random_init:

@@ -184,3 +184,43 @@ def test_health_reports_random_init_clip(s3_settings: Settings, fake: Embedder) 
     assert h["clip_mode"].startswith("random-init")
     assert any("CLIP_PRETRAINED=none" in w for w in h["warnings"])
     assert (svc.default_weights.image, svc.default_weights.text) == (0.0, 1.0)
+
+
+def test_hot_catalog_serves_search_with_cache_and_metrics(s3_settings: Settings, fake: Embedder) -> None:
+    """With the app running (lifespan), queries come from the in-memory snapshot: a product
+    written through the API is found by the very next search; repeated query texts hit the
+    cache; the query-path metrics are exported."""
+    svc = Services.from_settings(s3_settings, embedder=fake)
+    with TestClient(create_app(svc)) as c:
+        for i, title in enumerate(["red canvas sneaker", "blue wool scarf", "green ceramic mug"]):
+            assert (
+                c.put(f"/products/h{i}", json={"title": title, "category": "misc", "price": 10 + i}).status_code == 200
+            )
+        assert svc.hot is not None and svc.hot.snapshot is not None
+        first = c.post("/search", json={"query": "blue wool scarf", "top_k": 2}).json()["results"]
+        assert first[0]["product_id"] == "h1"
+        assert svc.hot.snapshot.version == svc.catalog.version and svc.hot.snapshot.live == 3
+        again = c.post("/search", json={"query": "blue wool scarf", "top_k": 2}).json()["results"]
+        assert [r["product_id"] for r in again] == [r["product_id"] for r in first]
+        assert c.get("/similar/h1?top_k=5").json()["similar_products"][0]["product_id"] != "h1"
+        # Written after the snapshot loaded: visible at once (this process wrote it).
+        assert c.put("/products/h9", json={"title": "yellow rain boot", "price": 30}).status_code == 200
+        got = c.post("/search", json={"query": "yellow rain boot", "top_k": 1}).json()["results"]
+        snap = svc.hot.snapshot
+        assert got[0]["product_id"] == "h9", (snap.version, svc.catalog.version, sorted(snap.index), got)
+        c.delete("/products/h9")
+        ids = [
+            r["product_id"] for r in c.post("/search", json={"query": "yellow rain boot", "top_k": 5}).json()["results"]
+        ]
+        assert "h9" not in ids
+        text = c.get("/metrics").text
+    # two distinct query texts, each asked twice: 2 misses (embedded), 2 hits (not embedded)
+    assert 'query_cache_requests_total{result="hit"} 2.0' in text
+    assert 'query_cache_requests_total{result="miss"} 2.0' in text
+    assert "cache_hit_rate 0.5" in text
+    assert 'model_inference_duration_seconds_count{kind="text"} 2.0' in text
+    assert 'vector_search_duration_seconds_count{route="/search"} 4.0' in text
+    assert 'vector_search_duration_seconds_count{route="/similar"} 1.0' in text
+    fresh = [ln for ln in text.splitlines() if ln.startswith("index_freshness_seconds ")]
+    assert fresh and 0 <= float(fresh[0].split()[1]) < 5
+    assert f"index_served_version {float(svc.catalog.version)}" in text
