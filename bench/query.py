@@ -1,0 +1,512 @@
+"""The query-path benchmark suite: our service against the reference stack, side by side.
+
+    python -m bench.query --products 100000                  # ~10 min on 2 cores
+    python -m bench.query --products 100000 --million        # + 1M-product store-only search
+    pip install -e '.[bench]'                                # ChromaDB for the baseline
+
+What it does, in one process on this machine:
+
+1. Builds a catalog of ``--products`` products in LanceDB on the embedded S3 server (moto over
+   HTTP). Stored vectors are synthetic at the real dimensions (512 CLIP, 384 MiniLM), drawn as a
+   mixture around 300 product-type centres (real catalogs cluster; isotropic random vectors have
+   no meaningful nearest neighbours for any index). Titles, categories and prices are realistic.
+   Queries are embedded by the real model architectures (ViT-B-32 random init, MiniLM).
+2. Serves the HTTP app (uvicorn on loopback) and measures single-client p50/p95/p99 of text
+   search (uncached: every query text is new), text search with filters, a repeated query (cache),
+   image search, similar, and recommendations; then throughput and errors with ``--clients``
+   concurrent clients of mixed traffic for ``--seconds``; upload-to-searchable latency (a second
+   writer commits a product, we poll search until it is the top hit); peak RSS.
+3. ANN recall@10 against exact search on the same queries (same candidate rule, no ANN).
+4. Reference-stack baseline: ChromaDB (in-process, persistent, default HNSW) with the same
+   vectors and the same query vectors; store-only and end-to-end (same query embedding) latency,
+   and our/baseline ratios.
+5. ``--million``: 1M products in memory (no S3: a 3.6 GB catalog does not fit the embedded S3
+   server's RAM budget here), store-only search latency and the process's memory.
+
+Prints one table and writes JSON to ``bench/results/query-<stamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import random
+import resource
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import uvicorn
+
+from bench.common import percentiles, report, s3_settings, timed
+from core.catalog import Catalog, ProductRecord, products_schema
+from core.embedding import l2_normalize, load_embedder
+from core.hot import HotCatalog, HotSnapshot
+from core.models import Filters, Product, Weights
+from core.search import hot_ranked, similar
+from functions.app import create_app
+from functions.services import Services
+from local.sample import BRANDS, COLOURS, ITEMS, MATERIALS, PATTERNS, PRICE_RANGES, generate
+
+W = Weights(0.7, 0.3)
+QUERIES = [
+    "blue running shoes",
+    "red leather handbag",
+    "striped cotton t-shirt",
+    "ceramic coffee mug",
+    "wireless headphones",
+    "wool beanie",
+    "green canvas backpack",
+    "black smartwatch",
+]
+CENTRES = 300
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def mixture(n: int, dim: int, seed: int, types: np.ndarray) -> np.ndarray:
+    centres = l2_normalize(np.random.default_rng(1000 + dim).standard_normal((CENTRES, dim)).astype(np.float32))
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, 50_000):
+        e = min(n, s + 50_000)
+        noise = rng.standard_normal((e - s, dim)).astype(np.float32) * (0.6 / np.sqrt(dim))
+        out[s:e] = l2_normalize(centres[types[s:e]] + noise)
+    return out
+
+
+def catalog_columns(n: int, seed: int = 0) -> dict[str, Any]:
+    rng = random.Random(seed)
+    cats = sorted(ITEMS)
+    types = np.random.default_rng(seed).integers(0, CENTRES, n)
+    rows: dict[str, list[Any]] = {k: [] for k in ("product_id", "title", "category", "price", "image_key")}
+    for i in range(n):
+        cat = cats[int(types[i]) % len(cats)]
+        rows["product_id"].append(f"B{i:07d}")
+        rows["title"].append(
+            f"{rng.choice(BRANDS)} {rng.choice(sorted(COLOURS))} {rng.choice(PATTERNS)} "
+            f"{rng.choice(MATERIALS[cat])} {rng.choice(ITEMS[cat])}"
+        )
+        rows["category"].append(cat)
+        lo, hi = PRICE_RANGES[cat]
+        rows["price"].append(round(rng.uniform(lo, hi), 2))
+        rows["image_key"].append(None if i % 10 == 0 else f"img/{i}.jpg")
+    return {"rows": rows, "types": types}
+
+
+def build_catalog(catalog: Catalog, n: int) -> tuple[float, dict[str, Any]]:
+    """Bulk-load ``n`` products (one Lance append per 20k rows: the catalog a long-running shop
+    would have; upserts of single products are measured separately)."""
+    t = time.perf_counter()
+    cols = catalog_columns(n)
+    rows, types = cols["rows"], cols["types"]
+    schema = products_schema(catalog.clip_dim, catalog.text_dim, catalog.space)
+    now = datetime.now(UTC)
+    for s in range(0, n, 20_000):
+        e = min(n, s + 20_000)
+        img = mixture(e - s, catalog.clip_dim, s + 1, types[s:e])
+        txt = mixture(e - s, catalog.text_dim, s + 2, types[s:e] // 2)
+        no_img = np.array([rows["image_key"][i] is None for i in range(s, e)])
+        img_arr = pa.FixedSizeListArray.from_arrays(pa.array(img.reshape(-1)), catalog.clip_dim, mask=pa.array(no_img))
+        table = pa.table(
+            {
+                "product_id": rows["product_id"][s:e],
+                "title": rows["title"][s:e],
+                "description": [""] * (e - s),
+                "category": rows["category"][s:e],
+                "price": rows["price"][s:e],
+                "image_key": rows["image_key"][s:e],
+                "attributes": ["{}"] * (e - s),
+                "content_hash": [f"h{i}" for i in range(s, e)],
+                "created_at": pa.array([now] * (e - s), pa.timestamp("us", tz="UTC")),
+                "updated_at": pa.array([now] * (e - s), pa.timestamp("us", tz="UTC")),
+                "image_vector": img_arr,
+                "text_vector": pa.FixedSizeListArray.from_arrays(pa.array(txt.reshape(-1)), catalog.text_dim),
+            },
+            schema=schema,
+        )
+        catalog._table.add(table)
+    return time.perf_counter() - t, rows
+
+
+def serve(services: Services) -> tuple[uvicorn.Server, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def seed_events(client: httpx.Client, n_products: int, users: int = 2000, per_user: int = 10) -> None:
+    rng = random.Random(7)
+    types = ["view", "view", "click", "add_to_cart", "purchase"]
+    now = time.time()
+    batch = []
+    for u in range(users):
+        base = rng.randrange(n_products)
+        for j in range(per_user):
+            pid = (base + rng.randrange(200)) % n_products
+            batch.append(
+                {
+                    "user_id": f"U{u}",
+                    "product_id": f"B{pid:07d}",
+                    "event_type": rng.choice(types),
+                    "timestamp": now - 86400 * rng.random() * 30 + j,
+                }
+            )
+    for s in range(0, len(batch), 5000):
+        r = client.post("/events", json=batch[s : s + 5000])
+        assert r.status_code == 202, r.text
+
+
+def throughput(base: str, n_products: int, clients: int, seconds: float) -> dict[str, Any]:
+    """Mixed traffic from ``clients`` threads for ``seconds``: 40% uncached text search, 10%
+    repeated popular queries, 30% similar, 20% recommendations."""
+    stop = time.monotonic() + seconds
+    counts = {"ok": 0, "errors": 0}
+    lock = threading.Lock()
+    lat: list[float] = []
+
+    def worker(k: int) -> None:
+        rng = random.Random(k)
+        with httpx.Client(base_url=base, timeout=30) as c:
+            i = 0
+            while time.monotonic() < stop:
+                i += 1
+                roll = rng.random()
+                t = time.perf_counter()
+                if roll < 0.4:
+                    r = c.post("/search", json={"query": f"{rng.choice(QUERIES)} {k}-{i}", "top_k": 10})
+                elif roll < 0.5:
+                    r = c.post("/search", json={"query": rng.choice(QUERIES), "top_k": 10})
+                elif roll < 0.8:
+                    r = c.get(f"/similar/B{rng.randrange(n_products):07d}", params={"top_k": 10})
+                else:
+                    r = c.get(f"/recommendations/U{rng.randrange(2000)}", params={"top_k": 10})
+                dt = (time.perf_counter() - t) * 1000
+                with lock:
+                    counts["ok" if r.status_code == 200 else "errors"] += 1
+                    lat.append(dt)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, range(clients)))
+    elapsed = time.perf_counter() - started
+    total = counts["ok"] + counts["errors"]
+    return {
+        "requests": total,
+        "req_per_s": round(total / elapsed, 1),
+        "errors": counts["errors"],
+        **percentiles(lat),
+    }
+
+
+def upload_to_searchable(settings: Any, client: httpx.Client, services: Services, tries: int = 5) -> list[float]:
+    """Another writer (its own Catalog object, as an indexer function would be) commits a new
+    product; time until the query process returns it as the top hit of its exact title."""
+    writer = Catalog.from_settings(
+        settings, clip_dim=services.catalog.clip_dim, text_dim=services.catalog.text_dim, space=services.catalog.space
+    )
+    out = []
+    for k in range(tries):
+        title = f"Zephyr quasar {k} limited edition {random.random():.6f}"
+        vec = services.embedder.text.embed_texts([title])[0]
+        now = datetime.now(UTC)
+        pid = f"NEW{k}"
+        p = Product(pid, title, "", "Footwear", 50.0, None, {}, now, now)
+        writer.upsert([ProductRecord(p, None, vec, f"new{k}")])
+        t = time.perf_counter()
+        while True:
+            r = client.post("/search", json={"query": title, "top_k": 1}).json()["results"]
+            if r and r[0]["product_id"] == pid:
+                break
+            if time.perf_counter() - t > 60:
+                raise RuntimeError("new product not searchable after 60 s")
+            time.sleep(0.05)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def ann_recall(services: Services, q_txt: list[np.ndarray], q_img: list[np.ndarray]) -> dict[str, Any]:
+    hot = services.hot
+    assert hot is not None and hot.snapshot is not None
+    exact = HotCatalog(services.catalog, ann_min_rows=10**12)
+    snap = hot.snapshot
+    ref = HotSnapshot(**{**snap.__dict__, "ann_image": None, "ann_text": None})
+    out = {}
+    for name, f in (("no filter", Filters()), ("category filter", Filters(categories=("Footwear",)))):
+        hits = total = 0
+        for qt, qi in zip(q_txt, q_img, strict=True):
+            got = {h.product.product_id for h in hot_ranked(hot, snap, qi, qt, W, 10, f)}
+            want = {h.product.product_id for h in hot_ranked(exact, ref, qi, qt, W, 10, f)}
+            hits += len(got & want)
+            total += len(want)
+        out[name] = round(hits / max(1, total), 4)
+    return out
+
+
+def chroma_baseline(
+    services: Services, q_txt: list[np.ndarray], q_img: list[np.ndarray], embed_ms: float
+) -> list[dict[str, Any]]:
+    try:
+        from bench.baseline_chroma import ChromaBaseline
+    except ImportError as exc:  # chromadb not installed
+        print(f"ChromaDB baseline skipped: {exc} (pip install -e '.[bench]')")
+        return []
+    snap = services.hot.snapshot if services.hot else None
+    assert snap is not None
+    ids = [p.product_id for p in snap.products]
+    metas: list[dict[str, object]] = [{"category": p.category, "price": p.price} for p in snap.products]
+    image = np.where(snap.has_image[:, None], snap.image, 0).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = ChromaBaseline(tmp)
+        build_s = base.build(ids, image, snap.text, metas)
+        hot = services.hot
+        assert hot is not None
+        ours, theirs, recall_hits, total = [], [], 0, 0
+        ours_f, theirs_f = [], []
+        for qt, qi in zip(q_txt, q_img, strict=True):
+            t = time.perf_counter()
+            mine = [h.product.product_id for h in hot_ranked(hot, snap, qi, qt, W, 10)]
+            ours.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            other = base.search(qi, qt, W.image, W.text, 10)
+            theirs.append((time.perf_counter() - t) * 1000)
+            recall_hits += len(set(mine) & set(other))
+            total += 10
+            f = Filters(categories=("Footwear",), max_price=100.0)
+            t = time.perf_counter()
+            hot_ranked(hot, snap, qi, qt, W, 10, f)
+            ours_f.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            base.search(qi, qt, W.image, W.text, 10, category="Footwear", max_price=100.0)
+            theirs_f.append((time.perf_counter() - t) * 1000)
+        sim_ours, sim_theirs = [], []
+        for k in range(len(q_txt)):
+            pid = ids[(k * 7919) % len(ids)]
+            t = time.perf_counter()
+            similar(services.catalog, pid, 10, W, hot=hot)
+            sim_ours.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            base.similar(pid, 10)
+            sim_theirs.append((time.perf_counter() - t) * 1000)
+
+    def pair(name: str, a: list[float], b: list[float], extra_ms: float = 0.0) -> dict[str, Any]:
+        pa_, pb = statistics.median(a) + extra_ms, statistics.median(b) + extra_ms
+        qa = statistics.quantiles(a, n=100)[94] + extra_ms
+        qb = statistics.quantiles(b, n=100)[94] + extra_ms
+        return {
+            "operation": name,
+            "ours_p50_ms": round(pa_, 2),
+            "chroma_p50_ms": round(pb, 2),
+            "ours_p95_ms": round(qa, 2),
+            "chroma_p95_ms": round(qb, 2),
+            "speedup_p50": round(pb / pa_, 1),
+        }
+
+    return [
+        {"operation": "chroma build (2 collections)", "seconds": round(build_s, 1)},
+        pair("store-only text+image-side query", ours, theirs),
+        pair("store-only same + category/price filter", ours_f, theirs_f),
+        pair("store-only similar", sim_ours, sim_theirs),
+        pair("end-to-end text search (+ same query embedding)", ours, theirs, embed_ms),
+        {"operation": "top-10 overlap ours vs chroma", "overlap": round(recall_hits / max(1, total), 3)},
+    ]
+
+
+def million(queries: list[tuple[np.ndarray, np.ndarray]], n: int = 1_000_000) -> list[dict[str, Any]]:
+    """Store-only search over 1M products held in memory (built directly, no S3)."""
+    gc.collect()
+    before = current_rss_mb()
+    t = time.perf_counter()
+    cols = catalog_columns(n, seed=5)
+    rows, types = cols["rows"], cols["types"]
+    now = datetime.now(UTC)
+    products = [
+        Product(
+            rows["product_id"][i],
+            rows["title"][i],
+            "",
+            rows["category"][i],
+            rows["price"][i],
+            rows["image_key"][i],
+            {},
+            now,
+            now,
+        )
+        for i in range(n)
+    ]
+    image = mixture(n, 512, 11, types)
+    has_image = np.array([k is not None for k in rows["image_key"]])
+    image[~has_image] = 0
+    text = mixture(n, 384, 12, types // 2)
+    snap = HotSnapshot(
+        version=0,
+        products=products,
+        index={p.product_id: i for i, p in enumerate(products)},
+        hashes={},
+        alive=np.ones(n, dtype=bool),
+        categories=np.array(rows["category"], dtype=object),
+        prices=np.array(rows["price"], dtype=np.float64),
+        image=image,
+        has_image=has_image,
+        text=text,
+    )
+    built_arrays = time.perf_counter() - t
+
+    hot = HotCatalog(None, ann_min_rows=20_000)  # type: ignore[arg-type]  # no catalog: snapshot built here
+    t = time.perf_counter()
+    snap = hot._with_ann(snap)
+    ann_s = time.perf_counter() - t
+    after = current_rss_mb()
+    lat = []
+    lat_f = []
+    for qt, qi in queries:
+        t0 = time.perf_counter()
+        hot_ranked(hot, snap, qi, qt, W, 10)
+        lat.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        hot_ranked(hot, snap, qi, qt, W, 10, Filters(categories=("Footwear",), max_price=100.0))
+        lat_f.append((time.perf_counter() - t0) * 1000)
+    exact = HotSnapshot(**{**snap.__dict__, "ann_image": None, "ann_text": None})
+    hits = 0
+    for qt, qi in queries[:20]:
+        got = {h.product.product_id for h in hot_ranked(hot, snap, qi, qt, W, 10)}
+        want = {h.product.product_id for h in hot_ranked(hot, exact, qi, qt, W, 10)}
+        hits += len(got & want)
+    return [
+        {"operation": "1M: store-only search", **percentiles(lat)},
+        {"operation": "1M: store-only search + filters", **percentiles(lat_f)},
+        {
+            "operation": "1M: build / memory",
+            "arrays_s": round(built_arrays, 1),
+            "ann_build_s": round(ann_s, 1),
+            "rss_added_mb": round(after - before),
+            "recall@10_vs_exact": round(hits / 200, 3),
+        },
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--products", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--million", action="store_true")
+    ap.add_argument("--no-chroma", action="store_true")
+    args = ap.parse_args()
+
+    settings, s3 = s3_settings(clip_model="ViT-B-32", clip_pretrained="none", index_min_rows=10**9)
+    embedder = load_embedder(settings)
+    services = Services.from_settings(settings, embedder=embedder)
+    build_s, _ = build_catalog(services.catalog, args.products)
+    meta: dict[str, Any] = {"products": args.products, "catalog_build_s": round(build_s, 1)}
+    t = time.perf_counter()
+    server, base = serve(services)
+    assert services.hot is not None
+    while services.hot.snapshot is None:
+        time.sleep(0.05)
+    meta["hot_catalog_first_load_s"] = round(time.perf_counter() - t, 1)
+    meta["ann_nlist"] = getattr(services.hot.snapshot.ann_text, "nlist", None)
+    client = httpx.Client(base_url=base, timeout=60)
+    seed_events(client, args.products)
+    services.recommender.refresh()
+    photo = base64.b64encode(generate(1)[0].image).decode()
+    counter = iter(range(10**9))
+    out: list[dict[str, Any]] = []
+
+    def text_search() -> None:
+        q = f"{QUERIES[next(counter) % len(QUERIES)]} {next(counter)}"  # new text: uncached
+        r = client.post("/search", json={"query": q, "top_k": 10, "weights": {"image": 0.7, "text": 0.3}})
+        assert r.status_code == 200, r.text
+
+    def filtered() -> None:
+        r = client.post(
+            "/search",
+            json={
+                "query": f"{QUERIES[next(counter) % 8]} {next(counter)}",
+                "top_k": 10,
+                "weights": {"image": 0.7, "text": 0.3},
+                "filters": {"category": "Footwear", "max_price": 100},
+            },
+        )
+        assert r.status_code == 200, r.text
+
+    def cached() -> None:
+        r = client.post("/search", json={"query": "blue running shoes", "top_k": 10})
+        assert r.status_code == 200, r.text
+
+    def image_search() -> None:
+        r = client.post("/search", json={"image_base64": photo, "top_k": 10})
+        assert r.status_code == 200, r.text
+
+    def similar_() -> None:
+        r = client.get(f"/similar/B{(next(counter) * 7919) % args.products:07d}", params={"top_k": 10})
+        assert r.status_code == 200, r.text
+
+    def recs() -> None:
+        r = client.get(f"/recommendations/U{next(counter) % 2000}", params={"top_k": 10})
+        assert r.status_code == 200, r.text
+
+    ops: list[tuple[str, Callable[[], None], int]] = [
+        ("HTTP text search (uncached, incl. embedding)", text_search, args.queries),
+        ("HTTP text search + filters (uncached)", filtered, args.queries),
+        ("HTTP text search (repeated query, cached)", cached, args.queries),
+        ("HTTP image search (photo, incl. CLIP image)", image_search, max(20, args.queries // 10)),
+        ("HTTP similar", similar_, args.queries),
+        ("HTTP recommendations (known user)", recs, args.queries),
+    ]
+    for name, fn, n in ops:
+        out.append({"operation": name, **percentiles(timed(fn, n))})
+    clip_ms = percentiles(timed(lambda: embedder.clip.embed_texts([f"blue running shoes {next(counter)}"]), 50))
+    minilm_ms = percentiles(timed(lambda: embedder.text.embed_texts([f"blue running shoes {next(counter)}"]), 50))
+    out.append({"operation": "  of which CLIP text encode (real tokens only)", **clip_ms})
+    out.append({"operation": "  of which MiniLM encode", **minilm_ms})
+    tput = throughput(base, args.products, args.clients, args.seconds)
+    out.append({"operation": f"mixed traffic, {args.clients} clients, {args.seconds:.0f} s", **tput})
+    ups = upload_to_searchable(settings, client, services)
+    out.append({"operation": "upload-to-searchable (other writer -> top hit)", **percentiles(ups + ups[:1])})
+    meta["peak_rss_mb_query_process"] = round(rss_mb())
+    q_txt = [embedder.text.embed_texts([f"{q} {i}"])[0] for i, q in enumerate(QUERIES * 13)][:100]
+    q_img = [embedder.clip.embed_texts([f"{q} {i}"])[0] for i, q in enumerate(QUERIES * 13)][:100]
+    meta["ann_recall@10_vs_exact"] = ann_recall(services, q_txt, q_img)
+    embed_ms = clip_ms["p50_ms"] + minilm_ms["p50_ms"]
+    if not args.no_chroma:
+        out += chroma_baseline(services, q_txt, q_img, embed_ms)
+    server.should_exit = True
+    services.hot.stop()
+    s3.stop()
+    if args.million:
+        del services
+        gc.collect()
+        out += million(list(zip(q_txt, q_img, strict=True)))
+        meta["peak_rss_mb_after_1M"] = round(rss_mb())
+    report("query", out, meta)
+
+
+if __name__ == "__main__":
+    main()
