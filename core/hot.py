@@ -71,6 +71,17 @@ def build_ann(vectors: F32, rows: I64, *, seed: int = 0) -> Any:
     return index
 
 
+def filter_mask(ok: B8, categories: npt.NDArray[np.object_], prices: npt.NDArray[np.float64], filters: Filters) -> B8:
+    """``ok`` narrowed (in place) to the rows that satisfy ``filters``; NaN prices fail price bounds."""
+    if filters.categories is not None:
+        ok &= np.isin(categories, list(filters.categories))
+    if filters.min_price is not None:
+        ok &= prices >= filters.min_price
+    if filters.max_price is not None:
+        ok &= prices <= filters.max_price
+    return ok
+
+
 @dataclass(frozen=True)
 class HotSnapshot:
     """One dataset version in memory. Row ``i`` is a product slot; ``alive[i]`` is False for
@@ -95,14 +106,7 @@ class HotSnapshot:
         return len(self.index)
 
     def mask(self, filters: Filters) -> B8:
-        ok = self.alive.copy()
-        if filters.categories is not None:
-            ok &= np.isin(self.categories, list(filters.categories))
-        if filters.min_price is not None:
-            ok &= self.prices >= filters.min_price
-        if filters.max_price is not None:
-            ok &= self.prices <= filters.max_price
-        return ok
+        return filter_mask(self.alive.copy(), self.categories, self.prices, filters)
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ class HotCatalog:
         catalog: Catalog,
         *,
         ann_min_rows: int = 20_000,
-        nprobe: int = 24,
+        nprobe: int = 48,
         refresh_seconds: float = 1.0,
     ) -> None:
         self.catalog = catalog

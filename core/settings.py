@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     ann_min_rows: int = Field(
         default=20_000, ge=1, description="Hot catalog: exact search below this many products, IVF ANN above."
     )
-    ann_nprobe: int = Field(default=24, ge=1, le=4096, description="IVF lists probed per query (recall vs speed).")
+    ann_nprobe: int = Field(default=48, ge=1, le=4096, description="IVF lists probed per query (recall vs speed).")
     query_cache_size: int = Field(
         default=10_000, ge=0, description="Query texts whose vectors are kept (LRU; 0 = off)."
     )

@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from core.catalog import Catalog
 from core.errors import InvalidInput, NotFound
 from core.events import Event, EventLog, event_strength
+from core.hot import filter_mask
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64, EventArrays, Interactions
@@ -97,14 +98,7 @@ class CatalogSnapshot:
         return len(self.products)
 
     def mask(self, filters: Filters) -> np.ndarray[Any, np.dtype[np.bool_]]:
-        ok = np.ones(len(self), dtype=bool)
-        if filters.categories is not None:
-            ok &= np.isin(self.categories, list(filters.categories))
-        if filters.min_price is not None:
-            ok &= self.prices >= filters.min_price
-        if filters.max_price is not None:
-            ok &= self.prices <= filters.max_price
-        return ok
+        return filter_mask(np.ones(len(self), dtype=bool), self.categories, self.prices, filters)
 
 
 def _matrix(col: pa.ChunkedArray, dim: int) -> F32:
