@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -100,7 +100,6 @@ class Timings:
     inference: float = 0.0
     vector_search: float = 0.0
     cache_hit: bool | None = None
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _cos(a: Vector | None, b: Vector | None) -> float | None:
