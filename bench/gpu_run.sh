@@ -2,6 +2,10 @@
 # The GPU embedding benchmark as one prepared run on a lent CUDA machine whose python3 has torch
 # and torchvision but not this project's other packages: those travel as wheels in .whl/
 # (see the GPU section of the README). Writes JSON results under ${OUT:-bench/results}.
+# Fill .whl/ beforehand on a machine with a registry (versions as in your venv; pydantic-core
+# needs the target's Python, e.g. --python-version 3.12 --platform manylinux2014_x86_64 --only-binary=:all:):
+#   pip download --no-deps -d .whl open_clip_torch ftfy wcwidth pydantic pydantic-core \
+#       pydantic-settings python-dotenv typing-inspection annotated-types
 set -u
 OUT=${OUT:-bench/results}
 if ls .whl/*.whl >/dev/null 2>&1; then
