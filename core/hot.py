@@ -170,6 +170,7 @@ class HotCatalog:
                 return False
             started = time.perf_counter()
             new = self._delta(old, version) if old is not None else None
+            kind = "delta" if new is not None else "full"
             if new is None:
                 new = self._full(version)
                 self.full_loads += 1
@@ -186,7 +187,7 @@ class HotCatalog:
                 "hot catalog at version %d: %d products (%s, %.2f s)",
                 new.version,
                 new.live,
-                "full" if new is not old and self.delta_loads == 0 else "delta",
+                kind,
                 self.last_refresh_seconds,
             )
             return True
