@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from core.keyword import KeywordIndex
 from core.models import Filters, Product
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ I64 = npt.NDArray[np.int64]
 B8 = npt.NDArray[np.bool_]
 
 EXACT_FILTER_FRACTION = 0.02
+# Exact scans copy out the allowed rows only when fewer than 1/GATHER_FRACTION of them are allowed
+# (a row copy costs ~13x its dot product); otherwise they score every row and mask.
+GATHER_FRACTION = 10
 REBUILD_TOMBSTONE_FRACTION = 1 / 3
 DELTA_CHUNK = 500  # product ids per "IN (...)" read of changed rows
 
@@ -97,6 +101,7 @@ class HotSnapshot:
     image: F32  # rows of zeros where a product has no image
     has_image: B8
     text: F32
+    keywords: KeywordIndex = field(default_factory=KeywordIndex.empty)  # BM25 over the same rows
     ann_image: Any = None
     ann_text: Any = None
     loaded_at: float = field(default_factory=time.time)
@@ -213,6 +218,7 @@ class HotCatalog:
             image=image,
             has_image=has_image,
             text=text,
+            keywords=KeywordIndex.build(products),
         )
         return self._with_ann(snap)
 
@@ -251,6 +257,7 @@ class HotCatalog:
         image, text, has_image = old.image, old.text, old.has_image
         categories, prices = old.categories, old.prices
         new_rows = np.zeros(0, dtype=np.int64)
+        keywords = old.keywords
         if fresh is not None and fresh.num_rows:
             add_products = self.catalog.products_from(fresh)
             add_img, add_has = _vectors(fresh.column("image_vector"), self.catalog.clip_dim)
@@ -260,13 +267,16 @@ class HotCatalog:
                 index[p.product_id] = int(row)
                 hashes_new[p.product_id] = h
             products += add_products
+            keywords = keywords.extend(add_products)
             alive = np.concatenate([alive, np.ones(len(add_products), dtype=bool)])
             image = np.concatenate([image, add_img])
             has_image = np.concatenate([has_image, add_has])
             text = np.concatenate([text, add_txt])
             categories = np.concatenate([categories, np.array([p.category for p in add_products], dtype=object)])
             prices = np.concatenate([prices, _prices(fresh.column("price"))])
-        snap = HotSnapshot(version, products, index, hashes_new, alive, categories, prices, image, has_image, text)
+        snap = HotSnapshot(
+            version, products, index, hashes_new, alive, categories, prices, image, has_image, text, keywords
+        )
         if old.ann_text is None or snap.live < self.ann_min_rows // 2:
             return self._with_ann(snap)
         faiss = _faiss()
@@ -287,6 +297,12 @@ class HotCatalog:
     def age_seconds(self) -> float:
         """Seconds since the snapshot was last confirmed to be the dataset's current version."""
         return max(0.0, time.time() - self._confirmed_at)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether :meth:`current` returns at once (a snapshot is loaded and holds this process's
+        own writes), so a query on it does no I/O."""
+        return self.snapshot is not None and self.catalog.local_writes == self._seen_writes
 
     def current(self) -> HotSnapshot | None:
         """The snapshot to answer from, brought up to date first when this process itself wrote
@@ -336,12 +352,18 @@ class HotCatalog:
             return np.zeros(0, dtype=np.int64)
         fraction = n_allowed / max(1, snap.live)
         if ann is None or fraction < EXACT_FILTER_FRACTION:
-            rows = np.flatnonzero(allowed) if n_allowed < len(allowed) else np.arange(len(allowed))
-            scores = vectors[rows] @ q if len(rows) < len(allowed) else vectors @ q
-            if len(rows) <= k:
-                return rows.astype(np.int64)
-            top = np.argpartition(-scores, k - 1)[:k]
-            return rows[top].astype(np.int64)
+            if n_allowed <= k:
+                return np.flatnonzero(allowed).astype(np.int64)
+            if n_allowed * GATHER_FRACTION < len(allowed):
+                # A selective filter: copy out the few allowed rows and score those.
+                rows = np.flatnonzero(allowed)
+                top = np.argpartition(-(vectors[rows] @ q), k - 1)[:k]
+                return rows[top].astype(np.int64)
+            # Otherwise one pass over the whole matrix, disallowed rows masked: copying most of
+            # the matrix out first costs ~13x the product (5.2 vs 0.39 ms at 10k x 512).
+            scores = vectors @ q
+            scores[~allowed] = -np.inf
+            return np.argpartition(-scores, k - 1)[:k].astype(np.int64)
         faiss = _faiss()
         params = faiss.SearchParametersIVF()
         params.nprobe = min(ann.nlist, max(self.nprobe, math.ceil(self.nprobe / max(fraction, 1e-9) ** 0.5)))

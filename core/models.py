@@ -180,6 +180,7 @@ class SearchHit:
     score: float
     image_similarity: float | None
     text_similarity: float | None
+    keyword_score: float | None = None  # normalised BM25 (hybrid and keyword search)
 
 
 def default_weights(image_weight: float, text_weight: float, clip_random_init: bool) -> Weights:

@@ -12,6 +12,20 @@ evidence it has instead of being given a made-up image similarity.
 
 Candidates come from one filtered vector search per modality (``CANDIDATE_FACTOR * top_k`` each);
 their union is re-scored exactly with the stored vectors.
+
+Modes (``SearchQuery.mode``). ``vector`` is the score above. ``hybrid`` adds full-text evidence:
+the candidates of a BM25 search over title, description, category and attributes
+(:mod:`core.keyword`) join the vector candidates, and every candidate scores
+
+    score(p) = vector_score(p) + keyword_weight * bm25_norm(q, p)
+
+with ``bm25_norm`` 1.0 for "every query word once in a document of average length" (0 when no
+word matches, so a query without lexical matches ranks exactly as in ``vector`` mode). Exact
+product names, brands and SKU codes, which sentence and CLIP vectors blur, come first; paraphrases
+still rank by meaning. This is a convex-combination style fusion on calibrated scores, which beats
+reciprocal rank fusion when one side has a decisive match (an exact title ranks first in BM25 but
+may rank 30th on vectors; RRF would add 1/61 + 1/90 and lose to any near-duplicate ranked well on
+both). ``keyword`` is BM25 alone (no model runs). Hybrid and keyword search need the hot catalog.
 """
 
 from __future__ import annotations
@@ -19,20 +33,21 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
 
 from core.catalog import Candidate, Catalog
 from core.embedding import Embedder
-from core.errors import InvalidInput
+from core.errors import InvalidInput, Unavailable
 from core.hot import HotCatalog, HotSnapshot, score_rows, top_rows, unique_rows
 from core.models import Filters, SearchHit, Vector, Weights
 
 CANDIDATE_FACTOR = 4
 MIN_CANDIDATES = 50
 MAX_QUERY_CHARS = 1000
+SEARCH_MODES = ("vector", "hybrid", "keyword")
 
 
 @dataclass(frozen=True)
@@ -44,10 +59,20 @@ class SearchQuery:
     top_k: int = 10
     filters: Filters = Filters()
     weights: Weights | None = None
+    mode: str = "vector"
+    keyword_weight: float = 0.3
 
     def __post_init__(self) -> None:
         if (self.text is None or not self.text.strip()) and self.image is None:
             raise InvalidInput("a query text or an image is required")
+        if self.mode not in SEARCH_MODES:
+            raise InvalidInput(f"mode must be one of {', '.join(SEARCH_MODES)}")
+        if self.mode == "keyword" and (self.text is None or not self.text.strip()):
+            raise InvalidInput("keyword search needs a query text")
+        if self.mode == "keyword" and self.image is not None:
+            raise InvalidInput("keyword search takes no image (use mode hybrid or vector)")
+        if not 0.0 <= self.keyword_weight <= 10.0:
+            raise InvalidInput("keyword_weight must be between 0 and 10")
         if self.text is not None and len(self.text) > MAX_QUERY_CHARS:
             raise InvalidInput(f"query longer than {MAX_QUERY_CHARS} characters")
         if not 1 <= self.top_k <= 1000:
@@ -167,19 +192,43 @@ def hot_ranked(
     top_k: int,
     filters: Filters = Filters(),
     exclude_id: str | None = None,
+    keywords: str | None = None,
+    keyword_weight: float = 0.0,
 ) -> list[SearchHit]:
-    """:func:`ranked` on the in-memory snapshot: same candidates rule, same exact scores."""
+    """:func:`ranked` on the in-memory snapshot: same candidates rule, same exact scores; with
+    ``keywords``, hybrid (see the module docstring)."""
     k = max(top_k * CANDIDATE_FACTOR, MIN_CANDIDATES)
     allowed = snap.mask(filters)
-    if exclude_id is not None and exclude_id in snap.index:
-        allowed[snap.index[exclude_id]] = False
     n_allowed = int(allowed.sum())
+    drop = snap.index.get(exclude_id, -1) if exclude_id is not None else -1
+    if drop >= 0 and allowed[drop]:
+        # Ask for one more candidate and drop the anchor afterwards: clearing its bit would make
+        # an unfiltered ANN search take the (slower) id-selector path.
+        k += 1
     parts = []
     if q_img is not None and weights.image > 0:
         parts.append(hot.candidates(snap, "image", q_img, k, allowed, n_allowed))
     if q_txt is not None and weights.text > 0:
         parts.append(hot.candidates(snap, "text", q_txt, k, allowed, n_allowed))
-    scored = score_rows(snap, unique_rows(parts), q_img, q_txt, weights.image, weights.text)
+    kw_rows = np.zeros(0, dtype=np.int64)
+    kw_scores = np.zeros(0, dtype=np.float64)
+    if keywords is not None:
+        kw_rows, kw_scores = snap.keywords.scores(keywords, snap.alive, allowed)
+        if len(kw_rows) > k:
+            best = np.argpartition(-kw_scores, k - 1)[:k]
+            parts.append(kw_rows[best])
+        else:
+            parts.append(kw_rows)
+    rows = unique_rows(parts)
+    scored = score_rows(snap, rows[rows != drop], q_img, q_txt, weights.image, weights.text)
+    kw = None
+    if keywords is not None:
+        kw = np.zeros(len(scored.rows))
+        if len(kw_rows):
+            at = np.minimum(np.searchsorted(kw_rows, scored.rows), len(kw_rows) - 1)
+            found = kw_rows[at] == scored.rows
+            kw[found] = kw_scores[at[found]]
+        scored = replace(scored, score=scored.score + keyword_weight * kw)
     hits = []
     for i in top_rows(scored, snap, top_k):
         s_img, s_txt = float(scored.s_img[i]), float(scored.s_txt[i])
@@ -189,9 +238,17 @@ def hot_ranked(
                 float(scored.score[i]),
                 None if np.isnan(s_img) else s_img,
                 None if np.isnan(s_txt) else s_txt,
+                None if kw is None else float(kw[i]),
             )
         )
     return hits
+
+
+def keyword_ranked(snap: HotSnapshot, text: str, top_k: int, filters: Filters = Filters()) -> list[SearchHit]:
+    """BM25 alone: the best ``top_k`` products matching the query's words, ties by product id."""
+    rows, scores = snap.keywords.scores(text, snap.alive, snap.mask(filters))
+    order = sorted(range(len(rows)), key=lambda i: (-scores[i], snap.products[rows[i]].product_id))[:top_k]
+    return [SearchHit(snap.products[int(rows[i])], float(scores[i]), None, None, float(scores[i])) for i in order]
 
 
 def _rank(
@@ -203,10 +260,12 @@ def _rank(
     top_k: int,
     filters: Filters = Filters(),
     exclude_id: str | None = None,
+    keywords: str | None = None,
+    keyword_weight: float = 0.0,
 ) -> list[SearchHit]:
     snap = hot.current() if hot is not None else None
     if hot is not None and snap is not None:
-        return hot_ranked(hot, snap, q_img, q_txt, weights, top_k, filters, exclude_id)
+        return hot_ranked(hot, snap, q_img, q_txt, weights, top_k, filters, exclude_id, keywords, keyword_weight)
     return ranked(catalog, q_img, q_txt, weights, top_k, filters, exclude_id)
 
 
@@ -244,6 +303,14 @@ def search(
     q_img: Vector | None = None
     q_txt: Vector | None = None
     text = query.text.strip() if query.text else None
+    if query.mode == "keyword":
+        snap = hot.current() if hot is not None else None
+        if snap is None:
+            raise Unavailable("keyword search needs the in-memory catalog (HOT_CATALOG=true), which is not loaded yet")
+        started = time.perf_counter()
+        hits = keyword_ranked(snap, text or "", query.top_k, query.filters)
+        timings.vector_search += time.perf_counter() - started
+        return hits
     if text:
         q_txt, q_img = _text_vectors(embedder, text, weights.image > 0, cache, timings)
     if query.image is not None:
@@ -259,7 +326,9 @@ def search(
             # A photo alone carries no sentence vector: rank on the image side only.
             weights = Weights(image=1.0, text=0.0)
     started = time.perf_counter()
-    hits = _rank(catalog, hot, q_img, q_txt, weights, query.top_k, query.filters)
+    hybrid = query.mode == "hybrid" and text is not None
+    keywords = text if hybrid else None
+    hits = _rank(catalog, hot, q_img, q_txt, weights, query.top_k, query.filters, None, keywords, query.keyword_weight)
     timings.vector_search += time.perf_counter() - started
     return hits
 

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     # Ranking
     image_weight: float = Field(default=0.7, ge=0)
     text_weight: float = Field(default=0.3, ge=0)
+    search_mode: Literal["hybrid", "vector", "keyword"] = Field(
+        default="hybrid",
+        description="Default of POST /search's `mode`: hybrid = vector score + keyword_weight x BM25 (exact names "
+        "and codes first), vector = the fused cosine score alone, keyword = BM25 alone.",
+    )
+    hybrid_keyword_weight: float = Field(
+        default=0.3, ge=0, le=10, description="Weight of the normalised BM25 score (0..1) in hybrid search."
+    )
 
     # Security
     api_key: SecretStr | None = None

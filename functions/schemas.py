@@ -58,6 +58,18 @@ class SearchRequest(BaseModel):
     top_k: int = Field(default=10, ge=1, le=100)
     filters: FiltersIn | None = None
     weights: WeightsIn | None = None
+    mode: Literal["hybrid", "vector", "keyword"] | None = Field(
+        default=None,
+        description="hybrid: vector score + keyword_weight x normalised BM25 over title, description, category and "
+        "attributes (exact names, brands and codes first); vector: the fused cosine score alone; keyword: BM25 "
+        "alone (no model runs). Default: SEARCH_MODE (hybrid).",
+    )
+    keyword_weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="Hybrid only: weight of the keyword score (default HYBRID_KEYWORD_WEIGHT).",
+    )
 
     @model_validator(mode="after")
     def _something_to_search(self) -> SearchRequest:
@@ -89,6 +101,9 @@ class SearchResult(BaseModel):
     score: float
     image_similarity: float | None = None
     text_similarity: float | None = None
+    keyword_score: float | None = Field(
+        default=None, description="Normalised BM25 of the query's words in the product's text, 0..1 (hybrid/keyword)."
+    )
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -224,3 +224,40 @@ def test_hot_catalog_serves_search_with_cache_and_metrics(s3_settings: Settings,
     fresh = [ln for ln in text.splitlines() if ln.startswith("index_freshness_seconds ")]
     assert fresh and 0 <= float(fresh[0].split()[1]) < 5
     assert f"index_served_version {float(svc.catalog.version)}" in text
+    # latency by matched route template (the ASGI timing middleware reads the router's match)
+    assert 'api_request_duration_seconds_count{method="GET",route="/similar/{product_id}",status="200"} 1.0' in text
+    assert 'api_request_duration_seconds_count{method="POST",route="/search",status="200"}' in text
+
+
+def test_hybrid_search_finds_names_and_codes(s3_settings: Settings, fake: Embedder) -> None:
+    """Default mode is hybrid: an exact title or a SKU typed without its dash ranks its product
+    first, with its keyword score; `vector` gives the plain fused score; `keyword` runs BM25 alone."""
+    svc = Services.from_settings(s3_settings, embedder=fake)
+    with TestClient(create_app(svc)) as c:
+        items = [
+            ("k1", "Kestrel Virzan 3 blue running shoes", "KS-48213"),
+            ("k2", "Kestrel Quador 3 blue running shoes", "KS-11873"),
+            ("k3", "Kestrel Maren 5 blue running shoes", "KS-90412"),
+            ("k4", "Acme red striped cotton t-shirt", "AC-55555"),
+        ]
+        for pid, title, sku in items:
+            body = {"title": title, "category": "Footwear", "price": 80, "sku": sku}
+            assert c.put(f"/products/{pid}", json=body).status_code == 200
+        for pid, title, sku in items:
+            hits = c.post("/search", json={"query": title, "top_k": 3}).json()["results"]
+            assert hits[0]["product_id"] == pid and 0 < hits[0]["keyword_score"] <= 1
+            by_code = c.post("/search", json={"query": sku.replace("-", "").lower(), "mode": "keyword"}).json()
+            assert [h["product_id"] for h in by_code["results"]] == [pid]
+        plain = c.post("/search", json={"query": "Kestrel Quador 3", "mode": "vector", "top_k": 4}).json()["results"]
+        assert all(h["keyword_score"] is None for h in plain)
+        hybrid = c.post("/search", json={"query": "Kestrel Quador 3", "top_k": 4}).json()["results"]
+        by_id = {h["product_id"]: h for h in plain}
+        for h in hybrid:  # hybrid score = vector score + 0.3 x keyword score
+            assert h["score"] == pytest.approx(by_id[h["product_id"]]["score"] + 0.3 * h["keyword_score"], abs=2e-6)
+        weighted = c.post("/search", json={"query": "Kestrel Quador 3", "keyword_weight": 0, "top_k": 4}).json()
+        assert [h["product_id"] for h in weighted["results"]] == [h["product_id"] for h in plain]
+        assert c.post("/search", json={"query": "x", "mode": "fuzzy"}).status_code == 422
+        assert c.post("/search", json={"query": "x", "keyword_weight": -1}).status_code == 422
+        photo = {"image_base64": b64(jpeg()), "mode": "keyword"}
+        r = c.post("/search", json=photo)
+        assert r.status_code == 422 and "keyword search" in r.json()["detail"]
