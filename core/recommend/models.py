@@ -88,6 +88,50 @@ def history_matrix(inter: Interactions, alpha: float, half_life: float, rows: I3
     return m if rows is None else m[rows]
 
 
+def history_weights(strength: F32, rank: I32, alpha: float, half_life: float) -> F32:
+    """The weights :func:`history_matrix` gives one user's items (``rank`` 0 = most recent)."""
+    w = np.power(strength.astype(np.float64), alpha)
+    if math.isfinite(half_life):
+        w = w * np.power(0.5, rank / half_life)
+    out: F32 = w.astype(np.float32)
+    return out
+
+
+def _row_entries(m: sp.csr_matrix, rows: I32) -> tuple[I32, I32, F32]:
+    """The stored entries of ``m[rows]`` straight from the CSR arrays: (position in ``rows``,
+    column, value) per entry, no scipy matrix built (the one-user query path)."""
+    starts = m.indptr[rows]
+    lens = m.indptr[rows + 1] - starts
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(total)
+    return np.repeat(np.arange(len(rows), dtype=np.int32), lens), m.indices[offsets], m.data[offsets]
+
+
+def weighted_rows(m: sp.csr_matrix, rows: I32, w: F32) -> F32:
+    """``sum_r w[r] * m[rows[r]]`` as a dense vector (one user's history applied to ``m``)."""
+    pos, cols, vals = _row_entries(m, rows)
+    out: F32 = np.bincount(cols, weights=vals * w[pos], minlength=m.shape[1]).astype(np.float32)
+    return out
+
+
+def block(m: sp.csr_matrix, rows: I32, cols: list[int]) -> F32:
+    """``m[rows][:, cols]`` as a small dense array."""
+    out: F32 = np.zeros((len(rows), len(cols)), np.float32)
+    pos, c, v = _row_entries(m, rows)
+    where = {col: j for j, col in enumerate(cols)}
+    keep = np.isin(c, cols)
+    if keep.any():
+        np.add.at(out, (pos[keep], np.array([where[int(x)] for x in c[keep]], np.int64)), v[keep])
+    return out
+
+
+def _max_normalise(v: F32) -> F32:
+    mx = float(v.max(initial=0.0))
+    return v / mx if mx > 0 else v
+
+
 def binary_matrix(inter: Interactions) -> sp.csr_matrix:
     ones = np.ones(len(inter.user), dtype=np.float32)
     return sp.csr_matrix((ones, (inter.user, inter.item)), shape=(inter.n_users, inter.n_items))
@@ -280,6 +324,31 @@ class HybridModel:
             parts["content"] = p.gamma * _row_max_normalise(content_scores(hist, vectors))
         if p.delta > 0 and self.t is not None and self.t.shape[0] and recent is not None:
             parts["sequence"] = p.delta * _row_max_normalise(_apply(recent, self.t))
+        return parts
+
+    def user_components(
+        self,
+        rows: I32,
+        w_hist: F32,
+        w_recent: F32,
+        t_last: float,
+        pop: TimePopularity | None,
+        vectors: F32 | None,
+    ) -> dict[str, F32]:
+        """:meth:`components` for one user whose history is items ``rows`` (distinct) with
+        weights ``w_hist`` (and ``w_recent`` for the sequence signal), as 1-D arrays, computed
+        from the CSR arrays directly: the same numbers without building scipy matrices, which
+        cost more than the arithmetic for one user."""
+        p = self.params
+        parts = {"collaborative": _max_normalise(weighted_rows(self.b, rows, w_hist))}
+        if p.beta > 0 and pop is not None:
+            parts["popular"] = p.beta * _max_normalise(np.array(pop.at(np.array([t_last]), p.tau_days)[0]))
+        if p.gamma > 0 and vectors is not None:
+            profile = w_hist @ vectors[rows]
+            norm = float(np.linalg.norm(profile))
+            parts["content"] = p.gamma * _max_normalise(vectors @ (profile / (norm or 1.0)))
+        if p.delta > 0 and self.t is not None and self.t.shape[0]:
+            parts["sequence"] = p.delta * _max_normalise(weighted_rows(self.t, rows, w_recent))
         return parts
 
     def score(

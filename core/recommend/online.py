@@ -35,8 +35,8 @@ from core.events import Event, EventLog, event_strength
 from core.hot import filter_mask
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
-from core.recommend.data import F32, F64, EventArrays, Interactions
-from core.recommend.models import HybridModel, HybridParams, TimePopularity, history_matrix
+from core.recommend.data import F32, F64, EventArrays
+from core.recommend.models import HybridModel, HybridParams, TimePopularity, block, history_weights
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +356,12 @@ class Recommender:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether :meth:`recommend` and :meth:`more_like` answer from memory alone (the background
+        refresh runs), so callers may run them without a worker thread."""
+        return self._thread is not None and self._thread.is_alive()
+
     def ensure_fresh(self) -> None:
         """Without the background thread (a host that never started it), refresh inline when
         the state is older than ``refresh_seconds``."""
@@ -416,36 +422,29 @@ class Recommender:
         compiled = self._compiled_for(snap)
         p = compiled.model.params
         idx = np.array([snap.index[h.product_id] for h in history], dtype=np.int32)
-        inter = Interactions(
-            1,
-            len(snap),
-            np.zeros(len(history), np.int32),
-            idx,
-            np.array([h.strength for h in history], np.float32),
-            np.array([h.timestamp for h in history]),
-            np.arange(len(history), dtype=np.int32),
-        )
-        hist = history_matrix(inter, p.alpha, p.half_life)
-        recent = history_matrix(inter, 0.0, p.seq_half_life)
+        strength = np.array([h.strength for h in history], np.float32)
+        rank = np.arange(len(history), dtype=np.int32)  # history is most recent first
+        w_hist = history_weights(strength, rank, p.alpha, p.half_life)
+        w_recent = history_weights(strength, rank, 0.0, p.seq_half_life)
         t_last = np.array([history[0].timestamp])
-        parts = compiled.model.components(hist, t_last, compiled.popularity, snap.vectors, recent)
-        total = np.sum([part[0] for part in parts.values()], axis=0)
+        model = compiled.model
+        parts = model.user_components(idx, w_hist, w_recent, float(t_last[0]), compiled.popularity, snap.vectors)
+        total = np.sum(list(parts.values()), axis=0)
         scores = np.where(allowed, total, -np.inf)
         top = _best(scores, top_k)
         strategy = "personalized" if self.model is not None else "content"
         # Who contributed what to each recommended product, for its reason (one slice per signal).
-        w = hist.toarray()[0][idx][:, None]
         contrib = {
-            "collaborative": w * compiled.model.b[idx][:, top].toarray(),
-            "content": w * (snap.vectors[idx] @ snap.vectors[top].T),
+            "collaborative": w_hist[:, None] * block(model.b, idx, top),
+            "content": w_hist[:, None] * (snap.vectors[idx] @ snap.vectors[top].T),
         }
-        if compiled.model.t is not None:
-            contrib["sequence"] = recent.toarray()[0][idx][:, None] * compiled.model.t[idx][:, top].toarray()
+        if model.t is not None and model.t.shape[0]:
+            contrib["sequence"] = w_recent[:, None] * block(model.t, idx, top)
         items = []
         for col, i in enumerate(top):
-            best = max(parts, key=lambda k: float(parts[k][0, i]))
+            best = max(parts, key=lambda k: float(parts[k][i]))
             product = snap.products[i]
-            if float(parts[best][0, i]) > 0:
+            if float(parts[best][i]) > 0:
                 reason = _history_reason(best, contrib.get(best), col, history, snap, idx, product, t_last[0])
             elif compiled.alltime[i] > 0:  # nothing in the history speaks for it: say only what is true
                 reason = _popular_reason(product, t_last[0])

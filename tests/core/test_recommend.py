@@ -14,10 +14,12 @@ from core.recommend.models import (
     HybridParams,
     TimePopularity,
     binary_matrix,
+    block,
     evaluate_scores,
     fit_ease,
     fit_itemknn,
     history_matrix,
+    history_weights,
     make_split,
     ranking_metrics,
     train_hybrid,
@@ -116,6 +118,55 @@ def test_tuning_learns_order_where_plain_ease_cannot() -> None:
     assert p.delta > 0 or np.isfinite(p.half_life), p  # it chose an order-aware component
     assert ours.ndcg > ease.ndcg + 0.15, (ours, ease)
     assert ours.ndcg > 0.8 and model.info["validation_ndcg"] > 0.8
+
+
+def test_one_user_path_equals_the_batch_scores() -> None:
+    """The query path (:meth:`HybridModel.user_components`, CSR arrays directly) gives the
+    numbers of the evaluated batch path (:meth:`HybridModel.components`, scipy products) for
+    every signal at once, and :func:`block` equals scipy's slicing."""
+    ev = chains()
+    split = make_split(ev, 0.2)
+    model = train_hybrid(split.train_ev)
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((len(ev.items), 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    model = replace_params(model, beta=0.3, gamma=0.2, delta=0.5, half_life=4.0, alpha=1.0)
+    p = model.params
+    hist = history_matrix(split.train, p.alpha, p.half_life)
+    recent = history_matrix(split.train, 0.0, p.seq_half_life)
+    pop = TimePopularity(split.train_ev, len(ev.items))
+    tr = split.train
+    checked = 0
+    for u in range(0, tr.n_users, 7):
+        mine = tr.user == u
+        if not mine.any():
+            continue
+        order = np.argsort(tr.rank[mine])  # most recent first
+        rows = tr.item[mine][order].astype(np.int32)
+        strength = tr.strength[mine][order].astype(np.float32)
+        rank = tr.rank[mine][order].astype(np.int32)
+        batch = model.components(hist[[u]], split.t_last[[u]], pop, vectors, recent[[u]])
+        one = model.user_components(
+            rows,
+            history_weights(strength, rank, p.alpha, p.half_life),
+            history_weights(strength, rank, 0.0, p.seq_half_life),
+            float(split.t_last[u]),
+            pop,
+            vectors,
+        )
+        assert set(one) == set(batch) == {"collaborative", "popular", "content", "sequence"}
+        for name in one:
+            assert np.allclose(one[name], batch[name][0], atol=1e-5), name
+        cols = [int(c) for c in rng.choice(len(ev.items), 5, replace=False)]
+        assert np.allclose(block(model.b, rows, cols), model.b[rows][:, cols].toarray())
+        checked += 1
+    assert checked >= 3
+
+
+def replace_params(model: object, **changes: float) -> object:
+    from dataclasses import replace
+
+    return replace(model, params=replace(model.params, **changes))  # type: ignore[attr-defined, type-var]
 
 
 def test_ease_matches_its_closed_form() -> None:
