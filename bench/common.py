@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import platform
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -21,13 +27,44 @@ from core.settings import Settings
 RESULTS = Path(__file__).parent / "results"
 
 
-def s3_settings(**overrides: Any) -> tuple[Settings, ThreadedMotoServer]:
-    """A fresh bucket on an embedded S3 server (moto, over HTTP on loopback)."""
+class MotoProcess:
+    """The embedded S3 server (moto) in a process of its own: a benchmark that trains or
+    generates load in this process would otherwise starve it of the GIL."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+
+    def get_host_and_port(self) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def s3_settings(*, own_process: bool = False, **overrides: Any) -> tuple[Settings, ThreadedMotoServer | MotoProcess]:
+    """A fresh bucket on an embedded S3 server (moto, over HTTP on loopback), in a thread of this
+    process or (``own_process``) in a process of its own."""
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server: ThreadedMotoServer | MotoProcess
+    if own_process:
+        server = MotoProcess()
+    else:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
@@ -84,3 +121,85 @@ def report(name: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {path}")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    """``python -m bench.serve`` in its own process with ``settings`` in its environment."""
+
+    def __init__(self, settings: Settings, *, fake_embedder: bool, timeout_s: float = 600.0) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, **settings_env(settings)}
+        cmd = [sys.executable, "-m", "bench.serve", "--port", str(self.port)]
+        if fake_embedder:
+            cmd.append("--fake-embedder")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bench.serve exited with {self.proc.returncode}")
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                conn.request("GET", "/health")
+                if conn.getresponse().status in (200, 503):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.proc.kill()
+                    raise
+                time.sleep(0.2)
+            finally:
+                conn.close()
+
+    def stop(self) -> int | None:
+        """Stop the server; its peak RSS in MB."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        for line in out.splitlines():
+            if line.startswith("PEAK_RSS_MB "):
+                return int(line.split()[1])
+        return None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in another process."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[name.upper()] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return env
+
+
+class LightClient:
+    """A keep-alive HTTP/1.1 client on ``http.client``: far less per-request Python than httpx,
+    so latency percentiles measure the server, not the client."""
+
+    def __init__(self, base: str, timeout: float = 120.0) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"content-type": "application/json"} if body is not None else {}
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            self.conn.request(method, path, body=data, headers=headers)
+            r = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The server closed the idle keep-alive connection before this request reached it.
+            self.conn.close()
+            self.conn.request(method, path, body=data, headers=headers)
+            r = self.conn.getresponse()
+        raw = r.read()
+        if raw and (r.getheader("content-type") or "").startswith("application/json"):
+            return r.status, json.loads(raw)
+        return r.status, raw
