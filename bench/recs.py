@@ -17,6 +17,8 @@ import argparse
 import random
 import resource
 import time
+from collections.abc import Callable
+from typing import Any
 
 from bench.common import LightClient, ServeProcess, percentiles, report, s3_settings, timed
 from bench.search import synthetic_catalog
@@ -31,6 +33,7 @@ def main() -> None:
     ap.add_argument("--products", type=int, default=10_000)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     settings, server = s3_settings(own_process=True, recs_refresh_seconds=1.0)
     # Query-side latency does not embed anything; the fake embedder has the real dimensions.
@@ -85,8 +88,15 @@ def main() -> None:
         status, body = client.request("POST", "/events", one)
         assert status == 202, body
 
+    def runs(fn: Callable[[], None], n: int, rounds: int) -> dict[str, Any]:
+        """``--runs`` rounds of ``n`` requests: percentiles over all, and each round's p50 (this
+        shared VM's run-to-run spread is large)."""
+        samples = [timed(fn, n) for _ in range(rounds)]
+        merged = [x for s in samples for x in s]
+        return {**percentiles(merged), "p50_per_run": [percentiles(s)["p50_ms"] for s in samples]}
+
     rows = [
-        {"operation": name, **percentiles(timed(fn, args.queries))}
+        {"operation": name, **runs(fn, args.queries, 1 if name.startswith("POST /events") else args.runs)}
         for name, fn in [
             ("GET /recommendations (known user)", known),
             ("GET /recommendations + filters", filtered),

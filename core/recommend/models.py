@@ -119,11 +119,15 @@ def weighted_rows(m: sp.csr_matrix, rows: I32, w: F32) -> F32:
 def block(m: sp.csr_matrix, rows: I32, cols: list[int]) -> F32:
     """``m[rows][:, cols]`` as a small dense array."""
     out: F32 = np.zeros((len(rows), len(cols)), np.float32)
+    if not cols:
+        return out
     pos, c, v = _row_entries(m, rows)
-    where = {col: j for j, col in enumerate(cols)}
-    keep = np.isin(c, cols)
+    wanted = np.asarray(cols, dtype=np.int64)
+    order = np.argsort(wanted)
+    at = np.minimum(np.searchsorted(wanted, c, sorter=order), len(wanted) - 1)
+    keep = wanted[order[at]] == c
     if keep.any():
-        np.add.at(out, (pos[keep], np.array([where[int(x)] for x in c[keep]], np.int64)), v[keep])
+        np.add.at(out, (pos[keep], order[at[keep]]), v[keep])
     return out
 
 

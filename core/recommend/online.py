@@ -36,7 +36,7 @@ from core.hot import filter_mask
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64, EventArrays
-from core.recommend.models import HybridModel, HybridParams, TimePopularity, block, history_weights
+from core.recommend.models import HybridModel, HybridParams, TimePopularity, block, history_weights, weighted_rows
 
 log = logging.getLogger(__name__)
 
@@ -500,13 +500,16 @@ class Recommender:
         pos = np.array([snap.index[p] for p in positive], dtype=np.int32)
         neg = np.array([snap.index[p] for p in negative], dtype=np.int32)
         compiled = self._compiled_for(snap)
-        content = snap.vectors[pos].mean(axis=0) @ snap.vectors.T
+        # mean(pos) . v - 0.5 mean(neg) . v for every product v, in one pass over the vectors
+        query = snap.vectors[pos].mean(axis=0)
         if len(neg):
-            content = content - 0.5 * (snap.vectors[neg].mean(axis=0) @ snap.vectors.T)
+            query = query - 0.5 * snap.vectors[neg].mean(axis=0)
+        content = snap.vectors @ query
         b = compiled.model.b
         cf = np.zeros(len(snap), dtype=np.float32)
         if b.shape[0]:
-            cf = np.asarray(b[pos].sum(axis=0)).ravel() - (np.asarray(b[neg].sum(axis=0)).ravel() if len(neg) else 0)
+            signs = np.concatenate([np.ones(len(pos), np.float32), -np.ones(len(neg), np.float32)])
+            cf = weighted_rows(b, np.concatenate([pos, neg]), signs)
             mx = float(np.abs(cf).max()) or 1.0
             cf = cf / mx
         total = content + 0.5 * cf
