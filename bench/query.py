@@ -4,14 +4,15 @@
     python -m bench.query --products 100000 --million        # + 1M-product store-only search
     pip install -e '.[bench]'                                # ChromaDB for the baseline
 
-What it does, in one process on this machine:
+What it does, on this machine (the S3 server and the query process each in a process of their own):
 
 1. Builds a catalog of ``--products`` products in LanceDB on the embedded S3 server (moto over
    HTTP). Stored vectors are synthetic at the real dimensions (512 CLIP, 384 MiniLM), drawn as a
    mixture around 300 product-type centres (real catalogs cluster; isotropic random vectors have
    no meaningful nearest neighbours for any index). Titles, categories and prices are realistic.
    Queries are embedded by the real model architectures (ViT-B-32 random init, MiniLM).
-2. Serves the HTTP app (uvicorn on loopback) and measures single-client p50/p95/p99 of text
+2. Starts the query process (``python -m bench.serve``: uvicorn on loopback, the real model
+   architectures) and measures single-client p50/p95/p99 (a keep-alive ``http.client``) of text
    search (uncached: every query text is new), text search with filters, a repeated query (cache),
    image search, similar, and recommendations; then throughput and errors with ``--clients``
    concurrent clients of mixed traffic for ``--seconds``; upload-to-searchable latency (a second
@@ -33,7 +34,6 @@ import base64
 import gc
 import random
 import resource
-import socket
 import statistics
 import tempfile
 import threading
@@ -43,18 +43,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import numpy as np
 import pyarrow as pa
-import uvicorn
 
-from bench.common import percentiles, report, s3_settings, timed
+from bench.common import LightClient, ServeProcess, percentiles, report, s3_settings, timed
 from core.catalog import Catalog, ProductRecord, products_schema
 from core.embedding import l2_normalize, load_embedder
 from core.hot import HotCatalog, HotSnapshot
 from core.models import Filters, Product, Weights
 from core.search import hot_ranked, similar
-from functions.app import create_app
 from functions.services import Services
 from local.sample import BRANDS, COLOURS, ITEMS, MATERIALS, PATTERNS, PRICE_RANGES, generate
 
@@ -149,18 +146,7 @@ def build_catalog(catalog: Catalog, n: int) -> tuple[float, dict[str, Any]]:
     return time.perf_counter() - t, rows
 
 
-def serve(services: Services) -> tuple[uvicorn.Server, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{port}"
-
-
-def seed_events(client: httpx.Client, n_products: int, users: int = 2000, per_user: int = 10) -> None:
+def seed_events(client: LightClient, n_products: int, users: int = 2000, per_user: int = 10) -> None:
     rng = random.Random(7)
     types = ["view", "view", "click", "add_to_cart", "purchase"]
     now = time.time()
@@ -178,8 +164,8 @@ def seed_events(client: httpx.Client, n_products: int, users: int = 2000, per_us
                 }
             )
     for s in range(0, len(batch), 5000):
-        r = client.post("/events", json=batch[s : s + 5000])
-        assert r.status_code == 202, r.text
+        status, body = client.request("POST", "/events", batch[s : s + 5000])
+        assert status == 202, body
 
 
 def throughput(base: str, n_products: int, clients: int, seconds: float) -> dict[str, Any]:
@@ -192,24 +178,24 @@ def throughput(base: str, n_products: int, clients: int, seconds: float) -> dict
 
     def worker(k: int) -> None:
         rng = random.Random(k)
-        with httpx.Client(base_url=base, timeout=30) as c:
-            i = 0
-            while time.monotonic() < stop:
-                i += 1
-                roll = rng.random()
-                t = time.perf_counter()
-                if roll < 0.4:
-                    r = c.post("/search", json={"query": f"{rng.choice(QUERIES)} {k}-{i}", "top_k": 10})
-                elif roll < 0.5:
-                    r = c.post("/search", json={"query": rng.choice(QUERIES), "top_k": 10})
-                elif roll < 0.8:
-                    r = c.get(f"/similar/B{rng.randrange(n_products):07d}", params={"top_k": 10})
-                else:
-                    r = c.get(f"/recommendations/U{rng.randrange(2000)}", params={"top_k": 10})
-                dt = (time.perf_counter() - t) * 1000
-                with lock:
-                    counts["ok" if r.status_code == 200 else "errors"] += 1
-                    lat.append(dt)
+        c = LightClient(base, timeout=30)
+        i = 0
+        while time.monotonic() < stop:
+            i += 1
+            roll = rng.random()
+            t = time.perf_counter()
+            if roll < 0.4:
+                status, _ = c.request("POST", "/search", {"query": f"{rng.choice(QUERIES)} {k}-{i}", "top_k": 10})
+            elif roll < 0.5:
+                status, _ = c.request("POST", "/search", {"query": rng.choice(QUERIES), "top_k": 10})
+            elif roll < 0.8:
+                status, _ = c.request("GET", f"/similar/B{rng.randrange(n_products):07d}?top_k=10")
+            else:
+                status, _ = c.request("GET", f"/recommendations/U{rng.randrange(2000)}?top_k=10")
+            dt = (time.perf_counter() - t) * 1000
+            with lock:
+                counts["ok" if status == 200 else "errors"] += 1
+                lat.append(dt)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -224,7 +210,7 @@ def throughput(base: str, n_products: int, clients: int, seconds: float) -> dict
     }
 
 
-def upload_to_searchable(settings: Any, client: httpx.Client, services: Services, tries: int = 5) -> list[float]:
+def upload_to_searchable(settings: Any, client: LightClient, services: Services, tries: int = 5) -> list[float]:
     """Another writer (its own Catalog object, as an indexer function would be) commits a new
     product; time until the query process returns it as the top hit of its exact title."""
     writer = Catalog.from_settings(
@@ -240,7 +226,7 @@ def upload_to_searchable(settings: Any, client: httpx.Client, services: Services
         writer.upsert([ProductRecord(p, None, vec, f"new{k}")])
         t = time.perf_counter()
         while True:
-            r = client.post("/search", json={"query": title, "top_k": 1}).json()["results"]
+            r = client.request("POST", "/search", {"query": title, "top_k": 1})[1]["results"]
             if r and r[0]["product_id"] == pid:
                 break
             if time.perf_counter() - t > 60:
@@ -447,60 +433,66 @@ def main() -> None:
     ap.add_argument("--no-chroma", action="store_true")
     args = ap.parse_args()
 
-    settings, s3 = s3_settings(clip_model="ViT-B-32", clip_pretrained="none", index_min_rows=10**9)
+    settings, s3 = s3_settings(
+        own_process=True, clip_model="ViT-B-32", clip_pretrained="none", index_min_rows=10**9, recs_refresh_seconds=1.0
+    )
     embedder = load_embedder(settings)
     services = Services.from_settings(settings, embedder=embedder)
     build_s, _ = build_catalog(services.catalog, args.products)
     meta: dict[str, Any] = {"products": args.products, "catalog_build_s": round(build_s, 1)}
+    # The query process runs on its own (python -m bench.serve), as deployed: this process
+    # (clients, recall and baseline computations) and the S3 server do not share its GIL.
     t = time.perf_counter()
-    server, base = serve(services)
+    serve = ServeProcess(settings, fake_embedder=False)
+    meta["query_process_start_s (models + hot catalog load)"] = round(time.perf_counter() - t, 1)
     assert services.hot is not None
-    while services.hot.snapshot is None:
-        time.sleep(0.05)
-    meta["hot_catalog_first_load_s"] = round(time.perf_counter() - t, 1)
+    services.hot.refresh()  # this process's own copy, for recall and the baseline
+    assert services.hot.snapshot is not None
     meta["ann_nlist"] = getattr(services.hot.snapshot.ann_text, "nlist", None)
-    client = httpx.Client(base_url=base, timeout=60)
+    client = LightClient(serve.base, timeout=60)
     seed_events(client, args.products)
-    services.recommender.refresh()
+    while client.request("GET", "/recommendations/U0?top_k=1")[1]["strategy"] == "popular":
+        time.sleep(0.2)  # the query process reads the seeded events on its next refresh
     photo = base64.b64encode(generate(1)[0].image).decode()
     counter = iter(range(10**9))
     out: list[dict[str, Any]] = []
 
+    def ok(status: int, body: Any) -> None:
+        assert status == 200, body
+
     def text_search() -> None:
         q = f"{QUERIES[next(counter) % len(QUERIES)]} {next(counter)}"  # new text: uncached
-        r = client.post("/search", json={"query": q, "top_k": 10, "weights": {"image": 0.7, "text": 0.3}})
-        assert r.status_code == 200, r.text
+        ok(*client.request("POST", "/search", {"query": q, "top_k": 10, "weights": {"image": 0.7, "text": 0.3}}))
+
+    def text_vector() -> None:
+        q = f"{QUERIES[next(counter) % len(QUERIES)]} {next(counter)}"
+        body = {"query": q, "top_k": 10, "weights": {"image": 0.7, "text": 0.3}, "mode": "vector"}
+        ok(*client.request("POST", "/search", body))
 
     def filtered() -> None:
-        r = client.post(
-            "/search",
-            json={
-                "query": f"{QUERIES[next(counter) % 8]} {next(counter)}",
-                "top_k": 10,
-                "weights": {"image": 0.7, "text": 0.3},
-                "filters": {"category": "Footwear", "max_price": 100},
-            },
-        )
-        assert r.status_code == 200, r.text
+        body = {
+            "query": f"{QUERIES[next(counter) % 8]} {next(counter)}",
+            "top_k": 10,
+            "weights": {"image": 0.7, "text": 0.3},
+            "filters": {"category": "Footwear", "max_price": 100},
+        }
+        ok(*client.request("POST", "/search", body))
 
     def cached() -> None:
-        r = client.post("/search", json={"query": "blue running shoes", "top_k": 10})
-        assert r.status_code == 200, r.text
+        ok(*client.request("POST", "/search", {"query": "blue running shoes", "top_k": 10}))
 
     def image_search() -> None:
-        r = client.post("/search", json={"image_base64": photo, "top_k": 10})
-        assert r.status_code == 200, r.text
+        ok(*client.request("POST", "/search", {"image_base64": photo, "top_k": 10}))
 
     def similar_() -> None:
-        r = client.get(f"/similar/B{(next(counter) * 7919) % args.products:07d}", params={"top_k": 10})
-        assert r.status_code == 200, r.text
+        ok(*client.request("GET", f"/similar/B{(next(counter) * 7919) % args.products:07d}?top_k=10"))
 
     def recs() -> None:
-        r = client.get(f"/recommendations/U{next(counter) % 2000}", params={"top_k": 10})
-        assert r.status_code == 200, r.text
+        ok(*client.request("GET", f"/recommendations/U{next(counter) % 2000}?top_k=10"))
 
     ops: list[tuple[str, Callable[[], None], int]] = [
-        ("HTTP text search (uncached, incl. embedding)", text_search, args.queries),
+        ("HTTP text search (uncached, incl. embedding; hybrid, the default)", text_search, args.queries),
+        ("HTTP text search (uncached, mode vector)", text_vector, args.queries),
         ("HTTP text search + filters (uncached)", filtered, args.queries),
         ("HTTP text search (repeated query, cached)", cached, args.queries),
         ("HTTP image search (photo, incl. CLIP image)", image_search, max(20, args.queries // 10)),
@@ -521,13 +513,12 @@ def main() -> None:
     embed_ms = clip_ms["p50_ms"] + minilm_ms["p50_ms"]
     if not args.no_chroma:
         out += chroma_baseline(services, q_txt, q_img, embed_ms)
-    tput = throughput(base, args.products, args.clients, args.seconds)
+    tput = throughput(serve.base, args.products, args.clients, args.seconds)
     out.append({"operation": f"mixed traffic, {args.clients} clients, {args.seconds:.0f} s", **tput})
     ups = upload_to_searchable(settings, client, services)
     out.append({"operation": "upload-to-searchable (other writer -> top hit)", **percentiles(ups + ups[:1])})
-    meta["peak_rss_mb_query_process"] = round(rss_mb())
-    server.should_exit = True
-    services.hot.stop()
+    meta["peak_rss_mb_query_process"] = serve.stop()
+    meta["peak_rss_mb_bench_process"] = round(rss_mb())
     s3.stop()
     if args.million:
         del services

@@ -19,10 +19,11 @@ the candidates of a BM25 search over title, description, category and attributes
 
     score(p) = vector_score(p) + keyword_weight * bm25_norm(q, p)
 
-with ``bm25_norm`` 1.0 for "every query word once in a document of average length" (0 when no
-word matches, so a query without lexical matches ranks exactly as in ``vector`` mode). Exact
+with ``bm25_norm`` in [0, 1], 1.0 for "every query word in the title of a document of average
+length" (0 when no word matches, so a query without lexical matches ranks exactly as in
+``vector`` mode). Exact
 product names, brands and SKU codes, which sentence and CLIP vectors blur, come first; paraphrases
-still rank by meaning. This is a convex-combination style fusion on calibrated scores, which beats
+still rank by meaning. This is a linear fusion of calibrated scores, which beats
 reciprocal rank fusion when one side has a decisive match (an exact title ranks first in BM25 but
 may rank 30th on vectors; RRF would add 1/61 + 1/90 and lose to any near-duplicate ranked well on
 both). ``keyword`` is BM25 alone (no model runs). Hybrid and keyword search need the hot catalog.
@@ -60,7 +61,7 @@ class SearchQuery:
     filters: Filters = Filters()
     weights: Weights | None = None
     mode: str = "vector"
-    keyword_weight: float = 0.3
+    keyword_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if (self.text is None or not self.text.strip()) and self.image is None:

@@ -77,7 +77,11 @@ class Settings(BaseSettings):
         "and codes first), vector = the fused cosine score alone, keyword = BM25 alone.",
     )
     hybrid_keyword_weight: float = Field(
-        default=0.3, ge=0, le=10, description="Weight of the normalised BM25 score (0..1) in hybrid search."
+        default=0.5,
+        ge=0,
+        le=10,
+        description="Weight of the normalised BM25 score (0..1) in hybrid search (0.5: chosen on bench.hybrid's "
+        "development catalog).",
     )
 
     # Security

@@ -66,6 +66,7 @@ class SearchResult:
     image_url: str | None
     score: float
     attributes: dict[str, Any] = field(default_factory=dict)
+    keyword_score: float | None = None  # normalised BM25, hybrid and keyword search
 
 
 @dataclass(frozen=True)
@@ -202,9 +203,17 @@ class RecommendationClient:
         min_price: float | None = None,
         max_price: float | None = None,
         weights: tuple[float, float] | None = None,
+        mode: str | None = None,
+        keyword_weight: float | None = None,
     ) -> list[SearchResult]:
-        """Text search. ``weights`` is ``(image, text)``."""
-        return self._search({"query": query}, top_k, category, min_price, max_price, weights)
+        """Text search. ``weights`` is ``(image, text)``; ``mode`` is ``hybrid`` (the server's
+        default), ``vector`` or ``keyword``; ``keyword_weight`` tunes hybrid's BM25 share."""
+        body: dict[str, Any] = {"query": query}
+        if mode is not None:
+            body["mode"] = mode
+        if keyword_weight is not None:
+            body["keyword_weight"] = keyword_weight
+        return self._search(body, top_k, category, min_price, max_price, weights)
 
     def search_image(
         self,

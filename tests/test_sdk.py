@@ -52,6 +52,9 @@ def test_sdk_round_trip(live_url: str) -> None:
         hits = client.search("red tote bag", top_k=3)
         assert hits[0].product_id == "R1" and hits[0].score > hits[-1].score
         assert [h.product_id for h in client.search("mug", category="Home")] == ["B1"]
+        by_word = client.search("gift", mode="keyword")
+        assert [h.product_id for h in by_word] == ["T1"] and by_word[0].keyword_score
+        assert all(h.keyword_score is None for h in client.search("gift", mode="vector"))
         assert client.search_image(red, top_k=1)[0].product_id == "R1"
         similar = client.find_similar("R1", top_k=5)
         assert {s.product_id for s in similar} == {"B1", "T1"}

@@ -252,8 +252,8 @@ def test_hybrid_search_finds_names_and_codes(s3_settings: Settings, fake: Embedd
         assert all(h["keyword_score"] is None for h in plain)
         hybrid = c.post("/search", json={"query": "Kestrel Quador 3", "top_k": 4}).json()["results"]
         by_id = {h["product_id"]: h for h in plain}
-        for h in hybrid:  # hybrid score = vector score + 0.3 x keyword score
-            assert h["score"] == pytest.approx(by_id[h["product_id"]]["score"] + 0.3 * h["keyword_score"], abs=2e-6)
+        for h in hybrid:  # hybrid score = vector score + 0.5 x keyword score
+            assert h["score"] == pytest.approx(by_id[h["product_id"]]["score"] + 0.5 * h["keyword_score"], abs=2e-6)
         weighted = c.post("/search", json={"query": "Kestrel Quador 3", "keyword_weight": 0, "top_k": 4}).json()
         assert [h["product_id"] for h in weighted["results"]] == [h["product_id"] for h in plain]
         assert c.post("/search", json={"query": "x", "mode": "fuzzy"}).status_code == 422
