@@ -21,12 +21,12 @@ the candidates of a BM25 search over title, description, category and attributes
 
 with ``bm25_norm`` in [0, 1], 1.0 for "every query word in the title of a document of average
 length" (0 when no word matches, so a query without lexical matches ranks exactly as in
-``vector`` mode). Exact
-product names, brands and SKU codes, which sentence and CLIP vectors blur, come first; paraphrases
-still rank by meaning. This is a linear fusion of calibrated scores, which beats
-reciprocal rank fusion when one side has a decisive match (an exact title ranks first in BM25 but
-may rank 30th on vectors; RRF would add 1/61 + 1/90 and lose to any near-duplicate ranked well on
-both). ``keyword`` is BM25 alone (no model runs). Hybrid and keyword search need the hot catalog.
+``vector`` mode). Exact product names, brands and SKU codes, which sentence and CLIP vectors
+blur, come first; paraphrases still rank by meaning. This is a linear fusion of calibrated
+scores, which beats reciprocal rank fusion when one side has a decisive match (an exact title
+ranks first in BM25 but may rank 30th on vectors; RRF would add 1/61 + 1/90 and lose to any
+near-duplicate ranked well on both). ``keyword`` is BM25 alone (no model runs). Hybrid and
+keyword search need the hot catalog; without it hybrid answers as ``vector``.
 """
 
 from __future__ import annotations
@@ -248,6 +248,10 @@ def hot_ranked(
 def keyword_ranked(snap: HotSnapshot, text: str, top_k: int, filters: Filters = Filters()) -> list[SearchHit]:
     """BM25 alone: the best ``top_k`` products matching the query's words, ties by product id."""
     rows, scores = snap.keywords.scores(text, snap.alive, snap.mask(filters))
+    if len(rows) > top_k:  # keep the top_k best and everything tied with the last of them
+        kth = np.partition(scores, len(scores) - top_k)[len(scores) - top_k]
+        keep = scores >= kth
+        rows, scores = rows[keep], scores[keep]
     order = sorted(range(len(rows)), key=lambda i: (-scores[i], snap.products[rows[i]].product_id))[:top_k]
     return [SearchHit(snap.products[int(rows[i])], float(scores[i]), None, None, float(scores[i])) for i in order]
 

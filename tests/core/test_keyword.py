@@ -152,3 +152,10 @@ def test_hybrid_puts_exact_names_first_and_keeps_meaning_order(s3_settings: Sett
     after = hot_ranked(hot, snap2, None, q, w, 5, keywords="Zephyr20 Trail Runner", keyword_weight=0.3)
     assert "p020" not in [h.product.product_id for h in after]
     assert keyword_ranked(snap2, "zephyr20", 5) == []
+    # top_k cut: the same head as the full ranking (score, then product id), ties included
+    everything = keyword_ranked(snap2, "comfortable zephyr10", 100)
+    assert len(everything) == 59  # every live product says "comfortable"
+    assert [(-h.score, h.product.product_id) for h in everything] == sorted(
+        (-h.score, h.product.product_id) for h in everything
+    )
+    assert keyword_ranked(snap2, "comfortable zephyr10", 4) == everything[:4]
