@@ -41,7 +41,7 @@ from PIL import Image
 
 from core.catalog import Candidate, Catalog
 from core.embedding import Embedder
-from core.errors import InvalidInput, Unavailable
+from core.errors import InvalidInput, ServiceError, Unavailable
 from core.hot import HotCatalog, HotSnapshot, score_rows, top_rows, unique_rows
 from core.models import Filters, SearchHit, Vector, Weights
 
@@ -309,9 +309,21 @@ def search(
     q_txt: Vector | None = None
     text = query.text.strip() if query.text else None
     if query.mode == "keyword":
-        snap = hot.current() if hot is not None else None
+        if hot is None:
+            raise InvalidInput(
+                "keyword search needs the in-memory catalog, which this service runs without (HOT_CATALOG)"
+            )
+        snap = hot.current()
+        if snap is None:  # a host that never started the hot catalog: load it now
+            try:
+                hot.refresh()
+            except ServiceError:
+                raise
+            except Exception as exc:  # storage trouble: retryable
+                raise Unavailable(f"keyword search: the in-memory catalog could not be loaded: {exc}") from exc
+            snap = hot.current()
         if snap is None:
-            raise Unavailable("keyword search needs the in-memory catalog (HOT_CATALOG=true), which is not loaded yet")
+            raise Unavailable("keyword search: the in-memory catalog could not be loaded; retry")
         started = time.perf_counter()
         hits = keyword_ranked(snap, text or "", query.top_k, query.filters)
         timings.vector_search += time.perf_counter() - started

@@ -56,6 +56,21 @@ def test_search_text_and_filters(client: TestClient) -> None:
         assert hit["category"] in ("Bags", "Home") and 5 <= hit["price"] <= 80
 
 
+def test_keyword_mode_without_a_started_hot_catalog(client: TestClient, s3_endpoint: str, fake: Embedder) -> None:
+    """A host that never ran the app's lifespan loads the hot copy on the first keyword query;
+    a service configured without it (HOT_CATALOG=false) says so with a 422."""
+    r = client.post("/search", json={"query": "striped", "mode": "keyword", "top_k": 3})
+    assert r.status_code == 200, r.text
+    hits = r.json()["results"]
+    assert hits and all("striped" in h["title"].lower() or "striped" in h["description"].lower() for h in hits)
+    assert all(0 < h["keyword_score"] <= 1 and h["score"] == h["keyword_score"] for h in hits)
+    settings = make_settings(s3_endpoint, new_bucket(s3_endpoint, "nohot"), hot_catalog=False)
+    cold = TestClient(create_app(Services.from_settings(settings, embedder=fake)))
+    r = cold.post("/search", json={"query": "striped", "mode": "keyword"})
+    assert r.status_code == 422 and "HOT_CATALOG" in r.json()["detail"]
+    assert cold.post("/search", json={"query": "striped"}).status_code == 200  # hybrid -> vector
+
+
 def test_search_by_image_and_image_endpoint(client: TestClient) -> None:
     product = client.get("/products/S00001").json()
     img = client.get("/products/S00001/image")
