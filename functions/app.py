@@ -80,8 +80,8 @@ from functions.triggers import UploadWorker
 log = logging.getLogger(__name__)
 
 UI_DIR = pathlib.Path(__file__).with_name("ui")
-# Requests the analytics view does not count as traffic: the dashboard's own assets and polling.
 T = TypeVar("T")
+# Requests the analytics view does not count as traffic: the dashboard's own assets and polling.
 UNTRACKED_ROUTES = frozenset({"/ui", "/stats", "/metrics", "/", "/ui/vendor/plotly.min.js"})
 
 
