@@ -81,15 +81,13 @@ SEQ_WINDOW = 5
 
 def history_matrix(inter: Interactions, alpha: float, half_life: float, rows: I32 | None = None) -> sp.csr_matrix:
     """Users x items matrix of history weights ``strength**alpha * 0.5**(rank/half_life)``."""
-    w = np.power(inter.strength.astype(np.float64), alpha)
-    if math.isfinite(half_life):
-        w = w * np.power(0.5, inter.rank / half_life)
-    m = sp.csr_matrix((w.astype(np.float32), (inter.user, inter.item)), shape=(inter.n_users, inter.n_items))
+    w = history_weights(inter.strength, inter.rank, alpha, half_life)
+    m = sp.csr_matrix((w, (inter.user, inter.item)), shape=(inter.n_users, inter.n_items))
     return m if rows is None else m[rows]
 
 
 def history_weights(strength: F32, rank: I32, alpha: float, half_life: float) -> F32:
-    """The weights :func:`history_matrix` gives one user's items (``rank`` 0 = most recent)."""
+    """History weights ``strength**alpha * 0.5**(rank/half_life)`` (``rank`` 0 = most recent)."""
     w = np.power(strength.astype(np.float64), alpha)
     if math.isfinite(half_life):
         w = w * np.power(0.5, rank / half_life)
@@ -272,12 +270,8 @@ class TimePopularity:
 
 
 def _apply(hist: sp.csr_matrix, weights: Any) -> F32:
-    """``hist @ weights`` as a dense array. One user (the query path): a weighted sum of the
-    history rows of ``weights``, which avoids a sparse x sparse product."""
-    if hist.shape[0] == 1 and sp.issparse(weights):
-        h = hist.tocsr()
-        out1: F32 = np.asarray(weights[h.indices].T @ h.data, dtype=np.float32)[None, :]
-        return out1
+    """``hist @ weights`` as a dense array (the batch path; one user's query path is
+    :func:`weighted_rows`)."""
     prod = hist @ weights
     out: F32 = np.asarray(prod.toarray() if sp.issparse(prod) else prod, dtype=np.float32)
     return out
