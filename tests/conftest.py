@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,10 @@ from core.settings import Settings
 from functions.services import Services
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server's access log
+
+# Text models exported to ONNX Runtime are cached in the repo's pytest cache, not the user's home;
+# the dev-runner subprocesses the tests start inherit it, so each model is exported once per run.
+os.environ.setdefault("MODEL_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "onnx"))
 
 ACCESS = "test-access-key"
 

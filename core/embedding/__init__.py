@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,6 +22,7 @@ from core.images import decode_image
 from core.settings import Settings
 
 Matrix = NDArray[np.float32]
+TextRuntime = Literal["auto", "onnx", "torch"]
 
 
 class ImageTextEncoder(Protocol):
@@ -107,12 +109,27 @@ def l2_normalize(x: NDArray[np.floating[Any]]) -> Matrix:
 
 @lru_cache(maxsize=4)
 def _load(
-    clip_model: str, clip_pretrained: str, text_model: str, device: str, batch_size: int, processes: int = 0
+    clip_model: str,
+    clip_pretrained: str,
+    text_model: str,
+    device: str,
+    batch_size: int,
+    processes: int = 0,
+    text_runtime: TextRuntime = "torch",
+    cache_dir: str = "",
 ) -> Embedder:
     from core.embedding.clip import OpenClipEncoder
     from core.embedding.sbert import SentenceEncoder
 
-    local = OpenClipEncoder(clip_model, clip_pretrained, device=device, batch_size=batch_size)
+    onnx_dir = Path(cache_dir) if cache_dir else None
+    local = OpenClipEncoder(
+        clip_model,
+        clip_pretrained,
+        device=device,
+        batch_size=batch_size,
+        text_runtime=text_runtime,
+        onnx_cache_dir=onnx_dir,
+    )
     clip: ImageTextEncoder = local
     if processes > 0:
         from core.embedding.pool import EmbedPool, PooledImageEncoder, start_mps
@@ -121,7 +138,9 @@ def _load(
             start_mps()
         pool = EmbedPool(clip_model, clip_pretrained, device=local.device, workers=processes, batch_size=batch_size)
         clip = PooledImageEncoder(local, pool)
-    text = SentenceEncoder(text_model, device=device, batch_size=batch_size)
+    text = SentenceEncoder(
+        text_model, device=device, batch_size=batch_size, text_runtime=text_runtime, onnx_cache_dir=onnx_dir
+    )
     return Embedder(clip=clip, text=text)
 
 
@@ -138,4 +157,6 @@ def load_embedder(settings: Settings, *, clip_pretrained: str | None = None) -> 
         settings.device,
         settings.embed_batch_size,
         settings.embed_processes,
+        settings.text_runtime,
+        settings.model_cache_dir,
     )

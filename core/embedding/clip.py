@@ -15,7 +15,8 @@ from PIL import Image
 if TYPE_CHECKING:
     import torch
 
-from core.embedding import ImageBatch, Matrix, decode_all
+from core.embedding import ImageBatch, Matrix, TextRuntime, decode_all
+from core.embedding.onnx_text import MAX_BATCH, OnnxText, load_checked, wanted
 from core.errors import ConfigError, InvalidImage, InvalidInput, ModelLoadError
 from core.images import check_image_header
 
@@ -50,6 +51,8 @@ class OpenClipEncoder:
         device: str = "auto",
         batch_size: int = 32,
         decode_workers: int = 0,
+        text_runtime: TextRuntime = "torch",
+        onnx_cache_dir: Path | None = None,
     ) -> None:
         import open_clip
         import torch
@@ -95,6 +98,25 @@ class OpenClipEncoder:
             )
         else:
             log.info("loaded CLIP %s/%s on %s", model, pretrained, self.device)
+        self._onnx: OnnxText | None = None
+        if wanted(text_runtime, self.device) and self._short_text_path():
+            self._onnx = load_checked(
+                runtime=text_runtime,
+                kind="clip",
+                name=self.name,
+                build=self._text_export,
+                feeds=self._text_feeds,
+                reference=lambda texts: self._run(self._tokenizer(list(texts)), image=False),
+                cache_dir=onnx_cache_dir,
+                threads=torch.get_num_threads(),
+            )
+        elif text_runtime == "onnx":
+            raise ConfigError(f"TEXT_RUNTIME=onnx: {model} has no standard causal CLIP text tower to export")
+
+    @property
+    def text_runtime(self) -> str:
+        """What runs :meth:`embed_texts`: ``onnx`` or ``torch``."""
+        return "onnx" if self._onnx is not None else "torch"
 
     def _run(self, batch: torch.Tensor, image: bool) -> Matrix:
         import torch
@@ -219,6 +241,44 @@ class OpenClipEncoder:
         vectors = np.concatenate(out)[order] if out else np.zeros((0, self.dim), np.float32)
         return [kept[i] for i in order], vectors, errors
 
+    def _short_text_path(self) -> bool:
+        """Whether the text tower is open_clip's standard causal one (argmax pooling), where
+        running only the real tokens is exact."""
+        from open_clip.model import CLIP
+
+        m = self._model
+        return isinstance(m, CLIP) and m.text_pool_type == "argmax" and m.attn_mask is not None
+
+    def _text_feeds(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        tokens = self._tokenizer(list(texts))
+        n = max(2, int((tokens != 0).sum(dim=1).max()))
+        return {"tokens": tokens[:, :n].numpy()}
+
+    def _text_export(self) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...], list[str], int]:
+        """The text tower as a module of ``tokens [batch, n]`` (the real tokens, as
+        :meth:`_encode_text` cuts them) to normalised vectors, for the ONNX export."""
+        import torch
+        from open_clip.model import CLIP
+
+        class TextTower(torch.nn.Module):
+            def __init__(self, clip: CLIP) -> None:
+                super().__init__()
+                self.clip = clip
+
+            def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+                m, n = self.clip, tokens.shape[1]
+                x = m.token_embedding(tokens) + m.positional_embedding[:n]
+                x = m.transformer(x, attn_mask=m.attn_mask[:n, :n])
+                x = m.ln_final(x)
+                x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]  # end-of-text has the largest id
+                x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
+                return torch.nn.functional.normalize(x, dim=-1)
+
+        module = TextTower(self._model).eval().requires_grad_(False)
+        # Two texts of different lengths: torch.export would fix a dimension of size 1.
+        example = torch.from_numpy(self._text_feeds(["blue running shoes", "red"])["tokens"])
+        return module, (example,), ["tokens"], int(self._model.context_length)
+
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """``encode_text`` on the real tokens only. open_clip pads every text to 77 tokens; the text
         tower's causal mask means no position attends to a later one, and the pooled (argmax =
@@ -229,7 +289,7 @@ class OpenClipEncoder:
         from open_clip.transformer import text_global_pool
 
         m = self._model
-        if not (isinstance(m, CLIP) and m.text_pool_type == "argmax" and m.attn_mask is not None):
+        if not (isinstance(m, CLIP) and self._short_text_path()):
             full: torch.Tensor = m.encode_text(tokens)
             return full
         n = max(1, int((tokens != 0).sum(dim=1).max()))
@@ -247,6 +307,8 @@ class OpenClipEncoder:
         return out
 
     def embed_texts(self, texts: Sequence[str]) -> Matrix:
+        if self._onnx is not None and 0 < len(texts) <= MAX_BATCH:
+            return self._onnx.run(self._text_feeds(texts))
         out: list[Matrix] = []
         for start in range(0, len(texts), self.batch_size):
             tokens = self._tokenizer(list(texts[start : start + self.batch_size])).to(self.device)

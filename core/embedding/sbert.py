@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.embedding import Matrix
+from core.embedding import Matrix, TextRuntime
 from core.embedding.clip import resolve_device
+from core.embedding.onnx_text import MAX_BATCH, OnnxText, load_checked, wanted
+
+if TYPE_CHECKING:
+    import torch
 from core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,16 @@ def resolve_text_model(name: str) -> str:
 class SentenceEncoder:
     """A sentence-transformers model producing L2-normalised embeddings."""
 
-    def __init__(self, model: str, *, device: str = "auto", batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        text_runtime: TextRuntime = "torch",
+        onnx_cache_dir: Path | None = None,
+    ) -> None:
+        import torch
         from sentence_transformers import SentenceTransformer
 
         path = resolve_text_model(model)
@@ -49,10 +63,60 @@ class SentenceEncoder:
         self.dim = int(dim)
         self.name = f"sentence-transformers:{model}"
         log.info("loaded text model %s (%d-d) on %s", model, self.dim, self.device)
+        self._onnx: OnnxText | None = None
+        if wanted(text_runtime, self.device):
+            self._onnx = load_checked(
+                runtime=text_runtime,
+                kind="sentence",
+                name=model,
+                build=self._export,
+                feeds=self._feeds,
+                reference=self._embed_torch,
+                cache_dir=onnx_cache_dir,
+                threads=torch.get_num_threads(),
+            )
 
-    def embed_texts(self, texts: Sequence[str]) -> Matrix:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
+    @property
+    def text_runtime(self) -> str:
+        """What runs :meth:`embed_texts`: ``onnx`` or ``torch``."""
+        return "onnx" if self._onnx is not None else "torch"
+
+    def _tokenize(self, texts: Sequence[str]) -> dict[str, Any]:
+        """The model's features for ``texts``, truncated to its ``max_seq_length``."""
+        st = self._model
+        prepare = getattr(st, "preprocess", None) or st.tokenize  # `tokenize` before sentence-transformers 6
+        features: dict[str, Any] = prepare(list(texts))
+        return features
+
+    def _feeds(self, texts: Sequence[str]) -> dict[str, Any]:
+        """The tokenizer's tensors as numpy (what the exported graph takes)."""
+        import torch
+
+        return {k: v.numpy() for k, v in self._tokenize(texts).items() if isinstance(v, torch.Tensor)}
+
+    def _export(self) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...], list[str], int]:
+        """The whole sentence-transformers pipeline (transformer, pooling, dense, normalise) as a
+        module of the tokenizer's tensors, for the ONNX export."""
+        import torch
+
+        feats = self._tokenize(["blue running shoes", "red"])  # batch 2: see clip._text_export
+        names = [k for k, v in feats.items() if isinstance(v, torch.Tensor)]
+        extras = {k: v for k, v in feats.items() if k not in names}  # e.g. sentence-transformers 6's "modality"
+
+        class Sentence(torch.nn.Module):
+            def __init__(self, st: torch.nn.Module) -> None:
+                super().__init__()
+                self.st = st
+
+            def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+                out = self.st({**extras, **dict(zip(names, tensors, strict=True))})["sentence_embedding"]
+                return torch.nn.functional.normalize(out, dim=-1)
+
+        module = Sentence(self._model).eval().requires_grad_(False)
+        max_len = int(self._model.max_seq_length or 512)
+        return module, tuple(feats[k] for k in names), names, max(max_len, 3)
+
+    def _embed_torch(self, texts: Sequence[str]) -> Matrix:
         vecs = self._model.encode(
             list(texts),
             batch_size=self.batch_size,
@@ -61,3 +125,10 @@ class SentenceEncoder:
             show_progress_bar=False,
         )
         return np.asarray(vecs, dtype=np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> Matrix:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if self._onnx is not None and len(texts) <= MAX_BATCH:
+            return self._onnx.run(self._feeds(texts))
+        return self._embed_torch(texts)

@@ -1,0 +1,120 @@
+"""The text towers on ONNX Runtime: same vectors as PyTorch, exported once, checked, safe fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.embedding import load_embedder, onnx_text
+from core.embedding.clip import OpenClipEncoder
+from core.embedding.sbert import SentenceEncoder
+from core.errors import ModelLoadError
+from core.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "blue running shoes",
+    "KS-48213",
+    "a",
+    "stainless steel teapot with a bamboo handle, 1.2 litres, dishwasher safe",
+    "crimson sneakers for jogging",
+    "x " * 300,  # longer than MiniLM's 256-token window: truncated the same way on both paths
+]
+
+
+def shared_cache() -> Path:
+    """The suite's export cache (set in conftest): exports are keyed by the weights, so tests that do
+    not check the export itself reuse what another test or a dev-runner subprocess exported."""
+    return Path(os.environ["MODEL_CACHE_DIR"])
+
+
+def cos_min(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum(axis=1).min())
+
+
+def test_clip_text_on_onnx_matches_pytorch_and_reuses_the_cache(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    torch_enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu")
+    with caplog.at_level(logging.INFO, logger="core.embedding.onnx_text"):
+        enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="onnx", onnx_cache_dir=tmp_path)
+    assert enc.text_runtime == "onnx" and torch_enc.text_runtime == "torch"
+    assert "exporting the clip text model" in caplog.text
+    files = list(tmp_path.glob("clip-*.onnx"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
+    ref = torch_enc.embed_texts(TEXTS)
+    for texts in ([TEXTS[0]], TEXTS[:4], TEXTS):  # one query, a small batch (ONNX), a big one (PyTorch)
+        got = enc.embed_texts(texts)
+        assert got.shape == (len(texts), enc.dim)
+        assert cos_min(got, ref[: len(texts)]) > 0.9999
+    np.testing.assert_allclose(np.linalg.norm(enc.embed_texts(TEXTS[:3]), axis=1), 1.0, rtol=1e-5)
+    assert enc.embed_texts([]).shape == (0, enc.dim)
+
+    caplog.clear()
+    mtime = files[0].stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="core.embedding.onnx_text"):
+        again = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="auto", onnx_cache_dir=tmp_path)
+    assert again.text_runtime == "onnx" and "exporting" not in caplog.text
+    assert files[0].stat().st_mtime_ns == mtime and len(list(tmp_path.glob("*.onnx"))) == 1
+
+
+def test_sentence_encoder_on_onnx_matches_pytorch(tmp_path: Path) -> None:
+    torch_enc = SentenceEncoder("all-MiniLM-L6-v2", device="cpu")
+    enc = SentenceEncoder("all-MiniLM-L6-v2", device="cpu", text_runtime="onnx", onnx_cache_dir=shared_cache())
+    assert enc.text_runtime == "onnx"
+    ref = torch_enc.embed_texts(TEXTS)
+    for i in range(len(TEXTS)):
+        assert cos_min(enc.embed_texts([TEXTS[i]]), ref[i : i + 1]) > 0.9999
+    assert cos_min(enc.embed_texts(TEXTS), ref) > 0.9999  # padded batch
+    v = enc.embed_texts(["red running shoes", "crimson sneakers for jogging", "stainless steel teapot"])
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # still the real model
+
+
+def test_a_broken_cache_file_falls_back_under_auto_and_fails_under_onnx(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="onnx", onnx_cache_dir=shared_cache())
+    assert good._onnx is not None
+    cached = tmp_path / good._onnx.path.name
+    shutil.copy(good._onnx.path, cached)
+    cached.write_bytes(cached.read_bytes()[:1000])  # a truncated file, as a full disk would leave it
+    with caplog.at_level(logging.WARNING, logger="core.embedding.onnx_text"):
+        enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="auto", onnx_cache_dir=tmp_path)
+    assert enc.text_runtime == "torch" and "stays on PyTorch" in caplog.text
+    assert enc.embed_texts(["blue running shoes"]).shape == (1, enc.dim)
+    with pytest.raises(ModelLoadError, match="TEXT_RUNTIME=onnx"):
+        OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="onnx", onnx_cache_dir=tmp_path)
+
+
+def test_a_graph_that_disagrees_with_pytorch_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_run = onnx_text.OnnxText.run
+
+    def skewed(self: onnx_text.OnnxText, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out = real_run(self, feeds)
+        out[:, 0] += 0.05  # a small, systematic error: the probe check must catch it
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    monkeypatch.setattr(onnx_text.OnnxText, "run", skewed)
+    cache = shared_cache()
+    enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="auto", onnx_cache_dir=cache)
+    assert enc.text_runtime == "torch"
+    with pytest.raises(ModelLoadError, match="disagrees with PyTorch"):
+        OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="onnx", onnx_cache_dir=cache)
+
+
+def test_settings_choose_the_runtime() -> None:
+    cache = shared_cache()
+    base = {"clip_model": "tiny-clip-test", "clip_pretrained": "none", "model_cache_dir": str(cache)}
+    on_torch = load_embedder(Settings(_env_file=None, text_runtime="torch", **base))  # type: ignore[call-arg]
+    on_onnx = load_embedder(Settings(_env_file=None, device="cpu", **base))  # type: ignore[call-arg]  # default auto
+    assert getattr(on_torch.clip, "text_runtime") == "torch" and getattr(on_torch.text, "text_runtime") == "torch"
+    assert getattr(on_onnx.clip, "text_runtime") == "onnx" and getattr(on_onnx.text, "text_runtime") == "onnx"
+    assert on_onnx.clip is not on_torch.clip
+    assert {p.name for p in cache.glob("*.onnx")} >= {
+        getattr(on_onnx.clip, "_onnx").path.name,
+        getattr(on_onnx.text, "_onnx").path.name,
+    }
