@@ -38,7 +38,9 @@ def cos_min(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(axis=1).min())
 
 
-def test_clip_text_on_onnx_matches_pytorch_and_reuses_the_cache(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_clip_text_on_onnx_matches_pytorch_and_reuses_the_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     torch_enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu")
     with caplog.at_level(logging.INFO, logger="core.embedding.onnx_text"):
         enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="onnx", onnx_cache_dir=tmp_path)
@@ -111,10 +113,10 @@ def test_settings_choose_the_runtime() -> None:
     base = {"clip_model": "tiny-clip-test", "clip_pretrained": "none", "model_cache_dir": str(cache)}
     on_torch = load_embedder(Settings(_env_file=None, text_runtime="torch", **base))  # type: ignore[call-arg]
     on_onnx = load_embedder(Settings(_env_file=None, device="cpu", **base))  # type: ignore[call-arg]  # default auto
-    assert getattr(on_torch.clip, "text_runtime") == "torch" and getattr(on_torch.text, "text_runtime") == "torch"
-    assert getattr(on_onnx.clip, "text_runtime") == "onnx" and getattr(on_onnx.text, "text_runtime") == "onnx"
+    assert on_torch.clip.text_runtime == "torch" and on_torch.text.text_runtime == "torch"
+    assert on_onnx.clip.text_runtime == "onnx" and on_onnx.text.text_runtime == "onnx"
     assert on_onnx.clip is not on_torch.clip
     assert {p.name for p in cache.glob("*.onnx")} >= {
-        getattr(on_onnx.clip, "_onnx").path.name,
-        getattr(on_onnx.text, "_onnx").path.name,
+        on_onnx.clip._onnx.path.name,
+        on_onnx.text._onnx.path.name,
     }
