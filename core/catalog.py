@@ -435,14 +435,30 @@ class Catalog:
             rows: list[dict[str, Any]] = q.to_arrow().to_pylist()
             return rows
 
-    def scan(self, columns: Sequence[str] | None = None) -> tuple[int, pa.Table]:
-        """All rows (``columns`` of them) and the dataset version they were read at."""
+    def scan(self, columns: Sequence[str] | None = None, *, row_ids: bool = False) -> tuple[int, pa.Table]:
+        """All rows (``columns`` of them, plus ``_rowid`` when ``row_ids``) and the dataset
+        version they were read at."""
         with storage_errors("read"):
             version = int(self._table.version)
             q = self._table.search().limit(None)
             if columns is not None:
                 q = q.select(list(columns))
+            if row_ids:
+                q = q.with_row_id(True)
             return version, q.to_arrow()
+
+    def latest_version(self) -> int:
+        """The newest committed version, looked up now (``version`` may lag other writers' commits
+        by up to the read-consistency interval)."""
+        with storage_errors("version"):
+            self._table.checkout_latest()  # type: ignore[no-untyped-call]
+            return int(self._table.version)
+
+    def rows_by_row_id(self, row_ids: Sequence[int]) -> pa.Table:
+        """Full rows at these ``_rowid``s (from :meth:`scan`), in any order. Reads only those rows;
+        rows deleted or moved since the scan are simply absent."""
+        with storage_errors("read"):
+            return self._table.take_row_ids([int(r) for r in row_ids]).to_arrow()
 
     def rows_by_id(self, product_ids: Sequence[str]) -> pa.Table:
         """Full rows (product columns, content hash and vectors) of these products."""

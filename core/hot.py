@@ -167,7 +167,7 @@ class HotCatalog:
         """Bring the snapshot to the dataset's current version. Returns whether it changed."""
         with self._lock:
             writes = self.catalog.local_writes
-            version = self.catalog.version
+            version = self.catalog.latest_version()
             old = self.snapshot
             if old is not None and old.version == version:
                 self._seen_writes = writes
@@ -232,7 +232,7 @@ class HotCatalog:
 
     def _delta(self, old: HotSnapshot, version: int) -> HotSnapshot | None:
         """The new version as a patch of ``old``; None when a full load is the better choice."""
-        version, keys = self.catalog.scan(["product_id", "content_hash"])
+        version, keys = self.catalog.scan(["product_id", "content_hash"], row_ids=True)
         ids = keys.column("product_id").to_pylist()
         hashes = keys.column("content_hash").to_pylist()
         current = dict(zip(ids, hashes, strict=True))
@@ -243,8 +243,7 @@ class HotCatalog:
             return None
         if not changed and not removed:
             return _replace(old, version=version, loaded_at=time.time())
-        tables = [self.catalog.rows_by_id(changed[i : i + DELTA_CHUNK]) for i in range(0, len(changed), DELTA_CHUNK)]
-        fresh = pa.concat_tables(tables) if tables else None
+        fresh = self._fetch(changed, current, dict(zip(ids, keys.column("_rowid").to_pylist(), strict=True)))
         n_old = len(old.alive)
         alive = old.alive.copy()
         index = dict(old.index)
@@ -269,9 +268,9 @@ class HotCatalog:
             products += add_products
             keywords = keywords.extend(add_products)
             alive = np.concatenate([alive, np.ones(len(add_products), dtype=bool)])
-            image = np.concatenate([image, add_img])
+            image = append_rows(image, add_img)
             has_image = np.concatenate([has_image, add_has])
-            text = np.concatenate([text, add_txt])
+            text = append_rows(text, add_txt)
             categories = np.concatenate([categories, np.array([p.category for p in add_products], dtype=object)])
             prices = np.concatenate([prices, _prices(fresh.column("price"))])
         snap = HotSnapshot(
@@ -293,6 +292,31 @@ class HotCatalog:
         ann_text = patch(old.ann_text, text, new_rows)
         ann_image = patch(old.ann_image, image, new_rows[has_image[new_rows]]) if old.ann_image is not None else None
         return _replace(snap, ann_image=ann_image, ann_text=ann_text)
+
+    def _fetch(self, changed: list[str], hashes: dict[str, str], row_ids: dict[str, int]) -> pa.Table | None:
+        """Full rows of the ``changed`` products: taken by row id (reads only those rows), and by
+        a ``product_id IN (...)`` query for any the take misses (rows moved since the scan, e.g.
+        by another writer's commit or a compaction). A row is kept only if its content hash is
+        the one the scan saw, so a newer version of a product is never half-applied."""
+        if not changed:
+            return None
+        tables: list[pa.Table] = []
+        for i in range(0, len(changed), DELTA_CHUNK):
+            taken = self.catalog.rows_by_row_id([row_ids[pid] for pid in changed[i : i + DELTA_CHUNK]])
+            keep = [
+                j
+                for j, (pid, h) in enumerate(
+                    zip(taken.column("product_id").to_pylist(), taken.column("content_hash").to_pylist(), strict=True)
+                )
+                if hashes.get(pid) == h
+            ]
+            tables.append(taken.take(keep) if len(keep) < taken.num_rows else taken)
+        got = {pid for t in tables for pid in t.column("product_id").to_pylist()}
+        missing = [pid for pid in changed if pid not in got]
+        for i in range(0, len(missing), DELTA_CHUNK):
+            tables.append(self.catalog.rows_by_id(missing[i : i + DELTA_CHUNK]))
+        tables = [t.select(tables[0].column_names) for t in tables if t.num_rows]
+        return pa.concat_tables(tables) if tables else None
 
     def age_seconds(self) -> float:
         """Seconds since the snapshot was last confirmed to be the dataset's current version."""
@@ -408,6 +432,32 @@ def top_rows(scored: Scored, snap: HotSnapshot, k: int) -> list[int]:
         return []
     order = sorted(range(len(scored.rows)), key=lambda i: (-scored.score[i], snap.products[scored.rows[i]].product_id))
     return order[:k]
+
+
+def append_rows(rows: F32, add: F32) -> F32:
+    """``rows`` followed by ``add``, without copying ``rows`` when it is a prefix of a buffer with
+    room left (the vector matrices are hundreds of MB; a delta adds a handful of products).
+
+    Safe with snapshots sharing the buffer: an older snapshot's view ends where the new rows
+    begin, and deltas are applied one at a time, always to the newest snapshot. When the buffer is
+    full, a new one with ~6% headroom is allocated."""
+    n, extra = len(rows), len(add)
+    base = rows.base
+    if (
+        isinstance(base, np.ndarray)
+        and base.dtype == rows.dtype
+        and base.shape[1:] == rows.shape[1:]
+        and base.flags.c_contiguous
+        and rows.flags.c_contiguous
+        and base.ctypes.data == rows.ctypes.data
+        and len(base) >= n + extra
+    ):
+        base[n : n + extra] = add
+        return base[: n + extra]
+    buf = np.empty((n + extra + max(4096, (n + extra) // 16), *rows.shape[1:]), dtype=rows.dtype)
+    buf[:n] = rows
+    buf[n : n + extra] = add
+    return buf[: n + extra]
 
 
 def _replace(snap: HotSnapshot, **changes: Any) -> HotSnapshot:

@@ -57,6 +57,16 @@ class Services:
         indexer = Indexer(catalog, embedder, store, settings)
         events = EventLog(catalog)
         models = ModelStore(store)
+        hot = (
+            HotCatalog(
+                catalog,
+                ann_min_rows=settings.ann_min_rows,
+                nprobe=settings.ann_nprobe,
+                refresh_seconds=settings.catalog_refresh_seconds,
+            )
+            if settings.hot_catalog
+            else None
+        )
         recommender = Recommender(
             catalog,
             events,
@@ -64,6 +74,7 @@ class Services:
             default_weights(settings.image_weight, settings.text_weight, embedder.clip.random_init),
             exclude_seen=settings.recs_exclude_seen,
             refresh_seconds=settings.recs_refresh_seconds,
+            hot=hot,
         )
         recommender.refresh()
         svc = cls(
@@ -76,14 +87,7 @@ class Services:
             events=events,
             models=models,
             recommender=recommender,
-            hot=HotCatalog(
-                catalog,
-                ann_min_rows=settings.ann_min_rows,
-                nprobe=settings.ann_nprobe,
-                refresh_seconds=settings.catalog_refresh_seconds,
-            )
-            if settings.hot_catalog
-            else None,
+            hot=hot,
             query_cache=QueryCache(settings.query_cache_size),
             warnings=list(warnings or []),
         )

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from core.catalog import Catalog
 from core.errors import InvalidInput, NotFound
 from core.events import Event, EventLog, event_strength
-from core.hot import filter_mask
+from core.hot import HotCatalog, HotSnapshot, filter_mask
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64, EventArrays
@@ -75,12 +75,30 @@ class CatalogSnapshot:
 
     @classmethod
     def load(cls, catalog: Catalog, weights: Weights) -> CatalogSnapshot:
+        """Read the whole catalog from the dataset."""
         version, table = catalog.scan()
         products = catalog.products_from(table)
         text = _matrix(table.column("text_vector"), catalog.text_dim)
+        image = _matrix(table.column("image_vector"), catalog.clip_dim) if weights.image > 0 else None
+        return cls.build(version, products, image, text, weights)
+
+    @classmethod
+    def from_hot(cls, hot: HotSnapshot, weights: Weights) -> CatalogSnapshot:
+        """The same snapshot from the query process's hot copy (its live rows): no dataset read."""
+        rows = np.flatnonzero(hot.alive)
+        products = [hot.products[i] for i in rows]
+        image = hot.image[rows] if weights.image > 0 else None
+        return cls.build(hot.version, products, image, hot.text[rows], weights)
+
+    @classmethod
+    def build(
+        cls, version: int, products: list[Product], image: F32 | None, text: F32, weights: Weights
+    ) -> CatalogSnapshot:
+        """Fused unit vectors ``[sqrt(w_image) * image, sqrt(w_text) * text]`` (missing images are
+        zero rows) and the filter columns."""
         parts = [math.sqrt(weights.text) * text]
-        if weights.image > 0:
-            parts.insert(0, math.sqrt(weights.image) * _matrix(table.column("image_vector"), catalog.clip_dim))
+        if image is not None:
+            parts.insert(0, math.sqrt(weights.image) * image)
         fused = np.hstack(parts).astype(np.float32)
         norms = np.linalg.norm(fused, axis=1, keepdims=True)
         norms[norms == 0] = 1.0
@@ -291,6 +309,9 @@ class Recommender:
     weights: Weights
     exclude_seen: bool = True
     refresh_seconds: float = 2.0
+    hot: HotCatalog | None = None
+    """The process's hot copy of the catalog: once it is loaded, new catalog versions are taken
+    from it instead of re-reading the whole dataset."""
     state: EventState = field(default_factory=EventState)
     snapshot: CatalogSnapshot = field(default_factory=CatalogSnapshot.empty)
     model: HybridModel | None = None
@@ -311,14 +332,18 @@ class Recommender:
     def refresh(self) -> None:
         """Pick up a new catalog version, new events from other writers, and a new model."""
         with self._lock:
-            version = self.catalog.version
-            # While a bulk import commits every fraction of a second, re-reading the whole table
-            # on every version would keep the object store busy: wait at least 10x as long as
-            # the last load took (new products still arrive within seconds).
+            hot = self.hot.snapshot if self.hot is not None else None
+            version = hot.version if hot is not None else self.catalog.version
+            # While a bulk import commits every fraction of a second, rebuilding the snapshot on
+            # every version would keep the object store (or a core) busy: wait at least 10x as
+            # long as the last build took (new products still arrive within seconds).
             due = time.monotonic() - self._snapshot_at >= 10 * self._snapshot_cost
             if version != self.snapshot.version and (due or len(self.snapshot) == 0):
                 started = time.monotonic()
-                self.snapshot = CatalogSnapshot.load(self.catalog, self.weights)
+                if hot is not None:
+                    self.snapshot = CatalogSnapshot.from_hot(hot, self.weights)
+                else:
+                    self.snapshot = CatalogSnapshot.load(self.catalog, self.weights)
                 self._snapshot_at, self._snapshot_cost = time.monotonic(), time.monotonic() - started
             ev_version = self.events.version()
             if ev_version != self._events_version:

@@ -8,7 +8,7 @@ import pytest
 
 from core.catalog import Catalog, ProductRecord
 from core.embedding import l2_normalize
-from core.hot import HotCatalog
+from core.hot import HotCatalog, append_rows
 from core.models import Filters, Product, Weights
 from core.search import ranked, similar
 from core.settings import Settings
@@ -129,6 +129,9 @@ def test_incremental_refresh_and_read_your_writes(s3_settings: Settings) -> None
     hot = HotCatalog(cat, ann_min_rows=500)
     hot.refresh()
     assert hot.full_loads == 1
+    first = hot.snapshot
+    assert first is not None
+    first_text = first.text.copy()
     # Change 3 products (new vectors), add 2, delete 1, through this catalog object.
     changed = records(3, start=10, seed=7) + records(2, start=5000, seed=7)
     cat.upsert(changed)
@@ -137,6 +140,7 @@ def test_incremental_refresh_and_read_your_writes(s3_settings: Settings) -> None
     assert snap is not None and snap.version == cat.version
     assert hot.delta_loads >= 1 and hot.full_loads == 1
     assert snap.live == 1201 and "p00020" not in snap.index and "p05001" in snap.index
+    np.testing.assert_array_equal(first.text, first_text)  # the older snapshot still reads its rows
     from core.search import hot_ranked
 
     for rec in changed:
@@ -158,3 +162,91 @@ def test_incremental_refresh_and_read_your_writes(s3_settings: Settings) -> None
     other = catalog(s3_settings)
     other.upsert(records(1, start=7000, seed=3))
     assert hot.refresh() and hot.snapshot is not None and "p07000" in hot.snapshot.index
+
+
+def test_delta_rows_are_taken_by_row_id_and_moved_rows_fetched_by_id(
+    s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat = catalog(s3_settings)
+    cat.upsert(records(50))
+    hot = HotCatalog(cat, ann_min_rows=10**9)
+    _, keys = cat.scan(["product_id", "content_hash"], row_ids=True)
+    ids = keys.column("product_id").to_pylist()
+    row_ids = dict(zip(ids, keys.column("_rowid").to_pylist(), strict=True))
+    hashes = dict(zip(ids, keys.column("content_hash").to_pylist(), strict=True))
+    by_id = cat.rows_by_id
+    monkeypatch.setattr(cat, "rows_by_id", lambda ids: pytest.fail(f"rows fetched by id, not taken: {ids}"))
+    got = hot._fetch(["p00003", "p00007"], hashes, row_ids)
+    monkeypatch.setattr(cat, "rows_by_id", by_id)
+    assert got is not None and sorted(got.column("product_id").to_pylist()) == ["p00003", "p00007"]
+    assert got.column("text_vector").type.list_size == 24
+    # Another writer rewrites p00007 after our scan: its old row id now points at a deleted row,
+    # so the take misses it and the id query fetches the current row.
+    catalog(s3_settings).upsert(records(1, start=7, seed=5))
+    cat.latest_version()
+    got = hot._fetch(["p00003", "p00007"], hashes, row_ids)
+    assert got is not None
+    rows = dict(zip(got.column("product_id").to_pylist(), got.column("content_hash").to_pylist(), strict=True))
+    assert rows == {"p00003": "h3-0", "p00007": "h7-5"}
+
+
+def test_append_rows_reuses_room_in_the_buffer_and_never_changes_older_views() -> None:
+    a = np.arange(12, dtype=np.float32).reshape(6, 2)
+    b = append_rows(a, np.ones((2, 2), np.float32))  # `a` owns no spare room: copied, with headroom
+    assert not np.shares_memory(a, b) and len(b) == 8
+    c = append_rows(b, np.full((3, 2), 7, np.float32))  # room left: written in place, no copy
+    assert np.shares_memory(b, c) and len(c) == 11
+    np.testing.assert_array_equal(b, np.vstack([a, np.ones((2, 2))]))  # b's view is unchanged
+    np.testing.assert_array_equal(c[8:], 7)
+    np.testing.assert_array_equal(c[:6], a)
+    d = append_rows(c[2:], np.zeros((1, 2), np.float32))  # not a prefix of its buffer: copied
+    assert not np.shares_memory(c, d)
+    np.testing.assert_array_equal(d[:-1], c[2:])
+
+
+def test_recommender_snapshot_from_the_hot_copy_equals_a_dataset_read(s3_settings: Settings) -> None:
+    from core.recommend.online import CatalogSnapshot
+
+    cat = catalog(s3_settings)
+    cat.upsert(records(300))
+    hot = HotCatalog(cat, ann_min_rows=10**9)
+    hot.refresh()
+    cat.upsert(records(5, start=10, seed=4) + records(3, start=900, seed=4))  # changed + new rows
+    cat.delete("p00042")
+    hot.refresh()  # a delta: tombstones and appended rows in the hot copy
+    assert hot.snapshot is not None and hot.delta_loads == 1
+    for weights in (W, Weights(0.0, 1.0)):
+        a = CatalogSnapshot.from_hot(hot.snapshot, weights)
+        b = CatalogSnapshot.load(cat, weights)
+        assert a.version == b.version and sorted(a.index) == sorted(b.index) and "p00042" not in a.index
+        order = [a.index[pid] for pid in sorted(b.index, key=b.index.__getitem__)]
+        np.testing.assert_allclose(a.vectors[order], b.vectors, atol=1e-6)
+        np.testing.assert_array_equal(a.categories[order], b.categories)
+        np.testing.assert_array_equal(a.prices[order], b.prices)
+        np.testing.assert_array_equal(a.created[order], b.created)
+
+
+def test_recommender_takes_new_versions_from_the_hot_copy(
+    s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.events import EventLog
+    from core.recommend.artifact import ModelStore
+    from core.recommend.online import CatalogSnapshot, Recommender
+    from core.storage import ObjectStore
+
+    cat = catalog(s3_settings)
+    cat.upsert(records(100))
+    hot = HotCatalog(cat, ann_min_rows=10**9)
+    recs = Recommender(cat, EventLog(cat), ModelStore(ObjectStore(s3_settings)), W, hot=hot)
+    recs.refresh()  # the hot copy is not loaded yet: read from the dataset
+    assert len(recs.snapshot) == 100
+    cat.upsert(records(2, start=500))
+    hot.refresh()
+
+    def no_dataset_read(*args: object) -> None:
+        pytest.fail("the recommender re-read the dataset although the hot copy had the version")
+
+    monkeypatch.setattr(CatalogSnapshot, "load", no_dataset_read)
+    recs._snapshot_cost = 0.0  # not rate-limited for this check
+    recs.refresh()
+    assert recs.snapshot.version == hot.snapshot.version and "p00501" in recs.snapshot.index  # type: ignore[union-attr]
