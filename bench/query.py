@@ -210,7 +210,7 @@ def throughput(base: str, n_products: int, clients: int, seconds: float) -> dict
     }
 
 
-def upload_to_searchable(settings: Any, client: LightClient, services: Services, tries: int = 5) -> list[float]:
+def upload_to_searchable(settings: Any, client: LightClient, services: Services, tries: int = 20) -> list[float]:
     """Another writer (its own Catalog object, as an indexer function would be) commits a new
     product; time until the query process returns it as the top hit of its exact title."""
     writer = Catalog.from_settings(
