@@ -115,17 +115,17 @@ def weighted_rows(m: sp.csr_matrix, rows: I32, w: F32) -> F32:
 
 
 def block(m: sp.csr_matrix, rows: I32, cols: list[int]) -> F32:
-    """``m[rows][:, cols]`` as a small dense array."""
+    """``m[rows][:, cols]`` as a small dense array (``cols`` distinct)."""
     out: F32 = np.zeros((len(rows), len(cols)), np.float32)
     if not cols:
         return out
     pos, c, v = _row_entries(m, rows)
-    wanted = np.asarray(cols, dtype=np.int64)
-    order = np.argsort(wanted)
-    at = np.minimum(np.searchsorted(wanted, c, sorter=order), len(wanted) - 1)
-    keep = wanted[order[at]] == c
+    where = np.full(m.shape[1], -1, dtype=np.int64)  # column -> its position in `cols`
+    where[np.asarray(cols, dtype=np.int64)] = np.arange(len(cols))
+    at = where[c]
+    keep = at >= 0
     if keep.any():
-        np.add.at(out, (pos[keep], order[at[keep]]), v[keep])
+        np.add.at(out, (pos[keep], at[keep]), v[keep])
     return out
 
 
@@ -332,11 +332,13 @@ class HybridModel:
         t_last: float,
         pop: TimePopularity | None,
         vectors: F32 | None,
+        vectors_t: F32 | None = None,
     ) -> dict[str, F32]:
         """:meth:`components` for one user whose history is items ``rows`` (distinct) with
         weights ``w_hist`` (and ``w_recent`` for the sequence signal), as 1-D arrays, computed
         from the CSR arrays directly: the same numbers without building scipy matrices, which
-        cost more than the arithmetic for one user."""
+        cost more than the arithmetic for one user. ``vectors_t``, ``vectors.T`` stored
+        contiguously when the caller keeps one, makes the content scan faster."""
         p = self.params
         parts = {"collaborative": _max_normalise(weighted_rows(self.b, rows, w_hist))}
         if p.beta > 0 and pop is not None:
@@ -344,7 +346,9 @@ class HybridModel:
         if p.gamma > 0 and vectors is not None:
             profile = w_hist @ vectors[rows]
             norm = float(np.linalg.norm(profile))
-            parts["content"] = p.gamma * _max_normalise(vectors @ (profile / (norm or 1.0)))
+            unit = (profile / (norm or 1.0)).astype(np.float32)
+            scores = np.asarray(unit @ vectors_t if vectors_t is not None else vectors @ unit, dtype=np.float32)
+            parts["content"] = p.gamma * _max_normalise(scores)
         if p.delta > 0 and self.t is not None and self.t.shape[0]:
             parts["sequence"] = p.delta * _max_normalise(weighted_rows(self.t, rows, w_recent))
         return parts

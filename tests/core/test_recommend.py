@@ -157,6 +157,11 @@ def test_one_user_path_equals_the_batch_scores() -> None:
         assert set(one) == set(batch) == {"collaborative", "popular", "content", "sequence"}
         for name in one:
             assert np.allclose(one[name], batch[name][0], atol=1e-5), name
+        w_hist = history_weights(strength, rank, p.alpha, p.half_life)
+        w_recent = history_weights(strength, rank, 0.0, p.seq_half_life)
+        t_u = float(split.t_last[u])
+        transposed = model.user_components(rows, w_hist, w_recent, t_u, pop, vectors, np.ascontiguousarray(vectors.T))
+        assert np.allclose(transposed["content"], one["content"], atol=1e-6)
         cols = [int(c) for c in rng.choice(len(ev.items), 5, replace=False)]
         assert np.allclose(block(model.b, rows, cols), model.b[rows][:, cols].toarray())
         checked += 1
