@@ -48,7 +48,9 @@ SOURCE_IGNORE = ["**/__pycache__/**", "**/*.pyc"]
 image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install_from_pyproject(str(ROOT / "pyproject.toml"))
-    .env({"HF_HOME": "/cache/huggingface"})
+    # Model weights (HF) and the ONNX exports of the text towers live on the `models` Volume, so a
+    # new container reuses them instead of downloading / exporting again (~30 s on 2 CPUs).
+    .env({"HF_HOME": "/cache/huggingface", "MODEL_CACHE_DIR": "/cache/onnx"})
     .add_local_python_source("core", "functions", "local", ignore=SOURCE_IGNORE)
 )
 secret = modal.Secret.from_name(APP_NAME)  # S3_*, AWS_*, API_KEY, WEBHOOK_TOKEN, CLIP_* ...
@@ -128,13 +130,25 @@ class SpawnToGpu:
         return 0
 
 
-@app.function(cpu=2.0, memory=4096, min_containers=WEB_MIN_CONTAINERS, scaledown_window=300, timeout=600)
+@app.function(
+    cpu=2.0,
+    memory=4096,
+    min_containers=WEB_MIN_CONTAINERS,
+    scaledown_window=300,
+    timeout=600,
+    volumes={"/cache": model_cache},
+)
 @modal.concurrent(max_inputs=32)
 @modal.asgi_app()
 def web() -> Any:
     from functions.app import create_app
 
-    return create_app(_services(), worker=SpawnToGpu())  # type: ignore[arg-type]
+    services = _services()  # loads the models; the first container exports the text towers to ONNX
+    try:
+        model_cache.commit()  # ... and keeps them on the Volume for every later container
+    except Exception as exc:  # a cache that could not be saved costs the next container time only
+        print(f"model cache not committed: {exc}")
+    return create_app(services, worker=SpawnToGpu())  # type: ignore[arg-type]
 
 
 @app.function(schedule=SWEEP_EVERY, cpu=1.0, timeout=600)

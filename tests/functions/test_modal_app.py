@@ -60,6 +60,8 @@ def test_app_wiring(definitions: dict[str, dict[str, Any]]) -> None:
         definitions["train_recommender"]["schedule"] is m.TRAIN_EVERY and "gpu" not in definitions["train_recommender"]
     )
     assert "gpu" not in definitions["web"] and definitions["web"]["cpu"] == 2.0
+    # Query containers keep the exported ONNX text towers (MODEL_CACHE_DIR) on the models Volume.
+    assert definitions["web"]["volumes"] == {"/cache": m.model_cache} == definitions["GpuIndexer"]["volumes"]
     assert definitions["compact_dataset"]["schedule"] is m.COMPACT_EVERY and "gpu" not in definitions["compact_dataset"]
     assert set(m.app.registered_classes) == {"GpuIndexer"}
     functions = m.app.registered_functions
