@@ -800,6 +800,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             clip_model=clip.name,
             clip_mode="random-init (CLIP_PRETRAINED=none)" if clip.random_init else "pretrained",
             text_model=services.embedder.text.name,
+            text_runtime=services.embedder.text_runtimes,
             warnings=warnings,
         )
 

@@ -241,6 +241,10 @@ class HealthResponse(BaseModel):
     clip_model: str
     clip_mode: str
     text_model: str
+    text_runtime: dict[str, str] = Field(
+        default_factory=dict,
+        description="What runs each text tower for queries: `onnx` (ONNX Runtime) or `torch` (TEXT_RUNTIME).",
+    )
     warnings: list[str]
 
 

@@ -95,6 +95,14 @@ class Embedder:
     text: TextEncoder
 
     @property
+    def text_runtimes(self) -> dict[str, str]:
+        """What runs each text tower (``onnx``, ``torch``, or ``fake`` in tests), for /health."""
+        return {
+            "clip": str(getattr(self.clip, "text_runtime", "torch")),
+            "text": str(getattr(self.text, "text_runtime", "torch")),
+        }
+
+    @property
     def space(self) -> dict[str, str]:
         """Identity of the vector spaces (stored with the catalog to catch model mix-ups)."""
         return {"clip": self.clip.name, "text": self.text.name}

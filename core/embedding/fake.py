@@ -34,6 +34,7 @@ class FakeClip:
     """Stand-in for CLIP with the same interface."""
 
     random_init = False
+    text_runtime = "fake"
 
     def __init__(self, dim: int = 32) -> None:
         self.dim = dim
@@ -54,6 +55,8 @@ class FakeClip:
 
 class FakeText:
     """Stand-in for the sentence encoder."""
+
+    text_runtime = "fake"
 
     def __init__(self, dim: int = 24) -> None:
         self.dim = dim

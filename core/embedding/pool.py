@@ -193,6 +193,10 @@ class PooledImageEncoder:
     def embed_images(self, images: Sequence[Image.Image]) -> Matrix:
         return self.local.embed_images(images)
 
+    @property
+    def text_runtime(self) -> str:
+        return self.local.text_runtime
+
     def embed_texts(self, texts: Sequence[str]) -> Matrix:
         return self.local.embed_texts(texts)
 

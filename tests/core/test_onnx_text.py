@@ -116,6 +116,8 @@ def test_settings_choose_the_runtime() -> None:
     assert on_torch.clip.text_runtime == "torch" and on_torch.text.text_runtime == "torch"
     assert on_onnx.clip.text_runtime == "onnx" and on_onnx.text.text_runtime == "onnx"
     assert on_onnx.clip is not on_torch.clip
+    assert on_onnx.text_runtimes == {"clip": "onnx", "text": "onnx"}
+    assert on_torch.text_runtimes == {"clip": "torch", "text": "torch"}
     assert {p.name for p in cache.glob("*.onnx")} >= {
         on_onnx.clip._onnx.path.name,
         on_onnx.text._onnx.path.name,
