@@ -261,17 +261,31 @@ class OpenClipEncoder:
         from open_clip.model import CLIP
 
         class TextTower(torch.nn.Module):
+            """Only the text tower's parts, so the export and the cache key's weight digest
+            leave the (larger) image tower out."""
+
             def __init__(self, clip: CLIP) -> None:
                 super().__init__()
-                self.clip = clip
+                self.token_embedding, self.transformer, self.ln_final = (
+                    clip.token_embedding,
+                    clip.transformer,
+                    clip.ln_final,
+                )
+                self.positional_embedding = clip.positional_embedding
+                self.projection = clip.text_projection  # a Parameter, a Linear, or None
+                self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+                self.attn_mask: torch.Tensor
 
             def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-                m, n = self.clip, tokens.shape[1]
-                x = m.token_embedding(tokens) + m.positional_embedding[:n]
-                x = m.transformer(x, attn_mask=m.attn_mask[:n, :n])
-                x = m.ln_final(x)
+                n = tokens.shape[1]
+                x = self.token_embedding(tokens) + self.positional_embedding[:n]
+                x = self.transformer(x, attn_mask=self.attn_mask[:n, :n])
+                x = self.ln_final(x)
                 x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]  # end-of-text has the largest id
-                x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
+                if isinstance(self.projection, torch.nn.Linear):
+                    x = self.projection(x)
+                elif self.projection is not None:
+                    x = x @ self.projection
                 return torch.nn.functional.normalize(x, dim=-1)
 
         module = TextTower(self._model).eval().requires_grad_(False)

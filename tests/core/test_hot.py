@@ -250,3 +250,7 @@ def test_recommender_takes_new_versions_from_the_hot_copy(
     recs._snapshot_cost = 0.0  # not rate-limited for this check
     recs.refresh()
     assert recs.snapshot.version == hot.snapshot.version and "p00501" in recs.snapshot.index  # type: ignore[union-attr]
+    # The serving snapshot carries the transposed copy the content scan uses; training's does not.
+    assert recs.snapshot.vectors_t is not None
+    np.testing.assert_array_equal(recs.snapshot.vectors_t, recs.snapshot.vectors.T)
+    assert CatalogSnapshot.from_hot(hot.snapshot, W).vectors_t is None  # type: ignore[arg-type]
