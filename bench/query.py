@@ -351,6 +351,42 @@ def chroma_baseline(
     ]
 
 
+def recs_content_index(services: Services, users: int = 300) -> list[dict[str, Any]]:
+    """Recommendations in this process (same catalog, the events the query process stored):
+    the content signal through the PQ content index against the exact pass over all vectors,
+    in-process latency of both and their top-10 agreement (unfiltered and with filters)."""
+    recs = services.recommender
+    recs.refresh()
+    assert recs.snapshot.content_index is not None, "the catalog is under ANN_MIN_ROWS"
+    shoes = Filters(categories=("Footwear",), max_price=100.0)
+    got: dict[tuple[bool, bool], list[set[str]]] = {}
+    lat: dict[tuple[bool, bool], list[float]] = {}
+    for ann in (True, False):
+        recs.ann_content = ann
+        for filt in (False, True):
+            ids, ms = [], []
+            for u in range(users):
+                t = time.perf_counter()
+                result = recs.recommend(f"U{u}", 10, shoes if filt else Filters())
+                ms.append((time.perf_counter() - t) * 1000)
+                ids.append({r.product.product_id for r in result.items})
+            got[ann, filt], lat[ann, filt] = ids, ms
+    recs.ann_content = True
+
+    def agreement(filt: bool) -> float:
+        pairs = zip(got[True, filt], got[False, filt], strict=True)
+        return round(sum(len(a & b) for a, b in pairs) / max(1, sum(len(b) for b in got[False, filt])), 3)
+
+    return [
+        {"operation": "in-process recommendations, content via PQ index", **percentiles(lat[True, False])},
+        {"operation": "in-process recommendations, exact content pass", **percentiles(lat[False, False])},
+        {"operation": "in-process recommendations + filters, PQ index", **percentiles(lat[True, True])},
+        {"operation": "in-process recommendations + filters, exact pass", **percentiles(lat[False, True])},
+        {"operation": "recs top-10 agreement PQ index vs exact", "overlap": agreement(False)},
+        {"operation": "recs top-10 agreement PQ index vs exact, filters", "overlap": agreement(True)},
+    ]
+
+
 def million(queries: list[tuple[np.ndarray, np.ndarray]], n: int = 1_000_000) -> list[dict[str, Any]]:
     """Store-only search over 1M products held in memory (built directly, no S3)."""
     gc.collect()
@@ -523,6 +559,7 @@ def main() -> None:
     q_txt = [embedder.text.embed_texts([f"{q} {i}"])[0] for i, q in enumerate(QUERIES * 13)][:100]
     q_img = [embedder.clip.embed_texts([f"{q} {i}"])[0] for i, q in enumerate(QUERIES * 13)][:100]
     meta["ann_recall@10_vs_exact"] = ann_recall(services, q_txt, q_img)
+    out += recs_content_index(services)
     embed_ms = clip_ms["p50_ms"] + minilm_ms["p50_ms"]
     if not args.no_chroma:
         out += chroma_baseline(services, q_txt, q_img, embed_ms, clip_torch["p50_ms"] + minilm_torch["p50_ms"])

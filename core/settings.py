@@ -34,7 +34,10 @@ class Settings(BaseSettings):
         default=True, description="Answer search/similar from an in-memory copy of the catalog (refreshed per version)."
     )
     ann_min_rows: int = Field(
-        default=20_000, ge=1, description="Hot catalog: exact search below this many products, IVF ANN above."
+        default=20_000,
+        ge=1,
+        description="Exact search below this many products, IVF ANN above (hot catalog); "
+        "recommendations: exact content scan below, a PQ content index above.",
     )
     ann_nprobe: int = Field(default=48, ge=1, le=4096, description="IVF lists probed per query (recall vs speed).")
     query_cache_size: int = Field(

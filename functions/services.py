@@ -75,6 +75,7 @@ class Services:
             exclude_seen=settings.recs_exclude_seen,
             refresh_seconds=settings.recs_refresh_seconds,
             hot=hot,
+            ann_min_rows=settings.ann_min_rows,
         )
         recommender.refresh()
         svc = cls(

@@ -333,24 +333,35 @@ class HybridModel:
         pop: TimePopularity | None,
         vectors: F32 | None,
         vectors_t: F32 | None = None,
+        content: Callable[[F32, F32 | None], F32] | None = None,
     ) -> dict[str, F32]:
         """:meth:`components` for one user whose history is items ``rows`` (distinct) with
         weights ``w_hist`` (and ``w_recent`` for the sequence signal), as 1-D arrays, computed
         from the CSR arrays directly: the same numbers without building scipy matrices, which
         cost more than the arithmetic for one user. ``vectors_t``, ``vectors.T`` stored
-        contiguously when the caller keeps one, makes the content scan faster."""
+        contiguously when the caller keeps one, makes the content scan faster. ``content``, when
+        given, replaces the content scan: it is called with the user's unit profile and the sum
+        of the other signals (None when they are all zero) and returns the cosines (see
+        :meth:`core.recommend.online.CatalogSnapshot.content_scores`)."""
         p = self.params
         parts = {"collaborative": _max_normalise(weighted_rows(self.b, rows, w_hist))}
         if p.beta > 0 and pop is not None:
             parts["popular"] = p.beta * _max_normalise(np.array(pop.at(np.array([t_last]), p.tau_days)[0]))
+        sequence = None
+        if p.delta > 0 and self.t is not None and self.t.shape[0]:
+            sequence = p.delta * _max_normalise(weighted_rows(self.t, rows, w_recent))
         if p.gamma > 0 and vectors is not None:
             profile = w_hist @ vectors[rows]
             norm = float(np.linalg.norm(profile))
             unit = (profile / (norm or 1.0)).astype(np.float32)
-            scores = np.asarray(unit @ vectors_t if vectors_t is not None else vectors @ unit, dtype=np.float32)
+            if content is not None:
+                others = [v for v in [*parts.values(), sequence] if v is not None and v.any()]
+                scores = content(unit, np.sum(others, axis=0) if others else None)
+            else:
+                scores = np.asarray(unit @ vectors_t if vectors_t is not None else vectors @ unit, dtype=np.float32)
             parts["content"] = p.gamma * _max_normalise(scores)
-        if p.delta > 0 and self.t is not None and self.t.shape[0]:
-            parts["sequence"] = p.delta * _max_normalise(weighted_rows(self.t, rows, w_recent))
+        if sequence is not None:
+            parts["sequence"] = sequence
         return parts
 
     def score(

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from core.catalog import Catalog
 from core.errors import InvalidInput, NotFound
 from core.events import Event, EventLog, event_strength
-from core.hot import HotCatalog, HotSnapshot, filter_mask
+from core.hot import B8, HotCatalog, HotSnapshot, filter_mask
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64, EventArrays
@@ -46,6 +46,10 @@ TRENDING_TAU_DAYS = 7.0
 # after a later-stamped one (duplicates are dropped by event_id).
 EVENT_OVERLAP = timedelta(seconds=30)
 # Without a trained model: content + trending only.
+# Catalogs from this size on score content through a PQ index (CatalogSnapshot.content_scores):
+# that many candidates from it, and as many from the other signals.
+CONTENT_ANN_MIN_ROWS = 20_000
+CONTENT_CANDIDATES = 1000
 UNTRAINED = HybridParams(beta=0.3, gamma=1.0, half_life=20.0, alpha=1.0, tau_days=TRENDING_TAU_DAYS)
 _VERB = {
     "view": "viewed",
@@ -73,6 +77,10 @@ class CatalogSnapshot:
     user's scores over every product (``vectors @ profile``) run ~2x faster in this layout
     (measured 1.37 -> 0.70 ms at 10k x 896), while gathering a few rows keeps the row-major copy.
     Costs ``n x dim x 4`` bytes, which training does not pay."""
+    content_index: Any = None
+    """In serving snapshots of large catalogs: a faiss 4-bit PQ fast-scan index over ``vectors``
+    (ids = rows), a ~56-byte code per product scanned ~8x faster than the float matrix; see
+    :meth:`content_scores`."""
 
     @classmethod
     def empty(cls) -> CatalogSnapshot:
@@ -118,15 +126,76 @@ class CatalogSnapshot:
             np.array([p.created_at.timestamp() for p in products], dtype=np.float64),
         )
 
-    def serving(self) -> CatalogSnapshot:
-        """This snapshot with :attr:`vectors_t` (for the query path)."""
-        return replace(self, vectors_t=np.ascontiguousarray(self.vectors.T))
+    def serving(
+        self, ann_min_rows: int = CONTENT_ANN_MIN_ROWS, previous: CatalogSnapshot | None = None
+    ) -> CatalogSnapshot:
+        """This snapshot with :attr:`vectors_t` (for the query path) and, from ``ann_min_rows``
+        products on, :attr:`content_index`. The index's codebooks are trained once (~1.5 s at
+        100k) and reused from ``previous`` when its dimensions match; encoding all products
+        takes ~0.7 s at 100k x 896."""
+        index = None
+        if len(self) >= max(ann_min_rows, 1):
+            import faiss
+
+            faiss.omp_set_num_threads(1)
+            dim = self.vectors.shape[1]
+            old = previous.content_index if previous is not None else None
+            if old is not None and old.d == dim:
+                index = faiss.clone_index(old)
+                index.reset()
+            else:
+                index = faiss.IndexPQFastScan(dim, max(1, dim // 8), 4, faiss.METRIC_INNER_PRODUCT)
+                rng = np.random.default_rng(0)
+                sample = rng.choice(len(self), min(len(self), 20_000), replace=False)
+                index.train(np.ascontiguousarray(self.vectors[np.sort(sample)]))
+            index.add(self.vectors)
+        return replace(self, vectors_t=np.ascontiguousarray(self.vectors.T), content_index=index)
 
     def __len__(self) -> int:
         return len(self.products)
 
     def mask(self, filters: Filters) -> np.ndarray[Any, np.dtype[np.bool_]]:
         return filter_mask(np.ones(len(self), dtype=bool), self.categories, self.prices, filters)
+
+    def content_scores(
+        self,
+        unit: F32,
+        allowed: B8,
+        others: F32 | None = None,
+        candidates: int = CONTENT_CANDIDATES,
+    ) -> F32:
+        """Dot products of ``unit`` (a profile in the fused space) with every product's vector.
+
+        Without :attr:`content_index` (small catalogs) one exact pass over all vectors. With it,
+        that pass (100k x 896 floats, ~360 MB read, ~9 ms here) becomes a scan of the 4-bit PQ
+        codes for the ``candidates`` best products (more when a filter leaves a fraction of the
+        catalog: ``candidates / fraction``), plus the ``candidates`` best by ``others`` (the other
+        signals' sum, so whatever they rank high gets its true content score); those get exact
+        dot products, every other product 0. Under filters that leave less than a tenth of the
+        catalog, every allowed row gets its exact dot product. bench.query measures the top-10
+        agreement with the exact pass."""
+        index = self.content_index
+        if index is None:
+            return np.asarray(unit @ self.vectors_t if self.vectors_t is not None else self.vectors @ unit, np.float32)
+        n = len(self)
+        n_allowed = int(allowed.sum())
+        selective = n_allowed * 10 < n
+        k = min(n, candidates if selective else math.ceil(candidates * n / max(n_allowed, 1)))
+        # Unfiltered: the best products overall (the user's own, say) are scored too, so the
+        # caller's max-normalisation sees the same maximum as with the exact pass.
+        _, ids = index.search(unit.reshape(1, -1), k)
+        found = [ids[0][ids[0] >= 0]]
+        if selective:
+            found.append(np.flatnonzero(allowed))
+        if others is not None:
+            ranked = np.where(allowed, others, -np.inf)
+            c = min(candidates, n)
+            top = np.argpartition(-ranked, c - 1)[:c]
+            found.append(top[np.isfinite(ranked[top])])
+        rows = np.unique(np.concatenate(found))
+        out = np.zeros(n, dtype=np.float32)
+        out[rows] = self.vectors[rows] @ unit
+        return out
 
 
 def _matrix(col: pa.ChunkedArray, dim: int) -> F32:
@@ -318,7 +387,10 @@ class Recommender:
     refresh_seconds: float = 2.0
     hot: HotCatalog | None = None
     """The process's hot copy of the catalog: once it is loaded, new catalog versions are taken
-    from it instead of re-reading the whole dataset."""
+    from it instead of re-reading the whole dataset, and its ANN indexes (large catalogs) find
+    content candidates."""
+    ann_min_rows: int = CONTENT_ANN_MIN_ROWS  # catalogs from this size on get a content index
+    ann_content: bool = True  # False: always the exact content pass (bench.query compares them)
     state: EventState = field(default_factory=EventState)
     snapshot: CatalogSnapshot = field(default_factory=CatalogSnapshot.empty)
     model: HybridModel | None = None
@@ -351,7 +423,7 @@ class Recommender:
                     snap = CatalogSnapshot.from_hot(hot, self.weights)
                 else:
                     snap = CatalogSnapshot.load(self.catalog, self.weights)
-                self.snapshot = snap.serving()
+                self.snapshot = snap.serving(self.ann_min_rows, self.snapshot)
                 self._snapshot_at, self._snapshot_cost = time.monotonic(), time.monotonic() - started
             ev_version = self.events.version()
             if ev_version != self._events_version:
@@ -461,8 +533,19 @@ class Recommender:
         w_recent = history_weights(strength, rank, 0.0, p.seq_half_life)
         t_last = np.array([history[0].timestamp])
         model = compiled.model
+
+        def content(unit: F32, others: F32 | None) -> F32:
+            return snap.content_scores(unit, allowed, others)
+
         parts = model.user_components(
-            idx, w_hist, w_recent, float(t_last[0]), compiled.popularity, snap.vectors, snap.vectors_t
+            idx,
+            w_hist,
+            w_recent,
+            float(t_last[0]),
+            compiled.popularity,
+            snap.vectors,
+            snap.vectors_t,
+            content if self.ann_content and snap.content_index is not None else None,
         )
         total = np.sum(list(parts.values()), axis=0)
         scores = np.where(allowed, total, -np.inf)
@@ -535,19 +618,6 @@ class Recommender:
         pos = np.array([snap.index[p] for p in positive], dtype=np.int32)
         neg = np.array([snap.index[p] for p in negative], dtype=np.int32)
         compiled = self._compiled_for(snap)
-        # mean(pos) . v - 0.5 mean(neg) . v for every product v, in one pass over the vectors
-        query = snap.vectors[pos].mean(axis=0)
-        if len(neg):
-            query = query - 0.5 * snap.vectors[neg].mean(axis=0)
-        content = query @ snap.vectors_t if snap.vectors_t is not None else snap.vectors @ query
-        b = compiled.model.b
-        cf = np.zeros(len(snap), dtype=np.float32)
-        if b.shape[0]:
-            signs = np.concatenate([np.ones(len(pos), np.float32), -np.ones(len(neg), np.float32)])
-            cf = weighted_rows(b, np.concatenate([pos, neg]), signs)
-            mx = float(np.abs(cf).max()) or 1.0
-            cf = cf / mx
-        total = content + 0.5 * cf
         allowed = snap.mask(filters)
         allowed[pos] = False
         if len(neg):
@@ -557,6 +627,23 @@ class Recommender:
             if self.exclude_seen:
                 for h in history:
                     allowed[snap.index[h.product_id]] = False
+        b = compiled.model.b
+        cf = np.zeros(len(snap), dtype=np.float32)
+        if b.shape[0]:
+            signs = np.concatenate([np.ones(len(pos), np.float32), -np.ones(len(neg), np.float32)])
+            cf = weighted_rows(b, np.concatenate([pos, neg]), signs)
+            mx = float(np.abs(cf).max()) or 1.0
+            cf = cf / mx
+        # mean(pos) . v - 0.5 mean(neg) . v for every product v (one pass, or ANN candidates)
+        query = snap.vectors[pos].mean(axis=0)
+        if len(neg):
+            query = query - 0.5 * snap.vectors[neg].mean(axis=0)
+        query = query.astype(np.float32)
+        if self.ann_content:
+            content = snap.content_scores(query, allowed, 0.5 * cf if cf.any() else None)
+        else:
+            content = query @ snap.vectors_t if snap.vectors_t is not None else snap.vectors @ query
+        total = content + 0.5 * cf
         scores = np.where(allowed, total, -np.inf)
         items = []
         for i in _best(scores, top_k):

@@ -244,3 +244,63 @@ def test_too_little_data_to_tune_falls_back_to_a_default_blend() -> None:
 
     model = train_hybrid(arrays([("u", "a", "purchase", None, 1.0), ("u", "b", "view", None, 2.0)]))
     assert model.info["validation_ndcg"] == 0.0 and model.params == NO_SIGNAL and "fallback" in model.info
+
+
+def _content_snapshot(n: int, seed: int = 0) -> object:
+    """A clustered catalog of ``n`` products (image 32 + text 24 dims, a tenth without image)."""
+    from core.models import Product, Weights
+    from core.recommend.online import CatalogSnapshot
+
+    rng = np.random.default_rng(seed)
+    kinds = rng.integers(0, 40, n)
+    image = rng.standard_normal((40, 32))[kinds] + 0.6 * rng.standard_normal((n, 32))
+    text = rng.standard_normal((40, 24))[kinds // 2] + 0.6 * rng.standard_normal((n, 24))
+    image = (image / np.linalg.norm(image, axis=1, keepdims=True)).astype(np.float32)
+    text = (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32)
+    image[::10] = 0
+    now = datetime.now(UTC)
+    cats = ("shoes", "bags", "hats", "mugs")
+    products = [
+        Product(f"p{i:05d}", f"t{i}", "", cats[int(kinds[i]) % 4], float(i % 97), None, {}, now, now) for i in range(n)
+    ]
+    return CatalogSnapshot.build(1, products, image, text, Weights(0.7, 0.3))
+
+
+def test_content_index_candidates_match_the_exact_content_pass() -> None:
+    """Large catalogs score content through a PQ index: the rows it scores carry their exact dot
+    products, the blended top 10 agrees with the exact pass (the maximum used to normalise
+    included), a selective filter scores every allowed row exactly, and a new snapshot reuses
+    the trained codebooks."""
+    import faiss
+
+    snap = _content_snapshot(6000)
+    assert snap.serving(ann_min_rows=10_000).content_index is None  # type: ignore[attr-defined]
+    served = snap.serving(ann_min_rows=1000)  # type: ignore[attr-defined]
+    assert served.content_index is not None and served.content_index.ntotal == 6000
+    rng = np.random.default_rng(5)
+    agree, total = 0, 0
+    for q in range(60):
+        hist = rng.choice(6000, 6, replace=False) if q % 2 else rng.choice(600, 6, replace=False) * 10
+        unit = rng.random(6).astype(np.float32) @ served.vectors[hist]
+        unit /= np.linalg.norm(unit)
+        others = (0.3 * rng.random(6000)).astype(np.float32)
+        allowed = np.ones(6000, dtype=bool)
+        allowed[hist] = False  # the user's own items: excluded, yet the highest content scores
+        exact = served.vectors @ unit
+        approx = served.content_scores(unit, allowed, others)
+        scored = approx != 0
+        assert scored.sum() < 6000 and np.allclose(approx[scored], exact[scored], atol=1e-5)
+        assert approx.max() == pytest.approx(exact.max(), abs=1e-6)  # the same normalisation
+        want = np.argsort(-np.where(allowed, exact / exact.max() + others, -np.inf))[:10]
+        got = np.argsort(-np.where(allowed, approx / approx.max() + others, -np.inf))[:10]
+        agree += len(set(want) & set(got))
+        total += 10
+        selective = np.zeros(6000, dtype=bool)
+        selective[rng.choice(6000, 300, replace=False)] = True
+        sel = served.content_scores(unit, selective, None)
+        np.testing.assert_allclose(sel[selective], exact[selective], atol=1e-5)
+    assert agree / total >= 0.95, agree / total
+    again = _content_snapshot(6000, seed=1).serving(ann_min_rows=1000, previous=served)  # type: ignore[attr-defined]
+    old_codes = faiss.vector_to_array(served.content_index.pq.centroids)
+    np.testing.assert_array_equal(faiss.vector_to_array(again.content_index.pq.centroids), old_codes)
+    assert again.content_index is not served.content_index and again.content_index.ntotal == 6000
