@@ -49,7 +49,7 @@ import pyarrow as pa
 from bench.common import LightClient, ServeProcess, percentiles, report, s3_settings, timed
 from core.catalog import Catalog, ProductRecord, products_schema
 from core.embedding import l2_normalize, load_embedder
-from core.hot import HotCatalog, HotSnapshot
+from core.hot import CategoryCodes, HotCatalog, HotSnapshot
 from core.models import Filters, Product, Weights
 from core.search import hot_ranked, similar
 from functions.services import Services
@@ -419,7 +419,7 @@ def million(queries: list[tuple[np.ndarray, np.ndarray]], n: int = 1_000_000) ->
         index={p.product_id: i for i, p in enumerate(products)},
         hashes={},
         alive=np.ones(n, dtype=bool),
-        categories=np.array(rows["category"], dtype=object),
+        categories=CategoryCodes.of(rows["category"]),
         prices=np.array(rows["price"], dtype=np.float64),
         image=image,
         has_image=has_image,

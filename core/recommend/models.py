@@ -20,6 +20,7 @@ held-out data.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -356,7 +357,7 @@ class HybridModel:
             unit = (profile / (norm or 1.0)).astype(np.float32)
             if content is not None:
                 others = [v for v in [*parts.values(), sequence] if v is not None and v.any()]
-                scores = content(unit, np.sum(others, axis=0) if others else None)
+                scores = content(unit, functools.reduce(np.add, others) if others else None)
             else:
                 scores = np.asarray(unit @ vectors_t if vectors_t is not None else vectors @ unit, dtype=np.float32)
             parts["content"] = p.gamma * _max_normalise(scores)

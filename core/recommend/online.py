@@ -15,6 +15,7 @@ A request then costs a few sparse/dense vector operations over the catalog (no s
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -26,13 +27,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import scipy.sparse as sp
 
 from core.catalog import Catalog
 from core.errors import InvalidInput, NotFound
 from core.events import Event, EventLog, event_strength
-from core.hot import B8, HotCatalog, HotSnapshot, filter_mask
+from core.hot import B8, CategoryCodes, HotCatalog, HotSnapshot, filter_mask
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64, EventArrays
@@ -68,7 +70,7 @@ class CatalogSnapshot:
     version: int
     products: list[Product]
     index: dict[str, int]
-    categories: np.ndarray[Any, np.dtype[np.object_]]
+    categories: CategoryCodes
     prices: F64
     vectors: F32
     created: F64  # created_at, epoch seconds
@@ -84,7 +86,7 @@ class CatalogSnapshot:
 
     @classmethod
     def empty(cls) -> CatalogSnapshot:
-        return cls(-1, [], {}, np.array([], dtype=object), np.zeros(0), np.zeros((0, 1), np.float32), np.zeros(0))
+        return cls(-1, [], {}, CategoryCodes.empty(), np.zeros(0), np.zeros((0, 1), np.float32), np.zeros(0))
 
     @classmethod
     def load(cls, catalog: Catalog, weights: Weights) -> CatalogSnapshot:
@@ -120,7 +122,7 @@ class CatalogSnapshot:
             version,
             products,
             {p.product_id: i for i, p in enumerate(products)},
-            np.array([p.category for p in products], dtype=object),
+            CategoryCodes.of([p.category for p in products]),
             np.array([math.nan if p.price is None else float(p.price) for p in products], dtype=np.float64),
             fused,
             np.array([p.created_at.timestamp() for p in products], dtype=np.float64),
@@ -163,39 +165,68 @@ class CatalogSnapshot:
         allowed: B8,
         others: F32 | None = None,
         candidates: int = CONTENT_CANDIDATES,
+        always: npt.NDArray[np.integer[Any]] | None = None,
     ) -> F32:
+        """Dot products of ``unit`` with every product's vector (see :meth:`content_candidates`)."""
+        return self.content_candidates(unit, allowed, others, candidates, always)[0]
+
+    def content_candidates(
+        self,
+        unit: F32,
+        allowed: B8,
+        others: F32 | None = None,
+        candidates: int = CONTENT_CANDIDATES,
+        always: npt.NDArray[np.integer[Any]] | None = None,
+    ) -> tuple[F32, npt.NDArray[np.int64] | None]:
         """Dot products of ``unit`` (a profile in the fused space) with every product's vector.
 
         Without :attr:`content_index` (small catalogs) one exact pass over all vectors. With it,
         that pass (100k x 896 floats, ~360 MB read, ~9 ms here) becomes a scan of the 4-bit PQ
-        codes for the ``candidates`` best products (more when a filter leaves a fraction of the
-        catalog: ``candidates / fraction``), plus the ``candidates`` best by ``others`` (the other
-        signals' sum, so whatever they rank high gets its true content score); those get exact
-        dot products, every other product 0. Under filters that leave less than a tenth of the
-        catalog, every allowed row gets its exact dot product. bench.query measures the top-10
-        agreement with the exact pass."""
+        codes for the ``candidates`` best allowed products (``candidates / fraction`` best overall
+        when a filter leaves a fraction of the catalog), plus the ``candidates`` best by
+        ``others`` (the other signals' sum, so whatever they rank high gets its true content
+        score); those get exact dot products, every other product 0. Under filters that leave
+        less than ``4 * candidates`` products, every allowed row gets its exact dot product.
+        ``always`` (the user's own products, the positives of "more like these") and the
+        ``candidates`` best by the codes are scored whatever the filter, so the caller's
+        max-normalisation sees the maximum the exact pass sees. bench.query measures the top-10
+        agreement with the exact pass.
+
+        Returns the scores and the rows that got exact ones (sorted; None after a full pass): a
+        product outside them scores ``others`` alone, which is below the ``candidates`` best
+        allowed by ``others`` that are among them, so the top of ``gamma * content + others``
+        can be taken over these rows only."""
         index = self.content_index
         if index is None:
-            return np.asarray(unit @ self.vectors_t if self.vectors_t is not None else self.vectors @ unit, np.float32)
+            exact = unit @ self.vectors_t if self.vectors_t is not None else self.vectors @ unit
+            return np.asarray(exact, np.float32), None
         n = len(self)
         n_allowed = int(allowed.sum())
-        selective = n_allowed * 10 < n
-        k = min(n, candidates if selective else math.ceil(candidates * n / max(n_allowed, 1)))
-        # Unfiltered: the best products overall (the user's own, say) are scored too, so the
-        # caller's max-normalisation sees the same maximum as with the exact pass.
-        _, ids = index.search(unit.reshape(1, -1), k)
-        found = [ids[0][ids[0] >= 0]]
-        if selective:
-            found.append(np.flatnonzero(allowed))
+        # Enough codes scanned to expect ``candidates`` allowed ones among them; past a quarter of
+        # the catalog (a filter leaving few products) every allowed row is scored instead.
+        k = math.ceil(candidates * n / max(n_allowed, 1))
+        selective = 4 * k > n
+        _, ids = index.search(unit.reshape(1, -1), min(k, candidates) if selective else k)
+        hits = ids[0][ids[0] >= 0]
+        # The best ``candidates`` overall are scored whatever the filter (the maximum).
+        found = [
+            hits[:candidates],
+            np.flatnonzero(allowed) if selective else hits[candidates:][allowed[hits[candidates:]]],
+        ]
+        if always is not None:
+            found.append(np.asarray(always, dtype=np.int64))
         if others is not None:
             ranked = np.where(allowed, others, -np.inf)
             c = min(candidates, n)
             top = np.argpartition(-ranked, c - 1)[:c]
             found.append(top[np.isfinite(ranked[top])])
-        rows = np.unique(np.concatenate(found))
+        mark = np.zeros(n, dtype=bool)
+        for part in found:
+            mark[part] = True
+        rows = np.flatnonzero(mark)
         out = np.zeros(n, dtype=np.float32)
         out[rows] = self.vectors[rows] @ unit
-        return out
+        return out, rows
 
 
 def _matrix(col: pa.ChunkedArray, dim: int) -> F32:
@@ -534,8 +565,13 @@ class Recommender:
         t_last = np.array([history[0].timestamp])
         model = compiled.model
 
+        scored: list[npt.NDArray[np.int64]] = []  # the content candidates, when there are some
+
         def content(unit: F32, others: F32 | None) -> F32:
-            return snap.content_scores(unit, allowed, others)
+            scores, rows = snap.content_candidates(unit, allowed, others, always=idx)
+            if rows is not None:
+                scored.append(rows)
+            return scores
 
         parts = model.user_components(
             idx,
@@ -547,9 +583,15 @@ class Recommender:
             snap.vectors_t,
             content if self.ann_content and snap.content_index is not None else None,
         )
-        total = np.sum(list(parts.values()), axis=0)
-        scores = np.where(allowed, total, -np.inf)
-        top = _best(scores, top_k)
+        if scored:  # the best are among the candidates (see content_candidates): rank only those
+            rows = scored[0]
+            total = functools.reduce(np.add, [v[rows] for v in parts.values()])
+            ranked = _best(np.where(allowed[rows], total, -np.inf), top_k)
+            score_of = {int(rows[j]): float(total[j]) for j in ranked}
+        else:
+            total = functools.reduce(np.add, parts.values())
+            score_of = {i: float(total[i]) for i in _best(np.where(allowed, total, -np.inf), top_k)}
+        top = list(score_of)  # best first
         strategy = "personalized" if self.model is not None else "content"
         # Who contributed what to each recommended product, for its reason (one slice per signal).
         contrib = {
@@ -568,7 +610,7 @@ class Recommender:
                 reason = _popular_reason(product, t_last[0])
             else:
                 reason = f"New in {product.category or 'the catalog'}"
-            items.append(Recommended(snap.products[i], float(scores[i]), reason))
+            items.append(Recommended(snap.products[i], score_of[i], reason))
         return RecommendationResult(items, strategy)
 
     def _popular(
@@ -640,7 +682,7 @@ class Recommender:
             query = query - 0.5 * snap.vectors[neg].mean(axis=0)
         query = query.astype(np.float32)
         if self.ann_content:
-            content = snap.content_scores(query, allowed, 0.5 * cf if cf.any() else None)
+            content = snap.content_scores(query, allowed, 0.5 * cf if cf.any() else None, always=pos)
         else:
             content = query @ snap.vectors_t if snap.vectors_t is not None else snap.vectors @ query
         total = content + 0.5 * cf
@@ -688,11 +730,12 @@ def _popular_reason(product: Product, t_ref: float) -> str:
 
 
 def _best(scores: F32 | F64, k: int) -> list[int]:
-    finite = np.flatnonzero(np.isfinite(scores))
-    if len(finite) == 0:
+    """Positions of the ``k`` best finite ``scores``, best first (-inf marks the excluded)."""
+    k = min(k, len(scores))
+    if k == 0:
         return []
-    k = min(k, len(finite))
-    part = finite[np.argpartition(-scores[finite], k - 1)[:k]]
+    part = np.argpartition(-scores, k - 1)[:k]
+    part = part[np.isfinite(scores[part])]
     return [int(i) for i in part[np.argsort(-scores[part], kind="stable")]]
 
 

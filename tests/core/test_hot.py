@@ -221,7 +221,7 @@ def test_recommender_snapshot_from_the_hot_copy_equals_a_dataset_read(s3_setting
         assert a.version == b.version and sorted(a.index) == sorted(b.index) and "p00042" not in a.index
         order = [a.index[pid] for pid in sorted(b.index, key=b.index.__getitem__)]
         np.testing.assert_allclose(a.vectors[order], b.vectors, atol=1e-6)
-        np.testing.assert_array_equal(a.categories[order], b.categories)
+        assert [a.categories.labels()[i] for i in order] == b.categories.labels()
         np.testing.assert_array_equal(a.prices[order], b.prices)
         np.testing.assert_array_equal(a.created[order], b.created)
 
@@ -301,3 +301,20 @@ def test_recommendations_through_the_content_index_agree_with_the_exact_pass(s3_
     recs.ann_content = False
     exact_like = [r.product.product_id for r in recs.more_like(["p00010", "p00011"], ["p00400"]).items]
     assert len(set(like) & set(exact_like)) >= 9
+
+
+def test_category_codes_filter_like_the_strings() -> None:
+    """Category filters compare integer codes: same rows as comparing the strings, across an
+    extension with new names (the older column and its names table unchanged)."""
+    from core.hot import CategoryCodes
+
+    first = ["shoes", None, "bags", "shoes"]
+    a = CategoryCodes.of(first)
+    b = a.extend(["hats", "shoes", None])
+    assert b.labels() == [*first, "hats", "shoes", None] and a.labels() == first
+    assert "hats" not in a.names and len(a) == 4 and len(b) == 7
+    for wanted in (["shoes"], ["hats", "bags"], ["nope"], []):
+        want = [c in wanted for c in b.labels()]
+        assert b.isin(wanted).tolist() == want
+    assert b.take(np.array([4, 0])).labels() == ["hats", "shoes"]
+    assert a.extend(["bags"]).names is a.names  # no new name: the table is shared

@@ -287,12 +287,19 @@ def test_content_index_candidates_match_the_exact_content_pass() -> None:
         allowed = np.ones(6000, dtype=bool)
         allowed[hist] = False  # the user's own items: excluded, yet the highest content scores
         exact = served.vectors @ unit
-        approx = served.content_scores(unit, allowed, others)
+        approx = served.content_scores(unit, allowed, others, always=hist)
         scored = approx != 0
         assert scored.sum() < 6000 and np.allclose(approx[scored], exact[scored], atol=1e-5)
         assert approx.max() == pytest.approx(exact.max(), abs=1e-6)  # the same normalisation
         want = np.argsort(-np.where(allowed, exact / exact.max() + others, -np.inf))[:10]
         got = np.argsort(-np.where(allowed, approx / approx.max() + others, -np.inf))[:10]
+        agree += len(set(want) & set(got))
+        total += 10
+        half = allowed & (np.arange(6000) % 2 == 0)  # a filter keeping half: more codes scanned
+        approx = served.content_scores(unit, half, others, always=hist)
+        assert approx.max() == pytest.approx(exact.max(), abs=1e-6)
+        want = np.argsort(-np.where(half, exact / exact.max() + others, -np.inf))[:10]
+        got = np.argsort(-np.where(half, approx / approx.max() + others, -np.inf))[:10]
         agree += len(set(want) & set(got))
         total += 10
         selective = np.zeros(6000, dtype=bool)
