@@ -274,9 +274,11 @@ def test_content_index_candidates_match_the_exact_content_pass() -> None:
     import faiss
 
     snap = _content_snapshot(6000)
-    assert snap.serving(ann_min_rows=10_000).content_index is None  # type: ignore[attr-defined]
+    small = snap.serving(ann_min_rows=10_000)  # type: ignore[attr-defined]
+    assert small.content_index is None and small.vectors_t is not None  # the exact pass, transposed
     served = snap.serving(ann_min_rows=1000)  # type: ignore[attr-defined]
     assert served.content_index is not None and served.content_index.ntotal == 6000
+    assert served.vectors_t is None  # scored through the index: no transposed copy kept
     rng = np.random.default_rng(5)
     agree, total = 0, 0
     for q in range(60):
