@@ -313,3 +313,18 @@ def test_content_index_candidates_match_the_exact_content_pass() -> None:
     old_codes = faiss.vector_to_array(served.content_index.pq.centroids)
     np.testing.assert_array_equal(faiss.vector_to_array(again.content_index.pq.centroids), old_codes)
     assert again.content_index is not served.content_index and again.content_index.ntotal == 6000
+
+
+def test_content_index_edges_small_catalog_and_nothing_allowed() -> None:
+    """A catalog under the candidate count is scored exactly everywhere; a filter allowing
+    nothing still returns a score per product (the caller ranks nothing)."""
+    snap = _content_snapshot(600).serving(ann_min_rows=500)  # type: ignore[attr-defined]
+    assert snap.content_index is not None
+    unit = snap.vectors[3] / np.linalg.norm(snap.vectors[3])
+    scores, rows = snap.content_candidates(unit, np.ones(600, dtype=bool))
+    assert rows is not None and len(rows) == 600
+    np.testing.assert_allclose(scores, snap.vectors @ unit, atol=1e-5)
+    none_allowed = np.zeros(600, dtype=bool)
+    scores, rows = snap.content_candidates(unit, none_allowed, np.ones(600, np.float32), always=np.array([3]))
+    assert scores.shape == (600,) and rows is not None and 3 in rows
+    assert scores[3] == pytest.approx(float(snap.vectors[3] @ unit), abs=1e-5)
