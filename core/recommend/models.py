@@ -343,7 +343,7 @@ class HybridModel:
         contiguously when the caller keeps one, makes the content scan faster. ``content``, when
         given, replaces the content scan: it is called with the user's unit profile and the sum
         of the other signals (None when they are all zero) and returns the cosines (see
-        :meth:`core.recommend.online.CatalogSnapshot.content_scores`)."""
+        :meth:`core.recommend.online.CatalogSnapshot.content_candidates`)."""
         p = self.params
         parts = {"collaborative": _max_normalise(weighted_rows(self.b, rows, w_hist))}
         if p.beta > 0 and pop is not None:

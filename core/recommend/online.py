@@ -48,7 +48,7 @@ TRENDING_TAU_DAYS = 7.0
 # after a later-stamped one (duplicates are dropped by event_id).
 EVENT_OVERLAP = timedelta(seconds=30)
 # Without a trained model: content + trending only.
-# Catalogs from this size on score content through a PQ index (CatalogSnapshot.content_scores):
+# Catalogs from this size on score content through a PQ index (CatalogSnapshot.content_candidates):
 # that many candidates from it, and as many from the other signals.
 CONTENT_ANN_MIN_ROWS = 20_000
 CONTENT_CANDIDATES = 1000
@@ -83,7 +83,7 @@ class CatalogSnapshot:
     content_index: Any = None
     """In serving snapshots of large catalogs: a faiss 4-bit PQ fast-scan index over ``vectors``
     (ids = rows), a ~56-byte code per product scanned ~8x faster than the float matrix; see
-    :meth:`content_scores`."""
+    :meth:`content_candidates`."""
 
     @classmethod
     def empty(cls) -> CatalogSnapshot:
@@ -161,17 +161,6 @@ class CatalogSnapshot:
 
     def mask(self, filters: Filters) -> np.ndarray[Any, np.dtype[np.bool_]]:
         return filter_mask(np.ones(len(self), dtype=bool), self.categories, self.prices, filters)
-
-    def content_scores(
-        self,
-        unit: F32,
-        allowed: B8,
-        others: F32 | None = None,
-        candidates: int = CONTENT_CANDIDATES,
-        always: npt.NDArray[np.integer[Any]] | None = None,
-    ) -> F32:
-        """Dot products of ``unit`` with every product's vector (see :meth:`content_candidates`)."""
-        return self.content_candidates(unit, allowed, others, candidates, always)[0]
 
     def content_candidates(
         self,
@@ -685,7 +674,7 @@ class Recommender:
             query = query - 0.5 * snap.vectors[neg].mean(axis=0)
         query = query.astype(np.float32)
         if self.ann_content:
-            content = snap.content_scores(query, allowed, 0.5 * cf if cf.any() else None, always=pos)
+            content, _ = snap.content_candidates(query, allowed, 0.5 * cf if cf.any() else None, always=pos)
         else:
             content = query @ snap.vectors_t if snap.vectors_t is not None else snap.vectors @ query
         total = content + 0.5 * cf

@@ -289,7 +289,7 @@ def test_content_index_candidates_match_the_exact_content_pass() -> None:
         allowed = np.ones(6000, dtype=bool)
         allowed[hist] = False  # the user's own items: excluded, yet the highest content scores
         exact = served.vectors @ unit
-        approx = served.content_scores(unit, allowed, others, always=hist)
+        approx = served.content_candidates(unit, allowed, others, always=hist)[0]
         scored = approx != 0
         assert scored.sum() < 6000 and np.allclose(approx[scored], exact[scored], atol=1e-5)
         assert approx.max() == pytest.approx(exact.max(), abs=1e-6)  # the same normalisation
@@ -298,7 +298,7 @@ def test_content_index_candidates_match_the_exact_content_pass() -> None:
         agree += len(set(want) & set(got))
         total += 10
         half = allowed & (np.arange(6000) % 2 == 0)  # a filter keeping half: more codes scanned
-        approx = served.content_scores(unit, half, others, always=hist)
+        approx = served.content_candidates(unit, half, others, always=hist)[0]
         assert approx.max() == pytest.approx(exact.max(), abs=1e-6)
         want = np.argsort(-np.where(half, exact / exact.max() + others, -np.inf))[:10]
         got = np.argsort(-np.where(half, approx / approx.max() + others, -np.inf))[:10]
@@ -306,7 +306,7 @@ def test_content_index_candidates_match_the_exact_content_pass() -> None:
         total += 10
         selective = np.zeros(6000, dtype=bool)
         selective[rng.choice(6000, 300, replace=False)] = True
-        sel = served.content_scores(unit, selective, None)
+        sel = served.content_candidates(unit, selective, None)[0]
         np.testing.assert_allclose(sel[selective], exact[selective], atol=1e-5)
     assert agree / total >= 0.95, agree / total
     again = _content_snapshot(6000, seed=1).serving(ann_min_rows=1000, previous=served)  # type: ignore[attr-defined]
