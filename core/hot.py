@@ -101,9 +101,6 @@ class CategoryCodes:
         add = np.fromiter((names.setdefault(c, len(names)) for c in more), dtype=np.int32, count=len(more))
         return CategoryCodes(np.concatenate([self.codes, add]), names)
 
-    def take(self, rows: npt.NDArray[np.integer[Any]]) -> CategoryCodes:
-        return CategoryCodes(self.codes[rows], self.names)
-
     def labels(self) -> list[str | None]:
         by_code = {code: name for name, code in self.names.items()}
         return [by_code[int(c)] for c in self.codes]
