@@ -52,7 +52,7 @@ REBUILD_TOMBSTONE_FRACTION = 1 / 3
 DELTA_CHUNK = 500  # product ids per "IN (...)" read of changed rows
 
 
-def _faiss() -> Any:
+def load_faiss() -> Any:
     import faiss
 
     faiss.omp_set_num_threads(1)  # one query per request thread; no OpenMP oversubscription
@@ -61,7 +61,7 @@ def _faiss() -> Any:
 
 def build_ann(vectors: F32, rows: I64, *, seed: int = 0) -> Any:
     """An IVF index (inner product, 8-bit scalar quantiser) over ``vectors[rows]``, ids = rows."""
-    faiss = _faiss()
+    faiss = load_faiss()
     n, d = len(rows), vectors.shape[1]
     nlist = max(8, int(math.sqrt(n)))
     quantizer = faiss.IndexFlatIP(d)
@@ -321,7 +321,7 @@ class HotCatalog:
         )
         if old.ann_text is None or snap.live < self.ann_min_rows // 2:
             return self._with_ann(snap)
-        faiss = _faiss()
+        faiss = load_faiss()
         gone_ids = np.asarray(gone, dtype=np.int64)
 
         def patch(ann: Any, vectors: F32, add: I64) -> Any:
@@ -431,7 +431,7 @@ class HotCatalog:
             scores = vectors @ q
             scores[~allowed] = -np.inf
             return np.argpartition(-scores, k - 1)[:k].astype(np.int64)
-        faiss = _faiss()
+        faiss = load_faiss()
         params = faiss.SearchParametersIVF()
         params.nprobe = min(ann.nlist, max(self.nprobe, math.ceil(self.nprobe / max(fraction, 1e-9) ** 0.5)))
         if n_allowed < snap.live or not snap.alive.all():

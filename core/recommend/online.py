@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from core.catalog import Catalog
 from core.errors import InvalidInput, NotFound
 from core.events import Event, EventLog, event_strength
-from core.hot import B8, CategoryCodes, HotCatalog, HotSnapshot, filter_mask
+from core.hot import B8, CategoryCodes, HotCatalog, HotSnapshot, filter_mask, load_faiss
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64, EventArrays
@@ -138,9 +138,7 @@ class CatalogSnapshot:
         encoding all products takes ~0.8 s at 100k x 896."""
         index = None
         if len(self) >= max(ann_min_rows, 1):
-            import faiss
-
-            faiss.omp_set_num_threads(1)
+            faiss = load_faiss()
             dim = self.vectors.shape[1]
             old = previous.content_index if previous is not None else None
             if old is not None and old.d == dim:

@@ -221,7 +221,8 @@ def test_recommender_snapshot_from_the_hot_copy_equals_a_dataset_read(s3_setting
         assert a.version == b.version and sorted(a.index) == sorted(b.index) and "p00042" not in a.index
         order = [a.index[pid] for pid in sorted(b.index, key=b.index.__getitem__)]
         np.testing.assert_allclose(a.vectors[order], b.vectors, atol=1e-6)
-        assert [a.categories.labels()[i] for i in order] == b.categories.labels()
+        labels = a.categories.labels()
+        assert [labels[i] for i in order] == b.categories.labels()
         np.testing.assert_array_equal(a.prices[order], b.prices)
         np.testing.assert_array_equal(a.created[order], b.created)
 
