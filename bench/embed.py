@@ -1,12 +1,14 @@
 """CLIP image embedding throughput: JPEG bytes -> vectors, and model only. Runs on CPU or CUDA.
 
-    python -m bench.embed --device cpu --images 256
+    python -m bench.embed --device cpu --images 256          # PyTorch fp32, ONNX fp32, ONNX int8
     python -m bench.embed --device cuda --images 16384 --batch 512
 
 Inputs are ~600x600 product-like JPEGs (sample renders with sensor-like noise, ~q90). On CUDA it
 also checks the GPU pipeline (nvjpeg decode, GPU resize, fp16) against the CPU reference
-(PIL preprocessing, fp32): cosine per image, which must stay >= 0.99. Weights are random-init
-(CLIP_PRETRAINED=none): same architecture and compute as the real ones.
+(PIL preprocessing, fp32): cosine per image, which must stay >= 0.99. On CPU it measures each
+image runtime (``--runtimes``, IMAGE_RUNTIME's values) and its cosine with PyTorch fp32 on 64
+images. Weights are random-init (CLIP_PRETRAINED=none): same architecture and compute as the real
+ones.
 """
 
 from __future__ import annotations
@@ -61,44 +63,81 @@ def main() -> None:
     ap.add_argument("--pool", default="", help="comma list of worker-process counts to measure (EmbedPool)")
     ap.add_argument("--slice", type=int, default=256, help="images per pool work item")
     ap.add_argument("--label", default="", help="appended to the pool rows (e.g. 'MPS')")
+    ap.add_argument(
+        "--runtimes",
+        default="",
+        help="image runtimes to measure, comma list of torch,onnx,int8 (default: all three on CPU, torch on CUDA)",
+    )
     args = ap.parse_args()
     import torch
 
-    enc = OpenClipEncoder(args.model, "none", device=args.device, batch_size=args.batch)
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] or (
+        ["torch"] if args.device == "cuda" else ["torch", "onnx", "int8"]
+    )
     jpegs = make_jpegs(args.images)
     rows: list[dict[str, object]] = []
     mean_kb = sum(map(len, jpegs)) / len(jpegs) / 1024
-
-    # Model only: preprocessed batches already on the device.
     imgs = [decode_image(d, **LIMITS) for d in jpegs[: args.batch]]
-    batch = torch.stack([enc._preprocess(im) for im in imgs]).to(args.device)
-    enc._run(batch, image=True)
-    reps = max(3, (args.images // args.batch))
-    sync(args.device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        enc._run(batch, image=True)
-    sync(args.device)
-    rows.append(
-        {
-            "path": f"model only ({'fp16' if args.device == 'cuda' else 'fp32'}, batch {args.batch})",
-            "images_per_s": round(reps * args.batch / (time.perf_counter() - t), 1),
-        }
-    )
+    check = jpegs[:64]
+    reference: np.ndarray | None = None
+    enc = None
+    for runtime in runtimes:
+        t0 = time.perf_counter()
+        enc = OpenClipEncoder(args.model, "none", device=args.device, batch_size=args.batch, image_runtime=runtime)  # type: ignore[arg-type]
+        assert enc.image_runtime == runtime, f"asked for {runtime}, got {enc.image_runtime}"
+        load_s = time.perf_counter() - t0
+        precision = (
+            "fp16"
+            if args.device == "cuda"
+            else {"torch": "PyTorch fp32", "onnx": "ONNX fp32"}.get(runtime, "ONNX int8")
+        )
 
-    # JPEG bytes -> vectors through the service's pipeline.
-    enc.embed_image_bytes(jpegs[: args.batch], **LIMITS)
-    sync(args.device)
-    t = time.perf_counter()
-    res = enc.embed_image_bytes(jpegs, **LIMITS)
-    sync(args.device)
-    assert len(res.ok) == len(jpegs) and not res.errors
-    if args.device == "cuda":
-        label = "nvjpeg batched decode + GPU resize (fp16)"
-    else:
-        label = f"PIL decode pool ({enc.decode_workers} threads)"
-    rate = round(len(jpegs) / (time.perf_counter() - t), 1)
-    rows.append({"path": f"JPEG bytes -> vectors: {label}", "images_per_s": rate})
+        # Model only: preprocessed batches already on the device.
+        batch = torch.stack([enc._preprocess(im) for im in imgs]).to(args.device)
+        enc._image_vectors(batch)
+        reps = max(3, (args.images // args.batch))
+        sync(args.device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            enc._image_vectors(batch)
+        sync(args.device)
+        rows.append(
+            {
+                "path": f"model only ({precision}, batch {args.batch}; load {load_s:.0f} s)",
+                "images_per_s": round(reps * args.batch / (time.perf_counter() - t), 1),
+            }
+        )
+
+        # JPEG bytes -> vectors through the service's pipeline.
+        enc.embed_image_bytes(jpegs[: args.batch], **LIMITS)
+        sync(args.device)
+        t = time.perf_counter()
+        res = enc.embed_image_bytes(jpegs, **LIMITS)
+        sync(args.device)
+        assert len(res.ok) == len(jpegs) and not res.errors
+        if args.device == "cuda":
+            label = "nvjpeg batched decode + GPU resize (fp16)"
+        else:
+            label = f"PIL decode pool ({enc.decode_workers} threads), {precision}"
+        rate = round(len(jpegs) / (time.perf_counter() - t), 1)
+        rows.append({"path": f"JPEG bytes -> vectors: {label}", "images_per_s": rate})
+        if args.device == "cpu":
+            got = enc.embed_image_bytes(check, **LIMITS).vectors
+            if reference is None:
+                reference = (
+                    got
+                    if runtime == "torch"
+                    else OpenClipEncoder(args.model, "none").embed_image_bytes(check, **LIMITS).vectors
+                )
+            if runtime != "torch":
+                cos = (reference * got).sum(axis=1)
+                rows.append(
+                    {
+                        "path": f"cosine vs PyTorch fp32, {precision} ({len(check)} images)",
+                        "images_per_s": f"min {cos.min():.5f} mean {cos.mean():.5f}",
+                    }
+                )
+    assert enc is not None
 
     pool_check = None
     for workers in [int(w) for w in args.pool.split(",") if w.strip()]:

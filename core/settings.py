@@ -69,10 +69,17 @@ class Settings(BaseSettings):
         "CPU (4-6x faster per query; exported once and checked against PyTorch, PyTorch if that fails), "
         "PyTorch on GPU. `onnx`: ONNX Runtime or fail. `torch`: always PyTorch.",
     )
+    image_runtime: Literal["auto", "int8", "onnx", "torch"] = Field(
+        default="auto",
+        description="What runs CLIP's image tower on CPU (indexing, image queries). `auto`: ONNX Runtime with int8 "
+        "weights (~1.8x PyTorch; used only if its vectors agree with PyTorch fp32 at cosine >= 0.99 on probe "
+        "images), else the fp32 graph (>= 0.9999), else PyTorch; GPUs run fp16 PyTorch. `int8` / `onnx`: that "
+        "or fail. `torch`: always PyTorch.",
+    )
     model_cache_dir: str = Field(
         default="",
-        description="Where exported ONNX text models are cached (default `$XDG_CACHE_HOME/shelfsearch/onnx`, "
-        "i.e. `~/.cache/shelfsearch/onnx`).",
+        description="Where exported ONNX models (text towers, image tower) are cached (default "
+        "`$XDG_CACHE_HOME/shelfsearch/onnx`, i.e. `~/.cache/shelfsearch/onnx`).",
     )
     embed_processes: int = Field(
         default=0,

@@ -801,6 +801,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             clip_mode="random-init (CLIP_PRETRAINED=none)" if clip.random_init else "pretrained",
             text_model=services.embedder.text.name,
             text_runtime=services.embedder.text_runtimes,
+            image_runtime=services.embedder.image_runtime,
             warnings=warnings,
         )
 

@@ -245,6 +245,11 @@ class HealthResponse(BaseModel):
         default_factory=dict,
         description="What runs each text tower for queries: `onnx` (ONNX Runtime) or `torch` (TEXT_RUNTIME).",
     )
+    image_runtime: str = Field(
+        default="torch",
+        description="What runs the CLIP image tower on CPU: `int8` or `onnx` (ONNX Runtime) or `torch` "
+        "(IMAGE_RUNTIME).",
+    )
     warnings: list[str]
 
 

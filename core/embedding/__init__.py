@@ -23,6 +23,7 @@ from core.settings import Settings
 
 Matrix = NDArray[np.float32]
 TextRuntime = Literal["auto", "onnx", "torch"]
+ImageRuntime = Literal["auto", "int8", "onnx", "torch"]
 
 
 class ImageTextEncoder(Protocol):
@@ -103,6 +104,12 @@ class Embedder:
         }
 
     @property
+    def image_runtime(self) -> str:
+        """What runs the CLIP image tower on this process's CPU path (``int8``, ``onnx``,
+        ``torch``; ``fake`` in tests), for /health."""
+        return str(getattr(self.clip, "image_runtime", "torch"))
+
+    @property
     def space(self) -> dict[str, str]:
         """Identity of the vector spaces (stored with the catalog to catch model mix-ups)."""
         return {"clip": self.clip.name, "text": self.text.name}
@@ -125,6 +132,7 @@ def _load(
     processes: int = 0,
     text_runtime: TextRuntime = "torch",
     cache_dir: str = "",
+    image_runtime: ImageRuntime = "torch",
 ) -> Embedder:
     from core.embedding.clip import OpenClipEncoder
     from core.embedding.sbert import SentenceEncoder
@@ -136,6 +144,7 @@ def _load(
         device=device,
         batch_size=batch_size,
         text_runtime=text_runtime,
+        image_runtime=image_runtime,
         onnx_cache_dir=onnx_dir,
     )
     clip: ImageTextEncoder = local
@@ -167,4 +176,5 @@ def load_embedder(settings: Settings, *, clip_pretrained: str | None = None) -> 
         settings.embed_processes,
         settings.text_runtime,
         settings.model_cache_dir,
+        settings.image_runtime,
     )

@@ -15,7 +15,7 @@ from PIL import Image
 if TYPE_CHECKING:
     import torch
 
-from core.embedding import ImageBatch, Matrix, TextRuntime, decode_all
+from core.embedding import ImageBatch, ImageRuntime, Matrix, TextRuntime, decode_all, onnx_image
 from core.embedding.onnx_text import MAX_BATCH, OnnxText, load_checked, wanted
 from core.errors import ConfigError, InvalidImage, InvalidInput, ModelLoadError
 from core.images import check_image_header
@@ -52,6 +52,7 @@ class OpenClipEncoder:
         batch_size: int = 32,
         decode_workers: int = 0,
         text_runtime: TextRuntime = "torch",
+        image_runtime: ImageRuntime = "torch",
         onnx_cache_dir: Path | None = None,
     ) -> None:
         import open_clip
@@ -112,11 +113,51 @@ class OpenClipEncoder:
             )
         elif text_runtime == "onnx":
             raise ConfigError(f"TEXT_RUNTIME=onnx: {model} has no standard causal CLIP text tower to export")
+        self._onnx_image: onnx_image.OnnxImage | None = None
+        if onnx_image.wanted(image_runtime, self.device):
+            if self.device != "cpu":
+                raise ConfigError(f"IMAGE_RUNTIME={image_runtime} runs on CPU only; DEVICE is {self.device}")
+            self._onnx_image = onnx_image.load_checked(
+                runtime=image_runtime,
+                name=self.name,
+                build=self._image_export,
+                probes=lambda: np.stack([self._preprocess(im).numpy() for im in onnx_image.probe_images()]),
+                reference=lambda pixels: self._run(torch.from_numpy(pixels), image=True),
+                cache_dir=onnx_cache_dir,
+                threads=torch.get_num_threads(),
+            )
 
     @property
     def text_runtime(self) -> str:
         """What runs :meth:`embed_texts`: ``onnx`` or ``torch``."""
         return "onnx" if self._onnx is not None else "torch"
+
+    @property
+    def image_runtime(self) -> str:
+        """What runs the image tower on the CPU path: ``int8`` / ``onnx`` (ONNX Runtime) or ``torch``."""
+        return self._onnx_image.precision if self._onnx_image is not None else "torch"
+
+    def _image_export(self) -> tuple[torch.nn.Module, torch.Tensor]:
+        """The image tower as a module of preprocessed pixels to normalised vectors, for the export."""
+        import torch
+
+        class ImageTower(torch.nn.Module):
+            def __init__(self, visual: torch.nn.Module) -> None:
+                super().__init__()
+                self.visual = visual
+
+            def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+                return torch.nn.functional.normalize(self.visual(pixels), dim=-1)
+
+        module = ImageTower(self._model.visual).eval().requires_grad_(False)
+        # Two images: torch.export would fix a batch dimension of size 1.
+        return module, torch.zeros(2, 3, self.image_size, self.image_size)
+
+    def _image_vectors(self, batch: torch.Tensor) -> Matrix:
+        """Preprocessed pixels to vectors: ONNX Runtime when it was loaded and checked, else PyTorch."""
+        if self._onnx_image is not None:
+            return self._onnx_image.run(batch.numpy())
+        return self._run(batch, image=True)
 
     def _run(self, batch: torch.Tensor, image: bool) -> Matrix:
         import torch
@@ -136,7 +177,7 @@ class OpenClipEncoder:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             batch = torch.stack([self._preprocess(im.convert("RGB")) for im in chunk]).to(self.device)
-            out.append(self._run(batch, image=True))
+            out.append(self._image_vectors(batch))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def embed_image_bytes(self, datas: Sequence[bytes], *, max_bytes: int, max_pixels: int) -> ImageBatch:
@@ -174,7 +215,7 @@ class OpenClipEncoder:
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start : start + self.batch_size]
                 tensors = list(pool.map(self._preprocess, chunk))
-                out.append(self._run(torch.stack(tensors).to(self.device), image=True))
+                out.append(self._image_vectors(torch.stack(tensors).to(self.device)))
         return np.concatenate(out)
 
     def gpu_preprocess(self, images: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ class FakeClip:
 
     random_init = False
     text_runtime = "fake"
+    image_runtime = "fake"
 
     def __init__(self, dim: int = 32) -> None:
         self.dim = dim

@@ -106,9 +106,12 @@ def export_cached(
     input_names: Sequence[str],
     max_len: int,
     cache_dir: Path,
+    dynamic_length: bool = True,
+    label: str = "text model",
 ) -> Path:
     """The cached ONNX file for ``module`` (exported now when missing). Every input is
-    ``[batch, length]`` int64 with both dimensions dynamic."""
+    ``[batch, length]`` int64 with both dimensions dynamic, or (``dynamic_length=False``, images)
+    any tensor whose first dimension, the batch, is the only dynamic one."""
     import torch
 
     key = hashlib.sha256(
@@ -121,12 +124,14 @@ def export_cached(
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     batch = torch.export.Dim("batch", min=1, max=4096)
-    length = torch.export.Dim("length", min=2, max=max_len)
-    shapes: tuple[Any, ...] = tuple({0: batch, 1: length} for _ in example)
+    dims: dict[int, Any] = {0: batch}
+    if dynamic_length:
+        dims[1] = torch.export.Dim("length", min=2, max=max_len)
+    shapes: tuple[Any, ...] = tuple(dict(dims) for _ in example)
     params = inspect.signature(module.forward).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         shapes = (shapes,)  # torch.export sees `*tensors` as one input
-    log.warning("exporting the %s text model %s to ONNX Runtime (once; cached in %s)", kind, name, cache_dir)
+    log.warning("exporting the %s %s %s to ONNX Runtime (once; cached in %s)", kind, label, name, cache_dir)
     started = time.monotonic()
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():

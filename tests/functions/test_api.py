@@ -179,7 +179,7 @@ def test_health_and_metrics(client: TestClient) -> None:
     h = client.get("/health").json()
     assert h["status"] == "healthy" and h["models_loaded"] and h["database_connected"]
     assert h["product_count"] >= 18 and h["clip_mode"] == "pretrained"
-    assert h["text_runtime"] == {"clip": "fake", "text": "fake"}
+    assert h["text_runtime"] == {"clip": "fake", "text": "fake"} and h["image_runtime"] == "fake"
     m = client.get("/metrics")
     assert m.status_code == 200
     assert 'api_request_duration_seconds_count{method="PUT",route="/products/{product_id}",status="200"}' in m.text
