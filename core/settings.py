@@ -73,8 +73,8 @@ class Settings(BaseSettings):
         default="auto",
         description="What runs CLIP's image tower on CPU (indexing, image queries). `auto`: ONNX Runtime with int8 "
         "weights (~1.8x PyTorch; used only if its vectors agree with PyTorch fp32 at cosine >= 0.99 on probe "
-        "images), else the fp32 graph (>= 0.9999), else PyTorch; GPUs run fp16 PyTorch. `int8` / `onnx`: that "
-        "or fail. `torch`: always PyTorch.",
+        "images), else the fp32 graph (>= 0.9999), else PyTorch; GPUs always run fp16 PyTorch. `int8` / `onnx`: "
+        "that (on CPU) or fail. `torch`: always PyTorch.",
     )
     model_cache_dir: str = Field(
         default="",

@@ -114,9 +114,9 @@ class OpenClipEncoder:
         elif text_runtime == "onnx":
             raise ConfigError(f"TEXT_RUNTIME=onnx: {model} has no standard causal CLIP text tower to export")
         self._onnx_image: onnx_image.OnnxImage | None = None
+        if image_runtime in ("int8", "onnx") and self.device != "cpu":
+            log.info("IMAGE_RUNTIME=%s applies on CPU; on %s the image tower runs fp16", image_runtime, self.device)
         if onnx_image.wanted(image_runtime, self.device):
-            if self.device != "cpu":
-                raise ConfigError(f"IMAGE_RUNTIME={image_runtime} runs on CPU only; DEVICE is {self.device}")
             self._onnx_image = onnx_image.load_checked(
                 runtime=image_runtime,
                 name=self.name,

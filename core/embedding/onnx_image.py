@@ -49,8 +49,9 @@ PROBES = 6
 
 
 def wanted(runtime: ImageRuntime, device: str) -> bool:
-    """Whether to try ONNX Runtime for images: ``auto`` on CPU only (GPUs run fp16 PyTorch)."""
-    return runtime in ("int8", "onnx") or (runtime == "auto" and device == "cpu")
+    """Whether to try ONNX Runtime for images: on CPU only (GPUs run fp16 PyTorch, whatever the
+    setting: one Secret configures CPU and GPU containers alike)."""
+    return runtime != "torch" and device == "cpu"
 
 
 def probe_images(n: int = PROBES, size: int = 320) -> list[Image.Image]:
