@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=600, help="JPEG side in pixels (product photos: 600-2000)")
     ap.add_argument("--json", default="")
     ap.add_argument("--pool", default="", help="comma list of worker-process counts to measure (EmbedPool)")
     ap.add_argument("--slice", type=int, default=256, help="images per pool work item")
@@ -74,7 +75,7 @@ def main() -> None:
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] or (
         ["torch"] if args.device == "cuda" else ["torch", "onnx", "int8"]
     )
-    jpegs = make_jpegs(args.images)
+    jpegs = make_jpegs(args.images, size=args.size)
     rows: list[dict[str, object]] = []
     mean_kb = sum(map(len, jpegs)) / len(jpegs) / 1024
     imgs = [decode_image(d, **LIMITS) for d in jpegs[: args.batch]]
@@ -222,6 +223,7 @@ def main() -> None:
         "model": args.model,
         "images": args.images,
         "mean_jpeg_kb": round(mean_kb, 1),
+        "jpeg_side": args.size,
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(meta))

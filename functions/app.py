@@ -467,6 +467,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
                 _decode_b64(body.image_base64),
                 max_bytes=settings.max_image_bytes,
                 max_pixels=settings.max_image_pixels,
+                min_side=getattr(services.embedder.clip, "image_size", None),
             )
         q = SearchQuery(
             text=body.query,

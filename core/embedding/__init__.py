@@ -57,13 +57,14 @@ class ImageBatch:
 
 
 def decode_all(
-    datas: Sequence[bytes], *, max_bytes: int, max_pixels: int, workers: int = 4
+    datas: Sequence[bytes], *, max_bytes: int, max_pixels: int, workers: int = 4, min_side: int | None = None
 ) -> tuple[list[int], list[Image.Image], dict[int, InvalidInput]]:
-    """Decode image bytes in a thread pool (PIL releases the GIL while decoding)."""
+    """Decode image bytes in a thread pool (PIL releases the GIL while decoding); ``min_side``
+    as in :func:`core.images.decode_image`."""
 
     def one(data: bytes) -> Image.Image | InvalidInput:
         try:
-            return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+            return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
         except InvalidInput as exc:
             return exc
 

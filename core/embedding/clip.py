@@ -192,7 +192,11 @@ class OpenClipEncoder:
         errors: dict[int, InvalidInput] = {}
         if other:
             good, images, errs = decode_all(
-                [datas[i] for i in other], max_bytes=max_bytes, max_pixels=max_pixels, workers=self.decode_workers
+                [datas[i] for i in other],
+                max_bytes=max_bytes,
+                max_pixels=max_pixels,
+                workers=self.decode_workers,
+                min_side=self.image_size,  # JPEGs decode at a reduced scale when they are large
             )
             errors.update({other[j]: e for j, e in errs.items()})
             if images:

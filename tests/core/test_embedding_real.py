@@ -107,8 +107,21 @@ def test_image_bytes_path_matches_pil_path_and_reports_bad_items() -> None:
     datas = [jpegs[0], b"not an image", jpegs[1], jpegs[2][:80], *jpegs[3:]]
     result = clip.embed_image_bytes(datas, max_bytes=10**7, max_pixels=10**7)
     assert result.ok == [0, 2, 4, 5] and set(result.errors) == {1, 3}
-    ref = clip.embed_images([decode_image(d, max_bytes=10**7, max_pixels=10**7) for d in jpegs[:2] + jpegs[3:]])
+    limits = {"max_bytes": 10**7, "max_pixels": 10**7, "min_side": clip.image_size}
+    ref = clip.embed_images([decode_image(d, **limits) for d in jpegs[:2] + jpegs[3:]])  # type: ignore[arg-type]
     np.testing.assert_allclose(result.vectors, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_reduced_scale_jpeg_decoding_keeps_the_vectors() -> None:
+    """The bytes path decodes large JPEGs at 1/2-1/8 scale; the vectors stay those of a full decode."""
+    clip = OpenClipEncoder("ViT-B-32", "none", device="cpu")
+    jpegs = _photo_jpegs(4, 1000)
+    full = clip.embed_images([decode_image(d, max_bytes=10**7, max_pixels=10**7) for d in jpegs])
+    got = clip.embed_image_bytes(jpegs, max_bytes=10**7, max_pixels=10**7).vectors
+    cos = (full * got).sum(axis=1)
+    assert cos.min() > 0.999, cos
+    small = decode_image(jpegs[0], max_bytes=10**7, max_pixels=10**7, min_side=clip.image_size)
+    assert small.size == (250, 250)  # 1000 // 224 = 4: decoded at 1/4 scale
 
 
 @pytest.mark.gpu

@@ -59,6 +59,22 @@ def test_decode_image_limits() -> None:
         decode_image(jpeg()[:100], max_bytes=10_000, max_pixels=10_000)  # truncated
 
 
+def test_large_jpegs_decode_at_a_reduced_scale_that_keeps_min_side() -> None:
+    photo = jpeg(size=(1000, 700))
+    assert decode_image(photo, max_bytes=10**6, max_pixels=10**6).size == (1000, 700)
+    # 700 // 224 = 3 -> the decoder's largest power-of-two scale that keeps both sides >= 224 is 1/2.
+    assert decode_image(photo, max_bytes=10**6, max_pixels=10**6, min_side=224).size == (500, 350)
+    assert decode_image(photo, max_bytes=10**6, max_pixels=10**6, min_side=100).size == (250, 175)
+    assert decode_image(photo, max_bytes=10**6, max_pixels=10**6, min_side=600).size == (1000, 700)
+    small = decode_image(jpeg(size=(300, 200)), max_bytes=10**6, max_pixels=10**6, min_side=224)
+    assert small.size == (300, 200) and small.mode == "RGB"
+    buf = io.BytesIO()
+    Image.new("RGB", (1000, 700), (10, 200, 30)).save(buf, "PNG")
+    assert decode_image(buf.getvalue(), max_bytes=10**6, max_pixels=10**6, min_side=224).size == (1000, 700)
+    with pytest.raises(PayloadTooLarge, match="pixels"):  # the limits apply to the stored size
+        decode_image(photo, max_bytes=10**6, max_pixels=500_000, min_side=224)
+
+
 def test_decompression_bomb_rejected_before_decoding() -> None:
     buf = io.BytesIO()
     Image.new("1", (6000, 6000)).save(buf, "PNG")  # 36 Mpx in a few KB
