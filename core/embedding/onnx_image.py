@@ -207,6 +207,8 @@ def load_checked(
                 failures.append(f"{precision}: {exc}")
                 continue
             if cosine >= MIN_COSINE[precision]:
+                if failures:  # auto fell back from int8: say why, the speed-up is gone
+                    log.warning("CLIP image tower %s: not int8 (%s)", name, "; ".join(failures))
                 log.info("CLIP image tower %s runs on ONNX Runtime %s (min probe cosine %.5f)", name, precision, cosine)
                 return runner
             failures.append(f"{precision}: disagrees with PyTorch (cosine {cosine:.5f} < {MIN_COSINE[precision]})")

@@ -128,8 +128,10 @@ def test_a_runtime_that_disagrees_is_not_used(
 ) -> None:
     cache = shared_cache()
     monkeypatch.setitem(onnx_image.MIN_COSINE, "int8", 0.9999999)  # int8 cannot be this close
-    enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu", image_runtime="auto", onnx_cache_dir=cache)
-    assert enc.image_runtime == "onnx"
+    with caplog.at_level(logging.WARNING, logger="core.embedding.onnx_image"):
+        enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu", image_runtime="auto", onnx_cache_dir=cache)
+    assert enc.image_runtime == "onnx" and "not int8 (int8: disagrees with PyTorch" in caplog.text
+    caplog.clear()
     with pytest.raises(ModelLoadError, match=r"IMAGE_RUNTIME=int8: .*disagrees with PyTorch"):
         OpenClipEncoder("tiny-clip-test", "none", device="cpu", image_runtime="int8", onnx_cache_dir=cache)
 
