@@ -154,7 +154,15 @@ def _load(
 
         if local.device == "cuda":
             start_mps()
-        pool = EmbedPool(clip_model, clip_pretrained, device=local.device, workers=processes, batch_size=batch_size)
+        pool = EmbedPool(
+            clip_model,
+            clip_pretrained,
+            device=local.device,
+            workers=processes,
+            batch_size=batch_size,
+            image_runtime=image_runtime,  # CPU workers run what the serving process runs (GPUs: fp16)
+            onnx_cache_dir=cache_dir,  # exported and checked by `local` already: the workers reuse it
+        )
         clip = PooledImageEncoder(local, pool)
     text = SentenceEncoder(
         text_model, device=device, batch_size=batch_size, text_runtime=text_runtime, onnx_cache_dir=onnx_dir

@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from core.embedding import ImageBatch, Matrix
+from core.embedding import ImageBatch, ImageRuntime, Matrix
 from core.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -36,14 +37,24 @@ log = logging.getLogger(__name__)
 _encoder: OpenClipEncoder | None = None
 
 
-def _init_worker(model: str, pretrained: str, device: str, batch_size: int, threads: int) -> None:
+def _init_worker(
+    model: str, pretrained: str, device: str, batch_size: int, threads: int, image_runtime: ImageRuntime, cache_dir: str
+) -> None:
     global _encoder
     import torch
 
     from core.embedding.clip import OpenClipEncoder
 
     torch.set_num_threads(threads)
-    _encoder = OpenClipEncoder(model, pretrained, device=device, batch_size=batch_size, decode_workers=threads)
+    _encoder = OpenClipEncoder(
+        model,
+        pretrained,
+        device=device,
+        batch_size=batch_size,
+        decode_workers=threads,
+        image_runtime=image_runtime,
+        onnx_cache_dir=Path(cache_dir) if cache_dir else None,
+    )
 
 
 def _read_shared(name: str, lengths: list[int]) -> list[bytes]:
@@ -89,6 +100,8 @@ class EmbedPool:
         batch_size: int = 256,
         slice_size: int = 256,
         threads_per_worker: int = 1,
+        image_runtime: ImageRuntime = "torch",
+        onnx_cache_dir: str = "",
     ) -> None:
         self.workers = workers or max(1, (os.cpu_count() or 2) - 1)
         self.slice_size = slice_size
@@ -96,7 +109,7 @@ class EmbedPool:
             max_workers=self.workers,
             mp_context=get_context("spawn"),  # CUDA cannot be used in forked children
             initializer=_init_worker,
-            initargs=(model, pretrained, device, batch_size, threads_per_worker),
+            initargs=(model, pretrained, device, batch_size, threads_per_worker, image_runtime, onnx_cache_dir),
         )
         self.dim = 0
         self._use_shm = True
@@ -196,6 +209,10 @@ class PooledImageEncoder:
     @property
     def text_runtime(self) -> str:
         return self.local.text_runtime
+
+    @property
+    def image_runtime(self) -> str:
+        return self.local.image_runtime
 
     def embed_texts(self, texts: Sequence[str]) -> Matrix:
         return self.local.embed_texts(texts)

@@ -1,9 +1,12 @@
 """Real open_clip and sentence-transformers code (offline: random-init CLIP, bundled MiniLM)."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from core.embedding import Embedder, load_embedder
+from core.embedding import Embedder, embed_image_bytes, load_embedder
 from core.embedding.clip import OpenClipEncoder
 from core.embedding.sbert import SentenceEncoder
 from core.errors import ConfigError, ModelLoadError
@@ -175,3 +178,27 @@ def test_cuda_embed_pool_matches_cpu_reference() -> None:
         got = pool.embed_image_bytes(jpegs, max_bytes=10**7, max_pixels=10**8)
     assert got.ok == list(range(16))
     assert (got.vectors * ref).sum(axis=1).min() >= 0.99
+
+
+def test_pool_workers_run_the_configured_image_runtime() -> None:
+    """EMBED_PROCESSES on CPU: the workers run what the serving process runs (int8 here)."""
+    from core.embedding import _load
+    from core.embedding.pool import PooledImageEncoder
+
+    cache = os.environ["MODEL_CACHE_DIR"]
+    # load_embedder's body without its per-process cache, so the pool can be closed afterwards.
+    embedder = _load.__wrapped__(  # type: ignore[attr-defined]
+        "tiny-clip-test", "none", "all-MiniLM-L6-v2", "cpu", 32, 2, "auto", cache, "auto"
+    )
+    assert isinstance(embedder.clip, PooledImageEncoder)
+    try:
+        assert embedder.image_runtime == "int8"
+        jpegs = _photo_jpegs(4, 200)
+        got = embed_image_bytes(embedder.clip, jpegs, max_bytes=10**7, max_pixels=10**7).vectors
+    finally:
+        embedder.clip.pool.close()
+    local = OpenClipEncoder("tiny-clip-test", "none", device="cpu", image_runtime="int8", onnx_cache_dir=Path(cache))
+    fp32 = OpenClipEncoder("tiny-clip-test", "none", device="cpu")
+    limits = {"max_bytes": 10**7, "max_pixels": 10**7}
+    np.testing.assert_allclose(got, local.embed_image_bytes(jpegs, **limits).vectors, atol=1e-5)  # same batches
+    assert np.abs(got - fp32.embed_image_bytes(jpegs, **limits).vectors).max() > 1e-4  # ... and not fp32
