@@ -111,7 +111,8 @@ def quantized_nodes(fp32: Path) -> list[str]:
     (an initialiser, or its transpose), except the attention input projections. Products of two
     activations (attention scores) stay fp32: per-tensor int8 of softmax outputs loses too much.
     Gemm nodes (the attention output projections, ~10% of the work) stay fp32 too: ONNX Runtime's
-    dynamic quantiser has no integer Gemm."""
+    dynamic quantiser has no integer Gemm, and rewritten as MatMul + Add and quantised they cost
+    accuracy (min cosine 0.996 -> 0.989 on ViT-B-32) for no measurable speed."""
     import onnx
 
     graph = onnx.load(str(fp32)).graph
