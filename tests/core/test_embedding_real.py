@@ -25,6 +25,12 @@ def minilm() -> SentenceEncoder:
     return SentenceEncoder("all-MiniLM-L6-v2", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def vit_b32() -> OpenClipEncoder:
+    """The full-size ViT-B-32 (random init, PyTorch) on CPU, loaded once for this module."""
+    return OpenClipEncoder("ViT-B-32", "none", device="cpu")
+
+
 def test_tiny_clip_is_deterministic_and_normalised() -> None:
     a = OpenClipEncoder("tiny-clip-test", "none", device="cpu")
     b = OpenClipEncoder("tiny-clip-test", "none", device="cpu")
@@ -58,9 +64,11 @@ def test_load_embedder_caches_per_process() -> None:
 
 
 @pytest.mark.integration
-def test_full_vit_b32_image_search_finds_own_image(s3_settings: Settings, minilm: SentenceEncoder) -> None:
+def test_full_vit_b32_image_search_finds_own_image(
+    s3_settings: Settings, minilm: SentenceEncoder, vit_b32: OpenClipEncoder
+) -> None:
     """The full-size ViT-B-32 architecture (random init) on a catalog stored on the S3 server."""
-    clip = OpenClipEncoder("ViT-B-32", "none", device="cpu")
+    clip = vit_b32
     assert clip.dim == 512
     services = Services.from_settings(s3_settings, embedder=Embedder(clip=clip, text=minilm))
     products = generate(16, image_size=224)
@@ -115,9 +123,9 @@ def test_image_bytes_path_matches_pil_path_and_reports_bad_items() -> None:
     np.testing.assert_allclose(result.vectors, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_reduced_scale_jpeg_decoding_keeps_the_vectors() -> None:
+def test_reduced_scale_jpeg_decoding_keeps_the_vectors(vit_b32: OpenClipEncoder) -> None:
     """The bytes path decodes large JPEGs at 1/2-1/8 scale; the vectors stay those of a full decode."""
-    clip = OpenClipEncoder("ViT-B-32", "none", device="cpu")
+    clip = vit_b32
     jpegs = _photo_jpegs(4, 1000)
     full = clip.embed_images([decode_image(d, max_bytes=10**7, max_pixels=10**7) for d in jpegs])
     got = clip.embed_image_bytes(jpegs, max_bytes=10**7, max_pixels=10**7).vectors
@@ -188,7 +196,7 @@ def test_pool_workers_run_the_configured_image_runtime() -> None:
     cache = os.environ["MODEL_CACHE_DIR"]
     # load_embedder's body without its per-process cache, so the pool can be closed afterwards.
     embedder = _load.__wrapped__(  # type: ignore[attr-defined]
-        "tiny-clip-test", "none", "all-MiniLM-L6-v2", "cpu", 32, 2, "auto", cache, "auto"
+        "tiny-clip-test", "none", "all-MiniLM-L6-v2", "cpu", 32, 1, "auto", cache, "auto"
     )
     assert isinstance(embedder.clip, PooledImageEncoder)
     try:
