@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from core.embedding import ImageRuntime, Matrix
-from core.embedding.onnx_text import default_cache_dir, export_cached
+from core.embedding.onnx_text import cpu_session, default_cache_dir, export_cached
 from core.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -83,15 +83,9 @@ class OnnxImage:
     preprocessed input, float32) to L2-normalised rows. Thread-safe."""
 
     def __init__(self, path: Path, *, precision: Precision, threads: int) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, threads)
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self.precision: Precision = precision
-        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(path, threads)
         self._input = self._session.get_inputs()[0].name
 
     def run(self, pixels: np.ndarray[Any, Any]) -> Matrix:

@@ -75,21 +75,26 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def cpu_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session for ``path`` with ``threads`` intra-op threads and no
+    busy-waiting between runs: on a small CPU spinning threads would take cores from the search,
+    HTTP and the other models."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, threads)
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxText:
     """One exported text tower in an ONNX Runtime session. Thread-safe: sessions allow concurrent
     ``run`` calls. Outputs are L2-normalised rows."""
 
     def __init__(self, path: Path, *, threads: int) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, threads)
-        opts.inter_op_num_threads = 1
-        # No busy-waiting between runs: on a small CPU the spinning threads would take cores from
-        # the search, HTTP and the other model.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
-        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(path, threads)
         self.inputs = [i.name for i in self._session.get_inputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray[Any, Any]]) -> Matrix:

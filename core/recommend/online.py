@@ -160,6 +160,11 @@ class CatalogSnapshot:
     def mask(self, filters: Filters) -> np.ndarray[Any, np.dtype[np.bool_]]:
         return filter_mask(np.ones(len(self), dtype=bool), self.categories, self.prices, filters)
 
+    def exact_content(self, unit: F32) -> F32:
+        """Dot products of ``unit`` with every product's vector, one pass over all of them."""
+        exact = unit @ self.vectors_t if self.vectors_t is not None else self.vectors @ unit
+        return np.asarray(exact, np.float32)
+
     def content_candidates(
         self,
         unit: F32,
@@ -189,8 +194,7 @@ class CatalogSnapshot:
         scores are not negative)."""
         index = self.content_index
         if index is None:
-            exact = unit @ self.vectors_t if self.vectors_t is not None else self.vectors @ unit
-            return np.asarray(exact, np.float32), None
+            return self.exact_content(unit), None
         n = len(self)
         n_allowed = int(allowed.sum())
         # Enough codes scanned to expect ``candidates`` allowed ones among them; past a quarter of
@@ -674,7 +678,7 @@ class Recommender:
         if self.ann_content:
             content, _ = snap.content_candidates(query, allowed, 0.5 * cf if cf.any() else None, always=pos)
         else:
-            content = query @ snap.vectors_t if snap.vectors_t is not None else snap.vectors @ query
+            content = snap.exact_content(query)
         total = content + 0.5 * cf
         scores = np.where(allowed, total, -np.inf)
         items = []
