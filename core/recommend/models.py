@@ -3,6 +3,7 @@
 The hybrid scores item ``i`` for user ``u`` as
 
     s(u, i) = cf(u, i) / max cf(u) + beta * pop_t(u)(i) / max pop_t(u) + gamma * content(u, i) / max content(u)
+              (+ delta * sequence(u, i) / max sequence(u)), then scaled by trend_t(u)(i) ** trend
 
 - ``cf``: EASE (Steck 2019) item-item weights ``B`` applied to the user's history vector, where
   each past item counts ``strength ** alpha * 0.5 ** (rank / half_life)`` (purchase > cart >
@@ -10,10 +11,13 @@ The hybrid scores item ``i`` for user ``u`` as
 - ``pop_t``: item popularity around the time the user was last active (events within a
   Laplace kernel of width ``tau_days``), which tracks what is new and trending;
 - ``content``: cosine between each item's fused embedding and the user's recency-weighted
-  profile of embeddings, which reaches new products nobody interacted with yet.
+  profile of embeddings, which reaches new products nobody interacted with yet;
+- ``trend_t``: how much more an item is chosen around the user's last activity than its
+  all-time share predicts (:meth:`TimePopularity.trend`), a multiplier: releases and hype lift
+  what users choose next, ageing lowers it.
 
 All hyper-parameters (``lam``, ``rho``, ``alpha``, ``half_life``, ``beta``, ``tau_days``, ``gamma``,
-``delta``, ``seq_half_life``) are
+``delta``, ``seq_half_life``, ``trend``, ``trend_tau_days``) are
 chosen by :func:`tune_hybrid` on a per-user time split *inside* the training data, never on
 held-out data.
 """
@@ -48,6 +52,8 @@ class HybridParams:
     gamma: float = 0.0
     delta: float = 0.0
     seq_half_life: float = 2.0
+    trend: float = 0.0
+    trend_tau_days: float = 7.0
     neighbors: int = 256
 
     def as_dict(self) -> dict[str, float]:
@@ -76,8 +82,12 @@ GRID: dict[str, list[float]] = {
     "gamma": [0.0, 0.05, 0.1, 0.2, 0.4],
     "delta": [0.0, 0.1, 0.2, 0.4, 0.8],
     "seq_half_life": [1.0, 2.0, 5.0],
+    "trend": [0.0, 0.25, 0.5, 1.0],
+    "trend_tau_days": [3.0, 7.0, 21.0],
 }
 SEQ_WINDOW = 5
+TREND_PRIOR_EVENTS = 5.0
+"""Pseudo-events that pull an item's trend factor towards 1 (items with few events stay neutral)."""
 
 
 def history_matrix(inter: Interactions, alpha: float, half_life: float, rows: I32 | None = None) -> sp.csr_matrix:
@@ -250,14 +260,44 @@ class TimePopularity:
         self._rows: dict[tuple[int, float], F32] = {}
         # items x days, sparse: memory follows the number of events, not days x items.
         self.hist = sp.csr_matrix((np.ones(len(ev), dtype=np.float32), (ev.item, day)), shape=(n_items, self.n_days))
+        self.day_totals = np.bincount(day, minlength=self.n_days).astype(np.float64)
+        self._trend_rows: dict[tuple[int, float], F32] = {}
+
+    def _days(self, t: F64) -> npt.NDArray[np.int64]:
+        last = self.n_days - 1
+        day = np.where(np.isnan(t), last, np.floor(np.nan_to_num(t) / DAY) - self.day0)
+        out: npt.NDArray[np.int64] = np.clip(day, 0, last).astype(np.int64)
+        return out
+
+    def trend(self, t: F64, tau_days: float) -> F32:
+        """How much more (> 1) or less (< 1) each item is chosen around times ``t`` than its
+        all-time share predicts: ``(pop_t + c) / (expected_t + c)``, where ``pop_t`` is
+        :meth:`at`, ``expected_t`` the item's all-time count times the share of *all* events that
+        fall in the same kernel (busy and quiet periods cancel out), and ``c`` =
+        :data:`TREND_PRIOR_EVENTS`. New releases and hyped items rise, ageing ones fade: a
+        multiplicative effect on what users choose, which an additive popularity term expresses
+        badly. Rows are ``len(t) x items``."""
+        if len(t) == 1:
+            key = (int(self._days(t)[0]), tau_days)
+            if key not in self._trend_rows:
+                self._trend_rows[key] = self._trend(t, tau_days)
+            return self._trend_rows[key]
+        return self._trend(t, tau_days)
+
+    def _trend(self, t: F64, tau_days: float) -> F32:
+        pop = np.asarray(self.at(t, tau_days), dtype=np.float64)
+        days = self._days(t)
+        kernel = np.exp(-np.abs(np.arange(self.n_days)[:, None] - days[None, :]) / tau_days)
+        share = (self.day_totals @ kernel) / max(float(self.day_totals.sum()), 1.0)
+        expected = self.global_counts[None, :].astype(np.float64) * share[:, None]
+        out: F32 = ((pop + TREND_PRIOR_EVENTS) / (expected + TREND_PRIOR_EVENTS)).astype(np.float32)
+        return out
 
     def at(self, t: F64, tau_days: float) -> F32:
         """Popularity rows (len(t) x items) for epoch times ``t``; NaN means the latest day."""
         if tau_days >= 1e5 or len(t) == 0:
             return np.broadcast_to(self.global_counts, (len(t), self.n_items))
-        last = self.n_days - 1
-        day = np.where(np.isnan(t), last, np.floor(np.nan_to_num(t) / DAY) - self.day0)
-        day = np.clip(day, 0, last).astype(np.int64)
+        day = self._days(t)
         if len(day) == 1:  # the query path: one row, cached per (day, width)
             key = (int(day[0]), tau_days)
             if key not in self._rows:
@@ -282,6 +322,15 @@ def _row_max_normalise(m: F32) -> F32:
     mx = m.max(axis=1, keepdims=True)
     mx[mx <= 0] = 1.0
     out: F32 = m / mx
+    return out
+
+
+def boost(total: F32, factor: F32 | None) -> F32:
+    """``total`` scaled by a positive per-item ``factor``: multiplied where the score is positive,
+    divided where it is negative, so a factor above 1 always moves an item up."""
+    if factor is None:
+        return total
+    out: F32 = np.where(total > 0, total * factor, total / factor).astype(np.float32)
     return out
 
 
@@ -378,6 +427,15 @@ class HybridModel:
         out = parts[0]
         for part in parts[1:]:
             out = out + part
+        return boost(out, self.trend_factor(t_last, pop))
+
+    def trend_factor(self, t_last: F64, pop: TimePopularity | None) -> F32 | None:
+        """``TimePopularity.trend ** trend`` for users last active at ``t_last`` (rows), or None
+        when the trend signal is off: the multiplier :func:`boost` applies to the summed score."""
+        p = self.params
+        if p.trend <= 0 or pop is None:
+            return None
+        out: F32 = np.power(pop.trend(t_last, p.trend_tau_days), p.trend, dtype=np.float32)
         return out
 
 

@@ -38,7 +38,15 @@ from core.hot import B8, CategoryCodes, HotCatalog, HotSnapshot, filter_mask, lo
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64, EventArrays
-from core.recommend.models import HybridModel, HybridParams, TimePopularity, block, history_weights, weighted_rows
+from core.recommend.models import (
+    HybridModel,
+    HybridParams,
+    TimePopularity,
+    block,
+    boost,
+    history_weights,
+    weighted_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -577,13 +585,15 @@ class Recommender:
             snap.vectors_t,
             content if self.ann_content and snap.content_index is not None else None,
         )
+        factor = model.trend_factor(t_last, compiled.popularity)
         if scored:  # the best are among the candidates (see content_candidates): rank only those
             rows = scored[0]
             total = functools.reduce(np.add, [v[rows] for v in parts.values()])
+            total = boost(total, None if factor is None else factor[0, rows])
             ranked = _best(np.where(allowed[rows], total, -np.inf), top_k)
             score_of = {int(rows[j]): float(total[j]) for j in ranked}
         else:
-            total = functools.reduce(np.add, parts.values())
+            total = boost(functools.reduce(np.add, parts.values()), None if factor is None else factor[0])
             score_of = {i: float(total[i]) for i in _best(np.where(allowed, total, -np.inf), top_k)}
         top = list(score_of)  # best first
         strategy = "personalized" if self.model is not None else "content"

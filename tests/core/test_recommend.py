@@ -328,3 +328,70 @@ def test_content_index_edges_small_catalog_and_nothing_allowed() -> None:
     scores, rows = snap.content_candidates(unit, none_allowed, np.ones(600, np.float32), always=np.array([3]))
     assert scores.shape == (600,) and rows is not None and 3 in rows
     assert scores[3] == pytest.approx(float(snap.vectors[3] @ unit), abs=1e-5)
+
+
+def _timeline() -> tuple[EventArrays, float]:
+    """120 days: 'steady' chosen once a day all along, 'new' five times a day in the last 10 days
+    only, 'old' five times a day in the first 10 days only, 'rare' once on day 118; other items
+    fill every day so the daily totals are not flat."""
+    day = 86400.0
+    t0 = 1_700_000_000.0
+    rows: list[Row] = []
+    for d in range(120):
+        rows.append((f"s{d}", "steady", "view", None, t0 + d * day))
+        for k in range(3 + d % 4):
+            rows.append((f"f{d}-{k}", f"filler{k}", "view", None, t0 + d * day + k))
+        if d >= 110:
+            rows += [(f"n{d}-{k}", "new", "view", None, t0 + d * day + 10 + k) for k in range(5)]
+        if d < 10:
+            rows += [(f"o{d}-{k}", "old", "view", None, t0 + d * day + 10 + k) for k in range(5)]
+    rows.append(("r", "rare", "view", None, t0 + 118 * day))
+    return arrays(rows), t0 + 119 * day
+
+
+def test_trend_factor_lifts_rising_items_and_lowers_ageing_ones() -> None:
+    """The trend factor compares an item's choices around a time with its all-time share: a new
+    release rises far above 1, an item that was only chosen long ago falls far below, a steady
+    item stays near 1 while nothing else changes, one lone event barely moves it (the prior),
+    and the one-row (query) path equals the batch path."""
+    ev, t_end = _timeline()
+    pop = TimePopularity(ev, len(ev.items))
+    col = {item: n for n, item in enumerate(ev.items)}
+    f = pop.trend(np.array([t_end]), 7.0)[0]
+    assert f[col["new"]] > 3.0
+    assert f[col["old"]] < 0.6
+    assert 1.0 < f[col["rare"]] < 1.3
+    t_mid = t_end - 60 * 86400.0
+    mid = pop.trend(np.array([t_mid]), 7.0)[0]
+    assert 0.85 < mid[col["steady"]] < 1.15  # mid-timeline: its usual share
+    assert f[col["old"]] < f[col["steady"]] < mid[col["steady"]]  # at the end 'new' takes a share
+    batch = pop.trend(np.array([t_end, t_mid]), 7.0)
+    np.testing.assert_allclose(batch[0], f, rtol=1e-6)
+    np.testing.assert_allclose(batch[1], pop.trend(np.array([t_mid]), 7.0)[0], rtol=1e-6)
+    assert batch[1][col["new"]] < 1.0 < batch[0][col["new"]]  # before its release it was not chosen
+
+
+def test_trend_multiplier_moves_rising_items_up_and_is_off_by_default() -> None:
+    """``boost`` multiplies positive scores and divides negative ones, so a factor above 1
+    always helps; with ``trend > 0`` the model's score is the summed signals times
+    ``trend_factor``, and with the default ``trend = 0`` nothing changes."""
+    from core.recommend.models import boost
+
+    np.testing.assert_allclose(boost(np.array([2.0, -2.0, 0.0], np.float32), np.array([2.0, 2.0, 2.0])), [4, -1, 0])
+    ev, t_end = _timeline()
+    model = train_hybrid(ev, None, params=HybridParams(lam=10.0))
+    assert model.trend_factor(np.array([t_end]), TimePopularity(ev, len(ev.items))) is None
+    pop = TimePopularity(ev, len(ev.items))
+    split = make_split(ev, 0.2)
+    hist = history_matrix(split.train, 0.0, INF_HALF_LIFE)
+    recent = history_matrix(split.train, 0.0, 2.0)
+    plain = model.score(hist, split.t_last, pop, None, recent)
+    on = replace_params(model, trend=0.5, trend_tau_days=7.0)
+    summed = sum(on.components(hist, split.t_last, pop, None, recent).values())  # type: ignore[attr-defined]
+    factor = pop.trend(split.t_last, 7.0) ** 0.5
+    np.testing.assert_allclose(on.score(hist, split.t_last, pop, None, recent), boost(summed, factor), rtol=1e-5)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(summed, plain, rtol=1e-6)
+    assert not np.allclose(factor, 1.0)
+
+
+INF_HALF_LIFE = float("inf")
