@@ -261,7 +261,7 @@ class TimePopularity:
         # items x days, sparse: memory follows the number of events, not days x items.
         self.hist = sp.csr_matrix((np.ones(len(ev), dtype=np.float32), (ev.item, day)), shape=(n_items, self.n_days))
         self.day_totals = np.bincount(day, minlength=self.n_days).astype(np.float64)
-        self._trend_rows: dict[tuple[int, float], F32] = {}
+        self._trend_rows: dict[tuple[int, float, float], F32] = {}
 
     def _days(self, t: F64) -> npt.NDArray[np.int64]:
         last = self.n_days - 1
@@ -269,20 +269,22 @@ class TimePopularity:
         out: npt.NDArray[np.int64] = np.clip(day, 0, last).astype(np.int64)
         return out
 
-    def trend(self, t: F64, tau_days: float) -> F32:
+    def trend(self, t: F64, tau_days: float, power: float = 1.0) -> F32:
         """How much more (> 1) or less (< 1) each item is chosen around times ``t`` than its
         all-time share predicts: ``(pop_t + c) / (expected_t + c)``, where ``pop_t`` is
         :meth:`at`, ``expected_t`` the item's all-time count times the share of *all* events that
         fall in the same kernel (busy and quiet periods cancel out), and ``c`` =
         :data:`TREND_PRIOR_EVENTS`. New releases and hyped items rise, ageing ones fade: a
         multiplicative effect on what users choose, which an additive popularity term expresses
-        badly. Rows are ``len(t) x items``."""
+        badly. Rows are ``len(t) x items``, raised to ``power``; one row (the query path) is cached
+        per day, width and power."""
         if len(t) == 1:
-            key = (int(self._days(t)[0]), tau_days)
+            key = (int(self._days(t)[0]), tau_days, power)
             if key not in self._trend_rows:
-                self._trend_rows[key] = self._trend(t, tau_days)
+                self._trend_rows[key] = np.power(self._trend(t, tau_days), power, dtype=np.float32)
             return self._trend_rows[key]
-        return self._trend(t, tau_days)
+        out: F32 = np.power(self._trend(t, tau_days), power, dtype=np.float32)
+        return out
 
     def _trend(self, t: F64, tau_days: float) -> F32:
         pop = np.asarray(self.at(t, tau_days), dtype=np.float64)
@@ -435,8 +437,7 @@ class HybridModel:
         p = self.params
         if p.trend <= 0 or pop is None:
             return None
-        out: F32 = np.power(pop.trend(t_last, p.trend_tau_days), p.trend, dtype=np.float32)
-        return out
+        return pop.trend(t_last, p.trend_tau_days, p.trend)
 
 
 def top_k(scores: F32, k: int, exclude: sp.csr_matrix | None = None) -> I32:

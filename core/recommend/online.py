@@ -585,6 +585,8 @@ class Recommender:
             snap.vectors_t,
             content if self.ann_content and snap.content_index is not None else None,
         )
+        # The trend multiplies the summed score; content candidates are picked before it (a
+        # multiplier near 1 moves few products across the 1,000-candidate line).
         factor = model.trend_factor(t_last, compiled.popularity)
         if scored:  # the best are among the candidates (see content_candidates): rank only those
             rows = scored[0]

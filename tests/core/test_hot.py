@@ -318,3 +318,65 @@ def test_category_codes_filter_like_the_strings() -> None:
         want = [c in wanted for c in b.labels()]
         assert b.isin(wanted).tolist() == want
     assert a.extend(["bags"]).names is a.names  # no new name: the table is shared
+
+
+def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(s3_settings: Settings) -> None:
+    """What ``python -m local evaluate`` scores is what ``GET /recommendations`` serves: a model
+    with every signal on (collaborative, trending, content, sequence and the trend multiplier)
+    ranks each user's unseen products in the query process (one user, CSR arrays, cached rows)
+    as the batch path does (scipy, all users at once), and the trend really moves rankings."""
+    from dataclasses import replace
+
+    from core.events import Event
+    from core.events import EventLog as Log
+    from core.recommend.artifact import ModelStore
+    from core.recommend.data import EventArrays, aggregate
+    from core.recommend.models import HybridParams, TimePopularity, history_matrix, top_k, train_hybrid
+    from core.recommend.online import CatalogSnapshot, Recommender
+    from core.storage import ObjectStore
+
+    cat = catalog(s3_settings)
+    cat.upsert(records(300))
+    snap = CatalogSnapshot.load(cat, W)
+    ids = [p.product_id for p in snap.products]
+    rng = np.random.default_rng(4)
+    events = []
+    for u in range(60):
+        day0 = int(rng.integers(0, 40))
+        for j in range(12):
+            # Products 200+ are "released" on day 20: chosen only afterwards.
+            pick = int(rng.integers(0, 300 if day0 + j >= 20 else 200))
+            ts = datetime.fromtimestamp(1_700_000_000 + (day0 + j) * 86400 + u, UTC)
+            kind = "purchase" if j % 4 == 0 else "view"
+            events.append(Event(f"u{u}", f"p{pick:05d}", kind, ts, None, f"e{u}-{j}"))  # type: ignore[arg-type]
+    from core.events import to_arrow
+
+    ev = EventArrays.from_arrow(to_arrow(events), ids)
+    params = HybridParams(lam=10.0, alpha=1.0, half_life=5.0, beta=0.2, tau_days=4.0, gamma=0.3, delta=0.3)
+    models = ModelStore(ObjectStore(s3_settings))
+    recs = Recommender(cat, Log(cat), models, W)
+    recs.observe(events)
+    inter = aggregate(ev)
+    seen = history_matrix(inter, 0.0, float("inf"))
+    users = [f"u{u}" for u in range(60)]
+    rows = np.array([ev.users.index(u) for u in users])
+    t_last = inter.user_last_ts()[rows]
+    pop = TimePopularity(ev, len(ids))
+    batch_tops = {}
+    for trend in (0.0, 1.0):
+        model = train_hybrid(ev, snap.vectors, params=replace(params, trend=trend))
+        models.save(model)
+        recs.refresh()
+        p = model.params
+        hist = history_matrix(inter, p.alpha, p.half_life)[rows]
+        recent = history_matrix(inter, 0.0, p.seq_half_life)[rows]
+        batch = top_k(model.score(hist, t_last, pop, snap.vectors, recent), 10, seen[rows])
+        agree = 0
+        for n, user in enumerate(users):
+            served = [r.product.product_id for r in recs.recommend(user, 10).items]
+            want = [ids[i] for i in batch[n]]
+            agree += len(set(served) & set(want))
+        assert agree / (10 * len(users)) >= 0.98, (trend, agree)
+        batch_tops[trend] = batch
+    moved = sum(len(set(a) ^ set(b)) > 0 for a, b in zip(batch_tops[0.0], batch_tops[1.0], strict=True))
+    assert moved >= 10  # the multiplier changes what users get

@@ -369,6 +369,7 @@ def test_trend_factor_lifts_rising_items_and_lowers_ageing_ones() -> None:
     np.testing.assert_allclose(batch[0], f, rtol=1e-6)
     np.testing.assert_allclose(batch[1], pop.trend(np.array([t_mid]), 7.0)[0], rtol=1e-6)
     assert batch[1][col["new"]] < 1.0 < batch[0][col["new"]]  # before its release it was not chosen
+    np.testing.assert_allclose(pop.trend(np.array([t_end]), 7.0, 0.25)[0], f**0.25, rtol=1e-6)  # cached per power
 
 
 def test_trend_multiplier_moves_rising_items_up_and_is_off_by_default() -> None:
