@@ -13,7 +13,8 @@ stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${extras:-base}
 if [ ! -f "$stamp" ]; then
   echo "==> installing dependencies (first time: a few minutes; torch is large)"
   # The only torch + torchvision pair that installs offline here is PyPI's CUDA build: the venv
-  # takes ~7.5 GB (3.2 GB of it NVIDIA libraries torch needs even to import), pip peaks at ~7.8 GB.
+  # takes ~7.1 GiB (3.2 GiB of it NVIDIA libraries torch needs even to import); the disk's use
+  # peaks ~7.4 GiB above where it started while pip installs.
   free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
   if [ -n "$free_kb" ] && [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
     echo "!!  only $((free_kb / 1024)) MB free on $(df -P . | awk 'NR==2 {print $6}'); installing needs ~8 GB" >&2
