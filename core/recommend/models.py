@@ -86,6 +86,8 @@ GRID: dict[str, list[float]] = {
     "trend_tau_days": [3.0, 7.0, 21.0],
 }
 SEQ_WINDOW = 5
+ROW_CACHE = 64
+"""One-row popularity / trend results kept per :class:`TimePopularity` (each is ``items`` floats)."""
 TREND_PRIOR_EVENTS = 5.0
 """Pseudo-events that pull an item's trend factor towards 1 (items with few events stay neutral)."""
 
@@ -257,11 +259,23 @@ class TimePopularity:
         day = (np.floor(ev.ts / DAY) - self.day0).astype(np.int64) if len(ev) else np.zeros(0, np.int64)
         self.n_days = int(day.max()) + 1 if len(ev) else 1
         self.latest_ts = float(ev.ts.max()) if len(ev) else math.nan
-        self._rows: dict[tuple[int, float], F32] = {}
+        # One-row (query path) results per (day, ...): bounded, a busy process sees many days.
+        self._rows: dict[tuple[float, ...], F32] = {}
         # items x days, sparse: memory follows the number of events, not days x items.
         self.hist = sp.csr_matrix((np.ones(len(ev), dtype=np.float32), (ev.item, day)), shape=(n_items, self.n_days))
         self.day_totals = np.bincount(day, minlength=self.n_days).astype(np.float64)
-        self._trend_rows: dict[tuple[int, float, float], F32] = {}
+
+    def _cached_row(self, key: tuple[float, ...], make: Callable[[], F32]) -> F32:
+        if key not in self._rows:
+            if len(self._rows) >= ROW_CACHE:
+                self._rows.clear()
+            self._rows[key] = make()
+        return self._rows[key]
+
+    def _kernel(self, days: npt.NDArray[np.int64], tau_days: float) -> F32:
+        """``days x len(days)`` weights ``exp(-|day - days[j]| / tau_days)``."""
+        out: F32 = np.exp(-np.abs(np.arange(self.n_days)[:, None] - days[None, :]) / tau_days).astype(np.float32)
+        return out
 
     def _days(self, t: F64) -> npt.NDArray[np.int64]:
         last = self.n_days - 1
@@ -279,18 +293,14 @@ class TimePopularity:
         badly. Rows are ``len(t) x items``, raised to ``power``; one row (the query path) is cached
         per day, width and power."""
         if len(t) == 1:
-            key = (int(self._days(t)[0]), tau_days, power)
-            if key not in self._trend_rows:
-                self._trend_rows[key] = np.power(self._trend(t, tau_days), power, dtype=np.float32)
-            return self._trend_rows[key]
+            key = (float(self._days(t)[0]), tau_days, power)
+            return self._cached_row(key, lambda: np.power(self._trend(t, tau_days), power, dtype=np.float32))
         out: F32 = np.power(self._trend(t, tau_days), power, dtype=np.float32)
         return out
 
     def _trend(self, t: F64, tau_days: float) -> F32:
         pop = np.asarray(self.at(t, tau_days), dtype=np.float64)
-        days = self._days(t)
-        kernel = np.exp(-np.abs(np.arange(self.n_days)[:, None] - days[None, :]) / tau_days)
-        share = (self.day_totals @ kernel) / max(float(self.day_totals.sum()), 1.0)
+        share = (self.day_totals @ self._kernel(self._days(t), tau_days)) / max(float(self.day_totals.sum()), 1.0)
         expected = self.global_counts[None, :].astype(np.float64) * share[:, None]
         out: F32 = ((pop + TREND_PRIOR_EVENTS) / (expected + TREND_PRIOR_EVENTS)).astype(np.float32)
         return out
@@ -301,14 +311,11 @@ class TimePopularity:
             return np.broadcast_to(self.global_counts, (len(t), self.n_items))
         day = self._days(t)
         if len(day) == 1:  # the query path: one row, cached per (day, width)
-            key = (int(day[0]), tau_days)
-            if key not in self._rows:
-                kernel1 = np.exp(-np.abs(np.arange(self.n_days) - key[0]) / tau_days).astype(np.float32)
-                self._rows[key] = np.asarray(self.hist @ kernel1, dtype=np.float32)[None, :]
-            return self._rows[key]
+            return self._cached_row(
+                (float(day[0]), tau_days), lambda: np.asarray(self.hist @ self._kernel(day, tau_days), np.float32).T
+            )
         uniq, inv = np.unique(day, return_inverse=True)
-        kernel = np.exp(-np.abs(np.arange(self.n_days)[:, None] - uniq[None, :]) / tau_days).astype(np.float32)
-        per_day = np.asarray(self.hist @ kernel, dtype=np.float32)  # items x unique days
+        per_day = np.asarray(self.hist @ self._kernel(uniq, tau_days), dtype=np.float32)  # items x unique days
         return per_day.T[inv.ravel()]
 
 

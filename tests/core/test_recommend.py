@@ -370,6 +370,11 @@ def test_trend_factor_lifts_rising_items_and_lowers_ageing_ones() -> None:
     np.testing.assert_allclose(batch[1], pop.trend(np.array([t_mid]), 7.0)[0], rtol=1e-6)
     assert batch[1][col["new"]] < 1.0 < batch[0][col["new"]]  # before its release it was not chosen
     np.testing.assert_allclose(pop.trend(np.array([t_end]), 7.0, 0.25)[0], f**0.25, rtol=1e-6)  # cached per power
+    from core.recommend.models import ROW_CACHE
+
+    for d in range(119):  # a busy query process sees many days: the one-row cache stays bounded
+        pop.trend(np.array([t_end - d * 86400.0]), 7.0)
+    assert 0 < len(pop._rows) <= ROW_CACHE
 
 
 def test_trend_multiplier_moves_rising_items_up_and_is_off_by_default() -> None:
