@@ -23,6 +23,7 @@ from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
 from core.settings import Settings
+from local.s3server import start_moto
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,7 +34,11 @@ class MotoProcess:
 
     def __init__(self) -> None:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        serve = (
+            "import sys; from local.s3server import fast_listings; fast_listings(); "
+            "from moto.server import main; main(sys.argv[1:])"
+        )
+        cmd = [sys.executable, "-c", serve, "-H", "127.0.0.1", "-p", str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -60,11 +65,7 @@ def s3_settings(*, own_process: bool = False, **overrides: Any) -> tuple[Setting
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server: ThreadedMotoServer | MotoProcess
-    if own_process:
-        server = MotoProcess()
-    else:
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
+    server = MotoProcess() if own_process else start_moto()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
     bucket = f"bench-{uuid.uuid4().hex[:8]}"

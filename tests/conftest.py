@@ -10,12 +10,12 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from core.embedding import Embedder
 from core.embedding.fake import fake_embedder
 from core.settings import Settings
 from functions.services import Services
+from local.s3server import start_moto
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server's access log
 
@@ -44,8 +44,7 @@ SECRET = "test-secret-key"
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """An S3 server on loopback for the whole session."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server = start_moto()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
