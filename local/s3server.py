@@ -55,6 +55,7 @@ _LIST_FIELDS = (
     "CommonPrefixes",
 )
 _ITEM_FIELDS = ("Key", "LastModified", "ETag", "ChecksumAlgorithm", "Size", "StorageClass", "Owner")
+_KNOWN_LIST, _KNOWN_ITEM = frozenset(_LIST_FIELDS), frozenset(_ITEM_FIELDS)
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _fast = {"enabled": False}
 
@@ -68,7 +69,7 @@ def _text(value: object) -> str:
 def list_v2_xml(result: Mapping[str, Any]) -> str | None:
     """moto's ``ListObjectsV2`` result (the dict its handler passes to the serializer) as S3's XML
     document, or None for a shape this writer does not cover (the serializer then runs)."""
-    if not set(result) <= set(_LIST_FIELDS):
+    if not result.keys() <= _KNOWN_LIST:
         return None
     parts = [
         '<?xml version="1.0" encoding="utf-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
@@ -78,7 +79,7 @@ def list_v2_xml(result: Mapping[str, Any]) -> str | None:
             continue
         if name == "Contents":
             for item in result[name]:
-                if not set(item) <= set(_ITEM_FIELDS):
+                if not item.keys() <= _KNOWN_ITEM:
                     return None
                 parts.append("<Contents>")
                 for field in _ITEM_FIELDS:

@@ -327,7 +327,7 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
     as the batch path does (scipy, all users at once), and the trend really moves rankings."""
     from dataclasses import replace
 
-    from core.events import Event
+    from core.events import Event, to_arrow
     from core.events import EventLog as Log
     from core.recommend.artifact import ModelStore
     from core.recommend.data import EventArrays, aggregate
@@ -349,8 +349,6 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
             ts = datetime.fromtimestamp(1_700_000_000 + (day0 + j) * 86400 + u, UTC)
             kind = "purchase" if j % 4 == 0 else "view"
             events.append(Event(f"u{u}", f"p{pick:05d}", kind, ts, None, f"e{u}-{j}"))  # type: ignore[arg-type]
-    from core.events import to_arrow
-
     ev = EventArrays.from_arrow(to_arrow(events), ids)
     params = HybridParams(lam=10.0, alpha=1.0, half_life=5.0, beta=0.2, tau_days=4.0, gamma=0.3, delta=0.3)
     models = ModelStore(ObjectStore(s3_settings))
