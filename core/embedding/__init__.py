@@ -22,7 +22,7 @@ from core.images import decode_image
 from core.settings import Settings
 
 Matrix = NDArray[np.float32]
-TextRuntime = Literal["auto", "onnx", "torch"]
+TextRuntime = Literal["auto", "int8", "onnx", "torch"]
 ImageRuntime = Literal["auto", "int8", "onnx", "torch"]
 
 

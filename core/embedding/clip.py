@@ -110,9 +110,10 @@ class OpenClipEncoder:
                 reference=lambda texts: self._run(self._tokenizer(list(texts)), image=False),
                 cache_dir=onnx_cache_dir,
                 threads=torch.get_num_threads(),
+                int8=True,
             )
-        elif text_runtime == "onnx":
-            raise ConfigError(f"TEXT_RUNTIME=onnx: {model} has no standard causal CLIP text tower to export")
+        elif text_runtime in ("onnx", "int8"):
+            raise ConfigError(f"TEXT_RUNTIME={text_runtime}: {model} has no standard causal CLIP text tower to export")
         self._onnx_image: onnx_image.OnnxImage | None = None
         if image_runtime in ("int8", "onnx") and self.device != "cpu":
             log.info("IMAGE_RUNTIME=%s applies on CPU; on %s the image tower runs fp16", image_runtime, self.device)
@@ -129,8 +130,8 @@ class OpenClipEncoder:
 
     @property
     def text_runtime(self) -> str:
-        """What runs :meth:`embed_texts`: ``onnx`` or ``torch``."""
-        return "onnx" if self._onnx is not None else "torch"
+        """What runs :meth:`embed_texts` for queries: ``int8`` / ``onnx`` (ONNX Runtime) or ``torch``."""
+        return self._onnx.precision if self._onnx is not None else "torch"
 
     @property
     def image_runtime(self) -> str:

@@ -44,11 +44,19 @@ MiniLM 110 vs 124), so the exported copy only serves where it wins."""
 MIN_COSINE = 0.9999
 """The exported graph must agree with PyTorch at least this well on every probe text."""
 
+MIN_COSINE_INT8 = 0.99
+"""The int8 copy (CLIP's text tower only) must agree with PyTorch fp32 at least this well on every
+probe text: the bar the int8 image tower and the GPU fp16 path are held to."""
+
 PROBES = (
     "blue running shoes",
     "KS-48213 Virzan 7 trail runner, size 44",
     "a",
     "wireless noise cancelling over-ear headphones with a 30 hour battery for long flights and trains",
+    "KS-48213",
+    "red",
+    "wool beanie",
+    "gift for dad under 50",
 )
 
 
@@ -60,7 +68,7 @@ def default_cache_dir() -> Path:
 
 def wanted(runtime: TextRuntime, device: str) -> bool:
     """Whether to try ONNX Runtime: ``auto`` means on CPU only (GPUs run fp16 PyTorch)."""
-    return runtime == "onnx" or (runtime == "auto" and device == "cpu")
+    return runtime in ("onnx", "int8") or (runtime == "auto" and device == "cpu")
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -89,11 +97,13 @@ def cpu_session(path: Path, threads: int) -> Any:
 
 
 class OnnxText:
-    """One exported text tower in an ONNX Runtime session. Thread-safe: sessions allow concurrent
+    """One exported text tower in an ONNX Runtime session (``precision``: ``onnx`` = the fp32
+    graph, ``int8`` = its dynamically quantised copy). Thread-safe: sessions allow concurrent
     ``run`` calls. Outputs are L2-normalised rows."""
 
-    def __init__(self, path: Path, *, threads: int) -> None:
+    def __init__(self, path: Path, *, threads: int, precision: str = "onnx") -> None:
         self.path = path
+        self.precision = precision
         self._session = cpu_session(path, threads)
         self.inputs = [i.name for i in self._session.get_inputs()]
 
@@ -178,9 +188,14 @@ def load_checked(
     reference: Callable[[Sequence[str]], Matrix],
     cache_dir: Path | None,
     threads: int,
+    int8: bool = False,
 ) -> OnnxText | None:
     """Export (or reuse), load and verify one text tower. ``None`` means: use PyTorch. With
-    ``runtime="onnx"`` a failure raises :class:`ModelLoadError` instead."""
+    ``runtime="onnx"`` (or ``"int8"``) a failure raises :class:`ModelLoadError` instead.
+
+    ``int8`` (CLIP's text tower): under ``auto`` or ``int8`` the fp32 graph's int8 copy (made
+    once, cached next to it) replaces it when it agrees with PyTorch at :data:`MIN_COSINE_INT8`;
+    under ``auto`` a failing copy leaves the fp32 graph in use, under ``int8`` it raises."""
     try:
         module, example, input_names, max_len = build()
         path = export_cached(
@@ -193,13 +208,30 @@ def load_checked(
             cache_dir=cache_dir or default_cache_dir(),
         )
         runner = OnnxText(path, threads=threads)
-        cosine = verify(runner, feeds, reference(PROBES))
+        wanted_vectors = reference(PROBES)
+        cosine = verify(runner, feeds, wanted_vectors)
         if cosine < MIN_COSINE:
             raise ModelLoadError(f"exported graph disagrees with PyTorch (cosine {cosine:.6f} < {MIN_COSINE})")
     except Exception as exc:  # exporter/runtime errors come in many types
-        if runtime == "onnx":
-            raise ModelLoadError(f"TEXT_RUNTIME=onnx: cannot run the {kind} text model {name} on ONNX: {exc}") from exc
+        if runtime in ("onnx", "int8"):
+            raise ModelLoadError(
+                f"TEXT_RUNTIME={runtime}: cannot run the {kind} text model {name} on ONNX: {exc}"
+            ) from exc
         log.warning("%s text model %s stays on PyTorch: ONNX Runtime path failed: %s", kind, name, exc)
         return None
-    log.info("%s text model %s runs on ONNX Runtime (min probe cosine %.7f)", kind, name, cosine)
+    if int8 and runtime in ("auto", "int8"):
+        from core.embedding.onnx_image import quantized
+
+        try:
+            small = OnnxText(quantized(path), threads=threads, precision="int8")
+            cos8 = verify(small, feeds, wanted_vectors)
+            if cos8 < MIN_COSINE_INT8:
+                raise ModelLoadError(f"int8 copy disagrees with PyTorch (cosine {cos8:.4f} < {MIN_COSINE_INT8})")
+        except Exception as exc:  # quantiser/runtime errors come in many types
+            if runtime == "int8":
+                raise ModelLoadError(f"TEXT_RUNTIME=int8: {kind} text model {name}: {exc}") from exc
+            log.warning("%s text model %s: int8 copy not used, fp32 ONNX instead: %s", kind, name, exc)
+        else:
+            runner, cosine = small, cos8
+    log.info("%s text model %s runs on ONNX Runtime, %s (min probe cosine %.7f)", kind, name, runner.precision, cosine)
     return runner

@@ -59,9 +59,36 @@ def test_clip_text_on_onnx_matches_pytorch_and_reuses_the_cache(
     caplog.clear()
     mtime = files[0].stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="core.embedding.onnx_text"):
-        again = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="auto", onnx_cache_dir=tmp_path)
+        again = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="onnx", onnx_cache_dir=tmp_path)
     assert again.text_runtime == "onnx" and "exporting" not in caplog.text
     assert files[0].stat().st_mtime_ns == mtime and len(list(tmp_path.glob("*.onnx"))) == 1
+
+
+def test_clip_text_int8_copy_is_checked_against_pytorch_cached_and_used_when_it_agrees(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tiny random test model quantises worse than ViT-B-32 (min probe cosine 0.988 vs 0.9988
+    # random-init): at the real bar its int8 copy is refused, fp32 stays in use (auto) or the
+    # load fails (int8).
+    with caplog.at_level(logging.INFO, logger="core.embedding"):
+        enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="auto", onnx_cache_dir=tmp_path)
+    assert enc.text_runtime == "onnx" and "int8 copy not used" in caplog.text and "quantising" in caplog.text
+    with pytest.raises(ModelLoadError, match=r"TEXT_RUNTIME=int8.*disagrees"):
+        OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="int8", onnx_cache_dir=tmp_path)
+    # With a bar it meets, the cached int8 copy is used (not quantised again).
+    monkeypatch.setattr(onnx_text, "MIN_COSINE_INT8", 0.98)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="core.embedding"):
+        small = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="auto", onnx_cache_dir=tmp_path)
+    assert small.text_runtime == "int8" and "quantising" not in caplog.text and "exporting" not in caplog.text
+    assert small._onnx is not None and "int8" in small._onnx.path.name and len(list(tmp_path.glob("*.onnx"))) == 2
+    ref = OpenClipEncoder("tiny-clip-test", "none", device="cpu").embed_texts(TEXTS)
+    for i in range(len(TEXTS)):  # each query alone, as search runs it
+        assert cos_min(small.embed_texts([TEXTS[i]]), ref[i : i + 1]) >= 0.98
+    np.testing.assert_allclose(np.linalg.norm(small.embed_texts(TEXTS[:3]), axis=1), 1.0, rtol=1e-5)
+    # The sentence encoder has no int8 path: under TEXT_RUNTIME=int8 it runs its fp32 graph.
+    sent = SentenceEncoder("all-MiniLM-L6-v2", device="cpu", text_runtime="int8", onnx_cache_dir=shared_cache())
+    assert sent.text_runtime == "onnx"
 
 
 def test_sentence_encoder_on_onnx_matches_pytorch(tmp_path: Path) -> None:
@@ -114,7 +141,7 @@ def test_settings_choose_the_runtime() -> None:
     on_torch = load_embedder(Settings(_env_file=None, text_runtime="torch", **base))  # type: ignore[call-arg]
     on_onnx = load_embedder(Settings(_env_file=None, device="cpu", **base))  # type: ignore[call-arg]  # default auto
     assert on_torch.clip.text_runtime == "torch" and on_torch.text.text_runtime == "torch"
-    assert on_onnx.clip.text_runtime == "onnx" and on_onnx.text.text_runtime == "onnx"
+    assert on_onnx.clip.text_runtime == "onnx" and on_onnx.text.text_runtime == "onnx"  # tiny: int8 refused
     assert on_onnx.clip is not on_torch.clip
     assert on_onnx.text_runtimes == {"clip": "onnx", "text": "onnx"}
     assert on_torch.text_runtimes == {"clip": "torch", "text": "torch"}
