@@ -12,10 +12,8 @@ in milliseconds while the dataset on S3 stays the one source of truth.
   patched (``remove_ids`` + ``add_with_ids``). When tombstones pass a third of the rows, or the
   embedding space changes, the next refresh rebuilds from a full scan.
 - **ANN.** Below ``ann_min_rows`` live rows every query is exact (one matrix-vector product).
-  Above, a faiss IVF index with 4-bit product-quantised fast-scan codes per modality proposes
-  ``ANN_REFINE`` times as many candidates as asked, which are re-ranked exactly with the float32
-  vectors (at 100k × 512 a probe is ~0.5 ms instead of ~2.5 ms for 8-bit scalar codes, at the same
-  recall after the re-rank; codes take d/2 bytes per row instead of d). Filters are applied inside the ANN scan (an id
+  Above, a faiss IVF index with 8-bit scalar quantisation per modality proposes candidates, which
+  are re-scored exactly with the float32 vectors. Filters are applied inside the ANN scan (an id
   bitmap); a filter that keeps fewer than ``EXACT_FILTER_FRACTION`` of the rows is answered by an
   exact scan of just those rows.
 """
@@ -52,7 +50,6 @@ EXACT_FILTER_FRACTION = 0.02
 GATHER_FRACTION = 10
 REBUILD_TOMBSTONE_FRACTION = 1 / 3
 DELTA_CHUNK = 500  # product ids per "IN (...)" read of changed rows
-ANN_REFINE = 4  # the PQ scan proposes this many times the candidates asked for; exact re-rank keeps k
 
 
 def load_faiss() -> Any:
@@ -63,14 +60,14 @@ def load_faiss() -> Any:
 
 
 def build_ann(vectors: F32, rows: I64, *, seed: int = 0) -> Any:
-    """An IVF index over ``vectors[rows]`` (inner product, 4-bit PQ fast-scan codes, two dimensions
-    per sub-quantiser), ids = rows. Its scores are approximate: :meth:`HotCatalog.candidates`
-    re-ranks what it proposes with the exact vectors."""
+    """An IVF index (inner product, 8-bit scalar quantiser) over ``vectors[rows]``, ids = rows."""
     faiss = load_faiss()
     n, d = len(rows), vectors.shape[1]
     nlist = max(8, int(math.sqrt(n)))
     quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, d // 2 if d % 2 == 0 else d, 4, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFScalarQuantizer(
+        quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
     rng = np.random.default_rng(seed)
     sample = rows if n <= 40 * nlist else rng.choice(rows, 40 * nlist, replace=False)
     index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
@@ -437,17 +434,14 @@ class HotCatalog:
         faiss = load_faiss()
         params = faiss.SearchParametersIVF()
         params.nprobe = min(ann.nlist, max(self.nprobe, math.ceil(self.nprobe / max(fraction, 1e-9) ** 0.5)))
-        want = k * ANN_REFINE
         if n_allowed < snap.live or not snap.alive.all():
             bits = np.packbits(allowed, bitorder="little")
             params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
-            _, ids = ann.search(q.reshape(1, -1), want, params=params)
+            _, ids = ann.search(q.reshape(1, -1), k, params=params)
             del bits  # kept alive until the search returned
         else:
-            _, ids = ann.search(q.reshape(1, -1), want, params=params)
+            _, ids = ann.search(q.reshape(1, -1), k, params=params)
         found: I64 = np.asarray(ids[0][ids[0] >= 0], dtype=np.int64)
-        if len(found) > k:  # exact re-rank of the proposals: PQ scores only approximate the order
-            found = found[np.argpartition(-(vectors[found] @ q), k - 1)[:k]]
         return found
 
 
