@@ -196,6 +196,14 @@ def load_checked(
     ``int8`` (CLIP's text tower): under ``auto`` or ``int8`` the fp32 graph's int8 copy (made
     once, cached next to it) replaces it when it agrees with PyTorch at :data:`MIN_COSINE_INT8`;
     under ``auto`` a failing copy leaves the fp32 graph in use, under ``int8`` it raises."""
+
+    def onnx_failed(exc: Exception) -> None:
+        if runtime in ("onnx", "int8"):
+            raise ModelLoadError(
+                f"TEXT_RUNTIME={runtime}: cannot run the {kind} text model {name} on ONNX: {exc}"
+            ) from exc
+        log.warning("%s text model %s stays on PyTorch: ONNX Runtime path failed: %s", kind, name, exc)
+
     try:
         module, example, input_names, max_len = build()
         path = export_cached(
@@ -207,19 +215,12 @@ def load_checked(
             max_len=max_len,
             cache_dir=cache_dir or default_cache_dir(),
         )
-        runner = OnnxText(path, threads=threads)
         wanted_vectors = reference(PROBES)
-        cosine = verify(runner, feeds, wanted_vectors)
-        if cosine < MIN_COSINE:
-            raise ModelLoadError(f"exported graph disagrees with PyTorch (cosine {cosine:.6f} < {MIN_COSINE})")
-    except Exception as exc:  # exporter/runtime errors come in many types
-        if runtime in ("onnx", "int8"):
-            raise ModelLoadError(
-                f"TEXT_RUNTIME={runtime}: cannot run the {kind} text model {name} on ONNX: {exc}"
-            ) from exc
-        log.warning("%s text model %s stays on PyTorch: ONNX Runtime path failed: %s", kind, name, exc)
+    except Exception as exc:  # exporter errors come in many types
+        onnx_failed(exc)
         return None
     if int8 and runtime in ("auto", "int8"):
+        # Tried first: when it passes, the fp32 graph is never loaded in this process.
         from core.embedding.onnx_image import quantized
 
         try:
@@ -232,6 +233,15 @@ def load_checked(
                 raise ModelLoadError(f"TEXT_RUNTIME=int8: {kind} text model {name}: {exc}") from exc
             log.warning("%s text model %s: int8 copy not used, fp32 ONNX instead: %s", kind, name, exc)
         else:
-            runner, cosine = small, cos8
-    log.info("%s text model %s runs on ONNX Runtime, %s (min probe cosine %.7f)", kind, name, runner.precision, cosine)
+            log.info("%s text model %s runs on ONNX Runtime, int8 (min probe cosine %.7f)", kind, name, cos8)
+            return small
+    try:
+        runner = OnnxText(path, threads=threads)
+        cosine = verify(runner, feeds, wanted_vectors)
+        if cosine < MIN_COSINE:
+            raise ModelLoadError(f"exported graph disagrees with PyTorch (cosine {cosine:.6f} < {MIN_COSINE})")
+    except Exception as exc:  # runtime errors come in many types
+        onnx_failed(exc)
+        return None
+    log.info("%s text model %s runs on ONNX Runtime (min probe cosine %.7f)", kind, name, cosine)
     return runner
