@@ -14,6 +14,11 @@ key's timestamp with dateutil: ~0.4 ms per key on a 2-core CPU, and Lance lists 
 ``_versions/`` on every commit and every freshness check. :func:`fast_listings` writes that XML
 directly instead (same document, same pagination: moto still does the listing), so commits stay
 cheap while versions accumulate; :func:`start_moto` starts a server with it.
+
+moto's server also works out which AWS service each request is for, under one process-wide lock, by
+listing moto's package folder (an ``isdir`` per module) and matching ~200 URL patterns. This server
+only ever serves S3, so :class:`S3OnlyDispatcher` hands every request straight to moto's S3 app;
+Lance sends many small requests per commit, and they queued on that lock.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import boto3
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.server import ThreadedMotoServer
+from werkzeug.serving import make_server
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +145,40 @@ def fast_listings(enabled: bool = True) -> None:
     setattr(S3Response, "_shelfsearch_fast_listings", True)  # noqa: B010
 
 
+class S3OnlyDispatcher(DomainDispatcherApplication):
+    """moto's dispatcher with the service fixed to S3 (``/moto-api`` still goes to moto's own app).
+
+    The stock one resolves the service per request under a lock that every request thread takes,
+    scanning moto's package folder each time (~0.2 ms of ``isdir`` calls plus URL-pattern matching on
+    these cores), so concurrent requests from one Lance commit waited for each other.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(create_backend_app)
+        self._s3 = create_backend_app("s3")
+
+    def get_application(self, environ: dict[str, Any]) -> Any:
+        if str(environ.get("PATH_INFO", "")).startswith("/moto-api"):
+            return super().get_application(environ)
+        return self._s3
+
+
+class S3Server(ThreadedMotoServer):
+    """:class:`moto.server.ThreadedMotoServer` serving only S3 (:class:`S3OnlyDispatcher`)."""
+
+    def _server_entry(self) -> None:
+        self._server = make_server(
+            self._ip_address, self._port, S3OnlyDispatcher(), True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
 def start_moto(port: int = 0) -> ThreadedMotoServer:
-    """moto's S3 server on 127.0.0.1 (``port`` 0: any free one), in a thread, with fast listings."""
+    """moto's S3 server on 127.0.0.1 (``port`` 0: any free one), in a thread, with fast listings
+    and S3-only dispatch."""
     fast_listings()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = S3Server(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return server
 

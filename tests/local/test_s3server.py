@@ -114,3 +114,21 @@ def test_raw_documents_match_moto_and_come_from_the_fast_writer(listing_server: 
     # moto's serializer starts with <IsTruncated>; the fast writer with <Name>: this one was fast.
     assert b"<ListBucketResult" in fast and b'2006-03-01/"><Name>listing</Name>' in fast
     assert b'2006-03-01/"><Name>' not in slow
+
+
+def test_s3_only_dispatch_serves_s3_and_moto_api(listing_server: tuple[Any, str], monkeypatch: Any) -> None:
+    """The server skips moto's per-request service lookup (a lock every request thread took, and a
+    scan of moto's package folder): S3 calls never reach it; ``/moto-api`` still goes to moto's app."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    def no_lookup(self: Any, host: Any) -> Any:
+        raise AssertionError(f"service lookup for {host!r}")
+
+    monkeypatch.setattr(DomainDispatcherApplication, "get_backend_for_host", no_lookup)
+    s3, url = listing_server
+    s3.put_object(Bucket="listing", Key="dispatch/probe", Body=b"probe")
+    assert s3.get_object(Bucket="listing", Key="dispatch/probe")["Body"].read() == b"probe"
+    s3.delete_object(Bucket="listing", Key="dispatch/probe")
+    monkeypatch.undo()
+    with urllib.request.urlopen(f"{url}/moto-api/data.json") as resp:
+        assert resp.status == 200 and b"s3" in resp.read()
