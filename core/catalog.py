@@ -14,7 +14,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -500,21 +500,26 @@ class Catalog:
                 out[row["product_id"]] = (row["content_hash"] or "", row["created_at"])
         return out
 
-    def upsert(self, records: Sequence[ProductRecord]) -> int:
+    def upsert(
+        self, records: Sequence[ProductRecord], *, prior: Mapping[str, tuple[str, datetime]] | None = None
+    ) -> list[Product]:
         """Insert or replace products by ``product_id`` (last one wins within a batch).
 
-        ``created_at`` of an existing product is kept. Returns the number of rows written.
+        ``created_at`` of an existing product is kept; ``prior`` (what :meth:`existing` returned
+        for these ids, when the caller has just looked: ids missing from it are new) saves
+        looking again. Returns the products as stored: the values :meth:`get` reads back.
         """
         latest: dict[str, ProductRecord] = {}
         for rec in records:
             latest[rec.product.product_id] = rec
         if not latest:
-            return 0
+            return []
         for rec in latest.values():
             for vec, dim in ((rec.image_vector, self.clip_dim), (rec.text_vector, self.text_dim)):
                 if vec is not None and (vec.shape != (dim,) or not np.isfinite(vec).all()):
                     raise InvalidInput(f"{rec.product.product_id}: vector of shape {vec.shape} is not finite {dim}-d")
-        prior = self.existing(list(latest))
+        if prior is None:
+            prior = self.existing(list(latest))
         rows = []
         for pid, rec in latest.items():
             p = rec.product
@@ -549,7 +554,7 @@ class Catalog:
             )
             self._compactor.committed()
             self.local_writes += 1
-        return len(rows)
+        return [_to_product(row) for row in rows]
 
     def delete(self, product_id: str) -> None:
         """Delete a product; :class:`NotFound` if it does not exist."""

@@ -67,6 +67,9 @@ class IngestReport:
     failed: list[RecordError] = field(default_factory=list)
     product_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stored: dict[str, Product] | None = None
+    """With ``Indexer.index(..., keep_stored=True)``: the products this run wrote, as stored
+    (unchanged ones are not here). Off by default: a bulk run would hold the whole catalog."""
 
     @property
     def total(self) -> int:
@@ -254,9 +257,11 @@ class Indexer:
         progress: bool = False,
         total: int | None = None,
         desc: str = "indexing",
+        keep_stored: bool = False,
     ) -> IngestReport:
-        """Index every valid item; collect failures. Unchanged products are skipped unless ``force``."""
-        report = IngestReport()
+        """Index every valid item; collect failures. Unchanged products are skipped unless ``force``;
+        ``keep_stored`` fills ``report.stored``."""
+        report = IngestReport(stored={} if keep_stored else None)
         started = time.perf_counter()
         bar = tqdm(total=total, desc=desc, unit="product", disable=not progress, dynamic_ncols=True)
         batch: list[PendingProduct] = []
@@ -367,6 +372,8 @@ class Indexer:
                     content_hash=chash,
                 )
             )
-        self.catalog.upsert(records)
+        stored = self.catalog.upsert(records, prior=None if force else existing)
+        if report.stored is not None:
+            report.stored.update((p.product_id, p) for p in stored)
         report.indexed += len(records)
         report.product_ids.extend(r.product.product_id for r in records)

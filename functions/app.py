@@ -695,11 +695,13 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
         product = ProductInput.from_mapping(raw)
         data = _decode_b64(body.image_base64) if body.image_base64 else None
         pending = PendingProduct(product, source="api", image_bytes=data, image_key=product.image)
-        report = services.indexer.index([pending])
+        report = services.indexer.index([pending], keep_stored=True)
         if report.failed:
             failure = report.failed[0]
             raise (errors.PayloadTooLarge if failure.too_large else errors.InvalidInput)(failure.reason)
-        return product_out(request, services.catalog.get(product_id))
+        # What was just written is what a read would return; an unchanged product is read back.
+        stored = (report.stored or {}).get(product_id) or services.catalog.get(product_id)
+        return product_out(request, stored)
 
     @app.delete(
         "/products/{product_id}",

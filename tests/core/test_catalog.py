@@ -1,6 +1,7 @@
 """Catalog on a real S3 protocol server (moto over HTTP) and on a local path."""
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -38,6 +39,27 @@ def test_upsert_is_idempotent_and_latest_wins(s3_settings: Settings) -> None:
     other = open_catalog(s3_settings)
     assert other.get("P1").title == "fourth"
     assert other.count() == 2
+
+
+def test_upsert_returns_what_a_read_returns(s3_settings: Settings) -> None:
+    """The PUT response is built from upsert's return value instead of reading the row back."""
+    cat = open_catalog(s3_settings)
+    rng = np.random.default_rng(3)
+    first = record("R1", 8, 6, rng, title="one", price=12, category="shoes", with_image=False)
+    first = replace(first, product=replace(first.product, attributes={"z": [1, "a"], "a": {"k": None}}))
+    stored = cat.upsert([first, record("R2", 8, 6, rng)])
+    assert [p.product_id for p in stored] == ["R1", "R2"]
+    for p in stored:
+        assert p == cat.get(p.product_id)
+    created = stored[0].created_at
+    # With ``prior`` from existing() (as the indexer passes it), created_at is still kept.
+    time.sleep(0.01)
+    prior = cat.existing(["R1", "R3"])
+    again = cat.upsert([record("R1", 8, 6, rng, title="two"), record("R3", 8, 6, rng)], prior=prior)
+    assert again[0].created_at == created and again[0].updated_at > created
+    for p in again:
+        assert p == cat.get(p.product_id)
+    assert cat.upsert([]) == []
 
 
 def test_delete_and_not_found(s3_settings: Settings) -> None:

@@ -95,11 +95,15 @@ def test_product_crud(client: TestClient) -> None:
     r = client.put("/products/NEW-1", json={"title": "Green mug", "price": 9.5, "category": "Home", "glaze": "matte"})
     assert r.status_code == 200
     assert r.json()["attributes"] == {"glaze": "matte"} and r.json()["image_url"] is None
+    assert client.get("/products/NEW-1").json() == r.json()  # the response is what was stored
     created = r.json()["created_at"]
     r = client.put("/products/NEW-1", json={"title": "Green mug v2", "image_base64": b64(jpeg((0, 200, 0)))})
     assert r.json()["title"] == "Green mug v2" and r.json()["created_at"] == created
     assert r.json()["image"].startswith("images/NEW-1/")
-    assert client.get("/products/NEW-1").json()["title"] == "Green mug v2"
+    assert client.get("/products/NEW-1").json() == r.json()
+    # An unchanged PUT writes nothing and answers with the stored product.
+    again = client.put("/products/NEW-1", json={"title": "Green mug v2", "image": r.json()["image"]})
+    assert again.status_code == 200 and again.json() == r.json()
     assert client.delete("/products/NEW-1").json() == {"product_id": "NEW-1", "deleted": True}
     assert client.get("/products/NEW-1").status_code == 404
     assert client.delete("/products/NEW-1").status_code == 404
