@@ -314,11 +314,6 @@ class EventLog:
                 q = q.where(f"received_at > timestamp '{received_after.astimezone(UTC).isoformat(sep=' ')}'")
             return q.to_arrow().select(events_schema().names)
 
-    def compact(self) -> None:
-        """Merge the small fragments that per-request appends leave behind."""
-        with storage_errors("compact events"):
-            self._table.optimize()
-
 
 def iter_event_file(lines: Iterable[str], fmt: Literal["jsonl", "csv"]) -> Iterator[tuple[int, Any]]:
     """(line number, raw item) pairs from a JSONL or CSV file (CSV header: user_id, product_id,

@@ -1,12 +1,14 @@
 """Catalog on a real S3 protocol server (moto over HTTP) and on a local path."""
 
+import threading
 import time
 from dataclasses import replace
+from datetime import timedelta
 
 import numpy as np
 import pytest
 
-from core.catalog import Catalog
+from core.catalog import Catalog, Compactor, compact_files
 from core.errors import ConfigError, NotFound
 from core.models import Filters
 from core.settings import Settings
@@ -60,6 +62,32 @@ def test_upsert_returns_what_a_read_returns(s3_settings: Settings) -> None:
     for p in again:
         assert p == cat.get(p.product_id)
     assert cat.upsert([]) == []
+
+
+def test_compaction_keeps_versions_and_cleanup_runs_on_its_own_clock(s3_settings: Settings) -> None:
+    cat = open_catalog(s3_settings)
+    table = cat._table
+    rng = np.random.default_rng(4)
+    comp = Compactor(table, every=4, retention=timedelta(seconds=1), cleanup_every=timedelta(hours=1))
+    for i in range(4):
+        cat.upsert([record(f"C{i}", 8, 6, rng)])
+        if i == 3:
+            before = {v["version"] for v in table.list_versions()}
+        comp.committed()
+    assert table.stats()["fragment_stats"]["num_fragments"] == 1  # compacted...
+    after = {v["version"] for v in table.list_versions()}
+    assert before < after  # ...and no version removed (compaction adds its own)
+    versions = len(after)
+    time.sleep(1.2)
+    comp.cleanup_every = timedelta(0)  # cleanup due now: it runs in a thread after the compaction
+    for i in range(4, 8):
+        cat.upsert([record(f"C{i}", 8, 6, rng)])
+        comp.committed()
+    for t in threading.enumerate():
+        if t.name == "version-cleanup":
+            t.join(timeout=60)
+    assert len(table.list_versions()) < versions + 5
+    assert cat.count() == 8 and cat.get("C7").title == "product C7"
 
 
 def test_delete_and_not_found(s3_settings: Settings) -> None:
@@ -139,6 +167,13 @@ def test_indexes_created_when_large_enough(tmp_path: object) -> None:
         recall.append(len(exact & got) / 10)
     assert np.mean(recall) >= 0.9
     assert cat.ensure_indexes() == []  # second call folds new rows in, creates nothing
+    # So does the compaction that runs every 32 commits.
+    late = record("LATE", 32, 32, rng, category="B", price=2.0)
+    cat.upsert([late])
+    assert cat._table.index_stats("text_vector_idx").num_unindexed_rows == 1
+    compact_files(cat._table)
+    assert cat._table.index_stats("text_vector_idx").num_unindexed_rows == 0
+    assert cat.vector_search("text", late.text_vector, 1)[0].product.product_id == "LATE"
 
 
 def test_local_path_catalog(local_settings: Settings) -> None:
