@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,8 +16,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from core.errors import NotFound
-from core.recommend.models import HybridModel, HybridParams
+from core.recommend.models import HybridModel, HybridParams, Reranker
 from core.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 PREFIX = "models/recommender/"
 LATEST = PREFIX + "latest.json"
@@ -26,7 +29,15 @@ KEEP = 5
 def to_bytes(model: HybridModel) -> bytes:
     arrays: dict[str, Any] = {
         "items": np.array(model.items, dtype=str),
-        "meta": np.array(json.dumps({"params": model.params.as_dict(), "info": model.info})),
+        "meta": np.array(
+            json.dumps(
+                {
+                    "params": model.params.as_dict(),
+                    "info": model.info,
+                    "reranker": None if model.reranker is None else model.reranker.as_dict(),
+                }
+            )
+        ),
     }
     for name, m in (("b", model.b), ("t", model.t)):
         if m is None:
@@ -52,7 +63,15 @@ def from_bytes(data: bytes) -> HybridModel:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         params = HybridParams.from_dict(meta["params"])
-        return HybridModel([str(i) for i in z["items"]], _csr(z, "b"), params, meta["info"], _csr(z, "t"))
+        raw = meta.get("reranker")  # absent in models trained before the reranker
+        reranker = None
+        if raw is not None:
+            try:
+                reranker = Reranker.from_dict(raw)
+            except ValueError as exc:  # trained by another version: serve the blend alone
+                log.warning("model reranker ignored: %s", exc)
+        items = [str(i) for i in z["items"]]
+        return HybridModel(items, _csr(z, "b"), params, meta["info"], _csr(z, "t"), reranker)
 
 
 class ModelStore:

@@ -101,8 +101,9 @@ def evaluate(
     hist = history_matrix(split.train, model.params.alpha, model.params.half_life)
     pop = TimePopularity(split.train_ev, len(ev.items))
     recent = history_matrix(split.train, 0.0, model.params.seq_half_life)
-    m = evaluate_scores(split, lambda u: model.score(hist[u], split.t_last[u], pop, vectors, recent[u]), k)
-    desc = model.params.describe()
+    seen = binary_matrix(split.train)
+    m = evaluate_scores(split, lambda u: model.score(hist[u], split.t_last[u], pop, vectors, recent[u], seen[u]), k)
+    desc = model.params.describe() + (" +reranker" if model.reranker is not None else "")
     rows.append(Row("shelfsearch hybrid", m, time.perf_counter() - t0, desc))
     return rows
 

@@ -19,7 +19,9 @@ The hybrid scores item ``i`` for user ``u`` as
 All hyper-parameters (``lam``, ``rho``, ``alpha``, ``half_life``, ``beta``, ``tau_days``, ``gamma``,
 ``delta``, ``seq_half_life``, ``trend``, ``trend_tau_days``) are
 chosen by :func:`tune_hybrid` on a per-user time split *inside* the training data, never on
-held-out data.
+held-out data. On the same split :func:`fit_reranker` fits a :class:`Reranker`, a logistic
+model that reorders each user's best candidates from :data:`RERANK_FEATURES`; it is kept only
+when it beats the blend on users it was not fitted on.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from core.events import EVENT_TYPES
 from core.recommend.data import F32, F64, I32, EventArrays, Interactions, aggregate, positives, time_split
 
 DAY = 86400.0
@@ -90,6 +93,27 @@ ROW_CACHE = 64
 """One-row popularity / trend results kept per :class:`TimePopularity` (each is ``items`` floats)."""
 TREND_PRIOR_EVENTS = 5.0
 """Pseudo-events that pull an item's trend factor towards 1 (items with few events stay neutral)."""
+ITEM_PRIOR_EVENTS = 5.0
+"""Pseudo-events that pull an item's mean stars and positive share towards the catalog's."""
+RERANK_CANDIDATES = 100
+"""How many of the hybrid's best products per user the reranker reorders."""
+RERANK_MIN_POSITIVES = 50
+"""Fewer positives among the validation candidates than this: no reranker (nothing to learn from)."""
+RERANK_FEATURES = (
+    "score",
+    "log_rank",
+    "collaborative",
+    "content",
+    "log_trend_3d",
+    "log_trend_7d",
+    "log_trend_21d",
+    "log_recent_popularity",
+    "log_popularity",
+    "days_since_first_event",
+    "days_since_last_event",
+    "mean_stars",
+    "positive_share",
+)
 
 
 def history_matrix(inter: Interactions, alpha: float, half_life: float, rows: I32 | None = None) -> sp.csr_matrix:
@@ -264,6 +288,27 @@ class TimePopularity:
         # items x days, sparse: memory follows the number of events, not days x items.
         self.hist = sp.csr_matrix((np.ones(len(ev), dtype=np.float32), (ev.item, day)), shape=(n_items, self.n_days))
         self.day_totals = np.bincount(day, minlength=self.n_days).astype(np.float64)
+        # Per item, for the reranker: first and last day with an event (items without events: the
+        # day after the last), mean stars and share of positive events, both pulled towards the
+        # catalog's average by ITEM_PRIOR_EVENTS pseudo-events.
+        self.first_day = np.full(n_items, self.n_days, np.int64)
+        self.last_day = np.full(n_items, self.n_days, np.int64)
+        if len(ev):
+            np.minimum.at(self.first_day, ev.item, day)
+            self.last_day[:] = -1
+            np.maximum.at(self.last_day, ev.item, day)
+            self.last_day[self.last_day < 0] = self.n_days
+        is_rating = (ev.etype == EVENT_TYPES.index("rating")) & ~np.isnan(ev.value)
+        stars = np.bincount(ev.item[is_rating], weights=ev.value[is_rating], minlength=n_items)
+        n_rated = np.bincount(ev.item[is_rating], minlength=n_items).astype(np.float64)
+        mean_stars = float(ev.value[is_rating].mean()) if is_rating.any() else 3.0
+        self.mean_stars = ((stars + ITEM_PRIOR_EVENTS * mean_stars) / (n_rated + ITEM_PRIOR_EVENTS)).astype(np.float32)
+        good = (ev.etype == EVENT_TYPES.index("purchase")) | (is_rating & (np.nan_to_num(ev.value) >= 4.0))
+        share = float(good.mean()) if len(ev) else 0.0
+        n_good = np.bincount(ev.item[good], minlength=n_items)
+        self.positive_share = ((n_good + ITEM_PRIOR_EVENTS * share) / (self.global_counts + ITEM_PRIOR_EVENTS)).astype(
+            np.float32
+        )
 
     def _cached_row(self, key: tuple[float, ...], make: Callable[[], F32]) -> F32:
         if key not in self._rows:
@@ -352,6 +397,75 @@ def content_scores(hist: sp.csr_matrix, vectors: F32) -> F32:
     return out
 
 
+def _signed_log(x: npt.NDArray[Any]) -> F32:
+    out: F32 = (np.sign(x) * np.log1p(np.abs(x))).astype(np.float32)
+    return out
+
+
+def rerank_features(
+    total: F32, collaborative: F32, content: F32 | None, items: I32, t_last: float, pop: TimePopularity
+) -> F32:
+    """The :data:`RERANK_FEATURES` of one user's candidates ``items`` (best hybrid score first;
+    ``total``, ``collaborative`` and ``content`` are their parts of the score, aligned with
+    ``items``), for a user last active at ``t_last``: ``len(items) x features``. Scores are
+    relative to the best candidate's, days to the user's last active day."""
+    n = len(items)
+    t = np.array([t_last])
+    top = float(abs(total[0])) if n and np.isfinite(total[0]) and total[0] != 0 else 1.0  # the best candidate
+    day = int(pop._days(t)[0])
+    cols = [
+        total / top,
+        np.log1p(np.arange(n, dtype=np.float32)),
+        collaborative,
+        np.zeros(n, np.float32) if content is None else content,
+        *(np.log(pop.trend(t, tau)[0, items]) for tau in (3.0, 7.0, 21.0)),
+        np.log1p(np.asarray(pop.at(t, 7.0)[0, items], dtype=np.float32)),
+        np.log1p(pop.global_counts[items]),
+        _signed_log(day - pop.first_day[items]),
+        _signed_log(day - pop.last_day[items]),
+        pop.mean_stars[items],
+        pop.positive_share[items],
+    ]
+    return np.stack([np.asarray(c, dtype=np.float32) for c in cols], axis=1)
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """A logistic model that reorders the hybrid's :data:`RERANK_CANDIDATES` best products per
+    user from :func:`rerank_features`: what the blend cannot express, such as how a product's
+    age, its trend at several widths and its ratings so far change the odds that a user who
+    ranks it highly will like it. Fitted by :func:`fit_reranker` on the same split inside the
+    training data that tunes the blend; the score it gives is that probability."""
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    candidates: int = RERANK_CANDIDATES
+    features: tuple[str, ...] = RERANK_FEATURES
+
+    def logits(self, x: F32) -> F32:
+        z = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.scale, np.float32)
+        out: F32 = (z @ np.asarray(self.coef, np.float32) + np.float32(self.intercept)).astype(np.float32)
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Reranker:
+        if tuple(raw["features"]) != RERANK_FEATURES:
+            raise ValueError(f"reranker features {raw['features']} do not match this version's {RERANK_FEATURES}")
+        return cls(
+            tuple(raw["mean"]),
+            tuple(raw["scale"]),
+            tuple(raw["coef"]),
+            float(raw["intercept"]),
+            int(raw["candidates"]),
+            tuple(raw["features"]),
+        )
+
+
 @dataclass
 class HybridModel:
     """A trained hybrid: EASE weights over ``items`` plus the tuned parameters."""
@@ -361,6 +475,7 @@ class HybridModel:
     params: HybridParams
     info: dict[str, Any] = field(default_factory=dict)
     t: sp.csr_matrix | None = None  # items x items "what comes next" weights
+    reranker: Reranker | None = None
 
     def components(
         self,
@@ -430,13 +545,55 @@ class HybridModel:
         pop: TimePopularity | None,
         vectors: F32 | None,
         recent: sp.csr_matrix | None = None,
+        exclude: sp.csr_matrix | None = None,
     ) -> F32:
-        """Scores (users x items) for history rows weighted with this model's alpha/half-life."""
-        parts = list(self.components(hist, t_last, pop, vectors, recent).values())
-        out = parts[0]
-        for part in parts[1:]:
-            out = out + part
-        return boost(out, self.trend_factor(t_last, pop))
+        """Scores (users x items) for history rows weighted with this model's alpha/half-life.
+        With a reranker, each row's best candidates (``exclude``'s nonzeros, the products the
+        user has seen, are never candidates) come first, in the reranker's order; the other
+        products keep the blend's order below them."""
+        if self.reranker is None or pop is None:
+            comps = self.components(hist, t_last, pop, vectors, recent)
+            return boost(functools.reduce(np.add, comps.values()), self.trend_factor(t_last, pop))
+        out, cand, x = self.candidates(hist, t_last, pop, vectors, recent, exclude, self.reranker.candidates)
+        ranked: F32 = (out - np.abs(out).max(axis=1, keepdims=True) - 1.0).astype(np.float32)  # below candidates
+        # The candidates in the reranker's order (stable, like the query path), as 3 - position / n:
+        # exact in float32, where probabilities + 2 could tie.
+        order = np.argsort(-self.reranker.logits(x), axis=1, kind="stable")
+        position = np.empty_like(order)
+        np.put_along_axis(position, order, np.arange(order.shape[1])[None, :], axis=1)
+        np.put_along_axis(ranked, cand, (3.0 - position / max(order.shape[1], 1)).astype(np.float32), axis=1)
+        return ranked
+
+    def candidates(
+        self,
+        hist: sp.csr_matrix,
+        t_last: F64,
+        pop: TimePopularity,
+        vectors: F32 | None,
+        recent: sp.csr_matrix | None,
+        exclude: sp.csr_matrix | None,
+        n: int,
+    ) -> tuple[F32, I32, F32]:
+        """The blend's scores (users x items), each row's ``n`` best products outside
+        ``exclude`` (best first) and their :func:`rerank_features` (users x n x features)."""
+        comps = self.components(hist, t_last, pop, vectors, recent)
+        out = boost(functools.reduce(np.add, comps.values()), self.trend_factor(t_last, pop))
+        cand = top_k(out, n, exclude)
+        content = comps.get("content")
+        x = np.stack(
+            [
+                rerank_features(
+                    out[r, c],
+                    comps["collaborative"][r, c],
+                    None if content is None else content[r, c],
+                    c,
+                    t_last[r],
+                    pop,
+                )
+                for r, c in enumerate(cand)
+            ]
+        )
+        return out, cand, x
 
     def trend_factor(self, t_last: F64, pop: TimePopularity | None) -> F32 | None:
         """``TimePopularity.trend ** trend`` for users last active at ``t_last`` (rows), or None
@@ -549,6 +706,8 @@ def sample_users(users: I32, limit: int, seed: int = 0) -> I32:
 class TuneLog:
     trials: list[tuple[dict[str, float], float]] = field(default_factory=list)
     seconds: float = 0.0
+    reranker: Reranker | None = None
+    rerank_check: dict[str, float] | None = None  # NDCG@10 of the blend and of it reranked, on held-out users
 
 
 def tune_hybrid(
@@ -562,6 +721,7 @@ def tune_hybrid(
     rounds: int = 2,
     grid: dict[str, list[float]] | None = None,
     start: HybridParams = HybridParams(),
+    rerank: bool = True,
 ) -> tuple[HybridParams, float, TuneLog]:
     """Coordinate ascent over :data:`GRID` maximising NDCG@10 on the last 20% of each user's
     events in ``ev`` (the training data), fitting on the first 80%."""
@@ -611,8 +771,98 @@ def tune_hybrid(
                     best, best_score, improved = cand, s, True
         if not improved:
             break
+    if rerank:
+        log.reranker, log.rerank_check = _checked_reranker(split, best, pairs, x, y, trans, pop, vectors, ev.items)
     log.seconds = time.perf_counter() - t0
     return best, best_score, log
+
+
+def _checked_reranker(
+    split: Split,
+    best: HybridParams,
+    pairs: dict[float, tuple[F32, F32 | None]],
+    x: sp.csr_matrix,
+    y: sp.csr_matrix,
+    trans: sp.csr_matrix,
+    pop: TimePopularity,
+    vectors: F32 | None,
+    items: list[str],
+) -> tuple[Reranker | None, dict[str, float] | None]:
+    """A reranker for the tuned blend ``best``, or None when it does not help. Two-fold check:
+    fitted on one half of the split's users and judged on the other, both ways, against the blend
+    alone on the same users (the blend was tuned on all of them, so both sides of the comparison
+    share that bias); when kept, it is refitted on all users."""
+    b_all, b_pos = pairs[best.lam] if best.lam in pairs else ease_pair(x, best.lam, y if y.nnz else None)
+    b = b_all if b_pos is None or best.rho == 0 else (1.0 - best.rho) * b_all + best.rho * b_pos
+    model = HybridModel(items, b, best, t=trans)
+    hist = history_matrix(split.train, best.alpha, best.half_life)
+    recent = history_matrix(split.train, 0.0, best.seq_half_life)
+    seen = binary_matrix(split.train)
+    shuffled = np.random.default_rng(0).permutation(split.users)
+    halves = [np.sort(h).astype(np.int32) for h in (shuffled[: len(shuffled) // 2], shuffled[len(shuffled) // 2 :])]
+    if min(len(h) for h in halves) == 0:
+        return None, None
+
+    def ndcg(m: HybridModel, users: I32) -> float:
+        return evaluate_scores(
+            replace(split, users=users),
+            lambda rows: m.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows], seen[rows]),
+        ).ndcg
+
+    blend = reranked = 0.0
+    for fit_on, judge_on in (halves, halves[::-1]):
+        half = fit_reranker(replace(split, users=fit_on), model, hist, recent, pop, vectors)
+        if half is None:
+            return None, None
+        share = len(judge_on) / len(split.users)
+        blend += share * ndcg(model, judge_on)
+        reranked += share * ndcg(replace(model, reranker=half), judge_on)
+    check = {"blend": blend, "reranked": reranked, "users": float(len(split.users))}
+    if reranked <= blend:
+        return None, check
+    return fit_reranker(split, model, hist, recent, pop, vectors), check
+
+
+def fit_reranker(
+    split: Split,
+    model: HybridModel,
+    hist: sp.csr_matrix,
+    recent: sp.csr_matrix,
+    pop: TimePopularity,
+    vectors: F32 | None,
+    candidates: int = RERANK_CANDIDATES,
+) -> Reranker | None:
+    """Fit a :class:`Reranker` on ``split``: each user's ``candidates`` best products by
+    ``model``'s blend, labelled by whether they are among the user's held-out positives. None
+    when fewer than :data:`RERANK_MIN_POSITIVES` candidates are positive."""
+    from sklearn.linear_model import LogisticRegression
+
+    seen = binary_matrix(split.train)
+    xs, ys = [], []
+    for start in range(0, len(split.users), 512):
+        rows = split.users[start : start + 512]
+        _out, cand, x = model.candidates(
+            hist[rows], split.t_last[rows], pop, vectors, recent[rows], seen[rows], candidates
+        )
+        rel = split.relevant[rows]
+        xs.append(x.reshape(-1, x.shape[-1]))
+        ys.append(np.asarray(rel[np.arange(len(rows))[:, None], cand].toarray() > 0).ravel())
+    if not xs:
+        return None
+    x_all, y_all = np.concatenate(xs), np.concatenate(ys)
+    if y_all.sum() < RERANK_MIN_POSITIVES or y_all.all():
+        return None
+    mean = x_all.mean(axis=0)
+    scale = x_all.std(axis=0)
+    scale[scale < 1e-6] = 1.0
+    lr = LogisticRegression(C=1.0, max_iter=1000).fit((x_all - mean) / scale, y_all)
+    return Reranker(
+        tuple(float(v) for v in mean),
+        tuple(float(v) for v in scale),
+        tuple(float(v) for v in lr.coef_.ravel()),
+        float(lr.intercept_[0]),
+        candidates,
+    )
 
 
 def train_hybrid(
@@ -626,20 +876,25 @@ def train_hybrid(
     """Tune (unless ``params`` are given) on a split inside ``ev``, then fit on all of ``ev``."""
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
+    reranker = None
     if params is None:
         params, val_ndcg, log = tune_hybrid(ev, vectors, min_rating=min_rating, positive_types=positive_types)
         info.update(validation_ndcg=val_ndcg, tune_seconds=log.seconds, trials=len(log.trials))
+        if log.rerank_check is not None:
+            info.update(rerank_check=log.rerank_check, reranker=log.reranker is not None)
+        reranker = log.reranker
         if val_ndcg <= 0.0:
             # Too little data to validate anything (every trial scored 0): use every signal with
             # middle-of-the-grid weights instead of whatever the first trial happened to be.
             params = NO_SIGNAL
+            reranker = None
             info["fallback"] = "no validation signal: default blend"
     x = binary_matrix(aggregate(ev))
     y = positive_matrix(ev, min_rating, positive_types)
     b = prune_rows(fit_ease(x, params.lam, y, params.rho), params.neighbors)
     t = prune_rows_sparse(fit_transitions(ev, len(ev.items)), params.neighbors) if params.delta > 0 else None
     info.update(train_seconds=time.perf_counter() - t0, events=len(ev), users=len(ev.users), items=len(ev.items))
-    return HybridModel(list(ev.items), b, params, info, t)
+    return HybridModel(list(ev.items), b, params, info, t, reranker)
 
 
 def prune_rows_sparse(m: sp.csr_matrix, k: int) -> sp.csr_matrix:

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from core.catalog import Catalog
 from core.errors import InvalidInput, NotFound
-from core.events import Event, EventLog, event_strength
+from core.events import EVENT_TYPES, Event, EventLog, event_strength
 from core.hot import B8, CategoryCodes, HotCatalog, HotSnapshot, filter_mask, load_faiss
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
@@ -45,6 +45,7 @@ from core.recommend.models import (
     block,
     boost,
     history_weights,
+    rerank_features,
     weighted_rows,
 )
 
@@ -261,6 +262,8 @@ class EventState:
         self._by_user: dict[str, list[tuple[float, int, str, str, float | None]]] = defaultdict(list)
         self._item: list[str] = []
         self._ts: list[float] = []
+        self._etype: list[int] = []  # index into EVENT_TYPES
+        self._value: list[float] = []  # NaN when absent
         self._types: Counter[str] = Counter()
         self._seq = 0
         self.generation = 0
@@ -277,6 +280,8 @@ class EventState:
                 self._by_user[e.user_id].append((ts, self._seq, e.product_id, e.event_type, e.value))
                 self._item.append(e.product_id)
                 self._ts.append(ts)
+                self._etype.append(EVENT_TYPES.index(e.event_type))
+                self._value.append(math.nan if e.value is None else float(e.value))
                 self._types[e.event_type] += 1
                 self._seq += 1
                 added += 1
@@ -353,6 +358,7 @@ class EventState:
     def popularity(self, snapshot: CatalogSnapshot) -> TimePopularity:
         with self._lock:
             items, ts = list(self._item), np.array(self._ts, dtype=np.float64)
+            etype, value = np.array(self._etype, dtype=np.int32), np.array(self._value, dtype=np.float64)
         codes = np.array([snapshot.index.get(i, -1) for i in items], dtype=np.int32)
         keep = codes >= 0
         n = int(keep.sum())
@@ -361,8 +367,8 @@ class EventState:
             [],
             np.zeros(n, np.int32),
             codes[keep],
-            np.zeros(n, np.int32),
-            np.full(n, np.nan),
+            etype[keep],
+            value[keep],
             ts[keep],
             np.arange(n, dtype=np.int64),
         )
@@ -524,7 +530,7 @@ class Recommender:
             c = _Compiled(
                 snap.version,
                 model,
-                HybridModel(ids, _reindex(model, snap, model.b), model.params, model.info, t),
+                HybridModel(ids, _reindex(model, snap, model.b), model.params, model.info, t, model.reranker),
                 pop,
                 gen,
             )
@@ -592,11 +598,32 @@ class Recommender:
             rows = scored[0]
             total = functools.reduce(np.add, [v[rows] for v in parts.values()])
             total = boost(total, None if factor is None else factor[0, rows])
-            ranked = _best(np.where(allowed[rows], total, -np.inf), top_k)
-            score_of = {int(rows[j]): float(total[j]) for j in ranked}
         else:
+            rows = np.arange(len(snap), dtype=np.int64)
             total = boost(functools.reduce(np.add, parts.values()), None if factor is None else factor[0])
-            score_of = {i: float(total[i]) for i in _best(np.where(allowed, total, -np.inf), top_k)}
+        rr = model.reranker
+        ranked = np.array(
+            _best(np.where(allowed[rows], total, -np.inf), top_k if rr is None else max(top_k, rr.candidates)),
+            dtype=np.int64,
+        )
+        if rr is not None and len(ranked):
+            # The reranker reorders the blend's best (HybridModel.score does the same in batch).
+            cand = rows[ranked].astype(np.int32)
+            content_part = parts.get("content")
+            x = rerank_features(
+                total[ranked],
+                parts["collaborative"][cand],
+                None if content_part is None else content_part[cand],
+                cand,
+                float(t_last[0]),
+                compiled.popularity,
+            )
+            logit = rr.logits(x)
+            prob = 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))
+            order = np.argsort(-logit, kind="stable")[:top_k]
+            score_of = {int(cand[j]): float(prob[j]) for j in order}
+        else:
+            score_of = {int(rows[j]): float(total[j]) for j in ranked}
         top = list(score_of)  # best first
         strategy = "personalized" if self.model is not None else "content"
         # Who contributed what to each recommended product, for its reason (one slice per signal).

@@ -34,6 +34,17 @@ class TrainReport:
             f"{self.seconds:.1f} s -> {self.key}\n"
             f"  parameters: {p.describe()}"
             + (f"\n  internal validation NDCG@10: {val:.4f} ({info.get('trials')} trials)" if val is not None else "")
+            + self._reranker_line()
+        )
+
+    def _reranker_line(self) -> str:
+        check = self.model.info.get("rerank_check")
+        if check is None:
+            return ""
+        verdict = "kept" if self.model.reranker is not None else "dropped: no better than the blend"
+        return (
+            f"\n  reranker: NDCG@10 {check['reranked']:.4f} vs blend {check['blend']:.4f} "
+            f"(two-fold over {int(check['users'])} validation users), {verdict}"
         )
 
 

@@ -322,7 +322,8 @@ def test_category_codes_filter_like_the_strings() -> None:
 
 def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(s3_settings: Settings) -> None:
     """What ``python -m local evaluate`` scores is what ``GET /recommendations`` serves: a model
-    with every signal on (collaborative, trending, content, sequence and the trend multiplier)
+    with every signal on (collaborative, trending, content, sequence, the trend multiplier and a
+    reranker)
     ranks each user's unseen products in the query process (one user, CSR arrays, cached rows)
     as the batch path does (scipy, all users at once), and the trend really moves rankings."""
     from dataclasses import replace
@@ -331,7 +332,15 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
     from core.events import EventLog as Log
     from core.recommend.artifact import ModelStore
     from core.recommend.data import EventArrays, aggregate
-    from core.recommend.models import HybridParams, TimePopularity, history_matrix, top_k, train_hybrid
+    from core.recommend.models import (
+        RERANK_FEATURES,
+        HybridParams,
+        Reranker,
+        TimePopularity,
+        history_matrix,
+        top_k,
+        train_hybrid,
+    )
     from core.recommend.online import CatalogSnapshot, Recommender
     from core.storage import ObjectStore
 
@@ -360,21 +369,29 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
     rows = np.array([ev.users.index(u) for u in users])
     t_last = inter.user_last_ts()[rows]
     pop = TimePopularity(ev, len(ids))
+    # A reranker with a weight on every feature (fixed, so the test does not depend on a fit).
+    coef = tuple(float(c) for c in np.random.default_rng(1).normal(0.0, 1.0, len(RERANK_FEATURES)))
+    reranker = Reranker((0.0,) * len(coef), (1.0,) * len(coef), coef, 0.0, candidates=30)
     batch_tops = {}
-    for trend in (0.0, 1.0):
-        model = train_hybrid(ev, snap.vectors, params=replace(params, trend=trend))
+    for trend, rr in ((0.0, None), (1.0, None), (1.0, reranker)):
+        model = replace(train_hybrid(ev, snap.vectors, params=replace(params, trend=trend)), reranker=rr)
         models.save(model)
         recs.refresh()
         p = model.params
         hist = history_matrix(inter, p.alpha, p.half_life)[rows]
         recent = history_matrix(inter, 0.0, p.seq_half_life)[rows]
-        batch = top_k(model.score(hist, t_last, pop, snap.vectors, recent), 10, seen[rows])
-        agree = 0
+        batch = top_k(model.score(hist, t_last, pop, snap.vectors, recent, seen[rows]), 10, seen[rows])
+        agree = exact = 0
         for n, user in enumerate(users):
             served = [r.product.product_id for r in recs.recommend(user, 10).items]
             want = [ids[i] for i in batch[n]]
             agree += len(set(served) & set(want))
-        assert agree / (10 * len(users)) >= 0.98, (trend, agree)
-        batch_tops[trend] = batch
-    moved = sum(len(set(a) ^ set(b)) > 0 for a, b in zip(batch_tops[0.0], batch_tops[1.0], strict=True))
+            exact += served == want
+        assert agree / (10 * len(users)) >= 0.98, (trend, rr, agree)
+        if rr is not None:
+            assert exact / len(users) >= 0.95, exact  # the reranker's order itself, not only the set
+        batch_tops[trend, rr is not None] = batch
+    moved = sum(len(set(a) ^ set(b)) > 0 for a, b in zip(batch_tops[0.0, False], batch_tops[1.0, False], strict=True))
     assert moved >= 10  # the multiplier changes what users get
+    reranked = sum(list(a) != list(b) for a, b in zip(batch_tops[1.0, False], batch_tops[1.0, True], strict=True))
+    assert reranked >= 30  # and so does the reranker
