@@ -34,6 +34,12 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--rerank",
+        choices=("auto", "always", "off"),
+        default="auto",
+        help="RECS_RERANK for the training run (always: time the query path with the reranker)",
+    )
     args = ap.parse_args()
     settings, server = s3_settings(own_process=True, recs_refresh_seconds=1.0)
     # Query-side latency does not embed anything; the fake embedder has the real dimensions.
@@ -53,7 +59,7 @@ def main() -> None:
         assert status == 202 and body["rejected"] == 0, body
     ingest_s = time.perf_counter() - t
     t = time.perf_counter()
-    rep = train_recommender(settings)
+    rep = train_recommender(settings.model_copy(update={"recs_rerank": args.rerank}))
     train_s = time.perf_counter() - t
     assert rep is not None
     t = time.perf_counter()
@@ -119,6 +125,9 @@ def main() -> None:
             "events_per_s": round(len(events) / ingest_s),
             "train_s": round(train_s, 1),
             "train_params": rep.model.params.describe(),
+            "rerank_mode": args.rerank,
+            "reranker": rep.model.reranker is not None,
+            "rerank_check": rep.model.info.get("rerank_check"),
             "model_pickup_s": round(pickup_s, 1),
             "query_process_peak_rss_mb": peak_rss,
             "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -128,6 +137,7 @@ def main() -> None:
         f"catalog build {build_s:.1f} s; POST /events {len(events)} in {ingest_s:.1f} s; train {train_s:.1f} s; "
         f"model pickup {pickup_s:.1f} s; query process peak RSS {peak_rss} MB"
     )
+    print(rep.summary())
 
 
 if __name__ == "__main__":

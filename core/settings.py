@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     recs_positive_types: str = Field(
         default="purchase", description="Comma-separated event types that count as positives when training."
     )
+    recs_rerank: Literal["auto", "always", "off"] = Field(
+        default="auto",
+        description="Training: auto = keep the learned reranker only when it beats the blend on held-out "
+        "validation users; always = keep it whenever it can be fitted; off = blend only.",
+    )
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -95,6 +95,7 @@ def train_recommender(settings: Settings, *, only_if_new_events: bool = False) -
         weights,
         min_rating=settings.recs_min_rating,
         positive_types=settings.positive_types,
+        rerank=settings.recs_rerank,
     )
 
 

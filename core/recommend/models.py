@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -99,6 +99,10 @@ RERANK_CANDIDATES = 100
 """How many of the hybrid's best products per user the reranker reorders."""
 RERANK_MIN_POSITIVES = 50
 """Fewer positives among the validation candidates than this: no reranker (nothing to learn from)."""
+RerankMode = Literal["auto", "always", "off"]
+"""``auto``: keep the reranker only when the two-fold check says it beats the blend; ``always``:
+keep it whenever it can be fitted (the check is still run and reported); ``off``: never fit one."""
+
 RERANK_FEATURES = (
     "score",
     "log_rank",
@@ -721,7 +725,7 @@ def tune_hybrid(
     rounds: int = 2,
     grid: dict[str, list[float]] | None = None,
     start: HybridParams = HybridParams(),
-    rerank: bool = True,
+    rerank: RerankMode = "auto",
 ) -> tuple[HybridParams, float, TuneLog]:
     """Coordinate ascent over :data:`GRID` maximising NDCG@10 on the last 20% of each user's
     events in ``ev`` (the training data), fitting on the first 80%."""
@@ -771,8 +775,10 @@ def tune_hybrid(
                     best, best_score, improved = cand, s, True
         if not improved:
             break
-    if rerank:
-        log.reranker, log.rerank_check = _checked_reranker(split, best, pairs, x, y, trans, pop, vectors, ev.items)
+    if rerank != "off":
+        log.reranker, log.rerank_check = _checked_reranker(
+            split, best, pairs, x, y, trans, pop, vectors, ev.items, always=rerank == "always"
+        )
     log.seconds = time.perf_counter() - t0
     return best, best_score, log
 
@@ -787,11 +793,13 @@ def _checked_reranker(
     pop: TimePopularity,
     vectors: F32 | None,
     items: list[str],
+    *,
+    always: bool = False,
 ) -> tuple[Reranker | None, dict[str, float] | None]:
-    """A reranker for the tuned blend ``best``, or None when it does not help. Two-fold check:
-    fitted on one half of the split's users and judged on the other, both ways, against the blend
-    alone on the same users (the blend was tuned on all of them, so both sides of the comparison
-    share that bias); when kept, it is refitted on all users."""
+    """A reranker for the tuned blend ``best``, or None when it does not help (unless ``always``)
+    or cannot be fitted. Two-fold check: fitted on one half of the split's users and judged on
+    the other, both ways, against the blend alone on the same users (the blend was tuned on all of
+    them, so both sides of the comparison share that bias); when kept, it is refitted on all users."""
     b_all, b_pos = pairs[best.lam] if best.lam in pairs else ease_pair(x, best.lam, y if y.nnz else None)
     b = b_all if b_pos is None or best.rho == 0 else (1.0 - best.rho) * b_all + best.rho * b_pos
     model = HybridModel(items, b, best, t=trans)
@@ -818,7 +826,7 @@ def _checked_reranker(
         blend += share * ndcg(model, judge_on)
         reranked += share * ndcg(replace(model, reranker=half), judge_on)
     check = {"blend": blend, "reranked": reranked, "users": float(len(split.users))}
-    if reranked <= blend:
+    if reranked <= blend and not always:
         return None, check
     return fit_reranker(split, model, hist, recent, pop, vectors), check
 
@@ -872,14 +880,18 @@ def train_hybrid(
     min_rating: float = 4.0,
     positive_types: Sequence[str] = ("purchase",),
     params: HybridParams | None = None,
+    rerank: RerankMode = "auto",
 ) -> HybridModel:
-    """Tune (unless ``params`` are given) on a split inside ``ev``, then fit on all of ``ev``."""
+    """Tune (unless ``params`` are given) on a split inside ``ev``, then fit on all of ``ev``;
+    ``rerank`` says when the tuned blend gets a :class:`Reranker` (see :data:`RerankMode`)."""
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
     reranker = None
     if params is None:
-        params, val_ndcg, log = tune_hybrid(ev, vectors, min_rating=min_rating, positive_types=positive_types)
-        info.update(validation_ndcg=val_ndcg, tune_seconds=log.seconds, trials=len(log.trials))
+        params, val_ndcg, log = tune_hybrid(
+            ev, vectors, min_rating=min_rating, positive_types=positive_types, rerank=rerank
+        )
+        info.update(validation_ndcg=val_ndcg, tune_seconds=log.seconds, trials=len(log.trials), rerank_mode=rerank)
         if log.rerank_check is not None:
             info.update(rerank_check=log.rerank_check, reranker=log.reranker is not None)
         reranker = log.reranker

@@ -12,7 +12,7 @@ from core.events import EventLog
 from core.models import Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import EventArrays
-from core.recommend.models import HybridModel, train_hybrid
+from core.recommend.models import HybridModel, RerankMode, train_hybrid
 from core.recommend.online import CatalogSnapshot
 
 
@@ -39,9 +39,17 @@ class TrainReport:
 
     def _reranker_line(self) -> str:
         check = self.model.info.get("rerank_check")
+        mode = self.model.info.get("rerank_mode", "auto")
+        if mode == "off":
+            return "\n  reranker: off (RECS_RERANK=off)"
         if check is None:
             return ""
-        verdict = "kept" if self.model.reranker is not None else "dropped: no better than the blend"
+        if self.model.reranker is None:
+            verdict = "dropped: no better than the blend"
+        elif check["reranked"] <= check["blend"]:
+            verdict = "kept anyway (RECS_RERANK=always)"
+        else:
+            verdict = "kept"
         return (
             f"\n  reranker: NDCG@10 {check['reranked']:.4f} vs blend {check['blend']:.4f} "
             f"(two-fold over {int(check['users'])} validation users), {verdict}"
@@ -56,6 +64,7 @@ def train(
     *,
     min_rating: float = 4.0,
     positive_types: Sequence[str] = ("purchase",),
+    rerank: RerankMode = "auto",
 ) -> TrainReport:
     """Train on every stored event whose product is in the catalog; save and return the model."""
     t0 = time.perf_counter()
@@ -66,7 +75,7 @@ def train(
     ev = EventArrays.from_arrow(table, [p.product_id for p in snap.products])
     if len(ev) == 0:
         raise InvalidInput("no events on catalog products yet: POST /events or import an event file first")
-    model = train_hybrid(ev, snap.vectors, min_rating=min_rating, positive_types=positive_types)
+    model = train_hybrid(ev, snap.vectors, min_rating=min_rating, positive_types=positive_types, rerank=rerank)
     model.info.update(catalog_version=snap.version, events_total=table.num_rows)
     key = models.save(model)
     return TrainReport(key, model, len(ev), len(set(ev.user.tolist())), len(snap), time.perf_counter() - t0)

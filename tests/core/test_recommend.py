@@ -475,3 +475,52 @@ def test_reranker_needs_positives_and_travels_with_the_model() -> None:
     assert from_bytes(to_bytes(model)).reranker is None  # a model without one loads without one
     other = replace(reranker, features=(*RERANK_FEATURES, "from_a_newer_version"))
     assert from_bytes(to_bytes(replace(model, reranker=other))).reranker is None  # ignored, blend served
+
+
+def test_rerank_mode_decides_whether_the_model_gets_a_reranker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RECS_RERANK: ``off`` fits nothing, ``auto`` keeps a reranker that beats the blend on the
+    other half of the validation users (here: the one that can see ratings), ``always`` keeps
+    one whenever it can be fitted; ``local train`` says which happened."""
+    from dataclasses import replace
+
+    from core.recommend import models
+    from core.recommend.models import RERANK_FEATURES, Reranker, tune_hybrid
+    from core.recommend.train import TrainReport
+
+    ev = _rated_clusters(0)
+    quick = {"grid": {"lam": [10.0]}, "start": HybridParams(lam=10.0, rho=0.0, alpha=0.0)}
+    _, _, off = tune_hybrid(ev, None, rerank="off", **quick)  # type: ignore[arg-type]
+    assert off.reranker is None and off.rerank_check is None
+    _, _, auto = tune_hybrid(ev, None, rerank="auto", **quick)  # type: ignore[arg-type]
+    assert auto.reranker is not None and auto.rerank_check is not None
+    assert auto.rerank_check["reranked"] > auto.rerank_check["blend"] + 0.1, auto.rerank_check
+    _, _, always = tune_hybrid(ev, None, rerank="always", **quick)  # type: ignore[arg-type]
+    assert always.reranker == auto.reranker  # same fit, same data
+
+    # A reranker that reverses the blend's order loses the check: auto drops it, always keeps it.
+    n = len(RERANK_FEATURES)
+    coef = tuple(5.0 if f == "log_rank" else 0.0 for f in RERANK_FEATURES)
+    backwards = Reranker((0.0,) * n, (1.0,) * n, coef, 0.0, 20)
+    monkeypatch.setattr(models, "fit_reranker", lambda *a, **k: backwards)
+    _, _, auto = tune_hybrid(ev, None, rerank="auto", **quick)  # type: ignore[arg-type]
+    assert auto.reranker is None and auto.rerank_check is not None
+    assert auto.rerank_check["reranked"] < auto.rerank_check["blend"], auto.rerank_check
+    _, _, always = tune_hybrid(ev, None, rerank="always", **quick)  # type: ignore[arg-type]
+    assert always.reranker == backwards and always.rerank_check == auto.rerank_check
+    monkeypatch.undo()
+
+    model = train_hybrid(ev, None, params=HybridParams(lam=10.0))
+
+    def line(info: dict[str, object], kept: bool) -> str:
+        m = replace(model, info=info, reranker=backwards if kept else None)
+        return TrainReport("k", m, 1, 1, 1, 0.1).summary().splitlines()[-1]
+
+    assert line({"rerank_mode": "off"}, False) == "  reranker: off (RECS_RERANK=off)"
+    worse = {"blend": 0.3, "reranked": 0.2, "users": 10.0}
+    assert line({"rerank_mode": "auto", "rerank_check": worse}, False).endswith("dropped: no better than the blend")
+    assert line({"rerank_mode": "always", "rerank_check": worse}, True).endswith("kept anyway (RECS_RERANK=always)")
+    better = {"blend": 0.2, "reranked": 0.3, "users": 10.0}
+    assert line({"rerank_mode": "auto", "rerank_check": better}, True).endswith(", kept")
+    assert Settings(recs_rerank="always").recs_rerank == "always"
+    with pytest.raises(ValueError):
+        Settings(recs_rerank="sometimes")  # type: ignore[arg-type]
