@@ -441,6 +441,7 @@ class Recommender:
     _events_version: int = -1
     _snapshot_at: float = 0.0
     _snapshot_cost: float = 0.0
+    _seen_writes: int = -1  # the catalog's local_writes at the last refresh
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -450,7 +451,8 @@ class Recommender:
     def refresh(self) -> None:
         """Pick up a new catalog version, new events from other writers, and a new model."""
         with self._lock:
-            hot = self.hot.snapshot if self.hot is not None else None
+            writes = self.catalog.local_writes
+            hot = self.hot.current() if self.hot is not None else None  # with this process's writes
             version = hot.version if hot is not None else self.catalog.version
             # While a bulk import commits every fraction of a second, rebuilding the snapshot on
             # every version would keep the object store (or a core) busy: wait at least 10x as
@@ -476,6 +478,8 @@ class Recommender:
             self._compiled_for(self.snapshot)
             self._refresh_popularity()
             self.last_refresh = time.time()
+            if self.snapshot.version == version:  # else still due: the next request retries
+                self._seen_writes = writes
 
     def start(self, on_error: Callable[[Exception], None] | None = None) -> None:
         """Refresh now (products indexed since this object was built, e.g. a seeded sample, are
@@ -508,9 +512,12 @@ class Recommender:
 
     def ensure_fresh(self) -> None:
         """Without the background thread (a host that never started it), refresh inline when
-        the state is older than ``refresh_seconds``."""
+        the state is older than ``refresh_seconds`` or this process wrote to the catalog since
+        the last refresh (read-your-writes, as for search: products it just indexed count)."""
         running = self._thread is not None and self._thread.is_alive()
-        if not running and time.time() - self.last_refresh > self.refresh_seconds:
+        if running:
+            return
+        if time.time() - self.last_refresh > self.refresh_seconds or self.catalog.local_writes != self._seen_writes:
             self.refresh()
 
     def observe(self, events: Sequence[Event]) -> None:

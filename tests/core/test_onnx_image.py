@@ -70,8 +70,9 @@ def test_int8_image_tower_agrees_with_pytorch_and_is_made_once(
     assert cos.min() < 0.99999
     np.testing.assert_allclose(np.linalg.norm(got.vectors, axis=1), 1.0, rtol=1e-5)
     one = enc.embed_images([Image.open(io.BytesIO(jpegs[0]))])
-    # Alone (and decoded in full) vs in a batch of 10 (reduced-scale decode): the same vector to ~1e-4.
-    assert one.shape == (1, enc.dim) and float(one[0] @ got.vectors[0]) > 0.9999
+    # Alone (and decoded in full) vs in a batch of 10 (reduced-scale decode; dynamic int8 scales
+    # activations per batch): the same vector to a few 1e-4 (0.99990 on AVX-512 VNNI, more on AVX2).
+    assert one.shape == (1, enc.dim) and float(one[0] @ got.vectors[0]) > 0.9995
     # Different images stay apart more than int8 moves one image.
     off = (want @ want.T)[~np.eye(len(want), dtype=bool)]
     assert np.median(off) < cos.min()

@@ -77,6 +77,20 @@ def env(s3_endpoint: str, fake: Embedder) -> Iterator[Env]:
     yield Env(client, services, settings, {str(p["product_id"]): str(p["title"]) for p in products})
 
 
+def test_products_this_process_indexes_are_recommendable_at_once(s3_endpoint: str, fake: Embedder) -> None:
+    """Read-your-writes without the background refresh: however soon after indexing the request
+    comes (here the refresh interval is an hour), this process's new products are served."""
+    settings = make_settings(s3_endpoint, new_bucket(s3_endpoint, "recs-ryw"), recs_refresh_seconds=3600)
+    services = Services.from_settings(settings, embedder=fake)
+    client = TestClient(create_app(services))
+    assert client.get("/recommendations/nobody").json()["strategy"] == "empty"
+    products = _catalog()[:6]
+    services.indexer.index([PendingProduct(ProductInput.from_mapping(p)) for p in products])
+    body = client.get("/recommendations/nobody", params={"top_k": 10}).json()
+    assert body["strategy"] == "newest"
+    assert {r["product_id"] for r in body["recommendations"]} == {p["product_id"] for p in products}
+
+
 def test_no_events_means_newest_products(env: Env) -> None:
     body = env.client.get("/recommendations/nobody", params={"top_k": 4, "category": "Books"}).json()
     assert body["strategy"] == "newest" and len(body["recommendations"]) == 4
