@@ -478,8 +478,9 @@ class Recommender:
             self._compiled_for(self.snapshot)
             self._refresh_popularity()
             self.last_refresh = time.time()
-            if self.snapshot.version == version:  # else still due: the next request retries
-                self._seen_writes = writes
+            # Seen even when the rebuild was held back above: retrying on every request would add
+            # storage reads to each one during a bulk import; the timer picks those writes up.
+            self._seen_writes = writes
 
     def start(self, on_error: Callable[[Exception], None] | None = None) -> None:
         """Refresh now (products indexed since this object was built, e.g. a seeded sample, are
