@@ -19,6 +19,16 @@ MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 20_000
 
 
+def _attribute_text(value: Any) -> str:
+    """An attribute as the text encoder reads it: a plain value as is, a list of plain values
+    joined with commas (tags, genres, sizes), anything else (nested objects) as nothing."""
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value if isinstance(v, (str, int, float)) and str(v).strip())
+    return ""
+
+
 @dataclass(frozen=True)
 class ProductInput:
     """A validated product record as it arrives (before embedding)."""
@@ -32,13 +42,15 @@ class ProductInput:
     attributes: dict[str, Any] = field(default_factory=dict)
 
     def embedding_text(self) -> str:
-        """The text the text encoder sees: title, description, category and attributes."""
+        """The text the text encoder sees: title, description, category and attributes (plain
+        values, and lists of them such as ``"genres": ["Drama", "War"]``; nested objects are
+        left out)."""
         parts = [self.title.strip()]
         if self.description.strip():
             parts.append(self.description.strip())
         if self.category:
             parts.append(f"Category: {self.category}")
-        attrs = "; ".join(f"{k}: {v}" for k, v in sorted(self.attributes.items()) if isinstance(v, (str, int, float)))
+        attrs = "; ".join(f"{k}: {text}" for k, v in sorted(self.attributes.items()) if (text := _attribute_text(v)))
         if attrs:
             parts.append(attrs)
         return ". ".join(parts)

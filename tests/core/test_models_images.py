@@ -20,6 +20,10 @@ def test_product_input_keeps_extra_fields_as_attributes() -> None:
     assert p.price == 12.5
     assert p.attributes == {"color": "red", "size": 42}
     assert "color: red" in p.embedding_text()
+    tagged = ProductInput.from_mapping(
+        {"product_id": "m1", "title": "Casablanca (1942)", "genres": ["Drama", "Romance", "War"], "cast": {"x": 1}}
+    )
+    assert tagged.embedding_text() == "Casablanca (1942). genres: Drama, Romance, War"  # lists count, objects not
 
 
 @pytest.mark.parametrize(
