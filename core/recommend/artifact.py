@@ -47,6 +47,8 @@ def to_bytes(model: HybridModel) -> bytes:
         arrays[f"{name}_indices"] = m.indices
         arrays[f"{name}_indptr"] = m.indptr
         arrays[f"{name}_shape"] = np.array(m.shape)
+    if model.v is not None:
+        arrays["v"] = np.asarray(model.v, dtype=np.float32)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()
@@ -71,7 +73,8 @@ def from_bytes(data: bytes) -> HybridModel:
             except ValueError as exc:  # trained by another version: serve the blend alone
                 log.warning("model reranker ignored: %s", exc)
         items = [str(i) for i in z["items"]]
-        return HybridModel(items, _csr(z, "b"), params, meta["info"], _csr(z, "t"), reranker)
+        v = np.asarray(z["v"], dtype=np.float32) if "v" in z else None  # absent before the projection
+        return HybridModel(items, _csr(z, "b"), params, meta["info"], _csr(z, "t"), reranker, v)
 
 
 class ModelStore:

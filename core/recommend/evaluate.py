@@ -103,7 +103,11 @@ def evaluate(
     recent = history_matrix(split.train, 0.0, model.params.seq_half_life)
     seen = binary_matrix(split.train)
     m = evaluate_scores(split, lambda u: model.score(hist[u], split.t_last[u], pop, vectors, recent[u], seen[u]), k)
-    desc = model.params.describe() + (" +reranker" if model.reranker is not None else "")
+    desc = model.params.describe()
+    check = model.info.get("rerank_check")
+    if check is not None:  # the two-fold check on the inner split that decided about the reranker
+        verdict = "kept" if model.reranker is not None else "dropped"
+        desc += f" reranker: {verdict} ({check['blend']:.4f} -> {check['reranked']:.4f} inner two-fold)"
     rows.append(Row("shelfsearch hybrid", m, time.perf_counter() - t0, desc))
     return rows
 

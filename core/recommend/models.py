@@ -57,18 +57,25 @@ class HybridParams:
     seq_half_life: float = 2.0
     trend: float = 0.0
     trend_tau_days: float = 7.0
+    shrink: float = 0.0
+    rank: int = 48
     neighbors: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "neighbors"):  # integers, also when a tuning grid (floats) sets them
+            object.__setattr__(self, name, int(getattr(self, name)))
 
     def as_dict(self) -> dict[str, float]:
         return {k: (float(v) if math.isfinite(v) else "inf") for k, v in asdict(self).items()}  # type: ignore[misc]
 
     def describe(self) -> str:
-        return " ".join(f"{k}={v:g}" for k, v in asdict(self).items() if k != "neighbors")
+        hidden = {"neighbors"} | ({"rank"} if self.shrink <= 0 else set())  # rank means nothing unshrunk
+        return " ".join(f"{k}={v:g}" for k, v in asdict(self).items() if k not in hidden)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> HybridParams:
         fields = cls.__dataclass_fields__
-        values = {k: int(v) if k == "neighbors" else float(v) for k, v in raw.items() if k in fields}
+        values = {k: int(v) if k in ("neighbors", "rank") else float(v) for k, v in raw.items() if k in fields}
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -78,6 +85,8 @@ NO_SIGNAL = HybridParams(alpha=1.0, half_life=20.0, beta=0.2, gamma=0.4, delta=0
 GRID: dict[str, list[float]] = {
     "lam": [30.0, 100.0, 300.0, 1000.0, 3000.0],
     "rho": [0.0, 0.5, 1.0],
+    "shrink": [0.0, 0.25, 0.5],
+    "rank": [32.0, 48.0, 64.0],
     "half_life": [INF, 200.0, 50.0, 20.0, 8.0],
     "alpha": [0.0, 0.5, 1.0],
     "tau_days": [1.0, 4.0, 14.0, 60.0, 1e6],
@@ -89,6 +98,8 @@ GRID: dict[str, list[float]] = {
     "trend_tau_days": [3.0, 7.0, 21.0],
 }
 SEQ_WINDOW = 5
+MAX_RANK = 64
+"""The largest ``rank`` the collaborative projection may have (one SVD per EASE fit serves all)."""
 ROW_CACHE = 64
 """One-row popularity / trend results kept per :class:`TimePopularity` (each is ``items`` floats)."""
 TREND_PRIOR_EVENTS = 5.0
@@ -188,11 +199,7 @@ def fit_ease(x: sp.csr_matrix, lam: float, y: sp.csr_matrix | None = None, rho: 
     interactions (``Y = (1 - rho) X + rho y``): the input is everything the user did, the output
     what they will like. The general solution is ``B = P X'Y - P diagMat(diag(P X'Y) / diag(P))``.
     """
-    b_all, b_pos = ease_pair(x, lam, y if rho else None)
-    if b_pos is None or rho == 0.0:
-        return b_all
-    out: F32 = (1.0 - rho) * b_all + rho * b_pos  # B is linear in the target Y
-    return out
+    return _mix(ease_pair(x, lam, y if rho else None), rho)  # B is linear in the target Y
 
 
 def ease_pair(x: sp.csr_matrix, lam: float, y: sp.csr_matrix | None) -> tuple[F32, F32 | None]:
@@ -213,6 +220,42 @@ def ease_pair(x: sp.csr_matrix, lam: float, y: sp.csr_matrix | None) -> tuple[F3
     r -= p * (np.diag(r) / d)[None, :]
     r[np.diag_indices_from(r)] = 0.0
     return b_all.astype(np.float32), r.astype(np.float32)
+
+
+def fit_projection(x: sp.csr_matrix, b: F32, rank: int, *, iterations: int = 4, seed: int = 0) -> F32:
+    """The ``rank`` leading right singular vectors (items x rank, orthonormal columns) of the
+    fitted scores ``X B``: the item directions that carry most of what the collaborative model
+    predicts for the training users. Randomised subspace iteration (Halko, Martinsson & Tropp
+    2011) on ``B' (X'X) B``, whose eigenvectors these are: the users x items matrix is never
+    formed, and ``X'X`` holds exact co-occurrence counts, so the result does not depend on the
+    order in which users' events arrived (the model trained from the API equals the offline one)."""
+    n = b.shape[1]
+    rank = max(1, min(rank, n, x.shape[0]))
+    width = min(n, rank + 10)
+    gram = sp.csr_matrix(x.T @ x, dtype=b.dtype)
+    gram.sort_indices()  # the same summation order, however the users were ordered
+
+    def orth(m: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        q, _r = np.linalg.qr(m)
+        return q
+
+    q = orth(np.random.default_rng(seed).standard_normal((n, width)).astype(b.dtype))
+    for _ in range(iterations):
+        q = orth(b.T @ np.asarray(gram @ (b @ q)))
+    bq = b @ q
+    small = bq.T @ np.asarray(gram @ bq)  # width x width: q' B' X'X B q
+    values, vectors = np.linalg.eigh((small + small.T) / 2)
+    out: F32 = (q @ vectors[:, np.argsort(-values)[:rank]]).astype(np.float32)
+    return out
+
+
+def _mix(pair: tuple[F32, F32 | None], rho: float) -> F32:
+    """The EASE weights for target ``(1 - rho) X + rho Y`` from :func:`ease_pair`'s two."""
+    b_all, b_pos = pair
+    if b_pos is None or rho == 0:
+        return b_all
+    out: F32 = (1.0 - rho) * b_all + rho * b_pos
+    return out
 
 
 def restrict_items(ev: EventArrays, keep: I32 | npt.NDArray[np.int64]) -> EventArrays:
@@ -480,6 +523,29 @@ class HybridModel:
     info: dict[str, Any] = field(default_factory=dict)
     t: sp.csr_matrix | None = None  # items x items "what comes next" weights
     reranker: Reranker | None = None
+    v: F32 | None = None  # items x rank: the directions the collaborative scores are shrunk towards
+
+    def project(self, cf: F32) -> F32:
+        """Collaborative scores (one row or users x items) with the part outside the model's
+        low-rank subspace shrunk by ``params.shrink``: ``(1 - s) cf + s cf V V'``. Estimating a
+        user's taste from a few dozen events is noisy; the subspace holds what many users share."""
+        s = self.params.shrink
+        if self.v is None or s <= 0 or not self.v.shape[0]:
+            return cf
+        out: F32 = ((1.0 - s) * cf + s * ((cf @ self.v) @ self.v.T)).astype(np.float32)
+        return out
+
+    def collaborative_block(self, rows: I32, cols: list[int]) -> F32:
+        """Per history item ``rows`` (one row each), its part of the collaborative score of the
+        products ``cols``, so that summing over ``rows`` with the history weights gives the
+        (unnormalised) collaborative score: what reasons are made from."""
+        direct = block(self.b, rows, cols)
+        s = self.params.shrink
+        if self.v is None or s <= 0 or not self.v.shape[0]:
+            return direct
+        via = np.asarray(self.b[rows] @ self.v) @ self.v[cols].T
+        out: F32 = ((1.0 - s) * direct + s * via).astype(np.float32)
+        return out
 
     def components(
         self,
@@ -493,7 +559,7 @@ class HybridModel:
         ``collaborative``, ``popular``, ``content`` and ``sequence`` (from ``recent``, the history
         weighted by ``0.5 ** (rank / seq_half_life)``); the score is their sum."""
         p = self.params
-        parts = {"collaborative": _row_max_normalise(_apply(hist, self.b))}
+        parts = {"collaborative": _row_max_normalise(self.project(_apply(hist, self.b)))}
         if p.beta > 0 and pop is not None:
             parts["popular"] = p.beta * _row_max_normalise(np.array(pop.at(t_last, p.tau_days), dtype=np.float32))
         if p.gamma > 0 and vectors is not None:
@@ -522,7 +588,7 @@ class HybridModel:
         of the other signals (None when they are all zero) and returns the cosines (see
         :meth:`core.recommend.online.CatalogSnapshot.content_candidates`)."""
         p = self.params
-        parts = {"collaborative": _max_normalise(weighted_rows(self.b, rows, w_hist))}
+        parts = {"collaborative": _max_normalise(self.project(weighted_rows(self.b, rows, w_hist)))}
         if p.beta > 0 and pop is not None:
             parts["popular"] = p.beta * _max_normalise(np.array(pop.at(np.array([t_last]), p.tau_days)[0]))
         sequence = None
@@ -747,15 +813,21 @@ def tune_hybrid(
     if y.nnz == 0:
         grid["rho"] = [0.0]
     pairs: dict[float, tuple[F32, F32 | None]] = {}
+    projections: dict[tuple[float, float], F32] = {}
     log = TuneLog()
 
     def run(p: HybridParams) -> float:
         if p.lam not in pairs:
             pairs.clear()  # one pair in memory at a time (2 x items^2 floats)
+            projections.clear()
             pairs[p.lam] = ease_pair(x, p.lam, y if y.nnz else None)
-        b_all, b_pos = pairs[p.lam]
-        b = b_all if b_pos is None or p.rho == 0 else (1.0 - p.rho) * b_all + p.rho * b_pos
-        model = HybridModel(ev.items, b, p, t=trans)
+        b = _mix(pairs[p.lam], p.rho)
+        v = None
+        if p.shrink > 0:
+            if (p.lam, p.rho) not in projections:  # one SVD per EASE fit serves every rank
+                projections[(p.lam, p.rho)] = fit_projection(x, b, MAX_RANK)
+            v = projections[(p.lam, p.rho)][:, : int(p.rank)]
+        model = HybridModel(ev.items, b, p, t=trans, v=v)
         hist = history_matrix(split.train, p.alpha, p.half_life)
         recent = history_matrix(split.train, 0.0, p.seq_half_life)
         m = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows]))
@@ -800,9 +872,9 @@ def _checked_reranker(
     or cannot be fitted. Two-fold check: fitted on one half of the split's users and judged on
     the other, both ways, against the blend alone on the same users (the blend was tuned on all of
     them, so both sides of the comparison share that bias); when kept, it is refitted on all users."""
-    b_all, b_pos = pairs[best.lam] if best.lam in pairs else ease_pair(x, best.lam, y if y.nnz else None)
-    b = b_all if b_pos is None or best.rho == 0 else (1.0 - best.rho) * b_all + best.rho * b_pos
-    model = HybridModel(items, b, best, t=trans)
+    b = _mix(pairs[best.lam] if best.lam in pairs else ease_pair(x, best.lam, y if y.nnz else None), best.rho)
+    v = fit_projection(x, b, int(best.rank)) if best.shrink > 0 else None
+    model = HybridModel(items, b, best, t=trans, v=v)
     hist = history_matrix(split.train, best.alpha, best.half_life)
     recent = history_matrix(split.train, 0.0, best.seq_half_life)
     seen = binary_matrix(split.train)
@@ -903,10 +975,13 @@ def train_hybrid(
             info["fallback"] = "no validation signal: default blend"
     x = binary_matrix(aggregate(ev))
     y = positive_matrix(ev, min_rating, positive_types)
-    b = prune_rows(fit_ease(x, params.lam, y, params.rho), params.neighbors)
+    dense = fit_ease(x, params.lam, y, params.rho)
+    v = fit_projection(x, dense, params.rank) if params.shrink > 0 else None
+    b = prune_rows(dense, params.neighbors)
+    del dense
     t = prune_rows_sparse(fit_transitions(ev, len(ev.items)), params.neighbors) if params.delta > 0 else None
     info.update(train_seconds=time.perf_counter() - t0, events=len(ev), users=len(ev.users), items=len(ev.items))
-    return HybridModel(list(ev.items), b, params, info, t, reranker)
+    return HybridModel(list(ev.items), b, params, info, t, reranker, v)
 
 
 def prune_rows_sparse(m: sp.csr_matrix, k: int) -> sp.csr_matrix:

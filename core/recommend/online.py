@@ -538,7 +538,15 @@ class Recommender:
             c = _Compiled(
                 snap.version,
                 model,
-                HybridModel(ids, _reindex(model, snap, model.b), model.params, model.info, t, model.reranker),
+                HybridModel(
+                    ids,
+                    _reindex(model, snap, model.b),
+                    model.params,
+                    model.info,
+                    t,
+                    model.reranker,
+                    None if model.v is None else _reindex_rows(model, snap, model.v),
+                ),
                 pop,
                 gen,
             )
@@ -636,7 +644,7 @@ class Recommender:
         strategy = "personalized" if self.model is not None else "content"
         # Who contributed what to each recommended product, for its reason (one slice per signal).
         contrib = {
-            "collaborative": w_hist[:, None] * block(model.b, idx, top),
+            "collaborative": w_hist[:, None] * model.collaborative_block(idx, top),
             "content": w_hist[:, None] * (snap.vectors[idx] @ snap.vectors[top].T),
         }
         if model.t is not None and model.t.shape[0]:
@@ -714,7 +722,7 @@ class Recommender:
         cf = np.zeros(len(snap), dtype=np.float32)
         if b.shape[0]:
             signs = np.concatenate([np.ones(len(pos), np.float32), -np.ones(len(neg), np.float32)])
-            cf = weighted_rows(b, np.concatenate([pos, neg]), signs)
+            cf = compiled.model.project(weighted_rows(b, np.concatenate([pos, neg]), signs))
             mx = float(np.abs(cf).max()) or 1.0
             cf = cf / mx
         # mean(pos) . v - 0.5 mean(neg) . v for every product v (one pass, or ANN candidates)
@@ -778,6 +786,17 @@ def _best(scores: F32 | F64, k: int) -> list[int]:
     part = np.argpartition(-scores, k - 1)[:k]
     part = part[np.isfinite(scores[part])]
     return [int(i) for i in part[np.argsort(-scores[part], kind="stable")]]
+
+
+def _reindex_rows(model: HybridModel, snap: CatalogSnapshot, rows: F32) -> F32:
+    """Per-item rows of the model (``items x k``) in the snapshot's item order (products the
+    model never saw get zero rows)."""
+    out: F32 = np.zeros((len(snap), rows.shape[1]), dtype=np.float32)
+    for i, product_id in enumerate(model.items):
+        j = snap.index.get(product_id, -1)
+        if j >= 0:
+            out[j] = rows[i]
+    return out
 
 
 def _reindex(model: HybridModel, snap: CatalogSnapshot, weights: sp.csr_matrix) -> sp.csr_matrix:

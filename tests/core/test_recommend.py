@@ -1,5 +1,6 @@
 """Recommendation models on synthetic data with known answers, metrics, splits, model artifacts."""
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -18,6 +19,7 @@ from core.recommend.models import (
     evaluate_scores,
     fit_ease,
     fit_itemknn,
+    fit_projection,
     history_matrix,
     history_weights,
     make_split,
@@ -186,6 +188,63 @@ def test_ease_matches_its_closed_form() -> None:
     assert np.allclose(b, expected, atol=1e-5) and np.allclose(np.diag(b), 0)
 
 
+def _latent_rows(n_users: int, n_items: int, per_user: int, dim: int, seed: int) -> list[Row]:
+    """Purchases from a low-rank taste model: user ``a`` picks ``per_user`` distinct items with
+    probabilities ``softmax(2 u_a . v_i)``, one per step in time."""
+    rng = np.random.default_rng(seed)
+    users, items = rng.normal(size=(n_users, dim)), rng.normal(size=(n_items, dim))
+    rows: list[Row] = []
+    for a in range(n_users):
+        logits = 2.0 * (items @ users[a])
+        p = np.exp(logits - logits.max())
+        picks = rng.choice(n_items, per_user, replace=False, p=p / p.sum())
+        rows += [(f"u{a}", f"i{i}", "purchase", None, float(1000 * a + k)) for k, i in enumerate(picks)]
+    return rows
+
+
+def test_projection_spans_the_leading_singular_vectors_of_the_fit() -> None:
+    rows = _latent_rows(300, 80, 12, 4, seed=1)
+    inter = aggregate(arrays(rows, [f"i{i}" for i in range(80)]))
+    x = binary_matrix(inter)
+    b = fit_ease(x, 10.0)
+    v = fit_projection(x, b, 4)
+    exact = np.linalg.svd(np.asarray(x @ b), full_matrices=False)[2][:4].T
+    assert v.shape == (80, 4) and np.allclose(v.T @ v, np.eye(4), atol=1e-4)
+    # The same subspace: every principal angle between the two is ~0.
+    assert np.linalg.svd(exact.T @ v, compute_uv=False).min() > 0.999
+    # Bit for bit the same when the users come in another order (events imported differently).
+    shuffled = x[np.random.default_rng(2).permutation(x.shape[0])]
+    assert np.array_equal(fit_projection(shuffled, b, 4), v)
+
+
+def test_low_rank_shrinkage_recovers_tastes_that_few_events_show() -> None:
+    """Six taste groups of 50 products; each user buys 12, half of them from their group and
+    half at random. Co-occurrence of that few events is mostly noise; shrinking the collaborative
+    scores towards the fit's leading directions (the groups) ranks the held-out products clearly
+    better, and the model carries the directions it used."""
+    rng = np.random.default_rng(3)
+    n_items, groups = 300, 6
+    rows: list[Row] = []
+    for a in range(400):
+        mine = np.flatnonzero(np.arange(n_items) % groups == a % groups)
+        picks: list[int] = []
+        while len(picks) < 12:
+            i = int(rng.choice(mine)) if rng.random() < 0.5 else int(rng.integers(n_items))
+            if i not in picks:
+                picks.append(i)
+        rows += [(f"u{a}", f"i{i}", "purchase", None, float(1000 * a + k)) for k, i in enumerate(picks)]
+    split = make_split(arrays(rows, [f"i{i}" for i in range(n_items)]), 0.2)
+    hist = history_matrix(split.train, 0.0, float("inf"))
+
+    def ndcg(shrink: float) -> float:
+        model = train_hybrid(split.train_ev, None, params=HybridParams(lam=30.0, shrink=shrink, rank=groups))
+        assert (model.v is None) == (shrink == 0)
+        return evaluate_scores(split, lambda r: model.score(hist[r], split.t_last[r], None, None)).ndcg
+
+    plain, shrunk = ndcg(0.0), ndcg(0.8)
+    assert shrunk > 1.2 * plain, (plain, shrunk)
+
+
 def test_metrics_by_hand() -> None:
     recs = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int32)
     rel = sp.csr_matrix(np.array([[0, 0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0, 1]], dtype=np.float32))
@@ -222,9 +281,15 @@ def test_aggregate_keeps_strongest_event_and_recency_rank() -> None:
 @pytest.mark.integration
 def test_model_artifact_round_trip_in_the_bucket(s3_settings: Settings) -> None:
     rows, items = clusters()
-    model = train_hybrid(arrays(rows, items), None, params=HybridParams(lam=10.0, delta=0.3))
+    model = train_hybrid(arrays(rows, items), None, params=HybridParams(lam=10.0, delta=0.3, shrink=0.5, rank=4))
     back = from_bytes(to_bytes(model))
     assert back.items == model.items and back.params == model.params
+    assert model.v is not None and back.v is not None and np.array_equal(back.v, model.v)
+    # A model from before the shrinkage (no `shrink` in its parameters, no `v`) serves unshrunk.
+    old = HybridParams.from_dict({k: v for k, v in model.params.as_dict().items() if k not in ("shrink", "rank")})
+    assert old.shrink == 0.0 and isinstance(old.rank, int)
+    unshrunk = dataclasses.replace(model, v=None, params=dataclasses.replace(model.params, shrink=0.0))
+    assert from_bytes(to_bytes(unshrunk)).v is None
     assert np.allclose(back.b.toarray(), model.b.toarray())
     assert model.t is not None and back.t is not None and np.allclose(back.t.toarray(), model.t.toarray())
     store = ObjectStore(s3_settings)
