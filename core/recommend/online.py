@@ -792,10 +792,9 @@ def _reindex_rows(model: HybridModel, snap: CatalogSnapshot, rows: F32) -> F32:
     """Per-item rows of the model (``items x k``) in the snapshot's item order (products the
     model never saw get zero rows)."""
     out: F32 = np.zeros((len(snap), rows.shape[1]), dtype=np.float32)
-    for i, product_id in enumerate(model.items):
-        j = snap.index.get(product_id, -1)
-        if j >= 0:
-            out[j] = rows[i]
+    to_snap = np.array([snap.index.get(i, -1) for i in model.items], dtype=np.int64)
+    keep = to_snap >= 0
+    out[to_snap[keep]] = rows[keep]
     return out
 
 
