@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core import embedding
 from core.embedding import load_embedder, onnx_text
 from core.embedding.clip import OpenClipEncoder
 from core.embedding.sbert import SentenceEncoder
@@ -144,15 +145,11 @@ def test_a_graph_that_disagrees_with_pytorch_is_not_used(monkeypatch: pytest.Mon
 
 def test_settings_choose_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx_text, "MIN_COSINE_INT8", NO_INT8)  # int8 refused (see above)
+    # load_embedder keeps one embedder per argument set per process; this test needs them loaded
+    # under the bar set above, not one an earlier test loaded with int8: bypass that cache.
+    monkeypatch.setattr(embedding, "_load", embedding._load.__wrapped__)
     cache = shared_cache()
-    # load_embedder keeps one embedder per argument set per process: an odd batch size gives this
-    # test its own, loaded under the bar set above (not one an earlier test loaded with int8).
-    base = {
-        "clip_model": "tiny-clip-test",
-        "clip_pretrained": "none",
-        "model_cache_dir": str(cache),
-        "embed_batch_size": 17,
-    }
+    base = {"clip_model": "tiny-clip-test", "clip_pretrained": "none", "model_cache_dir": str(cache)}
     on_torch = load_embedder(Settings(_env_file=None, text_runtime="torch", **base))  # type: ignore[call-arg]
     on_onnx = load_embedder(Settings(_env_file=None, device="cpu", **base))  # type: ignore[call-arg]  # default auto
     assert on_torch.clip.text_runtime == "torch" and on_torch.text.text_runtime == "torch"
