@@ -231,7 +231,9 @@ def fit_projection(x: sp.csr_matrix, b: F32, rank: int, *, iterations: int = 4, 
     order in which users' events arrived (the model trained from the API equals the offline one)."""
     n = b.shape[1]
     rank = max(1, min(rank, n, x.shape[0]))
-    width = min(n, rank + 10)
+    # One sketch width for every rank up to MAX_RANK, so the first ``rank`` directions are the same
+    # whichever rank is asked for (tuning slices one MAX_RANK fit; training asks for the tuned rank).
+    width = min(n, max(rank, MAX_RANK) + 10)
     gram = sp.csr_matrix(x.T @ x, dtype=b.dtype)
     gram.sort_indices()  # the same summation order, however the users were ordered
 
@@ -529,9 +531,9 @@ class HybridModel:
         """Collaborative scores (one row or users x items) with the part outside the model's
         low-rank subspace shrunk by ``params.shrink``: ``(1 - s) cf + s cf V V'``. Estimating a
         user's taste from a few dozen events is noisy; the subspace holds what many users share."""
-        s = self.params.shrink
-        if self.v is None or s <= 0 or not self.v.shape[0]:
+        if self.v is None or self.params.shrink <= 0:
             return cf
+        s = self.params.shrink
         out: F32 = ((1.0 - s) * cf + s * ((cf @ self.v) @ self.v.T)).astype(np.float32)
         return out
 
@@ -540,9 +542,9 @@ class HybridModel:
         products ``cols``, so that summing over ``rows`` with the history weights gives the
         (unnormalised) collaborative score: what reasons are made from."""
         direct = block(self.b, rows, cols)
-        s = self.params.shrink
-        if self.v is None or s <= 0 or not self.v.shape[0]:
+        if self.v is None or self.params.shrink <= 0:
             return direct
+        s = self.params.shrink
         via = np.asarray(self.b[rows] @ self.v) @ self.v[cols].T
         out: F32 = ((1.0 - s) * direct + s * via).astype(np.float32)
         return out
@@ -816,7 +818,7 @@ def tune_hybrid(
     projections: dict[tuple[float, float], F32] = {}
     log = TuneLog()
 
-    def run(p: HybridParams) -> float:
+    def model_for(p: HybridParams) -> HybridModel:
         if p.lam not in pairs:
             pairs.clear()  # one pair in memory at a time (2 x items^2 floats)
             projections.clear()
@@ -826,8 +828,11 @@ def tune_hybrid(
         if p.shrink > 0:
             if (p.lam, p.rho) not in projections:  # one SVD per EASE fit serves every rank
                 projections[(p.lam, p.rho)] = fit_projection(x, b, MAX_RANK)
-            v = projections[(p.lam, p.rho)][:, : int(p.rank)]
-        model = HybridModel(ev.items, b, p, t=trans, v=v)
+            v = projections[(p.lam, p.rho)][:, : p.rank]
+        return HybridModel(ev.items, b, p, t=trans, v=v)
+
+    def run(p: HybridParams) -> float:
+        model = model_for(p)
         hist = history_matrix(split.train, p.alpha, p.half_life)
         recent = history_matrix(split.train, 0.0, p.seq_half_life)
         m = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows]))
@@ -848,37 +853,30 @@ def tune_hybrid(
         if not improved:
             break
     if rerank != "off":
-        log.reranker, log.rerank_check = _checked_reranker(
-            split, best, pairs, x, y, trans, pop, vectors, ev.items, always=rerank == "always"
-        )
+        # The tuned blend exactly as it was validated (cached EASE weights and projection).
+        always = rerank == "always"
+        log.reranker, log.rerank_check = _checked_reranker(split, model_for(best), pop, vectors, always=always)
     log.seconds = time.perf_counter() - t0
     return best, best_score, log
 
 
 def _checked_reranker(
     split: Split,
-    best: HybridParams,
-    pairs: dict[float, tuple[F32, F32 | None]],
-    x: sp.csr_matrix,
-    y: sp.csr_matrix,
-    trans: sp.csr_matrix,
+    model: HybridModel,
     pop: TimePopularity,
     vectors: F32 | None,
-    items: list[str],
     *,
     always: bool = False,
 ) -> tuple[Reranker | None, dict[str, float] | None]:
-    """A reranker for the tuned blend ``best``, or None when it does not help (unless ``always``)
+    """A reranker for the tuned blend ``model``, or None when it does not help (unless ``always``)
     or cannot be fitted. Two-fold check: fitted on one half of the split's users and judged on
     the other, both ways, against the blend alone on the same users (the blend was tuned on all of
     them, so both sides of the comparison share that bias); when kept, it is refitted on all users."""
-    b = _mix(pairs[best.lam] if best.lam in pairs else ease_pair(x, best.lam, y if y.nnz else None), best.rho)
-    v = fit_projection(x, b, int(best.rank)) if best.shrink > 0 else None
-    model = HybridModel(items, b, best, t=trans, v=v)
+    best = model.params
     hist = history_matrix(split.train, best.alpha, best.half_life)
     recent = history_matrix(split.train, 0.0, best.seq_half_life)
     seen = binary_matrix(split.train)
-    shuffled = np.random.default_rng(0).permutation(split.users)
+    shuffled = np.random.default_rng(0).permutation(_by_id(split, split.users))
     halves = [np.sort(h).astype(np.int32) for h in (shuffled[: len(shuffled) // 2], shuffled[len(shuffled) // 2 :])]
     if min(len(h) for h in halves) == 0:
         return None, None
@@ -903,6 +901,15 @@ def _checked_reranker(
     return fit_reranker(split, model, hist, recent, pop, vectors), check
 
 
+def _by_id(split: Split, users: I32) -> I32:
+    """``users`` (row numbers) ordered by user id: fitting the reranker on the same rows in the same
+    order makes it independent of the order in which users' events arrived (the model trained
+    through the API equals the offline one)."""
+    ids = np.asarray(split.train_ev.users, dtype=object)[users]
+    out: I32 = users[np.argsort(ids, kind="stable")]
+    return out
+
+
 def fit_reranker(
     split: Split,
     model: HybridModel,
@@ -919,8 +926,9 @@ def fit_reranker(
 
     seen = binary_matrix(split.train)
     xs, ys = [], []
-    for start in range(0, len(split.users), 512):
-        rows = split.users[start : start + 512]
+    users = _by_id(split, split.users)  # the same rows in the same order however users were numbered
+    for start in range(0, len(users), 512):
+        rows = users[start : start + 512]
         _out, cand, x = model.candidates(
             hist[rows], split.t_last[rows], pop, vectors, recent[rows], seen[rows], candidates
         )

@@ -532,7 +532,8 @@ class Recommender:
         c = self._compiled
         if c is None or c.snapshot_version != snap.version or c.source is not model:
             ids = [p.product_id for p in snap.products]
-            t = None if model.t is None else _reindex(model, snap, model.t)
+            sel = _selector(model, snap)  # once: the Python pass over the model's items
+            t = None if model.t is None else _reindex(sel, model.t)
             gen = self.state.generation
             pop = self.state.popularity(snap)
             c = _Compiled(
@@ -540,12 +541,12 @@ class Recommender:
                 model,
                 HybridModel(
                     ids,
-                    _reindex(model, snap, model.b),
+                    _reindex(sel, model.b),
                     model.params,
                     model.info,
                     t,
                     model.reranker,
-                    None if model.v is None else _reindex_rows(model, snap, model.v),
+                    None if model.v is None else _reindex_rows(sel, model.v),
                 ),
                 pop,
                 gen,
@@ -788,23 +789,23 @@ def _best(scores: F32 | F64, k: int) -> list[int]:
     return [int(i) for i in part[np.argsort(-scores[part], kind="stable")]]
 
 
-def _reindex_rows(model: HybridModel, snap: CatalogSnapshot, rows: F32) -> F32:
-    """Per-item rows of the model (``items x k``) in the snapshot's item order (products the
-    model never saw get zero rows)."""
-    out: F32 = np.zeros((len(snap), rows.shape[1]), dtype=np.float32)
+def _selector(model: HybridModel, snap: CatalogSnapshot) -> sp.csr_matrix:
+    """``model items x snapshot items``, 1 where they are the same product: ``sel.T @ m``
+    re-indexes the model's per-item rows onto the snapshot (products the model never saw get
+    zero rows; products the catalog no longer has drop out)."""
+    n = len(snap)
     to_snap = np.array([snap.index.get(i, -1) for i in model.items], dtype=np.int64)
-    keep = to_snap >= 0
-    out[to_snap[keep]] = rows[keep]
+    keep = np.flatnonzero(to_snap >= 0)
+    return sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (keep, to_snap[keep])), shape=(len(model.items), n))
+
+
+def _reindex_rows(sel: sp.csr_matrix, rows: F32) -> F32:
+    """Per-item rows of the model (``items x k``) in the snapshot's item order."""
+    out: F32 = np.asarray(sel.T @ rows, dtype=np.float32)
     return out
 
 
-def _reindex(model: HybridModel, snap: CatalogSnapshot, weights: sp.csr_matrix) -> sp.csr_matrix:
-    """The model's item-item ``weights`` over the snapshot's items (products the model never saw
-    get empty rows and columns)."""
-    n = len(snap)
-    if not model.items:
-        return sp.csr_matrix((n, n), dtype=np.float32)
-    to_snap = np.array([snap.index.get(i, -1) for i in model.items], dtype=np.int64)
-    keep = np.flatnonzero(to_snap >= 0)
-    sel = sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (keep, to_snap[keep])), shape=(len(model.items), n))
+def _reindex(sel: sp.csr_matrix, weights: sp.csr_matrix) -> sp.csr_matrix:
+    """The model's item-item ``weights`` over the snapshot's items (empty rows and columns for
+    products the model never saw)."""
     return (sel.T @ weights @ sel).tocsr()

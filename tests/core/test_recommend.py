@@ -215,13 +215,14 @@ def test_projection_spans_the_leading_singular_vectors_of_the_fit() -> None:
     # Bit for bit the same when the users come in another order (events imported differently).
     shuffled = x[np.random.default_rng(2).permutation(x.shape[0])]
     assert np.array_equal(fit_projection(shuffled, b, 4), v)
+    assert np.array_equal(fit_projection(x, b, 6)[:, :4], v)  # the leading directions, whatever the rank
 
 
 def test_projection_rows_follow_the_catalogs_product_order() -> None:
     """A served model's low-rank directions are re-indexed onto the live catalog: products the
     model never saw get zero rows, products the catalog no longer has are dropped."""
     from core.recommend.models import HybridModel
-    from core.recommend.online import _reindex_rows
+    from core.recommend.online import _reindex_rows, _selector
 
     v = np.arange(6, dtype=np.float32).reshape(3, 2)
     model = HybridModel(["a", "b", "c"], sp.csr_matrix((3, 3), dtype=np.float32), HybridParams(shrink=0.5), v=v)
@@ -233,7 +234,7 @@ def test_projection_rows_follow_the_catalogs_product_order() -> None:
         def __len__(self) -> int:
             return 3
 
-    out = _reindex_rows(model, Snapshot(), v)  # type: ignore[arg-type]
+    out = _reindex_rows(_selector(model, Snapshot()), v)  # type: ignore[arg-type]
     assert np.array_equal(out, np.array([[4, 5], [0, 0], [0, 1]], dtype=np.float32))
 
 
@@ -538,6 +539,25 @@ def test_reranker_learns_what_the_blend_cannot_see() -> None:
     judged = train_hybrid(judge_on.train_ev, None, params=params)
     plain, reranked = ndcg(judged), ndcg(replace(judged, reranker=reranker))
     assert reranked > plain + 0.2, (plain, reranked)
+
+
+def test_training_does_not_depend_on_the_order_users_arrive_in() -> None:
+    """The same events with the users numbered in another order (events imported through the API
+    in another order than an offline file) train the same model, bit for bit: tuned parameters,
+    EASE weights, low-rank directions and reranker."""
+    ev = _rated_clusters(0)
+    perm = np.random.default_rng(5).permutation(len(ev.users))
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(len(perm))
+    renumbered = EventArrays(
+        [ev.users[i] for i in perm], ev.items, inv[ev.user].astype(ev.user.dtype), *dataclasses.astuple(ev)[3:]
+    )
+    models = [train_hybrid(e, None, rerank="always") for e in (ev, renumbered)]
+    assert models[0].params == models[1].params and models[0].reranker is not None
+    assert models[0].reranker == models[1].reranker
+    assert np.array_equal(models[0].b.toarray(), models[1].b.toarray())
+    shrunk = [train_hybrid(e, None, params=HybridParams(lam=10.0, shrink=0.5, rank=4)).v for e in (ev, renumbered)]
+    assert shrunk[0] is not None and shrunk[1] is not None and np.array_equal(shrunk[0], shrunk[1])
 
 
 def test_reranker_needs_positives_and_travels_with_the_model() -> None:
