@@ -337,6 +337,7 @@ class Catalog:
         self.index_min_rows = index_min_rows
         self._write_lock = threading.Lock()
         self.local_writes = 0  # commits made through this object (read-your-writes for caches)
+        self._write_listeners: list[Callable[[], None]] = []
         schema = products_schema(clip_dim, text_dim, space)
         with storage_errors("open"):
             self._db = lancedb.connect(
@@ -459,7 +460,7 @@ class Catalog:
             )
         with self._write_lock, storage_errors("restore"):
             self._table.restore(version)
-            self.local_writes += 1
+            self._committed()
             new = int(self._table.version)
         log.warning("catalog %s restored to version %d as new version %d", self.uri, version, new)
         return new
@@ -596,8 +597,22 @@ class Catalog:
                 budget_s=self.write_retry_seconds,
             )
             self._compactor.committed()
-            self.local_writes += 1
+            self._committed()
         return [_to_product(row) for row in rows]
+
+    def on_write(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every commit made through this object (a background cache
+        that should serve this process's writes at once sets a wake-up flag; keep it that cheap:
+        it runs under the write lock)."""
+        self._write_listeners.append(listener)
+
+    def _committed(self) -> None:
+        self.local_writes += 1
+        for listener in self._write_listeners:
+            try:
+                listener()
+            except Exception as exc:  # a cache's problem never fails the write that succeeded
+                log.warning("catalog write listener failed: %s", exc)
 
     def delete(self, product_id: str) -> None:
         """Delete a product; :class:`NotFound` if it does not exist."""
@@ -608,7 +623,7 @@ class Catalog:
                 lambda: self._table.delete(f"product_id = {quote(product_id)}"),
                 budget_s=self.write_retry_seconds,
             )
-            self.local_writes += 1
+            self._committed()
 
     def vector_search(
         self,

@@ -56,6 +56,9 @@ TRENDING_TAU_DAYS = 7.0
 # Re-read this much before the newest received_at seen: covers other writers whose commit landed
 # after a later-stamped one (duplicates are dropped by event_id).
 EVENT_OVERLAP = timedelta(seconds=30)
+# After this process writes to the catalog, the refresh thread waits this long (from its last
+# refresh) before it takes the writes up, so a burst of commits costs one catalog read.
+WAKE_SETTLE_SECONDS = 0.2
 # Catalogs from this size on score content through a PQ index (CatalogSnapshot.content_candidates):
 # that many candidates from it, and as many from the other signals.
 CONTENT_ANN_MIN_ROWS = 20_000
@@ -442,8 +445,10 @@ class Recommender:
     _snapshot_at: float = 0.0
     _snapshot_cost: float = 0.0
     _seen_writes: int = -1  # the catalog's local_writes at the last refresh
+    _catalog_at: float = 0.0  # time.monotonic() of the last refresh (full or catalog only)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _wake: threading.Event = field(default_factory=threading.Event)  # set by this process's catalog commits
     _thread: threading.Thread | None = None
     last_refresh: float = 0.0
 
@@ -452,20 +457,7 @@ class Recommender:
         """Pick up a new catalog version, new events from other writers, and a new model."""
         with self._lock:
             writes = self.catalog.local_writes
-            hot = self.hot.current() if self.hot is not None else None  # with this process's writes
-            version = hot.version if hot is not None else self.catalog.version
-            # While a bulk import commits every fraction of a second, rebuilding the snapshot on
-            # every version would keep the object store (or a core) busy: wait at least 10x as
-            # long as the last build took (new products still arrive within seconds).
-            due = time.monotonic() - self._snapshot_at >= 10 * self._snapshot_cost
-            if version != self.snapshot.version and (due or len(self.snapshot) == 0):
-                started = time.monotonic()
-                if hot is not None:
-                    snap = CatalogSnapshot.from_hot(hot, self.weights)
-                else:
-                    snap = CatalogSnapshot.load(self.catalog, self.weights)
-                self.snapshot = snap.serving(self.ann_min_rows, self.snapshot)
-                self._snapshot_at, self._snapshot_cost = time.monotonic(), time.monotonic() - started
+            self._refresh_snapshot()
             ev_version = self.events.version()
             if ev_version != self._events_version:
                 since = self.state.watermark - EVENT_OVERLAP if self.state.watermark else None
@@ -477,33 +469,84 @@ class Recommender:
                 log.info("recommendation model %s loaded", self.model_key)
             self._compiled_for(self.snapshot)
             self._refresh_popularity()
-            self.last_refresh = time.time()
-            # Seen even when the rebuild was held back above: retrying on every request would add
+            self.last_refresh, self._catalog_at = time.time(), time.monotonic()
+            # Seen even when the rebuild was held back: retrying on every request would add
             # storage reads to each one during a bulk import; the timer picks those writes up.
             self._seen_writes = writes
 
+    def refresh_catalog(self) -> None:
+        """Only the catalog part of :meth:`refresh` (no event or model reads): what the background
+        thread runs when this process has just written products."""
+        with self._lock:
+            writes = self.catalog.local_writes
+            self._refresh_snapshot()
+            self._compiled_for(self.snapshot)
+            self._refresh_popularity()
+            self._seen_writes = writes
+            self._catalog_at = time.monotonic()
+
+    def _refresh_snapshot(self) -> None:
+        hot = self.hot.current() if self.hot is not None else None  # with this process's writes
+        version = hot.version if hot is not None else self.catalog.version
+        # While a bulk import commits every fraction of a second, rebuilding the snapshot on
+        # every version would keep the object store (or a core) busy: wait at least 10x as
+        # long as the last build took (new products still arrive within seconds).
+        if version != self.snapshot.version and (self._rebuild_wait() == 0 or len(self.snapshot) == 0):
+            started = time.monotonic()
+            if hot is not None:
+                snap = CatalogSnapshot.from_hot(hot, self.weights)
+            else:
+                snap = CatalogSnapshot.load(self.catalog, self.weights)
+            self.snapshot = snap.serving(self.ann_min_rows, self.snapshot)
+            self._snapshot_at, self._snapshot_cost = time.monotonic(), time.monotonic() - started
+
+    def _rebuild_wait(self) -> float:
+        """Seconds until the snapshot may be rebuilt again (10x the last build's time after it)."""
+        return max(0.0, self._snapshot_at + 10 * self._snapshot_cost - time.monotonic())
+
     def start(self, on_error: Callable[[Exception], None] | None = None) -> None:
         """Refresh now (products indexed since this object was built, e.g. a seeded sample, are
-        served from the first request), then every ``refresh_seconds`` in a daemon thread."""
+        served from the first request), then every ``refresh_seconds`` in a daemon thread. A
+        commit this process makes to the catalog wakes the thread, which then takes up the
+        catalog alone (read-your-writes: a product just indexed is recommendable a fraction of a
+        second later, not at the next tick; during a bulk import at most one snapshot rebuild per
+        10x its cost)."""
         try:
             self.refresh()
         except Exception as exc:  # storage down at start: the loop keeps trying
             log.warning("recommender refresh failed: %s", exc)
+        self.catalog.on_write(self._wake.set)
 
         def loop() -> None:
-            while not self._stop.wait(self.refresh_seconds):
+            while not self._stop.is_set():
+                due_in = self.last_refresh + self.refresh_seconds - time.time()
+                woken = self._wake.wait(max(due_in, 0.0))
+                if self._stop.is_set():
+                    return
+                self._wake.clear()
                 try:
-                    self.refresh()
+                    if time.time() - self.last_refresh >= self.refresh_seconds:
+                        self.refresh()
+                    elif woken:
+                        # During a bulk import: at most one rebuild per 10x its cost (see above),
+                        # and writes that come in a burst are taken together.
+                        settle = WAKE_SETTLE_SECONDS - (time.monotonic() - self._catalog_at)
+                        if self._stop.wait(max(self._rebuild_wait(), settle, 0.0)):
+                            return
+                        self.refresh_catalog()
                 except Exception as exc:  # keep serving the last good state
                     log.warning("recommender refresh failed: %s", exc)
                     if on_error:
                         on_error(exc)
+                    if self._stop.wait(self.refresh_seconds):  # no tight loop while storage is down
+                        return
 
         self._thread = threading.Thread(target=loop, name="recommender-refresh", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     @property
     def in_memory(self) -> bool:

@@ -91,6 +91,44 @@ def test_products_this_process_indexes_are_recommendable_at_once(s3_endpoint: st
     assert {r["product_id"] for r in body["recommendations"]} == {p["product_id"] for p in products}
 
 
+def test_the_refresh_thread_serves_this_processs_new_products_without_waiting_for_its_tick(
+    s3_endpoint: str, fake: Embedder
+) -> None:
+    """Read-your-writes with the background refresh running (the server's normal mode) and its
+    interval an hour: each commit wakes the thread, so new products are served, and events on
+    them personalize, within seconds."""
+    settings = make_settings(s3_endpoint, new_bucket(s3_endpoint, "recs-wake"), recs_refresh_seconds=3600)
+    services = Services.from_settings(settings, embedder=fake)
+    rec = services.recommender
+    rec.start()
+    client = TestClient(create_app(services))
+
+    def served_within(seconds: float, user: str, ok: object) -> dict[str, object]:
+        deadline = time.monotonic() + seconds
+        while True:
+            body: dict[str, object] = client.get(f"/recommendations/{user}", params={"top_k": 50}).json()
+            if ok(body):  # type: ignore[operator]
+                return body
+            assert time.monotonic() < deadline, f"not served after {seconds} s: {body}"
+            time.sleep(0.05)
+
+    try:
+        assert rec.in_memory and client.get("/recommendations/nobody").json()["strategy"] == "empty"
+        first, second = _catalog()[:6], _catalog()[12:18]
+        for batch in (first, second):  # two commits: the second lands after the thread woke once
+            services.indexer.index([PendingProduct(ProductInput.from_mapping(p)) for p in batch])
+        ids = {str(p["product_id"]) for p in first + second}
+        served_within(10, "nobody", lambda b: {r["product_id"] for r in b["recommendations"]} == ids)
+        r = client.post("/events", json={"user_id": "fan", "product_id": "BA00", "event_type": "purchase"})
+        assert r.json()["accepted"] == 1
+        body = served_within(10, "fan", lambda b: b["strategy"] == "content")  # no model trained yet
+        recs = body["recommendations"]
+        assert recs and "BA00" not in {r["product_id"] for r in recs}  # seen, excluded
+        assert all(r["reason"] == "Similar to Bag model 0, which you bought" for r in recs)
+    finally:
+        rec.stop()
+
+
 def test_no_events_means_newest_products(env: Env) -> None:
     body = env.client.get("/recommendations/nobody", params={"top_k": 4, "category": "Books"}).json()
     assert body["strategy"] == "newest" and len(body["recommendations"]) == 4
