@@ -805,6 +805,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             text_model=services.embedder.text.name,
             text_runtime=services.embedder.text_runtimes,
             image_runtime=services.embedder.image_runtime,
+            recommendation_model=services.recommender.model_key,
             warnings=warnings,
         )
 

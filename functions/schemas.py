@@ -250,6 +250,11 @@ class HealthResponse(BaseModel):
         description="What runs the CLIP image tower on CPU: `int8` or `onnx` (ONNX Runtime) or `torch` "
         "(IMAGE_RUNTIME).",
     )
+    recommendation_model: str | None = Field(
+        default=None,
+        description="Bucket key of the recommendation model this process serves (null before the first "
+        "training); changes within RECS_REFRESH_SECONDS of a new one being saved.",
+    )
     warnings: list[str]
 
 

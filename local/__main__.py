@@ -40,7 +40,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from functions.app import create_app
     from functions.triggers import UploadWorker
-    from local.runtime import CompactionSchedule, TrainingSchedule, build_services, s3_endpoint, seed_sample
+    from local.runtime import (
+        CompactionSchedule,
+        TrainingSchedule,
+        announce_api,
+        build_services,
+        s3_endpoint,
+        seed_sample,
+    )
     from local.s3server import ACCESS_KEY, SECRET_KEY
 
     with s3_endpoint(Settings(), args.data_dir, port=args.s3_port, own=True) as ep:
@@ -83,8 +90,10 @@ def _serve(args: argparse.Namespace) -> int:
         for job in (trainer, compactor):
             if job:
                 job.start()
+        local_url = base.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
         try:
-            _QuietServer(config).run()
+            with announce_api(args.data_dir, local_url, settings):
+                _QuietServer(config).run()
         finally:
             for job in (trainer, compactor):
                 if job:
@@ -171,12 +180,26 @@ def _import_events(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from functions.jobs import train_recommender
-    from local.runtime import s3_endpoint
+    from local.runtime import s3_endpoint, wait_until_served
 
     with s3_endpoint(Settings(), args.data_dir) as ep:
         report = train_recommender(ep.settings)
         assert report is not None
-        print(report.summary())
+        print(report.summary(), flush=True)
+        if args.no_wait:
+            return 0
+        # A dev server on this data dir picks the model up within RECS_REFRESH_SECONDS: return only
+        # once it serves it, so requests made right after this command get the new model.
+        timeout = 3 * ep.settings.recs_refresh_seconds + 30
+        check = wait_until_served(args.data_dir, ep.settings, report.key, timeout)
+        if check is not None and check.served:
+            print(f"  served by the dev API server at {check.url} {check.seconds:.1f} s after saving")
+        elif check is not None:
+            print(
+                f"  warning: the dev API server at {check.url} still serves {check.current} after "
+                f"{check.seconds:.0f} s; it loads new models every RECS_REFRESH_SECONDS",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -342,7 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=20_000, help="events per commit")
     p.set_defaults(func=_import_events)
 
-    p = sub.add_parser("train", help="retrain the recommendation model (query processes pick it up live)")
+    p = sub.add_parser(
+        "train",
+        help="retrain the recommendation model (query processes pick it up live; with a dev server running "
+        "on this data dir, returns once it serves the new model)",
+    )
+    p.add_argument("--no-wait", action="store_true", help="do not wait for a running dev server to serve the model")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="offline recall@10 / NDCG@10 / coverage vs strong baselines")

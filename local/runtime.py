@@ -12,6 +12,8 @@ import os
 import socket
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,60 @@ def _pid_alive(pid: int) -> bool:
 class Endpoint:
     settings: Settings
     embedded: EmbeddedS3 | None
+
+
+API_STATE = "api-server.json"
+"""In the data dir while ``local serve`` runs: where its API listens and which bucket it serves."""
+
+
+@contextlib.contextmanager
+def announce_api(data_dir: Path, url: str, settings: Settings) -> Iterator[None]:
+    """Record the running dev API server for other local commands on ``data_dir`` (``local train``
+    waits until the server serves the model it trained); removed when the server stops."""
+    state = data_dir / API_STATE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    info = {"url": url, "pid": os.getpid(), "s3_endpoint": settings.s3_endpoint_url, "bucket": settings.s3_bucket}
+    state.write_text(json.dumps(info))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(state.read_text()).get("pid") == os.getpid():
+                state.unlink()
+
+
+@dataclass(frozen=True)
+class ServedCheck:
+    url: str
+    served: bool  # the server reported the model within the timeout
+    seconds: float
+    current: str | None  # the model it reported last
+
+
+def wait_until_served(data_dir: Path, settings: Settings, model_key: str, timeout: float) -> ServedCheck | None:
+    """When a dev API server runs on ``data_dir`` for the same S3 endpoint and bucket, poll its
+    ``/health`` until it serves ``model_key`` (or ``timeout`` seconds pass). None when no such
+    server runs."""
+    try:
+        info = json.loads((data_dir / API_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    same = info.get("s3_endpoint") == settings.s3_endpoint_url and info.get("bucket") == settings.s3_bucket
+    if not same or not _pid_alive(int(info.get("pid", -1))):
+        return None
+    url = str(info["url"])
+    started = time.monotonic()
+    current: str | None = None
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+                current = json.loads(resp.read()).get("recommendation_model")
+        except (OSError, ValueError) as exc:  # not up yet, or busy: keep trying until the timeout
+            log.debug("dev API server health check failed: %s", exc)
+        waited = time.monotonic() - started
+        if current == model_key or waited >= timeout:
+            return ServedCheck(url, current == model_key, waited, current)
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+import uvicorn
 from PIL import Image
 
 from core.catalog import ProductRecord
@@ -66,3 +72,20 @@ def record(
         txt,
         content_hash=pid,
     )
+
+
+@contextmanager
+def serve(app: object) -> Iterator[str]:
+    """Run ``app`` with uvicorn (lifespan included) on a free loopback port; yields its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

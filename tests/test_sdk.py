@@ -1,19 +1,16 @@
 """The SDK against a live server (uvicorn on loopback, fake embedder, catalog on the S3 server)."""
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-import uvicorn
 
 from functions.app import create_app
 from functions.services import Services
 from sdk import AuthError, NotFoundError, RecommendationClient, ServerError, ValidationError
 from tests.conftest import make_settings
-from tests.helpers import jpeg
+from tests.helpers import jpeg, serve
 
 pytestmark = pytest.mark.integration
 
@@ -23,22 +20,6 @@ def live_url(s3_endpoint: str, bucket: str, fake: object) -> Iterator[str]:
     settings = make_settings(s3_endpoint, bucket, api_key="sdk-key")
     with serve(create_app(Services.from_settings(settings, embedder=fake))) as url:  # type: ignore[arg-type]
         yield url
-
-
-@contextmanager
-def serve(app: object) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def test_sdk_round_trip(live_url: str) -> None:
@@ -58,7 +39,7 @@ def test_sdk_round_trip(live_url: str) -> None:
         assert client.search_image(red, top_k=1)[0].product_id == "R1"
         similar = client.find_similar("R1", top_k=5)
         assert {s.product_id for s in similar} == {"B1", "T1"}
-        # New products reach the recommender's in-memory snapshot within RECS_REFRESH_SECONDS.
+        # New products reach the recommender's in-memory snapshot once its refresh thread, woken by the commit, ran.
         deadline = time.time() + 10
         while len(recs := client.get_recommendations("U9", top_k=2)) < 2 and time.time() < deadline:
             time.sleep(0.2)

@@ -19,6 +19,10 @@ def test_serve_sample_ctrl_c_and_restart_keeps_data(tmp_path: Path) -> None:
         health = call(f"{base}/health")
         assert health["product_count"] == 12 and health["status"] == "degraded"
         assert str(health["clip_mode"]).startswith("random-init")
+        assert health["recommendation_model"] is None  # nothing trained yet
+        # Where other local commands find this server (`local train` waits for it to serve its model).
+        announced = json.loads((tmp_path / "api-server.json").read_text())
+        assert announced["url"] == base and announced["pid"] == proc.pid
         hits = call(f"{base}/search", {"query": "ceramic coffee mug", "top_k": 3})["results"]
         assert len(hits) == 3  # type: ignore[arg-type]
         call(f"{base}/products/EXTRA1", {"title": "Hand-made oak chopping board", "price": 30}, "PUT")
@@ -28,6 +32,7 @@ def test_serve_sample_ctrl_c_and_restart_keeps_data(tmp_path: Path) -> None:
     out = stop(proc)
     assert f"API            {base}" in out and "stopped; local data saved." in out
     assert (tmp_path / "s3" / "objects" / "products").is_dir()
+    assert not (tmp_path / "api-server.json").exists()  # gone with the server
 
     proc = start(tmp_path, port, "--sample", "12")  # same sample again: nothing re-embedded
     try:
