@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from core.errors import InvalidInput
 from core.events import iter_event_file, parse_event, to_arrow
@@ -43,7 +43,7 @@ def synthetic(users: int, items: int, seed: int, *, content: bool = True) -> tup
 
 
 def from_files(events: Path, products: Path | None, *, content: bool = True) -> tuple[EventArrays, F32 | None, str]:
-    fmt = "csv" if events.suffix.lower() == ".csv" else "jsonl"
+    fmt: Literal["jsonl", "csv"] = "csv" if events.suffix.lower() == ".csv" else "jsonl"
     with events.open(encoding="utf-8") as fh:
         raw = [item for _n, item in iter_event_file(fh, fmt) if not isinstance(item, InvalidInput)]
     if products is None:
