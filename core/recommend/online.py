@@ -446,6 +446,8 @@ class Recommender:
     _snapshot_cost: float = 0.0
     _seen_writes: int = -1  # the catalog's local_writes at the last refresh
     _catalog_at: float = 0.0  # time.monotonic() of the last refresh (full or catalog only)
+    _wake_at: float = 0.0  # time.monotonic() when the last wake-up's refresh started
+    _wake_cost: float = 0.0  # and how long it took
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _wake: threading.Event = field(default_factory=threading.Event)  # set by this process's catalog commits
@@ -500,6 +502,17 @@ class Recommender:
             self.snapshot = snap.serving(self.ann_min_rows, self.snapshot)
             self._snapshot_at, self._snapshot_cost = time.monotonic(), time.monotonic() - started
 
+    def _wake_hold(self) -> float:
+        """How long a wake-up waits before it refreshes: writes that come in a burst are taken
+        together (``WAKE_SETTLE_SECONDS``), and during a bulk import the catalog refreshes it
+        triggers (a read of the new rows, then the rebuild) take at most 1/20 of the time, so
+        they hardly slow the import down (the timed refresh still brings its products in every
+        ``refresh_seconds``; the rebuild's own throttle holds too)."""
+        now = time.monotonic()
+        settle = WAKE_SETTLE_SECONDS - (now - self._catalog_at)
+        spacing = self._wake_at + 20 * self._wake_cost - now
+        return max(settle, spacing, self._rebuild_wait(), 0.0)
+
     def _rebuild_wait(self) -> float:
         """Seconds until the snapshot may be rebuilt again (10x the last build's time after it)."""
         return max(0.0, self._snapshot_at + 10 * self._snapshot_cost - time.monotonic())
@@ -528,12 +541,15 @@ class Recommender:
                     if time.time() - self.last_refresh >= self.refresh_seconds:
                         self.refresh()
                     elif woken:
-                        # During a bulk import: at most one rebuild per 10x its cost (see above),
-                        # and writes that come in a burst are taken together.
-                        settle = WAKE_SETTLE_SECONDS - (time.monotonic() - self._catalog_at)
-                        if self._stop.wait(max(self._rebuild_wait(), settle, 0.0)):
+                        hold, due_in = self._wake_hold(), self.last_refresh + self.refresh_seconds - time.time()
+                        if self._stop.wait(max(min(hold, due_in), 0.0)):
                             return
-                        self.refresh_catalog()
+                        if due_in <= hold:  # the timed refresh comes first and covers the catalog too
+                            self.refresh()
+                        else:
+                            started = time.monotonic()
+                            self.refresh_catalog()
+                            self._wake_at, self._wake_cost = started, time.monotonic() - started
                 except Exception as exc:  # keep serving the last good state
                     log.warning("recommender refresh failed: %s", exc)
                     if on_error:
