@@ -56,8 +56,8 @@ TRENDING_TAU_DAYS = 7.0
 # Re-read this much before the newest received_at seen: covers other writers whose commit landed
 # after a later-stamped one (duplicates are dropped by event_id).
 EVENT_OVERLAP = timedelta(seconds=30)
-# After this process writes to the catalog, the refresh thread waits this long (from its last
-# refresh) before it takes the writes up, so a burst of commits costs one catalog read.
+# After this process writes to the catalog, the refresh thread takes the writes up once no other
+# commit came for this long (while commits keep coming, the timed refresh takes them up).
 WAKE_SETTLE_SECONDS = 0.2
 # Catalogs from this size on score content through a PQ index (CatalogSnapshot.content_candidates):
 # that many candidates from it, and as many from the other signals.
@@ -445,7 +445,6 @@ class Recommender:
     _snapshot_at: float = 0.0
     _snapshot_cost: float = 0.0
     _seen_writes: int = -1  # the catalog's local_writes at the last refresh
-    _catalog_at: float = 0.0  # time.monotonic() of the last refresh (full or catalog only)
     _wake_at: float = 0.0  # time.monotonic() when the last wake-up's refresh started
     _wake_cost: float = 0.0  # and how long it took
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -471,7 +470,7 @@ class Recommender:
                 log.info("recommendation model %s loaded", self.model_key)
             self._compiled_for(self.snapshot)
             self._refresh_popularity()
-            self.last_refresh, self._catalog_at = time.time(), time.monotonic()
+            self.last_refresh = time.time()
             # Seen even when the rebuild was held back: retrying on every request would add
             # storage reads to each one during a bulk import; the timer picks those writes up.
             self._seen_writes = writes
@@ -485,7 +484,6 @@ class Recommender:
             self._compiled_for(self.snapshot)
             self._refresh_popularity()
             self._seen_writes = writes
-            self._catalog_at = time.monotonic()
 
     def _refresh_snapshot(self) -> None:
         hot = self.hot.current() if self.hot is not None else None  # with this process's writes
@@ -503,15 +501,11 @@ class Recommender:
             self._snapshot_at, self._snapshot_cost = time.monotonic(), time.monotonic() - started
 
     def _wake_hold(self) -> float:
-        """How long a wake-up waits before it refreshes: writes that come in a burst are taken
-        together (``WAKE_SETTLE_SECONDS``), and during a bulk import the catalog refreshes it
-        triggers (a read of the new rows, then the rebuild) take at most 1/20 of the time, so
-        they hardly slow the import down (the timed refresh still brings its products in every
-        ``refresh_seconds``; the rebuild's own throttle holds too)."""
-        now = time.monotonic()
-        settle = WAKE_SETTLE_SECONDS - (now - self._catalog_at)
-        spacing = self._wake_at + 20 * self._wake_cost - now
-        return max(settle, spacing, self._rebuild_wait(), 0.0)
+        """How long a wake-up waits before it refreshes: the catalog refreshes that wake-ups
+        trigger (a read of the new rows, then the rebuild) take at most 1/20 of the time, and the
+        rebuild's own throttle holds."""
+        spacing = self._wake_at + 20 * self._wake_cost - time.monotonic()
+        return max(spacing, self._rebuild_wait(), 0.0)
 
     def _rebuild_wait(self) -> float:
         """Seconds until the snapshot may be rebuilt again (10x the last build's time after it)."""
@@ -520,10 +514,10 @@ class Recommender:
     def start(self, on_error: Callable[[Exception], None] | None = None) -> None:
         """Refresh now (products indexed since this object was built, e.g. a seeded sample, are
         served from the first request), then every ``refresh_seconds`` in a daemon thread. A
-        commit this process makes to the catalog wakes the thread, which then takes up the
-        catalog alone (read-your-writes: a product just indexed is recommendable a fraction of a
-        second later, not at the next tick; during a bulk import at most one snapshot rebuild per
-        10x its cost)."""
+        commit this process makes to the catalog wakes the thread, which takes up the catalog alone
+        once the commits pause for ``WAKE_SETTLE_SECONDS`` (read-your-writes: a product just
+        indexed is recommendable a fraction of a second later, not at the next tick; commits that
+        keep coming, a bulk import, are left to the timed refresh)."""
         try:
             self.refresh()
         except Exception as exc:  # storage down at start: the loop keeps trying
@@ -537,6 +531,14 @@ class Recommender:
                 if self._stop.is_set():
                     return
                 self._wake.clear()
+                if woken:
+                    due_in = self.last_refresh + self.refresh_seconds - time.time()
+                    # Take this process's writes up once they pause. A bulk import does not pause:
+                    # the timed refresh takes its products up, and the import is not slowed.
+                    if self._stop.wait(min(WAKE_SETTLE_SECONDS, max(due_in, 0.0))):
+                        return
+                    if self._wake.is_set() and time.time() - self.last_refresh < self.refresh_seconds:
+                        continue
                 try:
                     if time.time() - self.last_refresh >= self.refresh_seconds:
                         self.refresh()
