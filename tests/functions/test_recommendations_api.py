@@ -95,8 +95,8 @@ def test_the_refresh_thread_serves_this_processs_new_products_without_waiting_fo
     s3_endpoint: str, fake: Embedder
 ) -> None:
     """Read-your-writes with the background refresh running (the server's normal mode) and its
-    interval an hour: each commit wakes the thread, so new products are served, and events on
-    them personalize, within seconds."""
+    interval an hour: commits wake the thread (it takes them up once they pause), so new products
+    are served, and events on them personalize, within seconds."""
     settings = make_settings(s3_endpoint, new_bucket(s3_endpoint, "recs-wake"), recs_refresh_seconds=3600)
     services = Services.from_settings(settings, embedder=fake)
     rec = services.recommender
@@ -115,7 +115,7 @@ def test_the_refresh_thread_serves_this_processs_new_products_without_waiting_fo
     try:
         assert rec.in_memory and client.get("/recommendations/nobody").json()["strategy"] == "empty"
         first, second = _catalog()[:6], _catalog()[12:18]
-        for batch in (first, second):  # two commits: the second lands after the thread woke once
+        for batch in (first, second):  # two commits in a row
             services.indexer.index([PendingProduct(ProductInput.from_mapping(p)) for p in batch])
         ids = {str(p["product_id"]) for p in first + second}
         served_within(10, "nobody", lambda b: {r["product_id"] for r in b["recommendations"]} == ids)
@@ -157,7 +157,11 @@ def test_continuous_writes_do_not_starve_the_timed_refresh(s3_endpoint: str, fak
             time.sleep(0.02)
         assert calls["full"] >= 3, calls  # ~6 ticks in 3 s; without the due check in the loop: 0
         assert calls["catalog"] == 0, calls  # never a pause of WAKE_SETTLE_SECONDS
-        rec._wake.set()  # one more commit, then quiet
+        ticks, deadline = calls["full"], time.monotonic() + 2
+        while calls["full"] == ticks:  # right after a tick, so the next one is 0.5 s away
+            assert time.monotonic() < deadline, calls
+            time.sleep(0.005)
+        rec._wake.set()  # one more commit, then quiet: taken up after the 0.2 s pause
         deadline = time.monotonic() + 0.4
         while calls["catalog"] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
