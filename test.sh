@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (first time) and run every check: ruff (lint + format), mypy on core/, functions/ and local/, the whole pytest suite.
+# Set up (first time) and run every check: ruff (lint + format), mypy on core/, functions/, local/ and sdk/, the whole pytest suite.
 # Extra arguments go to pytest (e.g. ./test.sh -m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,7 +18,7 @@ scripts/setup-venv.sh dev
 echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-echo "==> mypy (strict): core/ functions/ local/"
+echo "==> mypy (strict): core/ functions/ local/ sdk/"
 .venv/bin/mypy
 echo "==> pytest"
 exec .venv/bin/python -m pytest "$@"

@@ -13,7 +13,6 @@ import socket
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from core.storage import ObjectStore
 from functions.services import Services
 from local.s3server import ACCESS_KEY, SECRET_KEY, EmbeddedS3
 from local.sample import generate
+from sdk import APIError, RecommendationClient
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +90,16 @@ def wait_until_served(data_dir: Path, settings: Settings, model_key: str, timeou
     url = str(info["url"])
     started = time.monotonic()
     current: str | None = None
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
-                current = json.loads(resp.read()).get("recommendation_model")
-        except (OSError, ValueError) as exc:  # not up yet, or busy: keep trying until the timeout
-            log.debug("dev API server health check failed: %s", exc)
-        waited = time.monotonic() - started
-        if current == model_key or waited >= timeout:
-            return ServedCheck(url, current == model_key, waited, current)
-        time.sleep(0.1)
+    with RecommendationClient(url, timeout=5, retries=0) as client:
+        while True:
+            try:
+                current = client.health().get("recommendation_model")
+            except APIError as exc:  # not up yet, or busy: keep trying until the timeout
+                log.debug("dev API server health check failed: %s", exc)
+            waited = time.monotonic() - started
+            if current == model_key or waited >= timeout:
+                return ServedCheck(url, current == model_key, waited, current)
+            time.sleep(0.1)
 
 
 @contextlib.contextmanager

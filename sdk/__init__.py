@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -104,7 +104,10 @@ class Product:
     updated_at: str
 
 
-def _pick(cls: type, data: dict[str, Any]) -> Any:
+_T = TypeVar("_T")
+
+
+def _pick(cls: type[_T], data: dict[str, Any]) -> _T:
     names = cls.__dataclass_fields__  # type: ignore[attr-defined]
     return cls(**{k: v for k, v in data.items() if k in names})
 
