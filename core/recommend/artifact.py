@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from core.errors import NotFound
+from core.recommend.data import F32
+from core.recommend.factors import FactorModel
 from core.recommend.models import HybridModel, HybridParams, Reranker
 from core.storage import ObjectStore
 
@@ -49,6 +51,17 @@ def to_bytes(model: HybridModel) -> bytes:
         arrays[f"{name}_shape"] = np.array(m.shape)
     if model.v is not None:
         arrays["v"] = np.asarray(model.v, dtype=np.float32)
+    f = model.f
+    if f is not None:
+        arrays.update(
+            f_users=np.array(f.users, dtype=str),
+            f_p=f.p,
+            f_user_bias=f.user_bias,
+            f_q=f.q,
+            f_choice_bias=f.choice_bias,
+            f_item_bias=f.item_bias,
+            f_scalars=np.array([f.mean, f.scale, f.tau_days, f.like_at], dtype=np.float64),
+        )
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()
@@ -74,7 +87,22 @@ def from_bytes(data: bytes) -> HybridModel:
                 log.warning("model reranker ignored: %s", exc)
         items = [str(i) for i in z["items"]]
         v = np.asarray(z["v"], dtype=np.float32) if "v" in z else None  # absent before the projection
-        return HybridModel(items, _csr(z, "b"), params, meta["info"], _csr(z, "t"), reranker, v)
+        return HybridModel(items, _csr(z, "b"), params, meta["info"], _csr(z, "t"), reranker, v, _factors(z))
+
+
+def _factors(z: Any) -> FactorModel | None:
+    """The choice model, absent from models trained before it (or with ``eta = 0``)."""
+    if "f_p" not in z:
+        return None
+    mean, scale, tau_days, like_at = (float(x) for x in z["f_scalars"])
+
+    def arr(name: str) -> F32:
+        out: F32 = np.asarray(z[f"f_{name}"], dtype=np.float32)
+        return out
+
+    users = [str(u) for u in z["f_users"]]
+    p, ub, q, c, ib = (arr(k) for k in ("p", "user_bias", "q", "choice_bias", "item_bias"))
+    return FactorModel(users, p, ub, q, c, ib, mean, scale, tau_days, like_at)
 
 
 class ModelStore:

@@ -102,7 +102,7 @@ def evaluate(
     pop = TimePopularity(split.train_ev, len(ev.items))
     recent = history_matrix(split.train, 0.0, model.params.seq_half_life)
     seen = binary_matrix(split.train)
-    m = evaluate_scores(split, lambda u: model.score(hist[u], split.t_last[u], pop, vectors, recent[u], seen[u]), k)
+    m = evaluate_scores(split, lambda u: model.score(hist[u], split.t_last[u], pop, vectors, recent[u], seen[u], u), k)
     desc = model.params.describe()
     check = model.info.get("rerank_check")
     if check is not None:  # the two-fold check on the inner split that decided about the reranker

@@ -3,7 +3,7 @@
 The hybrid scores item ``i`` for user ``u`` as
 
     s(u, i) = cf(u, i) / max cf(u) + beta * pop_t(u)(i) / max pop_t(u) + gamma * content(u, i) / max content(u)
-              (+ delta * sequence(u, i) / max sequence(u)), then scaled by trend_t(u)(i) ** trend
+              (+ delta * sequence(u, i) / max sequence(u) + eta * choice(u, i)), then scaled by trend_t(u)(i) ** trend
 
 - ``cf``: EASE (Steck 2019) item-item weights ``B`` applied to the user's history vector, where
   each past item counts ``strength ** alpha * 0.5 ** (rank / half_life)`` (purchase > cart >
@@ -12,12 +12,15 @@ The hybrid scores item ``i`` for user ``u`` as
   Laplace kernel of width ``tau_days``), which tracks what is new and trending;
 - ``content``: cosine between each item's fused embedding and the user's recency-weighted
   profile of embeddings, which reaches new products nobody interacted with yet;
+- ``choice``: the time-aware choice model of :mod:`core.recommend.factors` (user and item
+  factors learned from what was chosen when, with a rating head): the probability that the user
+  chooses the item around their last activity and likes it, relative to their most likely item;
 - ``trend_t``: how much more an item is chosen around the user's last activity than its
   all-time share predicts (:meth:`TimePopularity.trend`), a multiplier: releases and hype lift
   what users choose next, ageing lowers it.
 
 All hyper-parameters (``lam``, ``rho``, ``alpha``, ``half_life``, ``beta``, ``tau_days``, ``gamma``,
-``delta``, ``seq_half_life``, ``trend``, ``trend_tau_days``) are
+``delta``, ``seq_half_life``, ``trend``, ``trend_tau_days``, ``eta``) are
 chosen by :func:`tune_hybrid` on a per-user time split *inside* the training data, never on
 held-out data. On the same split :func:`fit_reranker` fits a :class:`Reranker`, a logistic
 model that reorders each user's best candidates from :data:`RERANK_FEATURES`; it is kept only
@@ -39,6 +42,7 @@ import scipy.sparse as sp
 
 from core.events import EVENT_TYPES
 from core.recommend.data import F32, F64, I32, EventArrays, Interactions, aggregate, positives, time_split
+from core.recommend.factors import FactorConfig, FactorModel, fit_factors
 
 DAY = 86400.0
 INF = math.inf
@@ -59,6 +63,7 @@ class HybridParams:
     trend_tau_days: float = 7.0
     shrink: float = 0.0
     rank: int = 48
+    eta: float = 0.0
     neighbors: int = 256
 
     def __post_init__(self) -> None:
@@ -96,10 +101,13 @@ GRID: dict[str, list[float]] = {
     "seq_half_life": [1.0, 2.0, 5.0],
     "trend": [0.0, 0.25, 0.5, 1.0],
     "trend_tau_days": [3.0, 7.0, 21.0],
+    "eta": [0.0, 0.25, 0.5, 1.0, 2.0],
 }
 SEQ_WINDOW = 5
 MAX_RANK = 64
 """The largest ``rank`` the collaborative projection may have (one SVD per EASE fit serves all)."""
+FACTOR_MAX_ITEMS = 20_000
+"""The choice model is fitted on at most this many products (the most chosen ones)."""
 ROW_CACHE = 64
 """One-row popularity / trend results kept per :class:`TimePopularity` (each is ``items`` floats)."""
 TREND_PRIOR_EVENTS = 5.0
@@ -526,6 +534,7 @@ class HybridModel:
     t: sp.csr_matrix | None = None  # items x items "what comes next" weights
     reranker: Reranker | None = None
     v: F32 | None = None  # items x rank: the directions the collaborative scores are shrunk towards
+    f: FactorModel | None = None  # the time-aware choice model (users it was trained on x items)
 
     def project(self, cf: F32) -> F32:
         """Collaborative scores (one row or users x items) with the part outside the model's
@@ -556,12 +565,18 @@ class HybridModel:
         pop: TimePopularity | None,
         vectors: F32 | None,
         recent: sp.csr_matrix | None = None,
+        users: npt.NDArray[np.integer[Any]] | None = None,
     ) -> dict[str, F32]:
         """The weighted, per-user normalised parts of the score (users x items):
-        ``collaborative``, ``popular``, ``content`` and ``sequence`` (from ``recent``, the history
-        weighted by ``0.5 ** (rank / seq_half_life)``); the score is their sum."""
+        ``collaborative``, ``popular``, ``content``, ``sequence`` (from ``recent``, the history
+        weighted by ``0.5 ** (rank / seq_half_life)``) and ``factors`` (the choice model's rows
+        ``users``, numbered like the data the model was trained on); the score is their sum."""
         p = self.params
         parts = {"collaborative": _row_max_normalise(self.project(_apply(hist, self.b)))}
+        if users is not None:
+            factors = self.factor_scores(np.asarray(users, dtype=np.int64), t_last, pop)
+            if factors is not None:
+                parts["factors"] = factors
         if p.beta > 0 and pop is not None:
             parts["popular"] = p.beta * _row_max_normalise(np.array(pop.at(t_last, p.tau_days), dtype=np.float32))
         if p.gamma > 0 and vectors is not None:
@@ -580,6 +595,7 @@ class HybridModel:
         vectors: F32 | None,
         vectors_t: F32 | None = None,
         content: Callable[[F32, F32 | None], F32] | None = None,
+        user: int | None = None,
     ) -> dict[str, F32]:
         """:meth:`components` for one user whose history is items ``rows`` (distinct) with
         weights ``w_hist`` (and ``w_recent`` for the sequence signal), as 1-D arrays, computed
@@ -588,11 +604,16 @@ class HybridModel:
         contiguously when the caller keeps one, makes the content scan faster. ``content``, when
         given, replaces the content scan: it is called with the user's unit profile and the sum
         of the other signals (None when they are all zero) and returns the cosines (see
-        :meth:`core.recommend.online.CatalogSnapshot.content_candidates`)."""
+        :meth:`core.recommend.online.CatalogSnapshot.content_candidates`). ``user`` is the
+        user's row in the choice model (:attr:`f`), None or -1 when it has none."""
         p = self.params
         parts = {"collaborative": _max_normalise(self.project(weighted_rows(self.b, rows, w_hist)))}
         if p.beta > 0 and pop is not None:
             parts["popular"] = p.beta * _max_normalise(np.array(pop.at(np.array([t_last]), p.tau_days)[0]))
+        if user is not None:
+            factors = self.factor_scores(np.array([user], dtype=np.int64), np.array([t_last]), pop)
+            if factors is not None:
+                parts["factors"] = factors[0]
         sequence = None
         if p.delta > 0 and self.t is not None and self.t.shape[0]:
             sequence = p.delta * _max_normalise(weighted_rows(self.t, rows, w_recent))
@@ -618,15 +639,16 @@ class HybridModel:
         vectors: F32 | None,
         recent: sp.csr_matrix | None = None,
         exclude: sp.csr_matrix | None = None,
+        users: npt.NDArray[np.integer[Any]] | None = None,
     ) -> F32:
         """Scores (users x items) for history rows weighted with this model's alpha/half-life.
         With a reranker, each row's best candidates (``exclude``'s nonzeros, the products the
         user has seen, are never candidates) come first, in the reranker's order; the other
         products keep the blend's order below them."""
         if self.reranker is None or pop is None:
-            comps = self.components(hist, t_last, pop, vectors, recent)
+            comps = self.components(hist, t_last, pop, vectors, recent, users)
             return boost(functools.reduce(np.add, comps.values()), self.trend_factor(t_last, pop))
-        out, cand, x = self.candidates(hist, t_last, pop, vectors, recent, exclude, self.reranker.candidates)
+        out, cand, x = self.candidates(hist, t_last, pop, vectors, recent, exclude, self.reranker.candidates, users)
         ranked: F32 = (out - np.abs(out).max(axis=1, keepdims=True) - 1.0).astype(np.float32)  # below candidates
         # The candidates in the reranker's order (stable, like the query path), as 3 - position / n:
         # exact in float32, where probabilities + 2 could tie.
@@ -645,10 +667,11 @@ class HybridModel:
         recent: sp.csr_matrix | None,
         exclude: sp.csr_matrix | None,
         n: int,
+        users: npt.NDArray[np.integer[Any]] | None = None,
     ) -> tuple[F32, I32, F32]:
         """The blend's scores (users x items), each row's ``n`` best products outside
         ``exclude`` (best first) and their :func:`rerank_features` (users x n x features)."""
-        comps = self.components(hist, t_last, pop, vectors, recent)
+        comps = self.components(hist, t_last, pop, vectors, recent, users)
         out = boost(functools.reduce(np.add, comps.values()), self.trend_factor(t_last, pop))
         cand = top_k(out, n, exclude)
         content = comps.get("content")
@@ -666,6 +689,16 @@ class HybridModel:
             ]
         )
         return out, cand, x
+
+    def factor_scores(self, users: npt.NDArray[np.int64], t_last: F64, pop: TimePopularity | None) -> F32 | None:
+        """``eta`` times the choice model's scores for rows ``users`` of :attr:`f` (-1: a user it
+        has no row for, zeros) around their last activity ``t_last``; None when the signal is off."""
+        f = self.f
+        if self.params.eta <= 0 or f is None or pop is None:
+            return None
+        log_trend = np.log(np.maximum(pop.trend(t_last, f.tau_days), 1e-6)).astype(np.float32)
+        out: F32 = (self.params.eta * f.scores(users, log_trend)).astype(np.float32)
+        return out
 
     def trend_factor(self, t_last: F64, pop: TimePopularity | None) -> F32 | None:
         """``TimePopularity.trend ** trend`` for users last active at ``t_last`` (rows), or None
@@ -780,6 +813,7 @@ class TuneLog:
     seconds: float = 0.0
     reranker: Reranker | None = None
     rerank_check: dict[str, float] | None = None  # NDCG@10 of the blend and of it reranked, on held-out users
+    factor_seconds: float = 0.0  # fitting the choice model on the inner split
 
 
 def tune_hybrid(
@@ -811,12 +845,16 @@ def tune_hybrid(
     x = binary_matrix(split.train)
     pop = TimePopularity(split.train_ev, split.train.n_items)
     trans = fit_transitions(split.train_ev, split.train.n_items)
+    log = TuneLog()
     y = positive_matrix(split.train_ev, min_rating, positive_types)
     if y.nnz == 0:
         grid["rho"] = [0.0]
+    factors = None
+    if any(v > 0 for v in grid.get("eta", [])) and len(split.train_ev):
+        factors = factors_for(split.train_ev, pop, min_rating)
+        log.factor_seconds = factors[1]
     pairs: dict[float, tuple[F32, F32 | None]] = {}
     projections: dict[tuple[float, float], F32] = {}
-    log = TuneLog()
 
     def model_for(p: HybridParams) -> HybridModel:
         if p.lam not in pairs:
@@ -829,13 +867,15 @@ def tune_hybrid(
             if (p.lam, p.rho) not in projections:  # one SVD per EASE fit serves every rank
                 projections[(p.lam, p.rho)] = fit_projection(x, b, MAX_RANK)
             v = projections[(p.lam, p.rho)][:, : p.rank]
-        return HybridModel(ev.items, b, p, t=trans, v=v)
+        return HybridModel(ev.items, b, p, t=trans, v=v, f=None if factors is None else factors[0])
 
     def run(p: HybridParams) -> float:
         model = model_for(p)
         hist = history_matrix(split.train, p.alpha, p.half_life)
         recent = history_matrix(split.train, 0.0, p.seq_half_life)
-        m = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows]))
+        m = evaluate_scores(
+            split, lambda rows: model.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows], users=rows)
+        )
         log.trials.append((p.as_dict(), m.ndcg))
         return m.ndcg
 
@@ -884,7 +924,7 @@ def _checked_reranker(
     def ndcg(m: HybridModel, users: I32) -> float:
         return evaluate_scores(
             replace(split, users=users),
-            lambda rows: m.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows], seen[rows]),
+            lambda rows: m.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows], seen[rows], rows),
         ).ndcg
 
     blend = reranked = 0.0
@@ -930,7 +970,7 @@ def fit_reranker(
     for start in range(0, len(users), 512):
         rows = users[start : start + 512]
         _out, cand, x = model.candidates(
-            hist[rows], split.t_last[rows], pop, vectors, recent[rows], seen[rows], candidates
+            hist[rows], split.t_last[rows], pop, vectors, recent[rows], seen[rows], candidates, rows
         )
         rel = split.relevant[rows]
         xs.append(x.reshape(-1, x.shape[-1]))
@@ -988,8 +1028,34 @@ def train_hybrid(
     b = prune_rows(dense, params.neighbors)
     del dense
     t = prune_rows_sparse(fit_transitions(ev, len(ev.items)), params.neighbors) if params.delta > 0 else None
+    f = None
+    if params.eta > 0:
+        f, info["factor_seconds"] = factors_for(ev, TimePopularity(ev, len(ev.items)), min_rating)
     info.update(train_seconds=time.perf_counter() - t0, events=len(ev), users=len(ev.users), items=len(ev.items))
-    return HybridModel(list(ev.items), b, params, info, t, reranker, v)
+    return HybridModel(list(ev.items), b, params, info, t, reranker, v, f)
+
+
+def factors_for(
+    ev: EventArrays,
+    pop: TimePopularity,
+    min_rating: float,
+    config: FactorConfig | None = None,
+    max_items: int = FACTOR_MAX_ITEMS,
+) -> tuple[FactorModel, float]:
+    """The choice model fitted on ``ev`` (``pop`` built from the same events) and its seconds.
+    Over more than ``max_items`` products it is fitted on the most-chosen ``max_items`` (the full
+    softmax costs events x products per epoch); the others get probability 0 from it."""
+    t0 = time.perf_counter()
+    config = config or FactorConfig()
+    if len(ev.items) > max_items:
+        keep = np.sort(np.argsort(-pop.global_counts, kind="stable")[:max_items]).astype(np.int64)
+        sub = restrict_items(ev, keep)
+        f, _ = factors_for(sub, TimePopularity(sub, len(keep)), min_rating, config, max_items)
+        return f.reindexed(keep, len(ev.items)), time.perf_counter() - t0
+    days = pop.day0 + np.arange(pop.n_days, dtype=np.float64) + 0.5
+    table = np.asarray(pop.trend(days * DAY, config.tau_days), dtype=np.float32)
+    model = fit_factors(ev, table, pop._days(ev.ts), min_rating=min_rating, config=config)
+    return model, time.perf_counter() - t0
 
 
 def prune_rows_sparse(m: sp.csr_matrix, k: int) -> sp.csr_matrix:

@@ -403,6 +403,7 @@ class _Compiled:
     trend: F32 = field(default_factory=lambda: np.zeros(0, np.float32))  # cold start, per refresh
     alltime: F32 = field(default_factory=lambda: np.zeros(0, np.float32))
     cold_scores: F64 = field(default_factory=lambda: np.zeros(0))
+    factor_rows: dict[str, int] = field(default_factory=dict)  # user id -> row of model.f
 
     def set_popularity(self, pop: TimePopularity, generation: int, snap: CatalogSnapshot) -> None:
         """Popularity and the cold-start ranking derived from it: trending (events around the
@@ -608,9 +609,13 @@ class Recommender:
                     t,
                     model.reranker,
                     None if model.v is None else _reindex_rows(sel, model.v),
+                    None
+                    if model.f is None
+                    else model.f.reindexed(np.array([snap.index.get(i, -1) for i in model.items], np.int64), len(snap)),
                 ),
                 pop,
                 gen,
+                factor_rows={} if model.f is None else model.f.row_of(),
             )
             c.set_popularity(pop, gen, snap)
             self._compiled = c
@@ -668,6 +673,7 @@ class Recommender:
             snap.vectors,
             snap.vectors_t,
             content if self.ann_content and snap.content_index is not None else None,
+            compiled.factor_rows.get(user_id),
         )
         # The trend multiplies the summed score; content candidates are picked before it (a
         # multiplier near 1 moves few products across the 1,000-candidate line).
@@ -711,6 +717,8 @@ class Recommender:
         }
         if model.t is not None and model.t.shape[0]:
             contrib["sequence"] = w_recent[:, None] * block(model.t, idx, top)
+        if model.f is not None:  # the history items whose factors are closest to the product's
+            contrib["factors"] = w_hist[:, None] * (model.f.q[idx] @ model.f.q[top].T)
         items = []
         for col, i in enumerate(top):
             best = max(parts, key=lambda k: float(parts[k][i]))
@@ -824,6 +832,8 @@ def _history_reason(
     title = snap.products[idx[j]].title
     if signal == "sequence":
         return f"Often chosen right after {title}"
+    if signal == "factors":
+        return f"Matches your taste for {title}, which you {_VERB[h.event_type]}"
     if signal == "collaborative":
         if h.event_type in ("purchase", "add_to_cart"):
             return f"Often bought with {title}"

@@ -35,7 +35,15 @@ class TrainReport:
             f"  parameters: {p.describe()}"
             + (f"\n  internal validation NDCG@10: {val:.4f} ({info.get('trials')} trials)" if val is not None else "")
             + self._reranker_line()
+            + self._factors_line()
         )
+
+    def _factors_line(self) -> str:
+        f = self.model.f
+        if f is None:
+            return ""
+        secs = self.model.info.get("factor_seconds", 0.0)
+        return f"\n  choice model: {f.p.shape[1]} factors for {len(f.users)} users, fitted in {secs:.1f} s"
 
     def _reranker_line(self) -> str:
         check = self.model.info.get("rerank_check")

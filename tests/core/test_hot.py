@@ -323,7 +323,7 @@ def test_category_codes_filter_like_the_strings() -> None:
 def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(s3_settings: Settings) -> None:
     """What ``python -m local evaluate`` scores is what ``GET /recommendations`` serves: a model
     with every signal on (collaborative, trending, content, sequence, the trend multiplier, a
-    reranker and the low-rank shrinkage of the collaborative part)
+    reranker, the low-rank shrinkage of the collaborative part and the time-aware choice model)
     ranks each user's unseen products in the query process (one user, CSR arrays, cached rows)
     as the batch path does (scipy, all users at once), and the trend really moves rankings."""
     from dataclasses import replace
@@ -373,8 +373,10 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
     coef = tuple(float(c) for c in np.random.default_rng(1).normal(0.0, 1.0, len(RERANK_FEATURES)))
     reranker = Reranker((0.0,) * len(coef), (1.0,) * len(coef), coef, 0.0, candidates=30)
     batch_tops = {}
-    for trend, rr, shrink in ((0.0, None, 0.0), (1.0, None, 0.0), (1.0, reranker, 0.0), (1.0, reranker, 0.7)):
-        trained = train_hybrid(ev, snap.vectors, params=replace(params, trend=trend, shrink=shrink, rank=8))
+    configs = ((0.0, None, 0.0, 0.0), (1.0, None, 0.0, 0.0), (1.0, reranker, 0.0, 0.0), (1.0, reranker, 0.7, 0.0))
+    for trend, rr, shrink, eta in (*configs, (1.0, reranker, 0.7, 1.0)):
+        trained = train_hybrid(ev, snap.vectors, params=replace(params, trend=trend, shrink=shrink, rank=8, eta=eta))
+        assert (trained.f is None) == (eta == 0)
         assert (trained.v is None) == (shrink == 0) and (trained.v is None or trained.v.shape == (300, 8))
         model = replace(trained, reranker=rr)
         models.save(model)
@@ -382,21 +384,24 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
         p = model.params
         hist = history_matrix(inter, p.alpha, p.half_life)[rows]
         recent = history_matrix(inter, 0.0, p.seq_half_life)[rows]
-        batch = top_k(model.score(hist, t_last, pop, snap.vectors, recent, seen[rows]), 10, seen[rows])
+        batch = top_k(model.score(hist, t_last, pop, snap.vectors, recent, seen[rows], rows), 10, seen[rows])
         agree = exact = 0
         for n, user in enumerate(users):
             served = [r.product.product_id for r in recs.recommend(user, 10).items]
             want = [ids[i] for i in batch[n]]
             agree += len(set(served) & set(want))
             exact += served == want
-        assert agree / (10 * len(users)) >= 0.98, (trend, rr, shrink, agree)
+        assert agree / (10 * len(users)) >= 0.98, (trend, rr, shrink, eta, agree)
         if rr is not None:
             assert exact / len(users) >= 0.95, exact  # the reranker's order itself, not only the set
-        batch_tops[trend, rr is not None, shrink] = batch
+        batch_tops[trend, rr is not None, shrink, eta] = batch
     tops = {key[:2]: batch for key, batch in batch_tops.items() if key[2] == 0.0}
+    with_factors = batch_tops[1.0, True, 0.7, 1.0]
     moved = sum(len(set(a) ^ set(b)) > 0 for a, b in zip(tops[0.0, False], tops[1.0, False], strict=True))
     assert moved >= 10  # the multiplier changes what users get
     reranked = sum(list(a) != list(b) for a, b in zip(tops[1.0, False], tops[1.0, True], strict=True))
     assert reranked >= 30  # and so does the reranker
-    shrunk = sum(list(a) != list(b) for a, b in zip(tops[1.0, True], batch_tops[1.0, True, 0.7], strict=True))
+    shrunk = sum(list(a) != list(b) for a, b in zip(tops[1.0, True], batch_tops[1.0, True, 0.7, 0.0], strict=True))
     assert shrunk >= 30  # and so does the shrinkage
+    factored = sum(list(a) != list(b) for a, b in zip(batch_tops[1.0, True, 0.7, 0.0], with_factors, strict=True))
+    assert factored >= 30  # and so does the choice model

@@ -17,6 +17,7 @@ from core.recommend.models import (
     binary_matrix,
     block,
     evaluate_scores,
+    factors_for,
     fit_ease,
     fit_itemknn,
     fit_projection,
@@ -132,11 +133,12 @@ def test_one_user_path_equals_the_batch_scores() -> None:
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((len(ev.items), 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    model = replace_params(model, beta=0.3, gamma=0.2, delta=0.5, half_life=4.0, alpha=1.0)
+    model = replace_params(model, beta=0.3, gamma=0.2, delta=0.5, half_life=4.0, alpha=1.0, eta=0.5)
     p = model.params
     hist = history_matrix(split.train, p.alpha, p.half_life)
     recent = history_matrix(split.train, 0.0, p.seq_half_life)
     pop = TimePopularity(split.train_ev, len(ev.items))
+    model = dataclasses.replace(model, f=factors_for(split.train_ev, pop, 4.0)[0])  # type: ignore[type-var]
     tr = split.train
     checked = 0
     for u in range(0, tr.n_users, 7):
@@ -147,7 +149,7 @@ def test_one_user_path_equals_the_batch_scores() -> None:
         rows = tr.item[mine][order].astype(np.int32)
         strength = tr.strength[mine][order].astype(np.float32)
         rank = tr.rank[mine][order].astype(np.int32)
-        batch = model.components(hist[[u]], split.t_last[[u]], pop, vectors, recent[[u]])
+        batch = model.components(hist[[u]], split.t_last[[u]], pop, vectors, recent[[u]], np.array([u]))
         one = model.user_components(
             rows,
             history_weights(strength, rank, p.alpha, p.half_life),
@@ -155,8 +157,9 @@ def test_one_user_path_equals_the_batch_scores() -> None:
             float(split.t_last[u]),
             pop,
             vectors,
+            user=u,
         )
-        assert set(one) == set(batch) == {"collaborative", "popular", "content", "sequence"}
+        assert set(one) == set(batch) == {"collaborative", "popular", "content", "sequence", "factors"}
         for name in one:
             assert np.allclose(one[name], batch[name][0], atol=1e-5), name
         w_hist = history_weights(strength, rank, p.alpha, p.half_life)
@@ -541,17 +544,22 @@ def test_reranker_learns_what_the_blend_cannot_see() -> None:
     assert reranked > plain + 0.2, (plain, reranked)
 
 
+def _users_renumbered(ev: EventArrays) -> EventArrays:
+    """The same events with the users numbered in another order."""
+    perm = np.random.default_rng(5).permutation(len(ev.users))
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(len(perm))
+    return EventArrays(
+        [ev.users[i] for i in perm], ev.items, inv[ev.user].astype(ev.user.dtype), *dataclasses.astuple(ev)[3:]
+    )
+
+
 def test_training_does_not_depend_on_the_order_users_arrive_in() -> None:
     """The same events with the users numbered in another order (events imported through the API
     in another order than an offline file) train the same model, bit for bit: tuned parameters,
     EASE weights, low-rank directions and reranker."""
     ev = _rated_clusters(0)
-    perm = np.random.default_rng(5).permutation(len(ev.users))
-    inv = np.empty_like(perm)
-    inv[perm] = np.arange(len(perm))
-    renumbered = EventArrays(
-        [ev.users[i] for i in perm], ev.items, inv[ev.user].astype(ev.user.dtype), *dataclasses.astuple(ev)[3:]
-    )
+    renumbered = _users_renumbered(ev)
     models = [train_hybrid(e, None, rerank="always") for e in (ev, renumbered)]
     assert models[0].params == models[1].params and models[0].reranker is not None
     assert models[0].reranker == models[1].reranker
@@ -629,3 +637,86 @@ def test_rerank_mode_decides_whether_the_model_gets_a_reranker(monkeypatch: pyte
     assert Settings(recs_rerank="always").recs_rerank == "always"
     with pytest.raises(ValueError):
         Settings(recs_rerank="sometimes")  # type: ignore[arg-type]
+
+
+def test_choice_model_learns_taste_likes_and_timing() -> None:
+    """The time-aware choice model on rated clusters: a user's unseen products of their own cluster
+    score above every other cluster's (taste, from what was chosen), the good ones (4-5 stars from
+    others) above the bad ones (the rating head: choices alone cannot tell them apart), an item
+    hyped at the user's time rises (the trend offset), users it never saw get zeros, and products
+    it never saw get probability 0 after re-indexing onto a catalog."""
+    from core.recommend.factors import FactorConfig
+    from core.recommend.models import factors_for
+
+    ev = _rated_clusters(0)
+    pop = TimePopularity(ev, len(ev.items))
+    f, seconds = factors_for(ev, pop, 4.0, FactorConfig(dim=8, epochs=30, batch=256))
+    assert seconds > 0 and f.rated and f.like_at == 4.0
+    row = f.row_of()["u0"]  # cluster 0
+    s = f.scores(np.array([row, -1]), None)
+    seen = {ev.items[i] for i in ev.item[ev.user == ev.users.index("u0")]}
+    unseen = [k for k, item in enumerate(ev.items) if item not in seen]
+    own = [k for k in unseen if ev.items[k].startswith("c0")]
+    good = [k for k in own if int(ev.items[k][-2:]) < 13]
+    bad = [k for k in own if int(ev.items[k][-2:]) >= 13]
+    others = [k for k in unseen if not ev.items[k].startswith("c0")]
+    assert good and bad and others
+    assert s[0, own].min() > s[0, others].max()
+    assert s[0, good].min() > s[0, bad].max()
+    assert s[0].max() == pytest.approx(1.0) and not s[1].any()
+    last = min(good, key=lambda k: s[0, k])  # the good product the model likes least
+    hyped = np.zeros((1, len(ev.items)), dtype=np.float32)
+    hyped[0, last] = np.log(100.0)  # chosen 100x more than usual around the user's last day
+    timed = f.scores(np.array([row]), hyped)[0]
+    assert timed[last] == 1.0 and s[0, last] < 1.0  # it is now the most likely choice
+    # Onto a catalog in reverse order, without the first product and with one new product.
+    n = len(ev.items)
+    to_new = np.arange(n, 0, -1, dtype=np.int64) - 1  # item i -> n - 1 - i
+    to_new[0] = -1
+    moved = f.reindexed(to_new, n + 1)
+    again = moved.scores(np.array([row]), None)[0]
+    assert again[n - 1] == 0.0 and again[n] == 0.0  # dropped position and new product: probability 0
+    assert np.allclose(again[to_new[1:]], s[0, 1:] / s[0, 1:].max(), atol=1e-6)
+    # Over more products than max_items it fits the most chosen ones; the others get probability 0.
+    capped, _ = factors_for(ev, pop, 4.0, FactorConfig(dim=8, epochs=2), max_items=30)
+    most = set(np.argsort(-pop.global_counts, kind="stable")[:30].tolist())
+    some = capped.scores(np.array([row]), None)[0]
+    assert capped.q.shape == (len(ev.items), 8) and {int(k) for k in np.flatnonzero(some)} == most
+
+
+def test_choice_model_travels_with_the_model_and_does_not_depend_on_numbering() -> None:
+    """Users or products numbered in another order (events imported through the API in another
+    order than an offline file) give the same factors bit for bit; the factors survive the model
+    file; `local train` reports them."""
+    ev = _rated_clusters(0)
+    renumbered = _users_renumbered(ev)
+    a, b = (train_hybrid(e, None, params=HybridParams(lam=10.0, eta=1.0)).f for e in (ev, renumbered))
+    assert a is not None and b is not None
+    rows_a, rows_b = a.row_of(), b.row_of()
+    by_id = [(rows_a[u], rows_b[u]) for u in ev.users]
+    assert np.array_equal(a.p[[i for i, _ in by_id]], b.p[[j for _, j in by_id]])
+    assert np.array_equal(a.q, b.q) and np.array_equal(a.choice_bias, b.choice_bias)
+    # The same with the products numbered in another order (a catalog imported in another order).
+    iperm = np.random.default_rng(6).permutation(len(ev.items))
+    icode = np.empty_like(iperm)
+    icode[iperm] = np.arange(len(iperm))
+    reordered = dataclasses.replace(ev, items=[ev.items[j] for j in iperm], item=icode[ev.item].astype(ev.item.dtype))
+    c = train_hybrid(reordered, None, params=HybridParams(lam=10.0, eta=1.0)).f
+    assert c is not None and np.array_equal(c.p, a.p)
+    assert np.array_equal(c.q[icode], a.q) and np.array_equal(c.item_bias[icode], a.item_bias)
+    model = train_hybrid(ev, None, params=HybridParams(lam=10.0, eta=1.0))
+    back = from_bytes(to_bytes(model)).f
+    assert back is not None and model.f is not None and back.users == model.f.users
+    for name in ("p", "user_bias", "q", "choice_bias", "item_bias"):
+        assert np.array_equal(getattr(back, name), getattr(model.f, name)), name
+    assert (back.mean, back.scale, back.tau_days, back.like_at) == (
+        model.f.mean,
+        model.f.scale,
+        model.f.tau_days,
+        model.f.like_at,
+    )
+    assert from_bytes(to_bytes(dataclasses.replace(model, f=None))).f is None  # models without one load as before
+    from core.recommend.train import TrainReport
+
+    line = TrainReport("k", model, 1, 1, 1, 0.1).summary().splitlines()[-1]
+    assert line.startswith("  choice model: 16 factors for 400 users, fitted in "), line
