@@ -107,7 +107,12 @@ SEQ_WINDOW = 5
 MAX_RANK = 64
 """The largest ``rank`` the collaborative projection may have (one SVD per EASE fit serves all)."""
 FACTOR_MAX_ITEMS = 20_000
-"""The choice model is fitted on at most this many products (the most chosen ones)."""
+"""The choice model is fitted on at most this many products (the most chosen ones)..."""
+FACTOR_BUDGET = 1_000_000_000
+"""... and on fewer when events x products would pass this (its full softmax costs that per epoch:
+171 s for 20 epochs at 100k events x 10k products on the 2-core dev VM), but on at least
+:data:`FACTOR_MIN_ITEMS`."""
+FACTOR_MIN_ITEMS = 2_000
 ROW_CACHE = 64
 """One-row popularity / trend results kept per :class:`TimePopularity` (each is ``items`` floats)."""
 TREND_PRIOR_EVENTS = 5.0
@@ -1040,13 +1045,15 @@ def factors_for(
     pop: TimePopularity,
     min_rating: float,
     config: FactorConfig | None = None,
-    max_items: int = FACTOR_MAX_ITEMS,
+    max_items: int | None = None,
 ) -> tuple[FactorModel, float]:
     """The choice model fitted on ``ev`` (``pop`` built from the same events) and its seconds.
-    Over more than ``max_items`` products it is fitted on the most-chosen ``max_items`` (the full
-    softmax costs events x products per epoch); the others get probability 0 from it."""
+    Over more than ``max_items`` products (default: from :data:`FACTOR_BUDGET`) it is fitted on
+    the most-chosen ``max_items``; the others get probability 0 from it."""
     t0 = time.perf_counter()
     config = config or FactorConfig()
+    if max_items is None:
+        max_items = min(FACTOR_MAX_ITEMS, max(FACTOR_MIN_ITEMS, FACTOR_BUDGET // max(len(ev), 1)))
     if len(ev.items) > max_items:
         keep = np.sort(np.argsort(-pop.global_counts, kind="stable")[:max_items]).astype(np.int64)
         sub = restrict_items(ev, keep)
