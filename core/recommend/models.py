@@ -1017,6 +1017,7 @@ def train_hybrid(
             ev, vectors, min_rating=min_rating, positive_types=positive_types, rerank=rerank
         )
         info.update(validation_ndcg=val_ndcg, tune_seconds=log.seconds, trials=len(log.trials), rerank_mode=rerank)
+        info["tune_factor_seconds"] = log.factor_seconds
         if log.rerank_check is not None:
             info.update(rerank_check=log.rerank_check, reranker=log.reranker is not None)
         reranker = log.reranker
