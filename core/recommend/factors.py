@@ -90,8 +90,9 @@ class FactorModel:
             # log sigmoid(2 (stars - like_at + 0.5)), computed stably
             z = 2.0 * (stars - self.like_at + 0.5)
             logit += np.minimum(z, 0.0) - np.log1p(np.exp(-np.abs(z)))
-        logit -= logit.max(axis=1, keepdims=True)
-        out[known] = np.exp(logit)
+        best = logit.max(axis=1, keepdims=True)
+        # Rows whose best product is one the model never saw (a catalog it has no product of) stay 0.
+        out[known] = np.where(best > UNKNOWN_ITEM / 2, np.exp(logit - best), 0.0)
         return out
 
     def reindexed(self, to_new: npt.NDArray[np.int64], n: int) -> FactorModel:

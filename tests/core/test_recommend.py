@@ -676,6 +676,7 @@ def test_choice_model_learns_taste_likes_and_timing() -> None:
     moved = f.reindexed(to_new, n + 1)
     again = moved.scores(np.array([row]), None)[0]
     assert again[n - 1] == 0.0 and again[n] == 0.0  # dropped position and new product: probability 0
+    assert not f.reindexed(np.full(n, -1, dtype=np.int64), 3).scores(np.array([row]), None).any()  # none it knows
     assert np.allclose(again[to_new[1:]], s[0, 1:] / s[0, 1:].max(), atol=1e-6)
     # Over more products than max_items it fits the most chosen ones; the others get probability 0.
     capped, _ = factors_for(ev, pop, 4.0, FactorConfig(dim=8, epochs=2), max_items=30)
