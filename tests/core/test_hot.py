@@ -386,12 +386,19 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
         recent = history_matrix(inter, 0.0, p.seq_half_life)[rows]
         batch = top_k(model.score(hist, t_last, pop, snap.vectors, recent, seen[rows], rows), 10, seen[rows])
         agree = exact = 0
+        taste_reasons = []
         for n, user in enumerate(users):
-            served = [r.product.product_id for r in recs.recommend(user, 10).items]
+            items = recs.recommend(user, 10).items
+            served = [r.product.product_id for r in items]
             want = [ids[i] for i in batch[n]]
             agree += len(set(served) & set(want))
             exact += served == want
+            taste_reasons += [(user, r.reason) for r in items if r.reason.startswith("Matches your taste for ")]
         assert agree / (10 * len(users)) >= 0.98, (trend, rr, shrink, eta, agree)
+        assert bool(taste_reasons) == (eta > 0)  # the choice model's own reason, only when it is on
+        for user, reason in taste_reasons:  # naming a product the user really chose
+            mine = {e.product_id for e in events if e.user_id == user}
+            assert any(f"for {snap.products[snap.index[pid]].title}, which you" in reason for pid in mine), reason
         if rr is not None:
             assert exact / len(users) >= 0.95, exact  # the reranker's order itself, not only the set
         batch_tops[trend, rr is not None, shrink, eta] = batch
