@@ -1055,13 +1055,13 @@ def factors_for(
     config = config or FactorConfig()
     if max_items is None:
         max_items = min(FACTOR_MAX_ITEMS, max(FACTOR_MIN_ITEMS, FACTOR_BUDGET // max(len(ev), 1)))
+    days = pop.day0 + np.arange(pop.n_days, dtype=np.float64) + 0.5
+    table = np.asarray(pop.trend(days * DAY, config.tau_days), dtype=np.float32)  # the trend serving uses
     if len(ev.items) > max_items:
         keep = np.sort(np.argsort(-pop.global_counts, kind="stable")[:max_items]).astype(np.int64)
         sub = restrict_items(ev, keep)
-        f, _ = factors_for(sub, TimePopularity(sub, len(keep)), min_rating, config, max_items)
-        return f.reindexed(keep, len(ev.items)), time.perf_counter() - t0
-    days = pop.day0 + np.arange(pop.n_days, dtype=np.float64) + 0.5
-    table = np.asarray(pop.trend(days * DAY, config.tau_days), dtype=np.float32)
+        fitted = fit_factors(sub, table[:, keep], pop._days(sub.ts), min_rating=min_rating, config=config)
+        return fitted.reindexed(keep, len(ev.items)), time.perf_counter() - t0
     model = fit_factors(ev, table, pop._days(ev.ts), min_rating=min_rating, config=config)
     return model, time.perf_counter() - t0
 

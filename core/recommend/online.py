@@ -594,7 +594,8 @@ class Recommender:
         c = self._compiled
         if c is None or c.snapshot_version != snap.version or c.source is not model:
             ids = [p.product_id for p in snap.products]
-            sel = _selector(model, snap)  # once: the Python pass over the model's items
+            to_snap = _positions(model, snap)  # once: the Python pass over the model's items
+            sel = _selector(model, snap, to_snap)
             t = None if model.t is None else _reindex(sel, model.t)
             gen = self.state.generation
             pop = self.state.popularity(snap)
@@ -609,9 +610,7 @@ class Recommender:
                     t,
                     model.reranker,
                     None if model.v is None else _reindex_rows(sel, model.v),
-                    None
-                    if model.f is None
-                    else model.f.reindexed(np.array([snap.index.get(i, -1) for i in model.items], np.int64), len(snap)),
+                    None if model.f is None else model.f.reindexed(to_snap, len(snap)),
                 ),
                 pop,
                 gen,
@@ -860,12 +859,17 @@ def _best(scores: F32 | F64, k: int) -> list[int]:
     return [int(i) for i in part[np.argsort(-scores[part], kind="stable")]]
 
 
-def _selector(model: HybridModel, snap: CatalogSnapshot) -> sp.csr_matrix:
+def _positions(model: HybridModel, snap: CatalogSnapshot) -> npt.NDArray[np.int64]:
+    """Each model item's index in the snapshot, -1 for products the catalog no longer has."""
+    return np.array([snap.index.get(i, -1) for i in model.items], dtype=np.int64)
+
+
+def _selector(model: HybridModel, snap: CatalogSnapshot, to_snap: npt.NDArray[np.int64] | None = None) -> sp.csr_matrix:
     """``model items x snapshot items``, 1 where they are the same product: ``sel.T @ m``
     re-indexes the model's per-item rows onto the snapshot (products the model never saw get
-    zero rows; products the catalog no longer has drop out)."""
+    zero rows; products the catalog no longer has drop out). ``to_snap``: :func:`_positions`."""
     n = len(snap)
-    to_snap = np.array([snap.index.get(i, -1) for i in model.items], dtype=np.int64)
+    to_snap = _positions(model, snap) if to_snap is None else to_snap
     keep = np.flatnonzero(to_snap >= 0)
     return sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (keep, to_snap[keep])), shape=(len(model.items), n))
 
