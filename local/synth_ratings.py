@@ -13,15 +13,28 @@ months) rather than its exact numbers:
   dot product, standardised to unit variance. Items also have a quality bias, users a rating bias.
 * **Exposure** -- each item has a log-normal base popularity correlated with its quality, an ageing factor, and a
   hype burst after release (amplitude correlated with popularity) that decays over ``hype_decay_days``. An item
-  cannot be rated before its release.
+  cannot be rated before its release. New items keep arriving during the whole timeline (release times uniform over
+  its first 95%), so the catalog at any "now" holds items that did not exist earlier.
+* **Category waves** -- what is popular shifts: each genre's exposure is multiplied by ``exp(wave_g(t))``, a smooth
+  curve over the timeline (a sum of three sinusoids with random phases and periods log-uniform in
+  ``genre_wave_days``, six weeks to a year: fads and promotions up to yearly seasons, which a ~7-month window sees as
+  trends), standardised over the timeline to mean 0 and standard deviation ``genre_wave``. At the default 0.5 a
+  genre's peaks are ~2x (and its troughs ~0.5x) its average exposure, like seasonal categories in a shop. An item's
+  factor is the mean of its genres' log factors; the genre a user explores in a run (see *Choice*) follows the same
+  waves. The waves are global (the same for every user), so what gets rated depends on when.
 * **Activity over time** -- each user has one to a few sessions at random times across the timeline; the first one
   holds most of the user's ratings, later ones follow days to weeks apart. Ratings inside a session are seconds to
-  minutes apart.
+  minutes apart. In addition, a share ``return_prob`` of users comes back once after a long break (uniform in
+  ``return_gap_days`` after their last activity, 30-120 days by default) for a short session holding ~``return_share``
+  of their ratings; a return that would fall after the end of the timeline is not observed (censored: those ratings
+  stay in the user's last session), so fewer users than ``return_prob`` show one. A returning user's taste follows
+  the same drift as the rest of the history, and the choices at the return see the catalog, hype and waves of then.
 * **Choice** -- the user's history is built in short *runs*: each run samples items without replacement
   (Gumbel-top-k, i.e. Plackett-Luce) with log-weight ``log exposure(t) + affinity / temperature + focus bonus``,
-  where the focus bonus favours one genre the user is exploring in that run (runs often continue a genre), and the
-  user's taste drifts linearly from the first to the last rating. So the end of a history resembles, but is not
-  the same as, its beginning, and what was hyped while the user was active matters.
+  where the focus bonus favours one genre the user is exploring in that run (runs often continue a genre; a new
+  session starts a new run), and the user's taste drifts linearly from the first to the last rating. So the end of
+  a history resembles, but is not the same as, its beginning, and what was new, hyped or in season while the user
+  was active matters.
 * **Ratings** -- a latent score ``user bias + quality + affinity(at that time) + noise`` is cut into 1..5 with
   thresholds calibrated (quantiles over all generated events) to ML-100k's rating histogram. Exposure-driven
   choices of low-affinity items therefore end up as low ratings, as in real data. Only this histogram is
@@ -202,6 +215,10 @@ class SynthConfig:
     hype_median: float = 3.0  # exposure multiplier right after release (median item)
     hype_sigma: float = 0.7
     hype_decay_days: float = 21.0
+    # Category waves (shifts in what is popular): std over the timeline of a genre's log exposure factor (0: off),
+    # and the range of the periods (days) of the sinusoids the waves are made of.
+    genre_wave: float = 0.5
+    genre_wave_days: tuple[float, float] = (45.0, 365.0)
     # Choice.
     choice_temperature: float = 0.6  # divides affinity in the choice log-weight
     choice_quality_weight: float = 0.3
@@ -216,6 +233,11 @@ class SynthConfig:
     extra_sessions_mean: float = 0.8
     first_session_weight: float = 4.0  # Dirichlet weight of the first session vs 1.0 for each later one
     event_gap_seconds: float = 20.0  # median gap between two ratings of a session
+    # Users returning after a long break: probability, break after the last activity (days, uniform), and the
+    # expected share of the user's ratings made at the return.
+    return_prob: float = 0.3
+    return_gap_days: tuple[float, float] = (30.0, 120.0)
+    return_share: float = 0.1
     # Rating values.
     user_bias_sigma: float = 0.3
     rating_quality_weight: float = 0.8
@@ -235,6 +257,8 @@ class _Items:
     log_base: np.ndarray  # (n_items,) log base exposure
     hype: np.ndarray  # (n_items,) hype amplitude
     factors: np.ndarray  # (n_items, latent_dim)
+    genre_wave: np.ndarray  # (n_days, n_genres) log exposure factor per genre, day d = [start + d, start + d + 1)
+    item_wave: np.ndarray  # (n_days, n_items) log exposure factor per item (mean over its genres)
 
 
 @dataclass(frozen=True)
@@ -264,6 +288,12 @@ def _validate(c: SynthConfig) -> None:
         raise ValueError("rating_probs: five positive shares summing to 1")
     if not 1 <= c.max_genres <= 4 or c.latent_dim < 2 or c.span_days <= 1:
         raise ValueError("need 1 <= max_genres <= 4, latent_dim >= 2, span_days > 1")
+    if c.genre_wave < 0 or not 0 < c.genre_wave_days[0] <= c.genre_wave_days[1]:
+        raise ValueError("need genre_wave >= 0 and 0 < genre_wave_days[0] <= genre_wave_days[1]")
+    if not 0 <= c.return_prob <= 1 or not 0 < c.return_share <= 0.5:
+        raise ValueError("need 0 <= return_prob <= 1 and 0 < return_share <= 0.5")
+    if not 0 < c.return_gap_days[0] <= c.return_gap_days[1]:
+        raise ValueError("need 0 < return_gap_days[0] <= return_gap_days[1]")
 
 
 def _make_items(c: SynthConfig, rng: np.random.Generator) -> _Items:
@@ -321,7 +351,40 @@ def _make_items(c: SynthConfig, rng: np.random.Generator) -> _Items:
     mix /= np.linalg.norm(mix, axis=1, keepdims=True)
     own = rng.normal(size=(n, d)) / math.sqrt(d)
     factors = math.sqrt(c.genre_alignment) * mix + math.sqrt(1 - c.genre_alignment) * own
-    return _Items(genres, genre_lists, release, quality, log_base, hype, factors)
+
+    # Category waves: per genre, three sinusoids (periods log-uniform in genre_wave_days, random phases and weights)
+    # summed and standardised over the timeline; drawn last and whatever genre_wave is, so that the catalog and the
+    # waves' shapes do not depend on their strength.
+    n_days = math.ceil(c.span_days) + 1
+    days = np.arange(n_days, dtype=float)
+    lo, hi = c.genre_wave_days
+    periods = np.exp(rng.uniform(math.log(lo), math.log(hi), size=(n_g, 3, 1)))
+    phases = rng.uniform(0.0, 2 * math.pi, size=(n_g, 3, 1))
+    weights = rng.uniform(0.5, 1.0, size=(n_g, 3, 1))
+    curves = (weights * np.sin(2 * math.pi * days / periods + phases)).sum(axis=1)  # (n_g, n_days)
+    curves -= curves.mean(axis=1, keepdims=True)
+    curves /= curves.std(axis=1, keepdims=True) + 1e-12
+    genre_wave = c.genre_wave * curves.T
+    item_wave = genre_wave @ (genres / genres.sum(axis=1, keepdims=True)).T
+    return _Items(genres, genre_lists, release, quality, log_base, hype, factors, genre_wave, item_wave)
+
+
+def _day(c: SynthConfig, t: float, n_days: int) -> int:
+    """Index of the timeline day holding epoch time ``t`` (clipped to the timeline)."""
+    return min(max(int((t - c.start_timestamp) // DAY), 0), n_days - 1)
+
+
+def log_exposure(c: SynthConfig, items: _Items, t: float) -> np.ndarray:
+    """Log exposure of every item at epoch time ``t``: ageing, hype after release and the category waves
+    (``-inf`` before release). The base popularity (``items.log_base``) is not included."""
+    age = t - items.release.astype(float)
+    released = age >= 0
+    age = np.maximum(age, 0.0)
+    exposure = (1.0 + age / (c.ageing_years * YEAR_DAYS * DAY)) ** -c.ageing_power + items.hype * np.exp(
+        -age / (c.hype_decay_days * DAY)
+    )
+    out: np.ndarray = np.where(released, np.log(exposure) + items.item_wave[_day(c, t, len(items.item_wave))], -np.inf)
+    return out
 
 
 def _genre_embeddings(c: SynthConfig) -> np.ndarray:
@@ -413,12 +476,19 @@ def _ratings_per_user(c: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     return clipped
 
 
-def _user_timestamps(c: SynthConfig, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Strictly increasing timestamps of one user's ``n`` ratings, spread over one to a few sessions."""
+def _user_timestamps(c: SynthConfig, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Strictly increasing timestamps of one user's ``n`` ratings, spread over one to a few sessions (plus maybe a
+    return after a long break); also the positions where sessions start."""
     start, span = c.start_timestamp, c.span_days * DAY
-    extra = min(int(rng.poisson(c.extra_sessions_mean * math.sqrt(n / c.mean_ratings_per_user))), 7, n - 1)
+    # A return after a long break: decided first, placed after the regular sessions if it fits the timeline.
+    n_ret, ret_gap = 0, 0.0
+    if n >= 4 and rng.random() < c.return_prob:
+        n_ret = int(np.clip(rng.binomial(n, c.return_share), 1, n // 4))
+        ret_gap = rng.uniform(*c.return_gap_days) * DAY
+    n_main = n - n_ret
+    extra = min(int(rng.poisson(c.extra_sessions_mean * math.sqrt(n / c.mean_ratings_per_user))), 7, n_main - 1)
     shares = rng.dirichlet([c.first_session_weight] + [1.0] * extra) if extra else np.ones(1)
-    sizes = rng.multinomial(n - (extra + 1), shares) + 1
+    sizes = rng.multinomial(n_main - (extra + 1), shares) + 1
     # Gaps inside sessions: seconds to minutes, with the odd break.
     gaps = rng.lognormal(math.log(c.event_gap_seconds), 0.9, size=n) + 1.0
     gaps = np.where(rng.random(n) < 0.02, gaps + rng.uniform(600, 3600, size=n), gaps)
@@ -440,14 +510,25 @@ def _user_timestamps(c: SynthConfig, n: int, rng: np.random.Generator) -> np.nda
         seg = gaps[bounds[s] : bounds[s + 1]].copy()
         seg[0] = 0.0
         ts[bounds[s] : bounds[s + 1]] = t0 + offsets[s] + np.cumsum(seg)
-    return ts.astype(np.int64)  # gaps are >= 1 s, so strictly increasing
+    session_starts = bounds[:-1]
+    if n_ret:
+        seg = gaps[n_main:].copy()
+        back = ts[n_main - 1] + ret_gap
+        if back + seg[1:].sum() <= start + 0.98 * span:
+            seg[0] = back - ts[n_main - 1]
+            session_starts = np.append(session_starts, n_main)
+        # else: the return falls after the timeline; those ratings continue the last session.
+        ts[n_main:] = ts[n_main - 1] + np.cumsum(seg)
+    return ts.astype(np.int64), session_starts  # gaps are >= 1 s, so strictly increasing
 
 
-def _runs(c: SynthConfig, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Split positions 0..n-1 into consecutive runs ``(start, stop)`` of geometric lengths."""
+def _runs(c: SynthConfig, n: int, rng: np.random.Generator, breaks: np.ndarray) -> list[tuple[int, int]]:
+    """Split positions 0..n-1 into consecutive runs ``(start, stop)`` of geometric lengths, also cut at ``breaks``
+    (the positions where sessions start)."""
     lengths = rng.geometric(1.0 / c.run_length, size=n)
     stops = np.minimum(np.cumsum(lengths), n)
     stops = stops[: int(np.searchsorted(stops, n)) + 1]
+    stops = np.union1d(stops, breaks[(breaks > 0) & (breaks < n)])
     starts = np.concatenate([[0], stops[:-1]])
     return [(int(a), int(b)) for a, b in zip(starts, stops, strict=True) if b > a]
 
@@ -460,32 +541,29 @@ def _simulate(
     prev = np.asarray(GENRE_COUNTS, dtype=float)
     log_prev = np.log(prev / prev.sum())
     genre_bonus = items.genres.astype(float) * c.run_focus_bonus
-    release = items.release.astype(float)
     choice_static = items.log_base + c.choice_quality_weight * items.quality
-    tau = c.hype_decay_days * DAY
-    ageing = c.ageing_years * YEAR_DAYS * DAY
+    n_days = len(items.genre_wave)
     out_u: list[np.ndarray] = []
     out_i: list[np.ndarray] = []
     out_t: list[np.ndarray] = []
     out_s: list[np.ndarray] = []
     for u in range(c.n_users):
         n = int(users.n_ratings[u])
-        ts = _user_timestamps(c, n, rng)
+        ts, session_starts = _user_timestamps(c, n, rng)
         taken = np.zeros(n_items, dtype=bool)
         chosen = np.empty(n, dtype=np.int64)
         focus = -1
-        for a, b in _runs(c, n, rng):
+        for a, b in _runs(c, n, rng, session_starts):
             t = float(ts[a])
             frac = a / n
-            age = t - release
-            released = age >= 0
-            age = np.maximum(age, 0.0)
-            exposure = (1.0 + age / ageing) ** -c.ageing_power + items.hype * np.exp(-age / tau)
+            log_exp = log_exposure(c, items, t)
+            released = np.isfinite(log_exp)
             aff = users.affinity0[u] + frac * users.affinity_drift[u]
-            logw = choice_static + np.log(exposure) + aff / c.choice_temperature
+            logw = choice_static + np.where(released, log_exp, 0.0) + aff / c.choice_temperature
             if rng.random() < c.run_focus_prob:
                 if focus < 0 or rng.random() >= c.run_stay_prob:
-                    gz = users.genre_taste[u] + frac * users.genre_drift[u] + log_prev
+                    wave = items.genre_wave[_day(c, t, n_days)]
+                    gz = users.genre_taste[u] + frac * users.genre_drift[u] + log_prev + wave
                     p = np.exp(gz - gz.max())
                     focus = int(rng.choice(n_g, p=p / p.sum()))
                 logw = logw + genre_bonus[:, focus]

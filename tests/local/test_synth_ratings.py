@@ -166,11 +166,115 @@ def test_ratings_follow_affinity_quality_and_exposure(sim: Simulation) -> None:
     assert sim.value[on_top].mean() > sim.value[~on_top].mean()
 
 
+# Shifts over time (what makes the request time matter): compared on the same seed with the mechanism on and off.
+TIMED = SynthConfig(n_users=300, n_items=600, mean_ratings_per_user=50.0, min_ratings_per_user=20)
+
+
+def _genre_shares(sim: Simulation, mask: np.ndarray) -> np.ndarray:
+    v = sim.items.genres[sim.item[mask]].sum(axis=0).astype(float)
+    shares: np.ndarray = v / v.sum()
+    return shares
+
+
+def _thirds_shift(sim: Simulation) -> float:
+    """L1 distance between the genre shares of the events in the first and in the last third of the timeline."""
+    t0, t1 = sim.timestamp.min(), sim.timestamp.max()
+    first = sim.timestamp < t0 + (t1 - t0) / 3
+    last = sim.timestamp >= t0 + 2 * (t1 - t0) / 3
+    return float(np.abs(_genre_shares(sim, first) - _genre_shares(sim, last)).sum())
+
+
+def _users_with_gap(sim: Simulation, days: float) -> float:
+    """Share of users with two consecutive ratings at least ``days`` apart."""
+    order = np.lexsort((sim.timestamp, sim.user))
+    u, t = sim.user[order], sim.timestamp[order]
+    same = u[1:] == u[:-1]
+    gap = same & (np.diff(t) >= days * DAY)
+    return len(np.unique(u[1:][gap])) / len(np.unique(u))
+
+
+def test_genre_waves_shift_what_is_popular() -> None:
+    on_shift: list[float] = []
+    off_shift: list[float] = []
+    corr_on: list[float] = []
+    corr_off: list[float] = []
+    for seed in (0, 1):
+        cfg = replace(TIMED, seed=seed)
+        on, off = simulate(cfg), simulate(replace(cfg, genre_wave=0.0))
+        assert off.items.genre_wave.std() == 0 and 0.4 < on.items.genre_wave.std() < 0.6
+        # The catalog is the same whatever the waves' strength; only the choices differ.
+        assert np.array_equal(on.items.release, off.items.release)
+        assert np.array_equal(on.timestamp, off.timestamp)
+        on_shift.append(_thirds_shift(on))
+        off_shift.append(_thirds_shift(off))
+        # Per genre and fortnight, the genre's share of the ratings follows its wave (log share vs mean wave).
+        for sim, out in ((on, corr_on), (off, corr_off)):
+            day = (sim.timestamp - cfg.start_timestamp) // DAY
+            big = sim.items.genres.sum(axis=0) >= 50
+            xs, ys = [], []
+            for k in range(int(day.max()) // 14):
+                in_bin = (day >= 14 * k) & (day < 14 * (k + 1))
+                ys.append(np.log(_genre_shares(sim, in_bin)[big]))
+                xs.append(on.items.genre_wave[14 * k : 14 * (k + 1), big].mean(axis=0))
+            x, y = np.array(xs), np.array(ys)
+            x, y = x - x.mean(axis=0), y - y.mean(axis=0)  # within genre: over time only
+            out.append(float(np.corrcoef(x.ravel(), y.ravel())[0, 1]))
+    assert np.mean(on_shift) > 1.3 * np.mean(off_shift)
+    assert min(corr_on) > 0.4 and min(corr_on) > max(corr_off) + 0.3  # off: chance (who is active when)
+
+
+def test_users_return_after_long_gaps() -> None:
+    on = simulate(TIMED)
+    off = simulate(replace(TIMED, return_prob=0.0))
+    every = simulate(replace(TIMED, return_prob=1.0))
+    share_on, share_off, share_every = (_users_with_gap(s, 30) for s in (on, off, every))
+    assert share_on > 0.2 and share_on > share_off + 0.07
+    # Returns after the end of the timeline are censored: far fewer than all users show one, and nothing is dated
+    # after the timeline.
+    assert share_on + 0.15 < share_every < 0.9
+    assert every.timestamp.max() <= TIMED.start_timestamp + TIMED.span_days * DAY
+    # A return holds a small share of the user's ratings: count each user's ratings after their longest gap.
+    order = np.lexsort((every.timestamp, every.user))
+    u, t = every.user[order], every.timestamp[order]
+    after = []
+    for k in np.unique(u):
+        tk = t[u == k]
+        if len(tk) > 1 and np.diff(tk).max() >= 30 * DAY:
+            after.append((len(tk) - 1 - int(np.argmax(np.diff(tk)))) / len(tk))
+    assert 0.03 < np.median(after) < 0.25
+    # Same overall activity.
+    assert len(on.user) == len(off.user)
+
+
+def test_new_items_arrive_until_late(sim: Simulation) -> None:
+    t0, t1 = sim.timestamp.min(), sim.timestamp.max()
+    late = t0 + 0.8 * (t1 - t0)
+    first = np.full(SMALL.n_items, np.iinfo(np.int64).max)
+    np.minimum.at(first, sim.item, sim.timestamp)
+    first_late = first[first < np.iinfo(np.int64).max] >= late
+    # Some items are first rated in the last 20% of the timeline, mostly releases of that time.
+    assert first_late.sum() >= 0.02 * SMALL.n_items
+    late_items = np.flatnonzero((first >= late) & (first < np.iinfo(np.int64).max))
+    assert (sim.items.release[late_items] >= SMALL.start_timestamp).mean() > 0.5
+    # Releases during the timeline are spread over it, not bunched at its start.
+    new = sim.items.release[sim.items.release >= SMALL.start_timestamp]
+    assert ((new - SMALL.start_timestamp) >= 0.8 * SMALL.span_days * DAY).mean() > 0.08
+
+
 def test_rejects_impossible_configs() -> None:
     with pytest.raises(ValueError):
         generate(SynthConfig(n_users=5, n_items=50, mean_ratings_per_user=30.0, min_ratings_per_user=25))
     with pytest.raises(ValueError):
         generate(replace(SMALL, mean_ratings_per_user=15.0))
+    for bad in (
+        {"genre_wave": -0.1},
+        {"genre_wave_days": (60.0, 30.0)},
+        {"return_prob": 1.5},
+        {"return_share": 0.0},
+        {"return_gap_days": (0.0, 10.0)},
+    ):
+        with pytest.raises(ValueError):
+            simulate(replace(SMALL, **bad))
 
 
 def test_cli_writes_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
