@@ -58,7 +58,7 @@ def oracle(seed: int) -> tuple[Split, Callable[..., Callable[[I32], F32]]]:
             for k, r in enumerate(rows):
                 u = user_of[r]
                 if timed:
-                    age = split.t_last[r] - release
+                    age = split.t_query[r] - release
                     out_now = age < 0
                     age = np.maximum(age, 0.0)
                     exposure = (1 + age / (c.ageing_years * YEAR_DAYS * DAY)) ** -c.ageing_power

@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from core import errors
 from core.analytics import QueryLog, RequestLog, catalog_stats
-from core.events import parse_events
+from core.events import parse_events, parse_timestamp
 from core.images import decode_image, sniff_content_type
 from core.ingest import PendingProduct
 from core.models import Filters, Product, ProductInput, SearchHit, Weights
@@ -341,6 +341,16 @@ class Metrics:
         served.set_function(lambda: -1.0 if hot is None or hot.snapshot is None else float(hot.snapshot.version))
 
 
+def as_of_seconds(raw: str | None) -> float | None:
+    """The ``as_of`` parameter of recommendation requests as epoch seconds (None: now)."""
+    if raw is None or raw == "":
+        return None
+    try:
+        return parse_timestamp(raw, datetime.now(UTC)).timestamp()
+    except errors.InvalidInput as exc:
+        raise errors.InvalidInput(f"as_of: {exc}") from exc
+
+
 def create_app(services: Services, worker: UploadWorker | None = None) -> FastAPI:
     """Build the HTTP app around already-loaded services (models, catalog, bucket).
 
@@ -569,11 +579,19 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
         exclude_seen: Annotated[
             bool | None, Query(description="Leave out products the user interacted with (default RECS_EXCLUDE_SEEN).")
         ] = None,
+        as_of: Annotated[
+            str | None,
+            Query(
+                description="Recommend as of this moment (ISO-8601 or epoch seconds; default now): every time "
+                "signal is computed as of it, and only the user's events before it count (replays, evaluation)."
+            ),
+        ] = None,
     ) -> RecommendationsResponse:
         """Personalized recommendations, each with a reason. Users without history (or unknown
         users) get what is popular now; with no events at all, the newest products."""
         rec = services.recommender
-        result = await in_memory_or_thread(rec.in_memory, rec.recommend, user_id, top_k, filters, exclude_seen)
+        at = as_of_seconds(as_of)
+        result = await in_memory_or_thread(rec.in_memory, rec.recommend, user_id, top_k, filters, exclude_seen, at)
         return recommendations_out(request, user_id, result)
 
     @app.post("/recommendations", response_model=MoreLikeResponse, tags=["recommend"])
@@ -590,6 +608,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
             body.user_id,
             body.top_k,
             filters_from(body.filters) if body.filters else Filters(),
+            as_of_seconds(None if body.as_of is None else str(body.as_of)),
         )
         return MoreLikeResponse(
             strategy=result.strategy, recommendations=[recommendation_out(request, r) for r in result.items]

@@ -188,6 +188,11 @@ class MoreLikeRequest(BaseModel):
     user_id: str | None = Field(default=None, max_length=256, description="Also leave out what this user has seen.")
     top_k: int = Field(default=10, ge=1, le=100)
     filters: FiltersIn | None = None
+    as_of: str | float | None = Field(
+        default=None,
+        description="As of this moment (ISO-8601 or epoch seconds; default now): only the user's events before it "
+        "are left out.",
+    )
 
 
 class MoreLikeResponse(BaseModel):

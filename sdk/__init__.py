@@ -265,8 +265,12 @@ class RecommendationClient:
         category: str | None = None,
         min_price: float | None = None,
         max_price: float | None = None,
+        as_of: str | float | None = None,
     ) -> list[Recommendation]:
-        params = {"top_k": top_k, **(self._filters(category, min_price, max_price) or {})}
+        """``as_of`` (ISO-8601 or epoch seconds; default now): recommend as of that moment."""
+        params: dict[str, Any] = {"top_k": top_k, **(self._filters(category, min_price, max_price) or {})}
+        if as_of is not None:
+            params["as_of"] = as_of
         data = self._call("GET", f"/recommendations/{user_id}", params=params)
         return [_pick(Recommendation, r) for r in data["recommendations"]]
 

@@ -7,6 +7,7 @@ latest timestamp and its recency rank inside the user's history.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -166,6 +167,22 @@ def time_split(ev: EventArrays, test_fraction: float = 0.2) -> tuple[EventArrays
     n_test = np.where(counts >= 2, np.maximum(1, np.round(counts * test_fraction)), 0).astype(np.int64)
     is_test = pos >= counts - n_test
     return ev.take(order[~is_test]), ev.take(order[is_test])
+
+
+def global_split(
+    ev: EventArrays, test_fraction: float = 0.2, cutoff: float | None = None
+) -> tuple[EventArrays, EventArrays, float]:
+    """One time cutoff for everyone, as a shop trains on the past and serves the future: ``T``
+    (``cutoff``, default the ``1 - test_fraction`` quantile of event times); events before ``T``
+    train, the others are held out. Returns (train, test, T)."""
+    if cutoff is None:
+        if len(ev) == 0:
+            return ev, ev, math.nan
+        cutoff = float(np.quantile(ev.ts, 1.0 - test_fraction, method="lower"))
+        if cutoff <= float(ev.ts.min()):  # every event at one instant: nothing could train
+            cutoff = float(np.nextafter(cutoff, np.inf))
+    before = ev.ts < cutoff
+    return ev.take(before), ev.take(~before), cutoff
 
 
 def positives(ev: EventArrays, min_rating: float = 4.0, types: Sequence[str] = ("purchase",)) -> EventArrays:

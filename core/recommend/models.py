@@ -41,7 +41,17 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from core.events import EVENT_TYPES
-from core.recommend.data import F32, F64, I32, EventArrays, Interactions, aggregate, positives, time_split
+from core.recommend.data import (
+    F32,
+    F64,
+    I32,
+    EventArrays,
+    Interactions,
+    aggregate,
+    global_split,
+    positives,
+    time_split,
+)
 from core.recommend.factors import FactorConfig, FactorModel, fit_factors
 
 DAY = 86400.0
@@ -65,6 +75,7 @@ class HybridParams:
     rank: int = 48
     eta: float = 0.0
     neighbors: int = 256
+    cf: float = 1.0  # the collaborative signal's weight (0 only to measure what it is worth)
 
     def __post_init__(self) -> None:
         for name in ("rank", "neighbors"):  # integers, also when a tuning grid (floats) sets them
@@ -75,6 +86,7 @@ class HybridParams:
 
     def describe(self) -> str:
         hidden = {"neighbors"} | ({"rank"} if self.shrink <= 0 else set())  # rank means nothing unshrunk
+        hidden |= {"cf"} if self.cf == 1.0 else set()
         return " ".join(f"{k}={v:g}" for k, v in asdict(self).items() if k not in hidden)
 
     @classmethod
@@ -103,6 +115,18 @@ GRID: dict[str, list[float]] = {
     "trend_tau_days": [3.0, 7.0, 21.0],
     "eta": [0.0, 0.25, 0.5, 1.0, 2.0],
 }
+SIGNALS: dict[str, dict[str, list[float]]] = {
+    "collaborative": {"cf": [0.0], "shrink": [0.0]},
+    "shrink": {"shrink": [0.0]},
+    "choice": {"eta": [0.0]},
+    "sequence": {"delta": [0.0]},
+    "content": {"gamma": [0.0]},
+    "trending": {"beta": [0.0]},
+    "trend": {"trend": [0.0]},
+    "reranker": {},
+}
+"""What turning each signal off means for the tuner (``off=`` of :func:`train_hybrid`): its weight
+pinned to 0. ``reranker`` means no reranker. Used to measure what each part is worth."""
 SEQ_WINDOW = 5
 MAX_RANK = 64
 """The largest ``rank`` the collaborative projection may have (one SVD per EASE fit serves all)."""
@@ -335,8 +359,10 @@ def prune_rows(dense: F32, k: int) -> sp.csr_matrix:
 
 
 class TimePopularity:
-    """Daily event counts per item; :meth:`at` is popularity around given times: counts weighted
-    by ``exp(-|day - day_t| / tau_days)``."""
+    """Daily event counts per item; :meth:`at` is popularity as of given request times: counts of
+    the days up to the request's weighted by ``exp(-(day_t - day) / tau_days)``. The kernel is
+    one-sided: nothing from after a request time counts for it (to the day), so a model trained
+    on the past and asked about "now" sees what a shop would see then."""
 
     def __init__(self, ev: EventArrays, n_items: int) -> None:
         self.n_items = n_items
@@ -380,21 +406,25 @@ class TimePopularity:
         return self._rows[key]
 
     def _kernel(self, days: npt.NDArray[np.int64], tau_days: float) -> F32:
-        """``days x len(days)`` weights ``exp(-|day - days[j]| / tau_days)``."""
-        out: F32 = np.exp(-np.abs(np.arange(self.n_days)[:, None] - days[None, :]) / tau_days).astype(np.float32)
+        """``n_days x len(days)`` weights of each data day for requests on ``days``:
+        ``exp(-(days[j] - day) / tau_days)`` for the days up to ``days[j]``, 0 after it
+        (``tau_days >= 1e5``: 1, every day up to it)."""
+        lag = days[None, :] - np.arange(self.n_days)[:, None]
+        w = np.ones(lag.shape) if tau_days >= 1e5 else np.exp(-np.maximum(lag, 0) / tau_days)
+        out: F32 = np.where(lag >= 0, w, 0.0).astype(np.float32)
         return out
 
     def _days(self, t: F64) -> npt.NDArray[np.int64]:
-        last = self.n_days - 1
-        day = np.where(np.isnan(t), last, np.floor(np.nan_to_num(t) / DAY) - self.day0)
-        out: npt.NDArray[np.int64] = np.clip(day, 0, last).astype(np.int64)
+        """The day index of each time (days after the data's last day are past ``n_days``)."""
+        day = np.where(np.isnan(t), self.n_days - 1, np.floor(np.nan_to_num(t) / DAY) - self.day0)
+        out: npt.NDArray[np.int64] = np.maximum(day, -1).astype(np.int64)
         return out
 
     def trend(self, t: F64, tau_days: float, power: float = 1.0) -> F32:
-        """How much more (> 1) or less (< 1) each item is chosen around times ``t`` than its
-        all-time share predicts: ``(pop_t + c) / (expected_t + c)``, where ``pop_t`` is
-        :meth:`at`, ``expected_t`` the item's all-time count times the share of *all* events that
-        fall in the same kernel (busy and quiet periods cancel out), and ``c`` =
+        """How much more (> 1) or less (< 1) each item is chosen just before times ``t`` than its
+        history up to then predicts: ``(pop_t + c) / (expected_t + c)``, where ``pop_t`` is
+        :meth:`at`, ``expected_t`` the item's count up to ``t`` times the share of *all* events up
+        to ``t`` that fall in the same kernel (busy and quiet periods cancel out), and ``c`` =
         :data:`TREND_PRIOR_EVENTS`. New releases and hyped items rise, ageing ones fade: a
         multiplicative effect on what users choose, which an additive popularity term expresses
         badly. Rows are ``len(t) x items``, raised to ``power``; one row (the query path) is cached
@@ -406,16 +436,29 @@ class TimePopularity:
         return out
 
     def _trend(self, t: F64, tau_days: float) -> F32:
-        pop = np.asarray(self.at(t, tau_days), dtype=np.float64)
-        share = (self.day_totals @ self._kernel(self._days(t), tau_days)) / max(float(self.day_totals.sum()), 1.0)
-        expected = self.global_counts[None, :].astype(np.float64) * share[:, None]
+        uniq, inv = np.unique(self._days(t), return_inverse=True)
+        kernel = self._kernel(uniq, tau_days)
+        upto = self._kernel(uniq, 1e6)
+        pop = np.asarray(self.hist @ kernel, dtype=np.float64)  # items x unique days
+        counts = np.asarray(self.hist @ upto, dtype=np.float64)
+        share = (self.day_totals @ kernel) / np.maximum(self.day_totals @ upto, 1.0)
+        expected = counts * share[None, :]
         out: F32 = ((pop + TREND_PRIOR_EVENTS) / (expected + TREND_PRIOR_EVENTS)).astype(np.float32)
+        return out.T[inv.ravel()]
+
+    def recent(self, t: F64, days: float) -> F32:
+        """Event counts per item in the ``days`` days up to each time ``t`` (the request's day
+        included): "popular lately" (len(t) x items)."""
+        uniq, inv = np.unique(self._days(t), return_inverse=True)
+        lag = uniq[None, :] - np.arange(self.n_days)[:, None]
+        window = ((lag >= 0) & (lag < days)).astype(np.float32)
+        out: F32 = np.asarray(self.hist @ window, dtype=np.float32).T[inv.ravel()]
         return out
 
     def at(self, t: F64, tau_days: float) -> F32:
-        """Popularity rows (len(t) x items) for epoch times ``t``; NaN means the latest day."""
-        if tau_days >= 1e5 or len(t) == 0:
-            return np.broadcast_to(self.global_counts, (len(t), self.n_items))
+        """Popularity rows (len(t) x items) as of epoch times ``t`` (NaN: the data's last day)."""
+        if len(t) == 0:
+            return np.zeros((0, self.n_items), np.float32)
         day = self._days(t)
         if len(day) == 1:  # the query path: one row, cached per (day, width)
             return self._cached_row(
@@ -465,14 +508,14 @@ def _signed_log(x: npt.NDArray[Any]) -> F32:
 
 
 def rerank_features(
-    total: F32, collaborative: F32, content: F32 | None, items: I32, t_last: float, pop: TimePopularity
+    total: F32, collaborative: F32, content: F32 | None, items: I32, t_query: float, pop: TimePopularity
 ) -> F32:
     """The :data:`RERANK_FEATURES` of one user's candidates ``items`` (best hybrid score first;
     ``total``, ``collaborative`` and ``content`` are their parts of the score, aligned with
-    ``items``), for a user last active at ``t_last``: ``len(items) x features``. Scores are
-    relative to the best candidate's, days to the user's last active day."""
+    ``items``), for a request at ``t_query``: ``len(items) x features``. Scores are
+    relative to the best candidate's, days to the request's day."""
     n = len(items)
-    t = np.array([t_last])
+    t = np.array([t_query])
     top = float(abs(total[0])) if n and np.isfinite(total[0]) and total[0] != 0 else 1.0  # the best candidate
     day = int(pop._days(t)[0])
     cols = [
@@ -566,7 +609,7 @@ class HybridModel:
     def components(
         self,
         hist: sp.csr_matrix,
-        t_last: F64,
+        t_query: F64,
         pop: TimePopularity | None,
         vectors: F32 | None,
         recent: sp.csr_matrix | None = None,
@@ -577,13 +620,13 @@ class HybridModel:
         weighted by ``0.5 ** (rank / seq_half_life)``) and ``factors`` (the choice model's rows
         ``users``, numbered like the data the model was trained on); the score is their sum."""
         p = self.params
-        parts = {"collaborative": _row_max_normalise(self.project(_apply(hist, self.b)))}
+        parts = {"collaborative": p.cf * _row_max_normalise(self.project(_apply(hist, self.b)))}
         if users is not None:
-            factors = self.factor_scores(np.asarray(users, dtype=np.int64), t_last, pop)
+            factors = self.factor_scores(np.asarray(users, dtype=np.int64), t_query, pop)
             if factors is not None:
                 parts["factors"] = factors
         if p.beta > 0 and pop is not None:
-            parts["popular"] = p.beta * _row_max_normalise(np.array(pop.at(t_last, p.tau_days), dtype=np.float32))
+            parts["popular"] = p.beta * _row_max_normalise(np.array(pop.at(t_query, p.tau_days), dtype=np.float32))
         if p.gamma > 0 and vectors is not None:
             parts["content"] = p.gamma * _row_max_normalise(content_scores(hist, vectors))
         if p.delta > 0 and self.t is not None and self.t.shape[0] and recent is not None:
@@ -595,7 +638,7 @@ class HybridModel:
         rows: I32,
         w_hist: F32,
         w_recent: F32,
-        t_last: float,
+        t_query: float,
         pop: TimePopularity | None,
         vectors: F32 | None,
         vectors_t: F32 | None = None,
@@ -612,11 +655,11 @@ class HybridModel:
         :meth:`core.recommend.online.CatalogSnapshot.content_candidates`). ``user`` is the
         user's row in the choice model (:attr:`f`), None or -1 when it has none."""
         p = self.params
-        parts = {"collaborative": _max_normalise(self.project(weighted_rows(self.b, rows, w_hist)))}
+        parts = {"collaborative": p.cf * _max_normalise(self.project(weighted_rows(self.b, rows, w_hist)))}
         if p.beta > 0 and pop is not None:
-            parts["popular"] = p.beta * _max_normalise(np.array(pop.at(np.array([t_last]), p.tau_days)[0]))
+            parts["popular"] = p.beta * _max_normalise(np.array(pop.at(np.array([t_query]), p.tau_days)[0]))
         if user is not None:
-            factors = self.factor_scores(np.array([user], dtype=np.int64), np.array([t_last]), pop)
+            factors = self.factor_scores(np.array([user], dtype=np.int64), np.array([t_query]), pop)
             if factors is not None:
                 parts["factors"] = factors[0]
         sequence = None
@@ -639,7 +682,7 @@ class HybridModel:
     def score(
         self,
         hist: sp.csr_matrix,
-        t_last: F64,
+        t_query: F64,
         pop: TimePopularity | None,
         vectors: F32 | None,
         recent: sp.csr_matrix | None = None,
@@ -651,9 +694,9 @@ class HybridModel:
         user has seen, are never candidates) come first, in the reranker's order; the other
         products keep the blend's order below them."""
         if self.reranker is None or pop is None:
-            comps = self.components(hist, t_last, pop, vectors, recent, users)
-            return boost(functools.reduce(np.add, comps.values()), self.trend_factor(t_last, pop))
-        out, cand, x = self.candidates(hist, t_last, pop, vectors, recent, exclude, self.reranker.candidates, users)
+            comps = self.components(hist, t_query, pop, vectors, recent, users)
+            return boost(functools.reduce(np.add, comps.values()), self.trend_factor(t_query, pop))
+        out, cand, x = self.candidates(hist, t_query, pop, vectors, recent, exclude, self.reranker.candidates, users)
         ranked: F32 = (out - np.abs(out).max(axis=1, keepdims=True) - 1.0).astype(np.float32)  # below candidates
         # The candidates in the reranker's order (stable, like the query path), as 3 - position / n:
         # exact in float32, where probabilities + 2 could tie.
@@ -666,7 +709,7 @@ class HybridModel:
     def candidates(
         self,
         hist: sp.csr_matrix,
-        t_last: F64,
+        t_query: F64,
         pop: TimePopularity,
         vectors: F32 | None,
         recent: sp.csr_matrix | None,
@@ -676,8 +719,8 @@ class HybridModel:
     ) -> tuple[F32, I32, F32]:
         """The blend's scores (users x items), each row's ``n`` best products outside
         ``exclude`` (best first) and their :func:`rerank_features` (users x n x features)."""
-        comps = self.components(hist, t_last, pop, vectors, recent, users)
-        out = boost(functools.reduce(np.add, comps.values()), self.trend_factor(t_last, pop))
+        comps = self.components(hist, t_query, pop, vectors, recent, users)
+        out = boost(functools.reduce(np.add, comps.values()), self.trend_factor(t_query, pop))
         cand = top_k(out, n, exclude)
         content = comps.get("content")
         x = np.stack(
@@ -687,7 +730,7 @@ class HybridModel:
                     comps["collaborative"][r, c],
                     None if content is None else content[r, c],
                     c,
-                    t_last[r],
+                    t_query[r],
                     pop,
                 )
                 for r, c in enumerate(cand)
@@ -695,23 +738,23 @@ class HybridModel:
         )
         return out, cand, x
 
-    def factor_scores(self, users: npt.NDArray[np.int64], t_last: F64, pop: TimePopularity | None) -> F32 | None:
+    def factor_scores(self, users: npt.NDArray[np.int64], t_query: F64, pop: TimePopularity | None) -> F32 | None:
         """``eta`` times the choice model's scores for rows ``users`` of :attr:`f` (-1: a user it
-        has no row for, zeros) around their last activity ``t_last``; None when the signal is off."""
+        has no row for, zeros) as of the request times ``t_query``; None when the signal is off."""
         f = self.f
         if self.params.eta <= 0 or f is None or pop is None:
             return None
-        log_trend = np.log(np.maximum(pop.trend(t_last, f.tau_days), 1e-6)).astype(np.float32)
+        log_trend = np.log(np.maximum(pop.trend(t_query, f.tau_days), 1e-6)).astype(np.float32)
         out: F32 = (self.params.eta * f.scores(users, log_trend)).astype(np.float32)
         return out
 
-    def trend_factor(self, t_last: F64, pop: TimePopularity | None) -> F32 | None:
-        """``TimePopularity.trend ** trend`` for users last active at ``t_last`` (rows), or None
+    def trend_factor(self, t_query: F64, pop: TimePopularity | None) -> F32 | None:
+        """``TimePopularity.trend ** trend`` for requests at ``t_query`` (rows), or None
         when the trend signal is off: the multiplier :func:`boost` applies to the summed score."""
         p = self.params
         if p.trend <= 0 or pop is None:
             return None
-        return pop.trend(t_last, p.trend_tau_days, p.trend)
+        return pop.trend(t_query, p.trend_tau_days, p.trend)
 
 
 def top_k(scores: F32, k: int, exclude: sp.csr_matrix | None = None) -> I32:
@@ -767,29 +810,54 @@ def ranking_metrics(recs: I32, relevant: sp.csr_matrix, n_items: int, k: int = 1
     )
 
 
+SplitScheme = Literal["global", "user"]
+"""``global``: one time cutoff for everyone (train on the past, judge the future, as a shop uses
+a recommender); ``user``: each user's latest events held out, the others' later events still in
+training (optimistic: what other users did after a test user's held-out period leaks in)."""
+
+
 @dataclass(frozen=True)
 class Split:
-    """A train/test split ready for scoring: train interactions and test relevance."""
+    """A train/test split ready for scoring: train interactions, test relevance and the request
+    time each user is scored at."""
 
     train_ev: EventArrays
     train: Interactions
-    relevant: sp.csr_matrix  # users x items, test positives
-    users: I32  # users with at least one test positive
-    t_last: F64  # per user, last training timestamp
+    relevant: sp.csr_matrix  # users x items, test positives the user had not touched in training
+    users: I32  # users with training history and at least one test positive
+    t_query: F64  # per user, the request time: the cutoff (global) or the last training event (user)
+    scheme: SplitScheme = "global"
+    cutoff: float = math.nan  # the global cutoff T
 
 
 def make_split(
-    ev: EventArrays, test_fraction: float = 0.2, min_rating: float = 4.0, positive_types: Sequence[str] = ("purchase",)
+    ev: EventArrays,
+    test_fraction: float = 0.2,
+    min_rating: float = 4.0,
+    positive_types: Sequence[str] = ("purchase",),
+    scheme: SplitScheme = "global",
+    cutoff: float | None = None,
 ) -> Split:
-    train_ev, test_ev = time_split(ev, test_fraction)
+    """Split ``ev`` by ``scheme`` (see :data:`SplitScheme`; ``cutoff``: the global split's time,
+    default the ``1 - test_fraction`` quantile); positives are ratings >= ``min_rating`` and
+    ``positive_types`` events."""
+    if scheme == "global":
+        train_ev, test_ev, at = global_split(ev, test_fraction, cutoff)
+    else:
+        train_ev, test_ev = time_split(ev, test_fraction)
     train = aggregate(train_ev)
     pos = positives(test_ev, min_rating, positive_types)
     rel = sp.csr_matrix(
         (np.ones(len(pos), dtype=np.float32), (pos.user, pos.item)), shape=(len(ev.users), len(ev.items))
     )
     rel.data[:] = 1.0
-    users = np.flatnonzero(np.asarray(rel.sum(axis=1)).ravel() > 0).astype(np.int32)
-    return Split(train_ev, train, rel, users, train.user_last_ts())
+    rel = rel - rel.multiply(binary_matrix(train))  # what the user already had is never recommended
+    rel.eliminate_zeros()
+    has_history = np.bincount(train.user, minlength=len(ev.users)) > 0
+    users = np.flatnonzero((np.asarray(rel.sum(axis=1)).ravel() > 0) & has_history).astype(np.int32)
+    if scheme == "global":
+        return Split(train_ev, train, sp.csr_matrix(rel), users, np.full(len(ev.users), at), scheme, at)
+    return Split(train_ev, train, sp.csr_matrix(rel), users, train.user_last_ts(), scheme)
 
 
 ScoreFn = Callable[[I32], F32]
@@ -833,19 +901,26 @@ def tune_hybrid(
     grid: dict[str, list[float]] | None = None,
     start: HybridParams = HybridParams(),
     rerank: RerankMode = "auto",
+    scheme: SplitScheme = "global",
+    off: Sequence[str] = (),
 ) -> tuple[HybridParams, float, TuneLog]:
-    """Coordinate ascent over :data:`GRID` maximising NDCG@10 on the last 20% of each user's
-    events in ``ev`` (the training data), fitting on the first 80%."""
+    """Coordinate ascent over :data:`GRID` maximising NDCG@10 on a split of ``ev`` (the training
+    data) by ``scheme``: by default the last 20% of its time range is judged, as of its start,
+    fitting on what came before. ``off`` names :data:`SIGNALS` pinned off."""
     t0 = time.perf_counter()
     grid = dict(grid or GRID)
     if vectors is None:
         grid["gamma"] = [0.0]
+    for name in off:
+        grid.update(SIGNALS[name])
+    rerank = "off" if "reranker" in off else rerank
+    start = replace(start, **{k: v[0] for k, v in grid.items() if len(v) == 1})  # type: ignore[arg-type]
     if len(ev.items) > max_items:
         # Tune on the most-interacted products: the parameters transfer, the cost is bounded.
         keep = np.sort(np.argsort(-np.bincount(ev.item, minlength=len(ev.items)), kind="stable")[:max_items])
         ev = restrict_items(ev, keep)
         vectors = None if vectors is None else vectors[keep]
-    split = make_split(ev, 0.2, min_rating, positive_types)
+    split = make_split(ev, 0.2, min_rating, positive_types, scheme)
     split = replace(split, users=sample_users(split.users, max_users))
     x = binary_matrix(split.train)
     pop = TimePopularity(split.train_ev, split.train.n_items)
@@ -879,7 +954,7 @@ def tune_hybrid(
         hist = history_matrix(split.train, p.alpha, p.half_life)
         recent = history_matrix(split.train, 0.0, p.seq_half_life)
         m = evaluate_scores(
-            split, lambda rows: model.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows], users=rows)
+            split, lambda rows: model.score(hist[rows], split.t_query[rows], pop, vectors, recent[rows], users=rows)
         )
         log.trials.append((p.as_dict(), m.ndcg))
         return m.ndcg
@@ -929,7 +1004,7 @@ def _checked_reranker(
     def ndcg(m: HybridModel, users: I32) -> float:
         return evaluate_scores(
             replace(split, users=users),
-            lambda rows: m.score(hist[rows], split.t_last[rows], pop, vectors, recent[rows], seen[rows], rows),
+            lambda rows: m.score(hist[rows], split.t_query[rows], pop, vectors, recent[rows], seen[rows], rows),
         ).ndcg
 
     blend = reranked = 0.0
@@ -975,7 +1050,7 @@ def fit_reranker(
     for start in range(0, len(users), 512):
         rows = users[start : start + 512]
         _out, cand, x = model.candidates(
-            hist[rows], split.t_last[rows], pop, vectors, recent[rows], seen[rows], candidates, rows
+            hist[rows], split.t_query[rows], pop, vectors, recent[rows], seen[rows], candidates, rows
         )
         rel = split.relevant[rows]
         xs.append(x.reshape(-1, x.shape[-1]))
@@ -1006,15 +1081,18 @@ def train_hybrid(
     positive_types: Sequence[str] = ("purchase",),
     params: HybridParams | None = None,
     rerank: RerankMode = "auto",
+    scheme: SplitScheme = "global",
+    off: Sequence[str] = (),
 ) -> HybridModel:
-    """Tune (unless ``params`` are given) on a split inside ``ev``, then fit on all of ``ev``;
-    ``rerank`` says when the tuned blend gets a :class:`Reranker` (see :data:`RerankMode`)."""
+    """Tune (unless ``params`` are given) on a split inside ``ev`` (``scheme``), then fit on all
+    of ``ev``; ``rerank`` says when the tuned blend gets a :class:`Reranker` (see
+    :data:`RerankMode`); ``off`` names :data:`SIGNALS` left out (to measure what they are worth)."""
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
     reranker = None
     if params is None:
         params, val_ndcg, log = tune_hybrid(
-            ev, vectors, min_rating=min_rating, positive_types=positive_types, rerank=rerank
+            ev, vectors, min_rating=min_rating, positive_types=positive_types, rerank=rerank, scheme=scheme, off=off
         )
         info.update(validation_ndcg=val_ndcg, tune_seconds=log.seconds, trials=len(log.trials), rerank_mode=rerank)
         info["tune_factor_seconds"] = log.factor_seconds

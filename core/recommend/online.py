@@ -51,7 +51,6 @@ from core.recommend.models import (
 
 log = logging.getLogger(__name__)
 
-WEEK = 7 * 86400.0
 TRENDING_TAU_DAYS = 7.0
 # Re-read this much before the newest received_at seen: covers other writers whose commit landed
 # after a later-stamped one (duplicates are dropped by event_id).
@@ -320,10 +319,13 @@ class EventState:
     def __len__(self) -> int:
         return len(self._item)
 
-    def history(self, user_id: str) -> list[HistoryItem]:
-        """The user's items, most recent first; each with its strongest event."""
+    def history(self, user_id: str, before: float | None = None) -> list[HistoryItem]:
+        """The user's items, most recent first; each with its strongest event (only events
+        before ``before``, epoch seconds, when given)."""
         with self._lock:
             rows = list(self._by_user.get(user_id, ()))
+        if before is not None:
+            rows = [r for r in rows if r[0] < before]
         # Per item: [event_type, value, strength] of its strongest event, last timestamp, count.
         best: dict[str, list[Any]] = {}
         for ts, _seq, pid, etype, value in sorted(rows):
@@ -400,23 +402,24 @@ class _Compiled:
     model: HybridModel
     popularity: TimePopularity
     pop_generation: int
-    trend: F32 = field(default_factory=lambda: np.zeros(0, np.float32))  # cold start, per refresh
-    alltime: F32 = field(default_factory=lambda: np.zeros(0, np.float32))
-    cold_scores: F64 = field(default_factory=lambda: np.zeros(0))
+    age_rank: F64 = field(default_factory=lambda: np.zeros(0))  # 0 = the newest product
     factor_rows: dict[str, int] = field(default_factory=dict)  # user id -> row of model.f
 
     def set_popularity(self, pop: TimePopularity, generation: int, snap: CatalogSnapshot) -> None:
-        """Popularity and the cold-start ranking derived from it: trending (events around the
-        latest one, 7-day kernel) first, all-time popularity as tie-breaker and fallback,
-        products nobody touched yet after them, newest first."""
-        trend = pop.at(np.array([np.nan]), TRENDING_TAU_DAYS)[0]
-        trend = trend / (float(trend.max(initial=0.0)) or 1.0)
-        alltime = pop.global_counts / (float(pop.global_counts.max(initial=0.0)) or 1.0)
-        age_rank = np.argsort(np.argsort(-snap.created)) / max(len(snap), 1)
-        popular = trend + 0.2 * alltime
         self.popularity, self.pop_generation = pop, generation
-        self.trend, self.alltime = trend, alltime
-        self.cold_scores = np.where(popular > 0, popular, -age_rank)
+        self.age_rank = np.argsort(np.argsort(-snap.created)) / max(len(snap), 1)
+
+    def cold(self, now: float) -> tuple[F32, F32, F64]:
+        """As of ``now``: trending (7-day one-sided kernel), all-time popularity (events before
+        ``now``), each max-normalised, and the cold-start ranking: trending first, all-time as
+        tie-breaker and fallback, products nobody touched yet after them, newest first."""
+        t = np.array([now])
+        trend = self.popularity.at(t, TRENDING_TAU_DAYS)[0]
+        trend = trend / (float(trend.max(initial=0.0)) or 1.0)
+        alltime = self.popularity.at(t, 1e6)[0]
+        alltime = alltime / (float(alltime.max(initial=0.0)) or 1.0)
+        popular = trend + 0.2 * alltime
+        return trend, alltime, np.where(popular > 0, popular, -self.age_rank)
 
 
 @dataclass
@@ -632,19 +635,23 @@ class Recommender:
         top_k: int = 10,
         filters: Filters = Filters(),
         exclude_seen: bool | None = None,
+        as_of: float | None = None,
     ) -> RecommendationResult:
+        """The user's ``top_k`` products as of ``as_of`` (epoch seconds; default now): every
+        time signal is computed as of that moment, and only the user's events before it count."""
         self.ensure_fresh()
         snap = self.snapshot
         if len(snap) == 0:
             return RecommendationResult([], "empty")
-        history = [h for h in self.state.history(user_id) if h.product_id in snap.index]
+        now = time.time() if as_of is None else float(as_of)
+        history = [h for h in self.state.history(user_id, before=as_of) if h.product_id in snap.index]
         exclude = self.exclude_seen if exclude_seen is None else exclude_seen
         allowed = snap.mask(filters)
         if exclude:
             for h in history:
                 allowed[snap.index[h.product_id]] = False
         if not history:
-            return self._popular(snap, top_k, allowed)
+            return self._popular(snap, top_k, allowed, now)
         compiled = self._compiled_for(snap)
         p = compiled.model.params
         idx = np.array([snap.index[h.product_id] for h in history], dtype=np.int32)
@@ -652,7 +659,7 @@ class Recommender:
         rank = np.arange(len(history), dtype=np.int32)  # history is most recent first
         w_hist = history_weights(strength, rank, p.alpha, p.half_life)
         w_recent = history_weights(strength, rank, 0.0, p.seq_half_life)
-        t_last = np.array([history[0].timestamp])
+        t_query = np.array([now])
         model = compiled.model
 
         scored: list[npt.NDArray[np.int64]] = []  # the content candidates, when there are some
@@ -667,7 +674,7 @@ class Recommender:
             idx,
             w_hist,
             w_recent,
-            float(t_last[0]),
+            now,
             compiled.popularity,
             snap.vectors,
             snap.vectors_t,
@@ -676,7 +683,7 @@ class Recommender:
         )
         # The trend multiplies the summed score; content candidates are picked before it (a
         # multiplier near 1 moves few products across the 1,000-candidate line).
-        factor = model.trend_factor(t_last, compiled.popularity)
+        factor = model.trend_factor(t_query, compiled.popularity)
         if scored:  # the best are among the candidates (see content_candidates): rank only those
             rows = scored[0]
             total = functools.reduce(np.add, [v[rows] for v in parts.values()])
@@ -698,7 +705,7 @@ class Recommender:
                 parts["collaborative"][cand],
                 None if content_part is None else content_part[cand],
                 cand,
-                float(t_last[0]),
+                now,
                 compiled.popularity,
             )
             logit = rr.logits(x)
@@ -718,21 +725,23 @@ class Recommender:
             contrib["sequence"] = w_recent[:, None] * block(model.t, idx, top)
         if model.f is not None:  # the history items whose factors are closest to the product's
             contrib["factors"] = w_hist[:, None] * (model.f.q[idx] @ model.f.q[top].T)
+        trend, alltime, _cold = compiled.cold(now)
         items = []
         for col, i in enumerate(top):
             best = max(parts, key=lambda k: float(parts[k][i]))
             product = snap.products[i]
+            lately = bool(trend[i] >= 0.05)
             if float(parts[best][i]) > 0:
-                reason = _history_reason(best, contrib.get(best), col, history, snap, idx, product, t_last[0])
-            elif compiled.alltime[i] > 0:  # nothing in the history speaks for it: say only what is true
-                reason = _popular_reason(product, t_last[0])
+                reason = _history_reason(best, contrib.get(best), col, history, snap, idx, product, lately)
+            elif alltime[i] > 0:  # nothing in the history speaks for it: say only what is true
+                reason = _popular_reason(product, lately)
             else:
                 reason = f"New in {product.category or 'the catalog'}"
             items.append(Recommended(snap.products[i], score_of[i], reason))
         return RecommendationResult(items, strategy)
 
     def _popular(
-        self, snap: CatalogSnapshot, top_k: int, allowed: np.ndarray[Any, np.dtype[np.bool_]]
+        self, snap: CatalogSnapshot, top_k: int, allowed: np.ndarray[Any, np.dtype[np.bool_]], now: float
     ) -> RecommendationResult:
         compiled = self._compiled_for(snap)
         pop = compiled.popularity
@@ -743,14 +752,14 @@ class Recommender:
                 for r, i in enumerate(top)
             ]
             return RecommendationResult(items, "newest")
-        trend, alltime = compiled.trend, compiled.alltime
-        scores = np.where(allowed, compiled.cold_scores, -np.inf)
+        trend, alltime, cold = compiled.cold(now)
+        scores = np.where(allowed, cold, -np.inf)
         items = []
         for i in _best(scores, top_k):
             p = snap.products[i]
             where = p.category or "the catalog"
             if trend[i] >= 0.05:
-                reason = _popular_reason(p, pop.latest_ts)
+                reason = _popular_reason(p, lately=True)
             elif alltime[i] > 0:
                 reason = f"Popular in {where}"
             else:
@@ -765,9 +774,11 @@ class Recommender:
         user_id: str | None = None,
         top_k: int = 10,
         filters: Filters = Filters(),
+        as_of: float | None = None,
     ) -> RecommendationResult:
         """ "More like these, less like those": content and collaborative similarity to the
-        positives minus similarity to the negatives (plus the user's own history, if given)."""
+        positives minus similarity to the negatives; the products ``user_id`` had before
+        ``as_of`` (default: ever) are left out."""
         self.ensure_fresh()
         snap = self.snapshot
         if not positive:
@@ -783,7 +794,7 @@ class Recommender:
         if len(neg):
             allowed[neg] = False
         if user_id:
-            history = [h for h in self.state.history(user_id) if h.product_id in snap.index]
+            history = [h for h in self.state.history(user_id, before=as_of) if h.product_id in snap.index]
             if self.exclude_seen:
                 for h in history:
                     allowed[snap.index[h.product_id]] = False
@@ -820,12 +831,13 @@ def _history_reason(
     snap: CatalogSnapshot,
     idx: np.ndarray[Any, np.dtype[np.int32]],
     product: Product,
-    t_last: float,
+    lately: bool,
 ) -> str:
     """The reason for one product: the history item that contributed most to its dominant signal
-    (so it is always something the user really did), or its popularity."""
+    (so it is always something the user really did), or its popularity (``lately``: it had events
+    in the week before the request)."""
     if signal == "popular" or contrib is None:
-        return _popular_reason(product, t_last)
+        return _popular_reason(product, lately)
     j = int(np.argmax(contrib[:, col]))
     h = history[j]
     title = snap.products[idx[j]].title
@@ -842,9 +854,9 @@ def _history_reason(
     return f"Similar to {title}, which you {_VERB[h.event_type]}"
 
 
-def _popular_reason(product: Product, t_ref: float) -> str:
+def _popular_reason(product: Product, lately: bool) -> str:
     where = product.category or "the catalog"
-    if math.isfinite(t_ref) and time.time() - t_ref <= WEEK:
+    if lately:
         return f"Popular in {where} this week"
     return f"Popular in {where}"
 

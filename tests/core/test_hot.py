@@ -367,7 +367,8 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
     seen = history_matrix(inter, 0.0, float("inf"))
     users = [f"u{u}" for u in range(60)]
     rows = np.array([ev.users.index(u) for u in users])
-    t_last = inter.user_last_ts()[rows]
+    t_end = float(ev.ts.max()) + 3600.0  # the request time, after every event: as of "now"
+    t_query = np.full(len(rows), t_end)
     pop = TimePopularity(ev, len(ids))
     # A reranker with a weight on every feature (fixed, so the test does not depend on a fit).
     coef = tuple(float(c) for c in np.random.default_rng(1).normal(0.0, 1.0, len(RERANK_FEATURES)))
@@ -384,11 +385,11 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
         p = model.params
         hist = history_matrix(inter, p.alpha, p.half_life)[rows]
         recent = history_matrix(inter, 0.0, p.seq_half_life)[rows]
-        batch = top_k(model.score(hist, t_last, pop, snap.vectors, recent, seen[rows], rows), 10, seen[rows])
+        batch = top_k(model.score(hist, t_query, pop, snap.vectors, recent, seen[rows], rows), 10, seen[rows])
         agree = exact = 0
         taste_reasons = []
         for n, user in enumerate(users):
-            items = recs.recommend(user, 10).items
+            items = recs.recommend(user, 10, as_of=t_end).items
             served = [r.product.product_id for r in items]
             want = [ids[i] for i in batch[n]]
             agree += len(set(served) & set(want))

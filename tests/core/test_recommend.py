@@ -107,16 +107,16 @@ def chains(n_items: int = 50, n_users: int = 300, length: int = 10, seed: int = 
 
 
 def test_tuning_learns_order_where_plain_ease_cannot() -> None:
-    ev = chains()
-    split = make_split(ev, 0.2)
+    ev = chains()  # each user's whole walk takes hours: hold out the end of each walk
+    split = make_split(ev, 0.2, scheme="user")
     x = binary_matrix(split.train)
     b = fit_ease(x, 100.0)
     ease = evaluate_scores(split, lambda rows: np.asarray(x[rows] @ b))
-    model = train_hybrid(split.train_ev)
+    model = train_hybrid(split.train_ev, scheme="user")
     hist = history_matrix(split.train, model.params.alpha, model.params.half_life)
     recent = history_matrix(split.train, 0.0, model.params.seq_half_life)
     pop = TimePopularity(split.train_ev, len(ev.items))
-    ours = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_last[rows], pop, None, recent[rows]))
+    ours = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_query[rows], pop, None, recent[rows]))
     p = model.params
     assert p.delta > 0 or np.isfinite(p.half_life), p  # it chose an order-aware component
     assert ours.ndcg > ease.ndcg + 0.15, (ours, ease)
@@ -149,12 +149,12 @@ def test_one_user_path_equals_the_batch_scores() -> None:
         rows = tr.item[mine][order].astype(np.int32)
         strength = tr.strength[mine][order].astype(np.float32)
         rank = tr.rank[mine][order].astype(np.int32)
-        batch = model.components(hist[[u]], split.t_last[[u]], pop, vectors, recent[[u]], np.array([u]))
+        batch = model.components(hist[[u]], split.t_query[[u]], pop, vectors, recent[[u]], np.array([u]))
         one = model.user_components(
             rows,
             history_weights(strength, rank, p.alpha, p.half_life),
             history_weights(strength, rank, 0.0, p.seq_half_life),
-            float(split.t_last[u]),
+            float(split.t_query[u]),
             pop,
             vectors,
             user=u,
@@ -164,7 +164,7 @@ def test_one_user_path_equals_the_batch_scores() -> None:
             assert np.allclose(one[name], batch[name][0], atol=1e-5), name
         w_hist = history_weights(strength, rank, p.alpha, p.half_life)
         w_recent = history_weights(strength, rank, 0.0, p.seq_half_life)
-        t_u = float(split.t_last[u])
+        t_u = float(split.t_query[u])
         transposed = model.user_components(rows, w_hist, w_recent, t_u, pop, vectors, np.ascontiguousarray(vectors.T))
         assert np.allclose(transposed["content"], one["content"], atol=1e-6)
         cols = [int(c) for c in rng.choice(len(ev.items), 5, replace=False)]
@@ -257,13 +257,13 @@ def test_low_rank_shrinkage_recovers_tastes_that_few_events_show() -> None:
             if i not in picks:
                 picks.append(i)
         rows += [(f"u{a}", f"i{i}", "purchase", None, float(1000 * a + k)) for k, i in enumerate(picks)]
-    split = make_split(arrays(rows, [f"i{i}" for i in range(n_items)]), 0.2)
+    split = make_split(arrays(rows, [f"i{i}" for i in range(n_items)]), 0.2, scheme="user")  # users come one by one
     hist = history_matrix(split.train, 0.0, float("inf"))
 
     def ndcg(shrink: float) -> float:
         model = train_hybrid(split.train_ev, None, params=HybridParams(lam=30.0, shrink=shrink, rank=groups))
         assert (model.v is None) == (shrink == 0)
-        return evaluate_scores(split, lambda r: model.score(hist[r], split.t_last[r], None, None)).ndcg
+        return evaluate_scores(split, lambda r: model.score(hist[r], split.t_query[r], None, None)).ndcg
 
     plain, shrunk = ndcg(0.0), ndcg(0.8)
     assert shrunk > 1.2 * plain, (plain, shrunk)
@@ -420,6 +420,10 @@ def test_content_index_edges_small_catalog_and_nothing_allowed() -> None:
 
 
 def _timeline() -> tuple[EventArrays, float]:
+    return arrays(_timeline_rows()), 1_700_000_000.0 + 119 * 86400.0
+
+
+def _timeline_rows() -> list[Row]:
     """120 days: 'steady' chosen once a day all along, 'new' five times a day in the last 10 days
     only, 'old' five times a day in the first 10 days only, 'rare' once on day 118; other items
     fill every day so the daily totals are not flat."""
@@ -435,14 +439,15 @@ def _timeline() -> tuple[EventArrays, float]:
         if d < 10:
             rows += [(f"o{d}-{k}", "old", "view", None, t0 + d * day + 10 + k) for k in range(5)]
     rows.append(("r", "rare", "view", None, t0 + 118 * day))
-    return arrays(rows), t0 + 119 * day
+    return rows
 
 
 def test_trend_factor_lifts_rising_items_and_lowers_ageing_ones() -> None:
-    """The trend factor compares an item's choices around a time with its all-time share: a new
-    release rises far above 1, an item that was only chosen long ago falls far below, a steady
-    item stays near 1 while nothing else changes, one lone event barely moves it (the prior),
-    and the one-row (query) path equals the batch path."""
+    """The trend factor compares an item's choices just before a time with its history up to
+    then: a new release rises far above 1, an item that was only chosen long ago falls far below,
+    a steady item stays near 1 while nothing else changes, one lone event barely moves it (the
+    prior), events after the time change nothing, and the one-row (query) path equals the batch
+    path."""
     ev, t_end = _timeline()
     pop = TimePopularity(ev, len(ev.items))
     col = {item: n for n, item in enumerate(ev.items)}
@@ -457,7 +462,16 @@ def test_trend_factor_lifts_rising_items_and_lowers_ageing_ones() -> None:
     batch = pop.trend(np.array([t_end, t_mid]), 7.0)
     np.testing.assert_allclose(batch[0], f, rtol=1e-6)
     np.testing.assert_allclose(batch[1], pop.trend(np.array([t_mid]), 7.0)[0], rtol=1e-6)
-    assert batch[1][col["new"]] < 1.0 < batch[0][col["new"]]  # before its release it was not chosen
+    assert batch[1][col["new"]] == 1.0 < batch[0][col["new"]]  # before its release nothing is known: neutral
+    # Causal: what happens after a request time does not change the trend as of it.
+    later = arrays([*_timeline_rows(), *[(f"x{k}", "old", "view", None, t_mid + 86400.0 * 2 + k) for k in range(50)]])
+    np.testing.assert_allclose(
+        TimePopularity(later, len(later.items)).trend(np.array([t_mid]), 7.0)[0][
+            [later.items.index(i) for i in ev.items]
+        ],
+        mid,
+        rtol=1e-6,
+    )
     np.testing.assert_allclose(pop.trend(np.array([t_end]), 7.0, 0.25)[0], f**0.25, rtol=1e-6)  # cached per power
     from core.recommend.models import ROW_CACHE
 
@@ -480,11 +494,11 @@ def test_trend_multiplier_moves_rising_items_up_and_is_off_by_default() -> None:
     split = make_split(ev, 0.2)
     hist = history_matrix(split.train, 0.0, INF_HALF_LIFE)
     recent = history_matrix(split.train, 0.0, 2.0)
-    plain = model.score(hist, split.t_last, pop, None, recent)
+    plain = model.score(hist, split.t_query, pop, None, recent)
     on = replace_params(model, trend=0.5, trend_tau_days=7.0)
-    summed = sum(on.components(hist, split.t_last, pop, None, recent).values())  # type: ignore[attr-defined]
-    factor = pop.trend(split.t_last, 7.0) ** 0.5
-    np.testing.assert_allclose(on.score(hist, split.t_last, pop, None, recent), boost(summed, factor), rtol=1e-5)  # type: ignore[attr-defined]
+    summed = sum(on.components(hist, split.t_query, pop, None, recent).values())  # type: ignore[attr-defined]
+    factor = pop.trend(split.t_query, 7.0) ** 0.5
+    np.testing.assert_allclose(on.score(hist, split.t_query, pop, None, recent), boost(summed, factor), rtol=1e-5)  # type: ignore[attr-defined]
     np.testing.assert_allclose(summed, plain, rtol=1e-6)
     assert not np.allclose(factor, 1.0)
 
@@ -536,7 +550,7 @@ def test_reranker_learns_what_the_blend_cannot_see() -> None:
         seen = binary_matrix(split.train)
         return evaluate_scores(
             split,
-            lambda rows: m.score(hist[rows], split.t_last[rows], pop, None, recent[rows], seen[rows]),  # type: ignore[attr-defined]
+            lambda rows: m.score(hist[rows], split.t_query[rows], pop, None, recent[rows], seen[rows]),  # type: ignore[attr-defined]
         ).ndcg
 
     judged = train_hybrid(judge_on.train_ev, None, params=params)

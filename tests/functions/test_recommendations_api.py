@@ -311,3 +311,41 @@ def test_products_indexed_before_start_are_served_from_the_first_request(s3_endp
     with TestClient(create_app(services)) as client:  # runs the lifespan: recommender.start()
         body = client.get("/recommendations/anyone").json()
     assert body["strategy"] == "newest" and len(body["recommendations"]) == 3
+
+
+def test_as_of_replays_the_past(s3_endpoint: str, fake: Embedder) -> None:
+    """`as_of` computes every time signal as of that moment from the events before it: what was
+    trending then leads the cold start, and a user's later events do not count yet."""
+    settings = make_settings(s3_endpoint, new_bucket(s3_endpoint, "recs-as-of"), recs_refresh_seconds=0.2)
+    services = Services.from_settings(settings, embedder=fake)
+    products = _catalog()
+    services.indexer.index([PendingProduct(ProductInput.from_mapping(p)) for p in products])
+    client = TestClient(create_app(services))
+    day, t0 = 86400, 1_700_000_000
+    events: list[dict[str, object]] = []
+    for u in range(20):  # January: shoes; a hundred days later: books
+        events.append({"user_id": f"a{u}", "product_id": "SH00", "event_type": "purchase", "timestamp": t0 + u})
+        events.append(
+            {"user_id": f"b{u}", "product_id": "BO00", "event_type": "purchase", "timestamp": t0 + 100 * day + u}
+        )
+    events.append({"user_id": "late", "product_id": "TO01", "event_type": "purchase", "timestamp": t0 + 50 * day})
+    assert client.post("/events", json=events).status_code == 202
+
+    def top(user: str, at: float | str) -> dict[str, object]:
+        r = client.get(f"/recommendations/{user}", params={"top_k": 3, "as_of": at})
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    then = top("newbie", t0 + 2 * day)
+    assert then["recommendations"][0]["product_id"] == "SH00", then  # type: ignore[index]
+    assert then["recommendations"][0]["reason"] == "Popular in Shoes this week"  # type: ignore[index]
+    iso = top("newbie", "2023-11-15T22:13:20+00:00")  # ISO-8601 works too: t0 + 1 day
+    assert iso["recommendations"][0]["product_id"] == "SH00"  # type: ignore[index]
+    now = top("newbie", t0 + 102 * day)
+    assert now["recommendations"][0]["product_id"] == "BO00", now  # type: ignore[index]
+    assert top("late", t0 + 20 * day)["strategy"] == "popular"  # the purchase 30 days later does not count yet
+    after = top("late", t0 + 60 * day)
+    assert after["strategy"] != "popular" and "TO01" not in {r["product_id"] for r in after["recommendations"]}  # type: ignore[attr-defined]
+    for bad in ("yesterday", str(time.time() + 7 * day)):
+        r = client.get("/recommendations/newbie", params={"as_of": bad})
+        assert r.status_code in (400, 422) and "as_of" in r.json()["detail"], r.text

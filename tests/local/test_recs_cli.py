@@ -71,7 +71,14 @@ def test_import_train_evaluate(s3_endpoint: str, fake: Embedder, tmp_path: Path)
     assert out.returncode == 0, out.stderr
     table = json.loads((tmp_path / "eval.json").read_text())
     names = [r["method"] for r in table["rows"]]
-    assert names == ["popularity", "item-kNN (cosine)", "EASE", "shelfsearch hybrid"]
+    assert names == [
+        "popularity",
+        "recent popularity",
+        "item-kNN (cosine)",
+        "EASE",
+        "EASE + recent pop.",
+        "shelfsearch hybrid",
+    ]
     assert all(0 <= r["ndcg@10"] <= 1 and 0 <= r["recall@10"] <= 1 and r["users"] > 0 for r in table["rows"])
     for name in names:
         assert name in out.stdout
