@@ -8,7 +8,8 @@ server; events are MovieLens-like ratings over those products (`local.synth_rati
 (`python -m bench.serve`), as does the S3 server; training runs in this process. Then: training time
 (`functions.jobs.train_recommender`, the body of `python -m local train`), model pickup, and
 single-client latency of `GET /recommendations` (known users, filtered, cold start) and
-`POST /recommendations` (more like these), plus the query process's peak RSS.
+`POST /recommendations` (more like these), plus the peak RSS of the query process and of this
+one (which trains). The events are shifted in time to end an hour before the run.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def main() -> None:
     build_s = synthetic_catalog(services, args.products)
     users = max(100, args.events // 100)
     _, events = generate(SynthConfig(n_users=users, n_items=args.products, seed=11, mean_ratings_per_user=100.0))
+    # The data ends an hour ago, as in a live shop: requests (as of now) see its trends.
+    shift = int(time.time()) - 3600 - max(int(e["timestamp"]) for e in events)
     for e in events:  # map the generator's item ids onto the benchmark catalog's
         e["product_id"] = f"B{int(e['product_id'][1:]) % args.products:07d}"
+        e["timestamp"] = int(e["timestamp"]) + shift
     # The query process runs on its own, as deployed: the load generator and the embedded S3
     # server (this process) do not share its GIL.
     serve = ServeProcess(settings, fake_embedder=True)

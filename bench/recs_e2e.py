@@ -3,13 +3,15 @@
     python -m bench.recs_e2e --seed 7
 
 1. Start the dev runner (`python -m local serve`, embedded S3, its own data dir) as a subprocess.
-2. Generate MovieLens-like data (`local.synth_ratings`, a seed we never tuned on), split it per
-   user by time (each user's last 20% of ratings held out) with code independent of ours.
+2. Generate MovieLens-like data (`local.synth_ratings`, a seed we never tuned on) and split it with
+   code independent of ours: by default at one time cutoff T (the 80% quantile of rating times;
+   ratings before T train; each user with ratings before T is judged on the products rated >= 4
+   after T), or per user (`--split user`: each user's last 20% held out).
 3. Import the products with `PUT /products` and the training ratings with `POST /events`.
 4. Run `python -m local train` as its own process (it returns once the server serves the new model;
    the first request after it records whether that held).
-5. `GET /recommendations/{user}?top_k=10` for every user; NDCG@10 / recall@10 against the held-out
-   ratings >= 4, plus request latency. The numbers land in bench/results/.
+5. `GET /recommendations/{user}?top_k=10` for every judged user, as of T (`as_of`; with `--split
+   user`, now); NDCG@10 / recall@10, plus request latency. The numbers land in bench/results/.
 """
 
 from __future__ import annotations
@@ -29,6 +31,24 @@ import httpx
 
 from bench.common import percentiles, report
 from local.synth_ratings import SynthConfig, generate
+
+
+def global_split(events: list[dict], test_fraction: float = 0.2) -> tuple[list[dict], dict[str, set[str]], float]:
+    """One cutoff T for everyone: the rating time at the (1 - test_fraction) quantile (the lower
+    one); ratings before T train, each user's ratings >= 4 from T on of products they had not
+    rated before T are what they should get."""
+    times = sorted(e["timestamp"] for e in events)
+    cutoff = times[int((1.0 - test_fraction) * (len(times) - 1))]
+    train = [e for e in events if e["timestamp"] < cutoff]
+    had: dict[str, set[str]] = defaultdict(set)
+    for e in train:
+        had[e["user_id"]].add(e["product_id"])
+    positives: dict[str, set[str]] = defaultdict(set)
+    for e in events:
+        user = e["user_id"]
+        if e["timestamp"] >= cutoff and e["value"] >= 4 and user in had and e["product_id"] not in had[user]:
+            positives[user].add(e["product_id"])
+    return train, dict(positives), float(cutoff)
 
 
 def split(events: list[dict], test_fraction: float = 0.2) -> tuple[list[dict], dict[str, set[str]]]:
@@ -67,10 +87,16 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=1000, help="events per POST /events")
+    ap.add_argument("--split", choices=["global", "user"], default="global")
     args = ap.parse_args()
 
     products, events = generate(SynthConfig(n_users=args.users, n_items=args.items, seed=args.seed))
-    train, positives = split(events)
+    as_of: float | None = None
+    if args.split == "global":
+        train, positives, as_of = global_split(events)
+    else:
+        train, positives = split(events)
+    query = {"top_k": 10, **({"as_of": as_of} if as_of is not None else {})}
     data_dir = Path(tempfile.mkdtemp(prefix="recs-e2e-"))
     port = free_port()
     env = {**os.environ, "CLIP_PRETRAINED": "none", "RECS_TRAIN_MINUTES": "0"}
@@ -124,7 +150,7 @@ def main() -> None:
             scores, latencies, strategies = [], [], defaultdict(int)
             for user, relevant in positives.items():
                 t = time.perf_counter()
-                r = http.get(f"/recommendations/{user}", params={"top_k": 10})
+                r = http.get(f"/recommendations/{user}", params=query)
                 latencies.append((time.perf_counter() - t) * 1000)
                 r.raise_for_status()
                 body = r.json()
@@ -146,7 +172,14 @@ def main() -> None:
     report(
         "recs_e2e",
         [row],
-        {"seed": args.seed, "products": len(products), "train_events": len(train), "held_out_users": n},
+        {
+            "seed": args.seed,
+            "split": args.split,
+            "as_of": as_of,
+            "products": len(products),
+            "train_events": len(train),
+            "held_out_users": n,
+        },
     )
 
 

@@ -4,12 +4,12 @@ Each event is a choice among all products, with probability
 
     P(i | u, t) = softmax_i( c_i + log trend_t(i) + p_u . q_i )
 
-where ``trend_t`` is :meth:`TimePopularity.trend` around the event's day (what was new or hyped
+where ``trend_t`` is :meth:`TimePopularity.trend` as of the event's day (what was new or hyped
 then) and ``c_i`` the product's all-time appeal. Because the time offset explains *when* things
 were chosen, the factors ``p_u . q_i`` are left with taste, which co-occurrence models (EASE,
 item-kNN) mix up with exposure. Ratings, where there are any, share the same affinity: a rating
 head ``mean + b_u + d_i + scale * p_u . q_i`` is fitted on the stars at the same time, and a
-product's score is the log-probability of being chosen at the user's last activity *and* rated
+product's score is the log-probability of being chosen at the request time *and* rated
 at least ``min_rating``.
 
 The model keeps one factor row per user it was trained on (like ALS models): users who arrive
@@ -75,7 +75,7 @@ class FactorModel:
     def scores(self, rows: npt.NDArray[np.int64], log_trend: F32 | None) -> F32:
         """``exp(logit - max logit)`` per user row (users x items, each row's best is 1);
         ``rows`` index :attr:`users`, -1 (unknown user) gives a zero row. ``log_trend`` is the
-        log of the trend around each user's last activity (rows x items), or None."""
+        log of the trend as of each request time (rows x items), or None."""
         known = rows >= 0
         out = np.zeros((len(rows), len(self.choice_bias)), dtype=np.float32)
         if not known.any() or not len(self.choice_bias):
@@ -113,7 +113,7 @@ class FactorModel:
 def fit_factors(
     ev: EventArrays, trend_by_day: F32, day: npt.NDArray[np.int64], *, min_rating: float, config: FactorConfig
 ) -> FactorModel:
-    """Fit on ``ev``; ``trend_by_day`` (days x items) is the trend around each day and ``day``
+    """Fit on ``ev``; ``trend_by_day`` (days x items) is the trend as of each day and ``day``
     each event's row in it. Deterministic, and independent of how users and products were
     numbered: events, factor rows and softmax columns are taken in id order."""
     import torch
