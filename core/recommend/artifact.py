@@ -41,9 +41,7 @@ def to_bytes(model: HybridModel) -> bytes:
             )
         ),
     }
-    for name, m in (("b", model.b), ("t", model.t)):
-        if m is None:
-            continue
+    for name, m in (("b", model.b),):
         m = sp.csr_matrix(m)
         arrays[f"{name}_data"] = m.data.astype(np.float32)
         arrays[f"{name}_indices"] = m.indices
@@ -87,7 +85,7 @@ def from_bytes(data: bytes) -> HybridModel:
                 log.warning("model reranker ignored: %s", exc)
         items = [str(i) for i in z["items"]]
         v = np.asarray(z["v"], dtype=np.float32) if "v" in z else None  # absent before the projection
-        return HybridModel(items, _csr(z, "b"), params, meta["info"], _csr(z, "t"), reranker, v, _factors(z))
+        return HybridModel(items, _csr(z, "b"), params, meta["info"], reranker, v, _factors(z))
 
 
 def _factors(z: Any) -> FactorModel | None:

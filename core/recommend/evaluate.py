@@ -119,9 +119,8 @@ def hybrid_row(
     )
     hist = history_matrix(split.train, model.params.alpha, model.params.half_life)
     pop = TimePopularity(split.train_ev, split.train.n_items)
-    recent = history_matrix(split.train, 0.0, model.params.seq_half_life)
     seen = binary_matrix(split.train)
-    m = evaluate_scores(split, lambda u: model.score(hist[u], split.t_query[u], pop, vectors, recent[u], seen[u], u), k)
+    m = evaluate_scores(split, lambda u: model.score(hist[u], split.t_query[u], pop, vectors, seen[u], u), k)
     desc = model.params.describe()
     check = model.info.get("rerank_check")
     if check is not None:  # the two-fold check on the inner split that decided about the reranker

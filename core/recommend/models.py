@@ -67,8 +67,6 @@ class HybridParams:
     beta: float = 0.0
     tau_days: float = 14.0
     gamma: float = 0.0
-    delta: float = 0.0
-    seq_half_life: float = 2.0
     trend: float = 0.0
     trend_tau_days: float = 7.0
     shrink: float = 0.0
@@ -97,7 +95,7 @@ class HybridParams:
 
 
 # The blend used when the training data is too small to tune anything.
-NO_SIGNAL = HybridParams(alpha=1.0, half_life=20.0, beta=0.2, gamma=0.4, delta=0.2)
+NO_SIGNAL = HybridParams(alpha=1.0, half_life=20.0, beta=0.2, gamma=0.4)
 
 GRID: dict[str, list[float]] = {
     "lam": [30.0, 100.0, 300.0, 1000.0, 3000.0],
@@ -109,8 +107,6 @@ GRID: dict[str, list[float]] = {
     "tau_days": [1.0, 4.0, 14.0, 60.0, 1e6],
     "beta": [0.0, 0.1, 0.2, 0.4, 0.8],
     "gamma": [0.0, 0.05, 0.1, 0.2, 0.4],
-    "delta": [0.0, 0.1, 0.2, 0.4, 0.8],
-    "seq_half_life": [1.0, 2.0, 5.0],
     "trend": [0.0, 0.25, 0.5, 1.0],
     "trend_tau_days": [3.0, 7.0, 21.0],
     "eta": [0.0, 0.25, 0.5, 1.0, 2.0],
@@ -119,7 +115,6 @@ SIGNALS: dict[str, dict[str, list[float]]] = {
     "collaborative": {"cf": [0.0], "shrink": [0.0]},
     "shrink": {"shrink": [0.0]},
     "choice": {"eta": [0.0]},
-    "sequence": {"delta": [0.0]},
     "content": {"gamma": [0.0]},
     "trending": {"beta": [0.0]},
     "trend": {"trend": [0.0]},
@@ -127,7 +122,6 @@ SIGNALS: dict[str, dict[str, list[float]]] = {
 }
 """What turning each signal off means for the tuner (``off=`` of :func:`train_hybrid`): its weight
 pinned to 0. ``reranker`` means no reranker. Used to measure what each part is worth."""
-SEQ_WINDOW = 5
 MAX_RANK = 64
 """The largest ``rank`` the collaborative projection may have (one SVD per EASE fit serves all)."""
 FACTOR_MAX_ITEMS = 20_000
@@ -322,29 +316,6 @@ def fit_itemknn(x: sp.csr_matrix, k: int) -> sp.csr_matrix:
     sim = (xt.T @ xt).toarray() / np.outer(norms, norms)
     np.fill_diagonal(sim, 0.0)
     return prune_rows(sim.astype(np.float32), k)
-
-
-def fit_transitions(ev: EventArrays, n_items: int, window: int = SEQ_WINDOW) -> sp.csr_matrix:
-    """What comes next: ``T[i, j]`` sums ``1/d`` over users who reached ``j`` ``d <= window``
-    steps after ``i``, normalised by ``sqrt(n_i n_j)``."""
-    order = ev.chronological()
-    u, it = ev.user[order], ev.item[order]
-    rows, cols, vals = [], [], []
-    for d in range(1, window + 1):
-        same = u[d:] == u[:-d]
-        rows.append(it[:-d][same])
-        cols.append(it[d:][same])
-        vals.append(np.full(int(same.sum()), 1.0 / d, dtype=np.float32))
-    t = (
-        sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items))
-        if rows
-        else sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    )
-    t.setdiag(0)
-    t.eliminate_zeros()
-    cnt = np.bincount(ev.item, minlength=n_items).astype(np.float64)
-    inv = 1.0 / np.sqrt(np.maximum(cnt, 1.0))
-    return sp.csr_matrix(sp.diags(inv) @ t @ sp.diags(inv), dtype=np.float32)
 
 
 def prune_rows(dense: F32, k: int) -> sp.csr_matrix:
@@ -579,7 +550,6 @@ class HybridModel:
     b: Any  # items x items EASE weights: csr (served) or dense (while tuning)
     params: HybridParams
     info: dict[str, Any] = field(default_factory=dict)
-    t: sp.csr_matrix | None = None  # items x items "what comes next" weights
     reranker: Reranker | None = None
     v: F32 | None = None  # items x rank: the directions the collaborative scores are shrunk towards
     f: FactorModel | None = None  # the time-aware choice model (users it was trained on x items)
@@ -612,12 +582,10 @@ class HybridModel:
         t_query: F64,
         pop: TimePopularity | None,
         vectors: F32 | None,
-        recent: sp.csr_matrix | None = None,
         users: npt.NDArray[np.integer[Any]] | None = None,
     ) -> dict[str, F32]:
         """The weighted, per-user normalised parts of the score (users x items):
-        ``collaborative``, ``popular``, ``content``, ``sequence`` (from ``recent``, the history
-        weighted by ``0.5 ** (rank / seq_half_life)``) and ``factors`` (the choice model's rows
+        ``collaborative``, ``popular``, ``content`` and ``factors`` (the choice model's rows
         ``users``, numbered like the data the model was trained on); the score is their sum."""
         p = self.params
         parts = {"collaborative": p.cf * _row_max_normalise(self.project(_apply(hist, self.b)))}
@@ -629,15 +597,12 @@ class HybridModel:
             parts["popular"] = p.beta * _row_max_normalise(np.array(pop.at(t_query, p.tau_days), dtype=np.float32))
         if p.gamma > 0 and vectors is not None:
             parts["content"] = p.gamma * _row_max_normalise(content_scores(hist, vectors))
-        if p.delta > 0 and self.t is not None and self.t.shape[0] and recent is not None:
-            parts["sequence"] = p.delta * _row_max_normalise(_apply(recent, self.t))
         return parts
 
     def user_components(
         self,
         rows: I32,
         w_hist: F32,
-        w_recent: F32,
         t_query: float,
         pop: TimePopularity | None,
         vectors: F32 | None,
@@ -646,7 +611,7 @@ class HybridModel:
         user: int | None = None,
     ) -> dict[str, F32]:
         """:meth:`components` for one user whose history is items ``rows`` (distinct) with
-        weights ``w_hist`` (and ``w_recent`` for the sequence signal), as 1-D arrays, computed
+        weights ``w_hist``, as 1-D arrays, computed
         from the CSR arrays directly: the same numbers without building scipy matrices, which
         cost more than the arithmetic for one user. ``vectors_t``, ``vectors.T`` stored
         contiguously when the caller keeps one, makes the content scan faster. ``content``, when
@@ -662,21 +627,16 @@ class HybridModel:
             factors = self.factor_scores(np.array([user], dtype=np.int64), np.array([t_query]), pop)
             if factors is not None:
                 parts["factors"] = factors[0]
-        sequence = None
-        if p.delta > 0 and self.t is not None and self.t.shape[0]:
-            sequence = p.delta * _max_normalise(weighted_rows(self.t, rows, w_recent))
         if p.gamma > 0 and vectors is not None:
             profile = w_hist @ vectors[rows]
             norm = float(np.linalg.norm(profile))
             unit = (profile / (norm or 1.0)).astype(np.float32)
             if content is not None:
-                others = [v for v in [*parts.values(), sequence] if v is not None and v.any()]
+                others = [v for v in parts.values() if v.any()]
                 scores = content(unit, functools.reduce(np.add, others) if others else None)
             else:
                 scores = np.asarray(unit @ vectors_t if vectors_t is not None else vectors @ unit, dtype=np.float32)
             parts["content"] = p.gamma * _max_normalise(scores)
-        if sequence is not None:
-            parts["sequence"] = sequence
         return parts
 
     def score(
@@ -685,7 +645,6 @@ class HybridModel:
         t_query: F64,
         pop: TimePopularity | None,
         vectors: F32 | None,
-        recent: sp.csr_matrix | None = None,
         exclude: sp.csr_matrix | None = None,
         users: npt.NDArray[np.integer[Any]] | None = None,
     ) -> F32:
@@ -694,9 +653,9 @@ class HybridModel:
         user has seen, are never candidates) come first, in the reranker's order; the other
         products keep the blend's order below them."""
         if self.reranker is None or pop is None:
-            comps = self.components(hist, t_query, pop, vectors, recent, users)
+            comps = self.components(hist, t_query, pop, vectors, users)
             return boost(functools.reduce(np.add, comps.values()), self.trend_factor(t_query, pop))
-        out, cand, x = self.candidates(hist, t_query, pop, vectors, recent, exclude, self.reranker.candidates, users)
+        out, cand, x = self.candidates(hist, t_query, pop, vectors, exclude, self.reranker.candidates, users)
         ranked: F32 = (out - np.abs(out).max(axis=1, keepdims=True) - 1.0).astype(np.float32)  # below candidates
         # The candidates in the reranker's order (stable, like the query path), as 3 - position / n:
         # exact in float32, where probabilities + 2 could tie.
@@ -712,14 +671,13 @@ class HybridModel:
         t_query: F64,
         pop: TimePopularity,
         vectors: F32 | None,
-        recent: sp.csr_matrix | None,
         exclude: sp.csr_matrix | None,
         n: int,
         users: npt.NDArray[np.integer[Any]] | None = None,
     ) -> tuple[F32, I32, F32]:
         """The blend's scores (users x items), each row's ``n`` best products outside
         ``exclude`` (best first) and their :func:`rerank_features` (users x n x features)."""
-        comps = self.components(hist, t_query, pop, vectors, recent, users)
+        comps = self.components(hist, t_query, pop, vectors, users)
         out = boost(functools.reduce(np.add, comps.values()), self.trend_factor(t_query, pop))
         cand = top_k(out, n, exclude)
         content = comps.get("content")
@@ -924,7 +882,6 @@ def tune_hybrid(
     split = replace(split, users=sample_users(split.users, max_users))
     x = binary_matrix(split.train)
     pop = TimePopularity(split.train_ev, split.train.n_items)
-    trans = fit_transitions(split.train_ev, split.train.n_items)
     log = TuneLog()
     y = positive_matrix(split.train_ev, min_rating, positive_types)
     if y.nnz == 0:
@@ -947,15 +904,12 @@ def tune_hybrid(
             if (p.lam, p.rho) not in projections:  # one SVD per EASE fit serves every rank
                 projections[(p.lam, p.rho)] = fit_projection(x, b, MAX_RANK)
             v = projections[(p.lam, p.rho)][:, : p.rank]
-        return HybridModel(ev.items, b, p, t=trans, v=v, f=None if factors is None else factors[0])
+        return HybridModel(ev.items, b, p, v=v, f=None if factors is None else factors[0])
 
     def run(p: HybridParams) -> float:
         model = model_for(p)
         hist = history_matrix(split.train, p.alpha, p.half_life)
-        recent = history_matrix(split.train, 0.0, p.seq_half_life)
-        m = evaluate_scores(
-            split, lambda rows: model.score(hist[rows], split.t_query[rows], pop, vectors, recent[rows], users=rows)
-        )
+        m = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_query[rows], pop, vectors, users=rows))
         log.trials.append((p.as_dict(), m.ndcg))
         return m.ndcg
 
@@ -994,7 +948,6 @@ def _checked_reranker(
     them, so both sides of the comparison share that bias); when kept, it is refitted on all users."""
     best = model.params
     hist = history_matrix(split.train, best.alpha, best.half_life)
-    recent = history_matrix(split.train, 0.0, best.seq_half_life)
     seen = binary_matrix(split.train)
     shuffled = np.random.default_rng(0).permutation(_by_id(split, split.users))
     halves = [np.sort(h).astype(np.int32) for h in (shuffled[: len(shuffled) // 2], shuffled[len(shuffled) // 2 :])]
@@ -1004,12 +957,12 @@ def _checked_reranker(
     def ndcg(m: HybridModel, users: I32) -> float:
         return evaluate_scores(
             replace(split, users=users),
-            lambda rows: m.score(hist[rows], split.t_query[rows], pop, vectors, recent[rows], seen[rows], rows),
+            lambda rows: m.score(hist[rows], split.t_query[rows], pop, vectors, seen[rows], rows),
         ).ndcg
 
     blend = reranked = 0.0
     for fit_on, judge_on in (halves, halves[::-1]):
-        half = fit_reranker(replace(split, users=fit_on), model, hist, recent, pop, vectors)
+        half = fit_reranker(replace(split, users=fit_on), model, hist, pop, vectors)
         if half is None:
             return None, None
         share = len(judge_on) / len(split.users)
@@ -1018,7 +971,7 @@ def _checked_reranker(
     check = {"blend": blend, "reranked": reranked, "users": float(len(split.users))}
     if reranked <= blend and not always:
         return None, check
-    return fit_reranker(split, model, hist, recent, pop, vectors), check
+    return fit_reranker(split, model, hist, pop, vectors), check
 
 
 def _by_id(split: Split, users: I32) -> I32:
@@ -1034,7 +987,6 @@ def fit_reranker(
     split: Split,
     model: HybridModel,
     hist: sp.csr_matrix,
-    recent: sp.csr_matrix,
     pop: TimePopularity,
     vectors: F32 | None,
     candidates: int = RERANK_CANDIDATES,
@@ -1049,9 +1001,7 @@ def fit_reranker(
     users = _by_id(split, split.users)  # the same rows in the same order however users were numbered
     for start in range(0, len(users), 512):
         rows = users[start : start + 512]
-        _out, cand, x = model.candidates(
-            hist[rows], split.t_query[rows], pop, vectors, recent[rows], seen[rows], candidates, rows
-        )
+        _out, cand, x = model.candidates(hist[rows], split.t_query[rows], pop, vectors, seen[rows], candidates, rows)
         rel = split.relevant[rows]
         xs.append(x.reshape(-1, x.shape[-1]))
         ys.append(np.asarray(rel[np.arange(len(rows))[:, None], cand].toarray() > 0).ravel())
@@ -1111,12 +1061,11 @@ def train_hybrid(
     v = fit_projection(x, dense, params.rank) if params.shrink > 0 else None
     b = prune_rows(dense, params.neighbors)
     del dense
-    t = prune_rows_sparse(fit_transitions(ev, len(ev.items)), params.neighbors) if params.delta > 0 else None
     f = None
     if params.eta > 0:
         f, info["factor_seconds"] = factors_for(ev, TimePopularity(ev, len(ev.items)), min_rating)
     info.update(train_seconds=time.perf_counter() - t0, events=len(ev), users=len(ev.users), items=len(ev.items))
-    return HybridModel(list(ev.items), b, params, info, t, reranker, v, f)
+    return HybridModel(list(ev.items), b, params, info, reranker, v, f)
 
 
 def factors_for(
@@ -1142,18 +1091,3 @@ def factors_for(
         return fitted.reindexed(keep, len(ev.items)), time.perf_counter() - t0
     model = fit_factors(ev, table, pop._days(ev.ts), min_rating=min_rating, config=config)
     return model, time.perf_counter() - t0
-
-
-def prune_rows_sparse(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep each row's ``k`` largest entries of a sparse matrix."""
-    m = m.tocsr()
-    rows, cols, vals = [], [], []
-    for r in range(m.shape[0]):
-        lo, hi = m.indptr[r], m.indptr[r + 1]
-        sel = lo + np.argpartition(-m.data[lo:hi], k - 1)[:k] if hi - lo > k else np.arange(lo, hi)
-        rows.append(np.full(len(sel), r))
-        cols.append(m.indices[sel])
-        vals.append(m.data[sel])
-    if not rows:
-        return m
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=m.shape)

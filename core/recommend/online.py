@@ -42,7 +42,6 @@ from core.recommend.models import (
     HybridModel,
     HybridParams,
     TimePopularity,
-    block,
     boost,
     history_weights,
     rerank_features,
@@ -599,7 +598,6 @@ class Recommender:
             ids = [p.product_id for p in snap.products]
             to_snap = _positions(model, snap)  # once: the Python pass over the model's items
             sel = _selector(model, snap, to_snap)
-            t = None if model.t is None else _reindex(sel, model.t)
             gen = self.state.generation
             pop = self.state.popularity(snap)
             c = _Compiled(
@@ -610,7 +608,6 @@ class Recommender:
                     _reindex(sel, model.b),
                     model.params,
                     model.info,
-                    t,
                     model.reranker,
                     None if model.v is None else _reindex_rows(sel, model.v),
                     None if model.f is None else model.f.reindexed(to_snap, len(snap)),
@@ -658,7 +655,6 @@ class Recommender:
         strength = np.array([h.strength for h in history], np.float32)
         rank = np.arange(len(history), dtype=np.int32)  # history is most recent first
         w_hist = history_weights(strength, rank, p.alpha, p.half_life)
-        w_recent = history_weights(strength, rank, 0.0, p.seq_half_life)
         t_query = np.array([now])
         model = compiled.model
 
@@ -673,7 +669,6 @@ class Recommender:
         parts = model.user_components(
             idx,
             w_hist,
-            w_recent,
             now,
             compiled.popularity,
             snap.vectors,
@@ -721,8 +716,6 @@ class Recommender:
             "collaborative": w_hist[:, None] * model.collaborative_block(idx, top),
             "content": w_hist[:, None] * (snap.vectors[idx] @ snap.vectors[top].T),
         }
-        if model.t is not None and model.t.shape[0]:
-            contrib["sequence"] = w_recent[:, None] * block(model.t, idx, top)
         if model.f is not None:  # the history items whose factors are closest to the product's
             contrib["factors"] = w_hist[:, None] * (model.f.q[idx] @ model.f.q[top].T)
         trend, alltime, _cold = compiled.cold(now)
@@ -841,8 +834,6 @@ def _history_reason(
     j = int(np.argmax(contrib[:, col]))
     h = history[j]
     title = snap.products[idx[j]].title
-    if signal == "sequence":
-        return f"Often chosen right after {title}"
     if signal == "factors":
         return f"Matches your taste for {title}, which you {_VERB[h.event_type]}"
     if signal == "collaborative":

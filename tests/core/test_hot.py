@@ -322,7 +322,7 @@ def test_category_codes_filter_like_the_strings() -> None:
 
 def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(s3_settings: Settings) -> None:
     """What ``python -m local evaluate`` scores is what ``GET /recommendations`` serves: a model
-    with every signal on (collaborative, trending, content, sequence, the trend multiplier, a
+    with every signal on (collaborative, trending, content, the trend multiplier, a
     reranker, the low-rank shrinkage of the collaborative part and the time-aware choice model)
     ranks each user's unseen products in the query process (one user, CSR arrays, cached rows)
     as the batch path does (scipy, all users at once), and the trend really moves rankings."""
@@ -359,7 +359,7 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
             kind = "purchase" if j % 4 == 0 else "view"
             events.append(Event(f"u{u}", f"p{pick:05d}", kind, ts, None, f"e{u}-{j}"))  # type: ignore[arg-type]
     ev = EventArrays.from_arrow(to_arrow(events), ids)
-    params = HybridParams(lam=10.0, alpha=1.0, half_life=5.0, beta=0.2, tau_days=4.0, gamma=0.3, delta=0.3)
+    params = HybridParams(lam=10.0, alpha=1.0, half_life=5.0, beta=0.2, tau_days=4.0, gamma=0.3)
     models = ModelStore(ObjectStore(s3_settings))
     recs = Recommender(cat, Log(cat), models, W)
     recs.observe(events)
@@ -384,8 +384,7 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
         recs.refresh()
         p = model.params
         hist = history_matrix(inter, p.alpha, p.half_life)[rows]
-        recent = history_matrix(inter, 0.0, p.seq_half_life)[rows]
-        batch = top_k(model.score(hist, t_query, pop, snap.vectors, recent, seen[rows], rows), 10, seen[rows])
+        batch = top_k(model.score(hist, t_query, pop, snap.vectors, seen[rows], rows), 10, seen[rows])
         agree = exact = 0
         taste_reasons = []
         for n, user in enumerate(users):

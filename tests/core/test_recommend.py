@@ -70,13 +70,12 @@ def _scores_ease(ev: EventArrays) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _scores_hybrid(ev: EventArrays) -> Callable[[np.ndarray], np.ndarray]:
-    model = train_hybrid(ev, None, params=HybridParams(lam=10.0, beta=0.2, half_life=3.0, delta=0.2))
+    model = train_hybrid(ev, None, params=HybridParams(lam=10.0, beta=0.2, half_life=3.0))
     inter = aggregate(ev)
     hist = history_matrix(inter, model.params.alpha, model.params.half_life)
-    recent = history_matrix(inter, 0.0, model.params.seq_half_life)
     pop = TimePopularity(ev, len(ev.items))
-    last = inter.user_last_ts()
-    return lambda rows: model.score(hist[rows], last[rows], pop, None, recent[rows])
+    now = np.full(inter.n_users, float(ev.ts.max()) + 1.0)
+    return lambda rows: model.score(hist[rows], now[rows], pop, None)
 
 
 IMPLEMENTATIONS = {"item-kNN": _scores_knn, "EASE": _scores_ease, "hybrid": _scores_hybrid}
@@ -114,11 +113,10 @@ def test_tuning_learns_order_where_plain_ease_cannot() -> None:
     ease = evaluate_scores(split, lambda rows: np.asarray(x[rows] @ b))
     model = train_hybrid(split.train_ev, scheme="user")
     hist = history_matrix(split.train, model.params.alpha, model.params.half_life)
-    recent = history_matrix(split.train, 0.0, model.params.seq_half_life)
     pop = TimePopularity(split.train_ev, len(ev.items))
-    ours = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_query[rows], pop, None, recent[rows]))
+    ours = evaluate_scores(split, lambda rows: model.score(hist[rows], split.t_query[rows], pop, None))
     p = model.params
-    assert p.delta > 0 or np.isfinite(p.half_life), p  # it chose an order-aware component
+    assert np.isfinite(p.half_life), p  # it chose to let the latest items steer
     assert ours.ndcg > ease.ndcg + 0.15, (ours, ease)
     assert ours.ndcg > 0.8 and model.info["validation_ndcg"] > 0.8
 
@@ -133,10 +131,9 @@ def test_one_user_path_equals_the_batch_scores() -> None:
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((len(ev.items), 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    model = replace_params(model, beta=0.3, gamma=0.2, delta=0.5, half_life=4.0, alpha=1.0, eta=0.5)
+    model = replace_params(model, beta=0.3, gamma=0.2, half_life=4.0, alpha=1.0, eta=0.5)
     p = model.params
     hist = history_matrix(split.train, p.alpha, p.half_life)
-    recent = history_matrix(split.train, 0.0, p.seq_half_life)
     pop = TimePopularity(split.train_ev, len(ev.items))
     model = dataclasses.replace(model, f=factors_for(split.train_ev, pop, 4.0)[0])  # type: ignore[type-var]
     tr = split.train
@@ -149,23 +146,21 @@ def test_one_user_path_equals_the_batch_scores() -> None:
         rows = tr.item[mine][order].astype(np.int32)
         strength = tr.strength[mine][order].astype(np.float32)
         rank = tr.rank[mine][order].astype(np.int32)
-        batch = model.components(hist[[u]], split.t_query[[u]], pop, vectors, recent[[u]], np.array([u]))
+        batch = model.components(hist[[u]], split.t_query[[u]], pop, vectors, np.array([u]))
         one = model.user_components(
             rows,
             history_weights(strength, rank, p.alpha, p.half_life),
-            history_weights(strength, rank, 0.0, p.seq_half_life),
             float(split.t_query[u]),
             pop,
             vectors,
             user=u,
         )
-        assert set(one) == set(batch) == {"collaborative", "popular", "content", "sequence", "factors"}
+        assert set(one) == set(batch) == {"collaborative", "popular", "content", "factors"}
         for name in one:
             assert np.allclose(one[name], batch[name][0], atol=1e-5), name
         w_hist = history_weights(strength, rank, p.alpha, p.half_life)
-        w_recent = history_weights(strength, rank, 0.0, p.seq_half_life)
         t_u = float(split.t_query[u])
-        transposed = model.user_components(rows, w_hist, w_recent, t_u, pop, vectors, np.ascontiguousarray(vectors.T))
+        transposed = model.user_components(rows, w_hist, t_u, pop, vectors, np.ascontiguousarray(vectors.T))
         assert np.allclose(transposed["content"], one["content"], atol=1e-6)
         cols = [int(c) for c in rng.choice(len(ev.items), 5, replace=False)]
         assert np.allclose(block(model.b, rows, cols), model.b[rows][:, cols].toarray())
@@ -305,7 +300,7 @@ def test_aggregate_keeps_strongest_event_and_recency_rank() -> None:
 @pytest.mark.integration
 def test_model_artifact_round_trip_in_the_bucket(s3_settings: Settings) -> None:
     rows, items = clusters()
-    model = train_hybrid(arrays(rows, items), None, params=HybridParams(lam=10.0, delta=0.3, shrink=0.5, rank=4))
+    model = train_hybrid(arrays(rows, items), None, params=HybridParams(lam=10.0, shrink=0.5, rank=4))
     back = from_bytes(to_bytes(model))
     assert back.items == model.items and back.params == model.params
     assert model.v is not None and back.v is not None and np.array_equal(back.v, model.v)
@@ -315,7 +310,6 @@ def test_model_artifact_round_trip_in_the_bucket(s3_settings: Settings) -> None:
     unshrunk = dataclasses.replace(model, v=None, params=dataclasses.replace(model.params, shrink=0.0))
     assert from_bytes(to_bytes(unshrunk)).v is None
     assert np.allclose(back.b.toarray(), model.b.toarray())
-    assert model.t is not None and back.t is not None and np.allclose(back.t.toarray(), model.t.toarray())
     store = ObjectStore(s3_settings)
     models = ModelStore(store)
     assert models.latest() is None and models.load_if_changed(None) is None
@@ -493,12 +487,11 @@ def test_trend_multiplier_moves_rising_items_up_and_is_off_by_default() -> None:
     pop = TimePopularity(ev, len(ev.items))
     split = make_split(ev, 0.2)
     hist = history_matrix(split.train, 0.0, INF_HALF_LIFE)
-    recent = history_matrix(split.train, 0.0, 2.0)
-    plain = model.score(hist, split.t_query, pop, None, recent)
+    plain = model.score(hist, split.t_query, pop, None)
     on = replace_params(model, trend=0.5, trend_tau_days=7.0)
-    summed = sum(on.components(hist, split.t_query, pop, None, recent).values())  # type: ignore[attr-defined]
+    summed = sum(on.components(hist, split.t_query, pop, None).values())  # type: ignore[attr-defined]
     factor = pop.trend(split.t_query, 7.0) ** 0.5
-    np.testing.assert_allclose(on.score(hist, split.t_query, pop, None, recent), boost(summed, factor), rtol=1e-5)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(on.score(hist, split.t_query, pop, None), boost(summed, factor), rtol=1e-5)  # type: ignore[attr-defined]
     np.testing.assert_allclose(summed, plain, rtol=1e-6)
     assert not np.allclose(factor, 1.0)
 
@@ -531,26 +524,25 @@ def test_reranker_learns_what_the_blend_cannot_see() -> None:
     params = HybridParams(lam=10.0)
     fit_on, judge_on = make_split(_rated_clusters(0)), make_split(_rated_clusters(1))
 
-    def parts(split: object) -> tuple[object, object, object]:
+    def parts(split: object) -> tuple[object, object]:
         return (
             history_matrix(split.train, 0.0, INF_HALF_LIFE),  # type: ignore[attr-defined]
-            history_matrix(split.train, 0.0, 2.0),  # type: ignore[attr-defined]
             TimePopularity(split.train_ev, split.train.n_items),  # type: ignore[attr-defined]
         )
 
     model = train_hybrid(fit_on.train_ev, None, params=params)
-    hist, recent, pop = parts(fit_on)
-    reranker = fit_reranker(fit_on, model, hist, recent, pop, None, candidates=20)  # type: ignore[arg-type]
+    hist, pop = parts(fit_on)
+    reranker = fit_reranker(fit_on, model, hist, pop, None, candidates=20)  # type: ignore[arg-type]
     assert reranker is not None
     assert reranker.coef[RERANK_FEATURES.index("mean_stars")] > 0.5
 
     def ndcg(m: object) -> float:
         split = judge_on
-        hist, recent, pop = parts(split)
+        hist, pop = parts(split)
         seen = binary_matrix(split.train)
         return evaluate_scores(
             split,
-            lambda rows: m.score(hist[rows], split.t_query[rows], pop, None, recent[rows], seen[rows]),  # type: ignore[attr-defined]
+            lambda rows: m.score(hist[rows], split.t_query[rows], pop, None, seen[rows]),  # type: ignore[attr-defined]
         ).ndcg
 
     judged = train_hybrid(judge_on.train_ev, None, params=params)
@@ -593,7 +585,7 @@ def test_reranker_needs_positives_and_travels_with_the_model() -> None:
     model = train_hybrid(split.train_ev, None, params=HybridParams(lam=10.0))
     hist = history_matrix(split.train, 0.0, INF_HALF_LIFE)
     pop = TimePopularity(split.train_ev, split.train.n_items)
-    assert fit_reranker(split, model, hist, hist, pop, None) is None  # nothing to learn from
+    assert fit_reranker(split, model, hist, pop, None) is None  # nothing to learn from
 
     n = len(RERANK_FEATURES)
     reranker = Reranker(tuple(range(n)), (2.0,) * n, tuple(-0.5 * k for k in range(n)), 0.25, 40)

@@ -38,7 +38,7 @@ CHROMIUM_ARGS = [
 ]
 SHOPPER = "ui-test-shopper"
 HISTORY_REASON = re.compile(
-    r"^(?:Because you (?:viewed|rated) (?P<a>.+)|Often bought with (?P<b>.+)|Often chosen right after (?P<c>.+)"
+    r"^(?:Because you (?:viewed|rated) (?P<a>.+)|Often bought with (?P<b>.+)"
     r"|Similar to (?P<d>.+), which you .+)$"
 )
 
