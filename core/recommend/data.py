@@ -1,4 +1,4 @@
-"""Interaction data in array form: events -> (user, item) pairs, per-user time splits.
+"""Interaction data in array form: events -> (user, item) pairs, time splits (one global cutoff, or per user).
 
 Everything downstream works on integer codes: ``users`` and ``items`` are the id lists, and an
 :class:`Interactions` holds one row per (user, item) pair with the pair's strongest event, its

@@ -1,30 +1,31 @@
 """Recommendation models: popularity, item-kNN, EASE, and our hybrid.
 
-The hybrid scores item ``i`` for user ``u`` as
+The hybrid scores item ``i`` for user ``u`` at request time ``t`` as
 
-    s(u, i) = cf(u, i) / max cf(u) + beta * pop_t(u)(i) / max pop_t(u) + gamma * content(u, i) / max content(u)
-              (+ delta * sequence(u, i) / max sequence(u) + eta * choice(u, i)), then scaled by trend_t(u)(i) ** trend
+    s(u, i) = (cf(u, i) / max cf(u) + beta * pop_t(i) / max pop_t + gamma * content(u, i) / max content(u)
+               + eta * choice_t(u, i)) scaled by trend_t(i) ** trend
 
 - ``cf``: EASE (Steck 2019) item-item weights ``B`` applied to the user's history vector, where
   each past item counts ``strength ** alpha * 0.5 ** (rank / half_life)`` (purchase > cart >
-  click > view, ratings by stars; ``rank`` 0 = most recent item), so the newest items steer;
-- ``pop_t``: item popularity around the time the user was last active (events within a
-  Laplace kernel of width ``tau_days``), which tracks what is new and trending;
+  click > view, ratings by stars; ``rank`` 0 = most recent item), shrunk towards the fit's
+  low-rank core (``shrink``, ``rank``);
+- ``pop_t``: item popularity as of ``t`` (events up to ``t`` in a one-sided exponential kernel of
+  width ``tau_days``);
 - ``content``: cosine between each item's fused embedding and the user's recency-weighted
   profile of embeddings, which reaches new products nobody interacted with yet;
-- ``choice``: the time-aware choice model of :mod:`core.recommend.factors` (user and item
+- ``choice_t``: the time-aware choice model of :mod:`core.recommend.factors` (user and item
   factors learned from what was chosen when, with a rating head): the probability that the user
-  chooses the item around their last activity and likes it, relative to their most likely item;
-- ``trend_t``: how much more an item is chosen around the user's last activity than its
-  all-time share predicts (:meth:`TimePopularity.trend`), a multiplier: releases and hype lift
-  what users choose next, ageing lowers it.
+  chooses the item as of ``t`` and likes it, relative to their most likely item;
+- ``trend_t``: how much more an item is chosen just before ``t`` than its history up to ``t``
+  predicts (:meth:`TimePopularity.trend`), a multiplier.
 
-All hyper-parameters (``lam``, ``rho``, ``alpha``, ``half_life``, ``beta``, ``tau_days``, ``gamma``,
-``delta``, ``seq_half_life``, ``trend``, ``trend_tau_days``, ``eta``) are
-chosen by :func:`tune_hybrid` on a per-user time split *inside* the training data, never on
-held-out data. On the same split :func:`fit_reranker` fits a :class:`Reranker`, a logistic
-model that reorders each user's best candidates from :data:`RERANK_FEATURES`; it is kept only
-when it beats the blend on users it was not fitted on.
+Every time signal is anchored at the request (serving: now or ``as_of``; evaluation: the cutoff)
+and sees only events before it. All hyper-parameters are chosen by :func:`tune_hybrid` on a split
+*inside* the training data of the same kind as the evaluation's (by default one time cutoff),
+never on held-out data. On the same split :func:`fit_reranker` fits a :class:`Reranker`, a
+logistic model that reorders each user's best candidates from :data:`RERANK_FEATURES`; it is
+kept only when it beats the blend on users it was not fitted on. :data:`SIGNALS` names what the
+ablation (``python -m local evaluate --ablation``) turns off one at a time.
 """
 
 from __future__ import annotations
