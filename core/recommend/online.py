@@ -403,22 +403,28 @@ class _Compiled:
     pop_generation: int
     age_rank: F64 = field(default_factory=lambda: np.zeros(0))  # 0 = the newest product
     factor_rows: dict[str, int] = field(default_factory=dict)  # user id -> row of model.f
+    _cold: tuple[int, tuple[F32, F32, F64]] | None = None  # cold() for one day, the latest asked
 
     def set_popularity(self, pop: TimePopularity, generation: int, snap: CatalogSnapshot) -> None:
         self.popularity, self.pop_generation = pop, generation
         self.age_rank = np.argsort(np.argsort(-snap.created)) / max(len(snap), 1)
+        self._cold = None
 
     def cold(self, now: float) -> tuple[F32, F32, F64]:
-        """As of ``now``: trending (7-day one-sided kernel), all-time popularity (events before
-        ``now``), each max-normalised, and the cold-start ranking: trending first, all-time as
-        tie-breaker and fallback, products nobody touched yet after them, newest first."""
+        """As of ``now`` (to the day): trending (7-day one-sided kernel), all-time popularity
+        (events up to ``now``), each max-normalised, and the cold-start ranking: trending first,
+        all-time as tie-breaker and fallback, products nobody touched yet after them, newest
+        first."""
         t = np.array([now])
-        trend = self.popularity.at(t, TRENDING_TAU_DAYS)[0]
-        trend = trend / (float(trend.max(initial=0.0)) or 1.0)
-        alltime = self.popularity.at(t, 1e6)[0]
-        alltime = alltime / (float(alltime.max(initial=0.0)) or 1.0)
-        popular = trend + 0.2 * alltime
-        return trend, alltime, np.where(popular > 0, popular, -self.age_rank)
+        day = int(self.popularity._days(t)[0])
+        if self._cold is None or self._cold[0] != day:
+            trend = self.popularity.at(t, TRENDING_TAU_DAYS)[0]
+            trend = trend / (float(trend.max(initial=0.0)) or 1.0)
+            alltime = self.popularity.at(t, 1e6)[0]
+            alltime = alltime / (float(alltime.max(initial=0.0)) or 1.0)
+            popular = trend + 0.2 * alltime
+            self._cold = day, (trend, alltime, np.where(popular > 0, popular, -self.age_rank))
+        return self._cold[1]
 
 
 @dataclass
