@@ -119,9 +119,14 @@ def fit_factors(
     import torch
 
     n_users, n_items = len(ev.users), len(ev.items)
-    by_id = np.argsort(np.asarray(ev.users, dtype=object), kind="stable")
-    id_rank = np.empty(n_users, dtype=np.int64)
-    id_rank[by_id] = np.arange(n_users)
+    # Only users with events get factors to fit (in id order): users listed without any event
+    # (e.g. ones whose events all lie after an evaluation cutoff) must not shift the random
+    # initialisation, or the same events would train another model. Their rows stay zero.
+    active = np.unique(ev.user).astype(np.int64)
+    by_id = active[np.argsort(np.asarray(ev.users, dtype=object)[active], kind="stable")]
+    id_rank = np.zeros(n_users, dtype=np.int64)
+    id_rank[by_id] = np.arange(len(by_id))
+    n_fit = len(by_id)
     items_by_id = np.argsort(np.asarray(ev.items, dtype=object), kind="stable")
     item_rank = np.empty(n_items, dtype=np.int64)
     item_rank[items_by_id] = np.arange(n_items)
@@ -138,10 +143,10 @@ def fit_factors(
     mean0 = float(ev.value[is_rating].mean()) if rated else 0.0
 
     k = config.dim
-    p = torch.nn.Parameter(0.01 * torch.randn(n_users, k, generator=gen))
+    p = torch.nn.Parameter(0.01 * torch.randn(n_fit, k, generator=gen))
     q = torch.nn.Parameter(0.01 * torch.randn(n_items, k, generator=gen))
     c = torch.nn.Parameter(torch.zeros(n_items))
-    bu = torch.nn.Parameter(torch.zeros(n_users))
+    bu = torch.nn.Parameter(torch.zeros(n_fit))
     bi = torch.nn.Parameter(torch.zeros(n_items))
     mean = torch.nn.Parameter(torch.tensor(mean0))
     scale = torch.nn.Parameter(torch.tensor(1.0))
@@ -176,11 +181,11 @@ def fit_factors(
         a: F32 = t.detach().numpy().astype(np.float32)
         return a if rows is None else a[rows]
 
-    # The user numbered r in ev has factor row id_rank[r], the product numbered j row item_rank[j].
+    # The user numbered r in ev has fitted row id_rank[r] (users with events), the product numbered j row item_rank[j].
     return FactorModel(
         list(ev.users),
-        out(p, id_rank),
-        out(bu, id_rank),
+        _user_rows(out(p), active, id_rank, n_users),
+        _user_rows(out(bu), active, id_rank, n_users),
         out(q, item_rank),
         out(c, item_rank),
         out(bi, item_rank),
@@ -189,6 +194,14 @@ def fit_factors(
         config.tau_days,
         float(min_rating) if rated else math.nan,
     )
+
+
+def _user_rows(fitted: F32, active: npt.NDArray[np.int64], id_rank: npt.NDArray[np.int64], n_users: int) -> F32:
+    """Fitted per-user rows (active users in id order) as rows of every user of the data, zero
+    for users without events."""
+    out: F32 = np.zeros((n_users, *fitted.shape[1:]), dtype=np.float32)
+    out[active] = fitted[id_rank[active]]
+    return out
 
 
 __all__ = ["FactorConfig", "FactorModel", "fit_factors"]

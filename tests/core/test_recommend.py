@@ -711,6 +711,12 @@ def test_choice_model_travels_with_the_model_and_does_not_depend_on_numbering() 
     c = train_hybrid(reordered, None, params=HybridParams(lam=10.0, eta=1.0)).f
     assert c is not None and np.array_equal(c.p, a.p)
     assert np.array_equal(c.q[icode], a.q) and np.array_equal(c.item_bias[icode], a.item_bias)
+    # Users listed without any event (all of theirs after an evaluation cutoff) change nothing:
+    # the model trained offline equals the one trained from the same events through the API.
+    idle = dataclasses.replace(ev, users=[*ev.users, "idle-a", "idle-b"])
+    d = train_hybrid(idle, None, params=HybridParams(lam=10.0, eta=1.0)).f
+    assert d is not None and np.array_equal(d.p[: len(ev.users)], a.p) and np.array_equal(d.q, a.q)
+    assert not d.p[len(ev.users) :].any()
     model = train_hybrid(ev, None, params=HybridParams(lam=10.0, eta=1.0))
     back = from_bytes(to_bytes(model)).f
     assert back is not None and model.f is not None and back.users == model.f.users
