@@ -19,9 +19,13 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import ServiceError
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.recommend.evaluate import Row
 
 DEFAULT_DATA_DIR = Path(".local-data")
 
@@ -211,6 +215,13 @@ def _cutoff(raw: str | None) -> float | None:
     return None if raw is None else parse_timestamp(raw, datetime.now(UTC)).timestamp()
 
 
+def _progress(row: Row, left: int) -> None:
+    """One line per finished row of `local evaluate` (training the hybrid takes a while)."""
+    more = f"; {left} more to train or score" if left else ""
+    line = f"  {row.name.strip()}: NDCG@10 {row.metrics.ndcg:.4f} ({row.seconds:.1f} s){more}"
+    print(line, file=sys.stderr, flush=True)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -236,6 +247,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         scheme=args.split,
         cutoff=_cutoff(args.cutoff),
         ablation=args.ablation,
+        progress=_progress,
     )
     how = (
         f"one time cutoff ({args.cutoff or f'the {1 - args.test_fraction:.0%} quantile of event times'}), "

@@ -145,19 +145,27 @@ def evaluate(
     scheme: SplitScheme = "global",
     cutoff: float | None = None,
     ablation: bool = False,
+    progress: Callable[[Row, int], None] | None = None,
 ) -> list[Row]:
     """The comparison table on one split of ``ev`` (``vectors`` aligned with ``ev.items``;
     ``cutoff``: the global split's time, default the ``1 - test_fraction`` quantile). With
-    ``ablation``, one more hybrid row per :data:`SIGNALS` entry, retrained without it."""
+    ``ablation``, one more hybrid row per :data:`SIGNALS` entry, retrained without it.
+    ``progress`` is called with each row as it is done and the number of rows to come."""
     split = make_split(ev, test_fraction, min_rating, positive_types, scheme, cutoff)
     inner = _inner(split, min_rating, positive_types)
     x = binary_matrix(split.train)
     rows: list[Row] = []
+    total = len(BASELINES) + 1 + (len(SIGNALS) if ablation else 0)
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        if progress is not None:
+            progress(row, total - len(rows))
 
     def timed(name: str, params: str, run: Callable[[], Metrics]) -> None:
         t0 = time.perf_counter()
         m = run()
-        rows.append(Row(name, m, time.perf_counter() - t0, params))
+        add(Row(name, m, time.perf_counter() - t0, params))
 
     counts = np.asarray(x.sum(axis=0), dtype=np.float32).ravel()
     timed("popularity", "all-time counts", lambda: evaluate_scores(split, lambda u: np.tile(counts, (len(u), 1)), k))
@@ -168,7 +176,7 @@ def evaluate(
     t0 = time.perf_counter()
     kk = int(_best(inner, KNN_KS, lambda v: _knn_scores(binary_matrix(inner.train), int(v))))
     m = evaluate_scores(split, _knn_scores(x, kk), k)
-    rows.append(Row("item-kNN (cosine)", m, time.perf_counter() - t0, f"k={kk}"))
+    add(Row("item-kNN (cosine)", m, time.perf_counter() - t0, f"k={kk}"))
 
     lam = _best(inner, EASE_LAMBDAS, _ease(inner))
     timed("EASE", f"lambda={lam:g}", lambda: evaluate_scores(split, _ease(split)(lam), k))
@@ -180,10 +188,10 @@ def evaluate(
         lambda: evaluate_scores(split, _blend(split, lam, days)(w), k),
     )
 
-    rows.append(hybrid_row(split, vectors, min_rating=min_rating, positive_types=positive_types, k=k))
+    add(hybrid_row(split, vectors, min_rating=min_rating, positive_types=positive_types, k=k))
     if ablation:
         for signal in SIGNALS:
-            rows.append(
+            add(
                 hybrid_row(
                     split,
                     vectors,
