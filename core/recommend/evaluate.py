@@ -174,7 +174,8 @@ def evaluate(
     timed("recent popularity", f"last {days:g} days", lambda: evaluate_scores(split, _recent(split)(days), k))
 
     t0 = time.perf_counter()
-    kk = int(_best(inner, KNN_KS, lambda v: _knn_scores(binary_matrix(inner.train), int(v))))
+    x_inner = binary_matrix(inner.train)
+    kk = int(_best(inner, KNN_KS, lambda v: _knn_scores(x_inner, int(v))))
     m = evaluate_scores(split, _knn_scores(x, kk), k)
     add(Row("item-kNN (cosine)", m, time.perf_counter() - t0, f"k={kk}"))
 
