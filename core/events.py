@@ -306,13 +306,14 @@ class EventLog:
         with storage_errors("read events"):
             return int(self._table.version)
 
-    def read(self, received_after: datetime | None = None) -> pa.Table:
-        """All events, or those received after ``received_after`` (for incremental readers)."""
+    def read(self, received_after: datetime | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+        """All events, or those received after ``received_after`` (for incremental readers);
+        only ``columns`` when given (training needs neither ids nor arrival times)."""
         with storage_errors("read events"):
-            q = self._table.search().limit(None)
+            q = self._table.search().limit(None).select(list(columns or events_schema().names))
             if received_after is not None:
                 q = q.where(f"received_at > timestamp '{received_after.astimezone(UTC).isoformat(sep=' ')}'")
-            return q.to_arrow().select(events_schema().names)
+            return q.to_arrow().select(list(columns or events_schema().names))
 
 
 def iter_event_file(lines: Iterable[str], fmt: Literal["jsonl", "csv"]) -> Iterator[tuple[int, Any]]:

@@ -150,6 +150,19 @@ class Settings(BaseSettings):
     recs_positive_types: str = Field(
         default="purchase", description="Comma-separated event types that count as positives when training."
     )
+    recs_max_items: int = Field(
+        default=15_000,
+        ge=100,
+        description="Training: the collaborative model covers at most this many products, the most active "
+        "lately (its memory grows with the square: ~4.5 GB at 15,000); the others are reached by content "
+        "and popularity.",
+    )
+    recs_train_memory_gb: float = Field(
+        default=8.0,
+        gt=0,
+        description="Training: refuse to start when the data would need more memory than this, and (dev "
+        "runner) stop a scheduled training process that grows past it.",
+    )
     recs_rerank: Literal["auto", "always", "off"] = Field(
         default="auto",
         description="Training: auto = keep the learned reranker only when it beats the blend on held-out "

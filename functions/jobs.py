@@ -96,6 +96,8 @@ def train_recommender(settings: Settings, *, only_if_new_events: bool = False) -
         min_rating=settings.recs_min_rating,
         positive_types=settings.positive_types,
         rerank=settings.recs_rerank,
+        max_items=settings.recs_max_items,
+        memory_gb=settings.recs_train_memory_gb,
     )
 
 

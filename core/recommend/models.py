@@ -132,6 +132,16 @@ FACTOR_BUDGET = 1_000_000_000
 171 s for 20 epochs at 100k events x 10k products on the 2-core dev VM), but on at least
 :data:`FACTOR_MIN_ITEMS`."""
 FACTOR_MIN_ITEMS = 2_000
+FACTOR_MAX_EVENTS = 2_000_000
+"""The choice model learns from at most this many events, the most recent ones: its epochs cost
+time in proportion to the events (the other signals use them all)."""
+MAX_ITEMS = 15_000
+"""The collaborative model (EASE, its projection, the choice model) is fitted on at most this many
+products, the most active lately (:func:`active_items`): EASE's dense products x products matrices
+grow with the square (see :func:`ease_bytes`). The other products are reached by content and
+popularity. ``RECS_MAX_ITEMS`` sets it for ``local train``."""
+ACTIVITY_HALF_LIFE_DAYS = 30.0
+"""How fast an event's weight in :func:`active_items` fades (before the data's last event)."""
 ROW_CACHE = 64
 """One-row popularity / trend results kept per :class:`TimePopularity` (each is ``items`` floats)."""
 TREND_PRIOR_EVENTS = 5.0
@@ -300,6 +310,25 @@ def restrict_items(ev: EventArrays, keep: I32 | npt.NDArray[np.int64]) -> EventA
     return EventArrays(
         sub.users, [ev.items[i] for i in keep], sub.user, code[sub.item], sub.etype, sub.value, sub.ts, sub.seq
     )
+
+
+def active_items(ev: EventArrays, limit: int) -> npt.NDArray[np.int64]:
+    """The ``limit`` items with the most events, each weighted by ``0.5 ** (age / 30 days)`` (age
+    before the data's last event): what shoppers touch now, not what they touched years ago.
+    Sorted indices into ``ev.items``; all of them when there are no more than ``limit``."""
+    n = len(ev.items)
+    if n <= limit:
+        return np.arange(n, dtype=np.int64)
+    age_days = (float(ev.ts.max()) - ev.ts) / DAY if len(ev) else np.zeros(0)
+    weight = np.bincount(ev.item, weights=np.power(0.5, age_days / ACTIVITY_HALF_LIFE_DAYS), minlength=n)
+    # Ties (items without events) by position: the same data always keeps the same items.
+    return np.sort(np.argsort(-weight, kind="stable")[:limit]).astype(np.int64)
+
+
+def ease_bytes(n_items: int) -> int:
+    """Peak memory of :func:`ease_pair` and the pruning after it over ``n_items`` products: about
+    five dense ``n x n`` matrices (float64 up to 4,000 products, float32 above)."""
+    return 5 * n_items * n_items * (8 if n_items <= 4000 else 4)
 
 
 def positive_matrix(ev: EventArrays, min_rating: float, types: Sequence[str]) -> sp.csr_matrix:
@@ -1034,12 +1063,18 @@ def train_hybrid(
     rerank: RerankMode = "auto",
     scheme: SplitScheme = "global",
     off: Sequence[str] = (),
+    max_items: int = MAX_ITEMS,
 ) -> HybridModel:
     """Tune (unless ``params`` are given) on a split inside ``ev`` (``scheme``), then fit on all
     of ``ev``; ``rerank`` says when the tuned blend gets a :class:`Reranker` (see
-    :data:`RerankMode`); ``off`` names :data:`SIGNALS` left out (to measure what they are worth)."""
+    :data:`RerankMode`); ``off`` names :data:`SIGNALS` left out (to measure what they are worth).
+    Over more than ``max_items`` products the model covers the :func:`active_items` only."""
     t0 = time.perf_counter()
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"catalog_items": len(ev.items)}
+    if len(ev.items) > max_items:
+        keep = active_items(ev, max_items)
+        ev = restrict_items(ev, keep)
+        vectors = None if vectors is None else vectors[keep]
     reranker = None
     if params is None:
         params, val_ndcg, log = tune_hybrid(
@@ -1078,9 +1113,12 @@ def factors_for(
 ) -> tuple[FactorModel, float]:
     """The choice model fitted on ``ev`` (``pop`` built from the same events) and its seconds.
     Over more than ``max_items`` products (default: from :data:`FACTOR_BUDGET`) it is fitted on
-    the most-chosen ``max_items``; the others get probability 0 from it."""
+    the most-chosen ``max_items``; the others get probability 0 from it. It learns from the
+    :data:`FACTOR_MAX_EVENTS` most recent events."""
     t0 = time.perf_counter()
     config = config or FactorConfig()
+    if len(ev) > FACTOR_MAX_EVENTS:
+        ev = ev.take(np.sort(np.argsort(-ev.ts, kind="stable")[:FACTOR_MAX_EVENTS]))
     if max_items is None:
         max_items = min(FACTOR_MAX_ITEMS, max(FACTOR_MIN_ITEMS, FACTOR_BUDGET // max(len(ev), 1)))
     days = pop.day0 + np.arange(pop.n_days, dtype=np.float64) + 0.5

@@ -120,15 +120,8 @@ class CatalogSnapshot:
     def build(
         cls, version: int, products: list[Product], image: F32 | None, text: F32, weights: Weights
     ) -> CatalogSnapshot:
-        """Fused unit vectors ``[sqrt(w_image) * image, sqrt(w_text) * text]`` (missing images are
-        zero rows) and the filter columns."""
-        parts = [math.sqrt(weights.text) * text]
-        if image is not None:
-            parts.insert(0, math.sqrt(weights.image) * image)
-        fused = np.hstack(parts).astype(np.float32)
-        norms = np.linalg.norm(fused, axis=1, keepdims=True)
-        norms[norms == 0] = 1.0
-        fused /= norms
+        """Fused unit vectors (:func:`fuse`) and the filter columns."""
+        fused = fuse(image, text, weights)
         return cls(
             version,
             products,
@@ -232,6 +225,26 @@ class CatalogSnapshot:
         out = np.zeros(n, dtype=np.float32)
         out[rows] = self.vectors[rows] @ unit
         return out, rows
+
+
+def fuse(image: F32 | None, text: F32, weights: Weights) -> F32:
+    """Unit vectors ``[sqrt(w_image) * image, sqrt(w_text) * text]`` (missing images are zero
+    rows; ``image`` None: text only)."""
+    parts = [math.sqrt(weights.text) * text]
+    if image is not None:
+        parts.insert(0, math.sqrt(weights.image) * image)
+    fused = np.hstack(parts).astype(np.float32)
+    norms = np.linalg.norm(fused, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    fused /= norms
+    return fused
+
+
+def product_vectors(table: pa.Table, catalog: Catalog, weights: Weights) -> F32:
+    """Fused vectors of the catalog rows in ``table`` (its ``text_vector`` and ``image_vector``)."""
+    text = _matrix(table.column("text_vector"), catalog.text_dim)
+    image = _matrix(table.column("image_vector"), catalog.clip_dim) if weights.image > 0 else None
+    return fuse(image, text, weights)
 
 
 def _matrix(col: pa.ChunkedArray, dim: int) -> F32:

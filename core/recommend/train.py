@@ -6,14 +6,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow as pa
+
 from core.catalog import Catalog
 from core.errors import InvalidInput
 from core.events import EventLog
 from core.models import Weights
 from core.recommend.artifact import ModelStore
-from core.recommend.data import EventArrays
-from core.recommend.models import HybridModel, RerankMode, train_hybrid
-from core.recommend.online import CatalogSnapshot
+from core.recommend.data import F32, EventArrays
+from core.recommend.models import (
+    MAX_ITEMS,
+    HybridModel,
+    RerankMode,
+    active_items,
+    ease_bytes,
+    restrict_items,
+    train_hybrid,
+)
+from core.recommend.online import product_vectors
 
 
 @dataclass(frozen=True)
@@ -29,8 +40,10 @@ class TrainReport:
         p = self.model.params
         info = self.model.info
         val = info.get("validation_ndcg")
+        covered = len(self.model.items)
+        scope = f" (the {covered} most active in the collaborative model)" if covered < self.items else ""
         return (
-            f"trained on {self.events} events from {self.users} users over {self.items} products in "
+            f"trained on {self.events} events from {self.users} users over {self.items} products{scope} in "
             f"{self.seconds:.1f} s -> {self.key}\n"
             f"  parameters: {p.describe()}"
             + (f"\n  internal validation NDCG@10: {val:.4f} ({info.get('trials')} trials)" if val is not None else "")
@@ -64,6 +77,39 @@ class TrainReport:
         )
 
 
+TRAINING_COLUMNS = ("user_id", "product_id", "event_type", "value", "timestamp")
+EVENT_BYTES = 160
+"""Training memory per stored event (the columns read, their codes, the aggregated pairs and the
+sparse matrices built from them): measured by ``bench.scale``, rounded up."""
+BASE_BYTES = 1 << 30
+"""Training memory before any data: the interpreter, numpy/scipy/torch and their buffers."""
+GB = 1 << 30
+
+
+def memory_needed(events: int, items: int, dim: int) -> dict[str, int]:
+    """Bytes training needs, by part: the events, EASE over ``items`` products, their vectors."""
+    return {
+        "base": BASE_BYTES,
+        "events": events * EVENT_BYTES,
+        "collaborative model": ease_bytes(items),
+        "vectors": items * dim * 4,
+    }
+
+
+def vectors_of(catalog: Catalog, weights: Weights, product_ids: Sequence[str], row_ids: Sequence[int]) -> F32:
+    """Fused vectors of ``product_ids`` (row ``k`` for ``product_ids[k]``), read from their catalog
+    rows ``row_ids`` alone; a product whose row is gone (removed since the scan) gets zeros."""
+    rows = catalog.rows_by_row_id(row_ids)
+    at = {str(p): j for j, p in enumerate(rows.column("product_id").to_pylist())}  # rows come in any order
+    fused = product_vectors(rows, catalog, weights)
+    out: F32 = np.zeros((len(product_ids), fused.shape[1]), dtype=np.float32)
+    found = [(k, at[pid]) for k, pid in enumerate(product_ids) if pid in at]
+    if found:
+        dst, src = (np.array(x, dtype=np.int64) for x in zip(*found, strict=True))
+        out[dst] = fused[src]
+    return out
+
+
 def train(
     catalog: Catalog,
     events: EventLog,
@@ -73,17 +119,41 @@ def train(
     min_rating: float = 4.0,
     positive_types: Sequence[str] = ("purchase",),
     rerank: RerankMode = "auto",
+    max_items: int = MAX_ITEMS,
+    memory_gb: float | None = None,
 ) -> TrainReport:
-    """Train on every stored event whose product is in the catalog; save and return the model."""
+    """Train on every stored event whose product is in the catalog; save and return the model.
+
+    The collaborative model covers the ``max_items`` products most active lately (see
+    :func:`~core.recommend.models.active_items`); only their vectors are read. With ``memory_gb``,
+    a data set that would need more memory than that is refused before any fitting starts, with
+    an :class:`InvalidInput` that says what to change."""
     t0 = time.perf_counter()
-    snap = CatalogSnapshot.load(catalog, weights)
-    table = events.read()
-    if len(snap) == 0:
+    version, ids_table = catalog.scan(["product_id"], row_ids=True)
+    if ids_table.num_rows == 0:
         raise InvalidInput("the catalog is empty: index products before training")
-    ev = EventArrays.from_arrow(table, [p.product_id for p in snap.products])
+    ids = [str(i) for i in ids_table.column("product_id").to_pylist()]
+    table = events.read(columns=TRAINING_COLUMNS)
+    events_total = table.num_rows
+    ev = EventArrays.from_arrow(table, ids)
+    del table
     if len(ev) == 0:
         raise InvalidInput("no events on catalog products yet: POST /events or import an event file first")
-    model = train_hybrid(ev, snap.vectors, min_rating=min_rating, positive_types=positive_types, rerank=rerank)
-    model.info.update(catalog_version=snap.version, events_total=table.num_rows)
+    keep = active_items(ev, max_items)
+    dim = (catalog.clip_dim if weights.image > 0 else 0) + catalog.text_dim
+    need = memory_needed(events_total, len(keep), dim)
+    if memory_gb is not None and sum(need.values()) > memory_gb * GB:
+        parts = ", ".join(f"{name} {b / GB:.1f} GB" for name, b in need.items())
+        raise InvalidInput(
+            f"training would need about {sum(need.values()) / GB:.1f} GB ({parts}), more than "
+            f"RECS_TRAIN_MEMORY_GB={memory_gb:g}: raise it, or lower RECS_MAX_ITEMS={max_items} "
+            f"(the collaborative model grows with its square)"
+        )
+    ev = restrict_items(ev, keep)
+    vectors = vectors_of(catalog, weights, ev.items, ids_table.column("_rowid").take(pa.array(keep)).to_pylist())
+    model = train_hybrid(
+        ev, vectors, min_rating=min_rating, positive_types=positive_types, rerank=rerank, max_items=max_items
+    )
+    model.info.update(catalog_version=version, events_total=events_total, catalog_items=len(ids))
     key = models.save(model)
-    return TrainReport(key, model, len(ev), len(set(ev.user.tolist())), len(snap), time.perf_counter() - t0)
+    return TrainReport(key, model, len(ev), len(set(ev.user.tolist())), len(ids), time.perf_counter() - t0)
