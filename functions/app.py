@@ -803,7 +803,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
                 db_ok = False
         clip = services.embedder.clip
         status = "healthy"
-        warnings = list(services.warnings)
+        warnings = [*services.warnings, *services.problems.values()]
         if not s3_ok:
             warnings.append("object storage unreachable: answering from cached data where possible")
         if warnings:

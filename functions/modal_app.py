@@ -163,7 +163,8 @@ def sweep_uploads() -> int:
     return len(keys)
 
 
-@app.function(schedule=TRAIN_EVERY, cpu=4.0, memory=8192, timeout=3600)
+# RECS_TRAIN_MEMORY_GB (default 8) refuses data that would need more than fits here, with headroom.
+@app.function(schedule=TRAIN_EVERY, cpu=4.0, memory=12288, timeout=3600)
 def train_recommender(force: bool = False) -> dict[str, Any] | None:
     """Retrain recommendations on all stored events (skipped when none arrived since the last
     model, unless ``force``); loads no embedding models."""

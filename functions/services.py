@@ -39,6 +39,9 @@ class Services:
     query_cache: QueryCache = field(default_factory=QueryCache)
     version: str = __version__
     warnings: list[str] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)
+    """What a background job of this process reports as wrong (job name -> message): ``/health``
+    shows it until the job succeeds again and clears it."""
 
     @classmethod
     def from_settings(

@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(services, worker)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
         minutes = settings.recs_train_minutes if args.train_minutes is None else args.train_minutes
-        trainer = TrainingSchedule(settings, minutes * 60) if minutes > 0 else None
+        trainer = TrainingSchedule(settings, minutes * 60, services.problems) if minutes > 0 else None
         compactor = CompactionSchedule(settings, args.compact_minutes * 60) if args.compact_minutes > 0 else None
         for job in (trainer, compactor):
             if job:

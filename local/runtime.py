@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import socket
 import sys
@@ -15,8 +16,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
+import psutil
 from pydantic import SecretStr
 
 from core.embedding import Embedder, load_embedder
@@ -245,21 +248,99 @@ class Schedule(abc.ABC):
             self.run_once()
 
 
+GB = 1 << 30
+TRAINING_POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    status: str  # trained | skipped | failed | stopped (the runner is shutting down)
+    message: str
+    peak_bytes: int
+
+
+def _training_child(settings: Settings, conn: Connection) -> None:
+    """Body of the training process: one scheduled training, its outcome sent back as text."""
+    from core.errors import InvalidInput
+    from functions.jobs import train_recommender
+
+    try:
+        report = train_recommender(settings, only_if_new_events=True)
+        conn.send(("skipped", "no new events") if report is None else ("trained", report.summary()))
+    except InvalidInput as exc:  # empty catalog, no events on catalog products yet: nothing to do
+        conn.send(("skipped", str(exc)))
+    except Exception as exc:  # anything else is a problem to show in /health
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+
+
+def train_in_process(settings: Settings, stop: threading.Event | None = None) -> TrainingOutcome:
+    """Run one scheduled training (:func:`functions.jobs.train_recommender`) in a process of its
+    own and wait for it. The caller never holds the training data; a training process that grows
+    past ``RECS_TRAIN_MEMORY_GB`` is stopped, and one that dies (the kernel's out-of-memory
+    killer) is reported, not followed."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the server's memory
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_training_child, args=(settings, send), name="recs-training", daemon=True)
+    proc.start()
+    send.close()
+    limit = int(settings.recs_train_memory_gb * GB)
+    peak, over = 0, 0
+    watched = psutil.Process(proc.pid)
+    while proc.is_alive():
+        with contextlib.suppress(psutil.Error):  # it may end between the check and the read
+            peak = max(peak, watched.memory_info().rss)
+        if peak > limit:
+            over = peak
+            proc.kill()
+        if stop is not None and stop.is_set():
+            proc.kill()
+            proc.join()
+            return TrainingOutcome("stopped", "the dev runner is shutting down", peak)
+        proc.join(TRAINING_POLL_SECONDS)
+    proc.join()
+    if over:
+        return TrainingOutcome(
+            "failed",
+            f"stopped at {over / GB:.1f} GB, past RECS_TRAIN_MEMORY_GB={settings.recs_train_memory_gb:g}: raise it, "
+            "or lower RECS_MAX_ITEMS",
+            peak,
+        )
+    with contextlib.suppress(EOFError):  # EOF: it died before it could say anything
+        if receive.poll():
+            status, message = receive.recv()
+            return TrainingOutcome(status, message, peak)
+    code = proc.exitcode
+    how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+    hint = " (SIGKILL: out of memory?)" if code == -9 else ""
+    return TrainingOutcome("failed", f"the training process {how}{hint} at {peak / GB:.1f} GB", peak)
+
+
 class TrainingSchedule(Schedule):
-    """Recommendation retraining, when events arrived since the last model."""
+    """Recommendation retraining when events arrived since the last model, each run in a process
+    of its own (:func:`train_in_process`): training never takes the API down with it. A failed run
+    leaves serving on the previous model and its reason in ``problems`` (shown by ``/health``)
+    until a run succeeds."""
 
     name = "recs-training"
 
-    def run_once(self) -> None:
-        from functions.jobs import train_recommender
+    def __init__(self, settings: Settings, interval: float, problems: dict[str, str] | None = None) -> None:
+        super().__init__(settings, interval)
+        self.problems = problems if problems is not None else {}
 
-        try:
-            report = train_recommender(self.settings, only_if_new_events=True)
-        except ServiceError as exc:  # empty catalog, no events yet, storage hiccup: try next time
-            log.info("recommendation training skipped: %s", exc)
-            return
-        if report is not None:
-            log.info("recommendation model retrained: %s", report.summary())
+    def run_once(self) -> None:
+        outcome = train_in_process(self.settings, self._stop)
+        if outcome.status == "trained":
+            self.problems.pop(self.name, None)
+            log.info("recommendation model retrained (peak %.1f GB): %s", outcome.peak_bytes / GB, outcome.message)
+        elif outcome.status == "skipped":
+            self.problems.pop(self.name, None)
+            log.info("recommendation training skipped: %s", outcome.message)
+        elif outcome.status == "failed":
+            when = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.problems[self.name] = (
+                f"recommendation training failed at {when}: {outcome.message}; serving the previous model"
+            )
+            log.warning("%s", self.problems[self.name])
 
 
 class CompactionSchedule(Schedule):

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from core.catalog import Catalog
-from core.errors import InvalidInput
+from core.errors import ConfigError, InvalidInput
 from core.events import EventLog
 from core.models import Weights
 from core.recommend.artifact import ModelStore
@@ -127,7 +127,7 @@ def train(
     The collaborative model covers the ``max_items`` products most active lately (see
     :func:`~core.recommend.models.active_items`); only their vectors are read. With ``memory_gb``,
     a data set that would need more memory than that is refused before any fitting starts, with
-    an :class:`InvalidInput` that says what to change."""
+    a :class:`ConfigError` that says what to change."""
     t0 = time.perf_counter()
     version, ids_table = catalog.scan(["product_id"], row_ids=True)
     if ids_table.num_rows == 0:
@@ -144,7 +144,7 @@ def train(
     need = memory_needed(events_total, len(keep), dim)
     if memory_gb is not None and sum(need.values()) > memory_gb * GB:
         parts = ", ".join(f"{name} {b / GB:.1f} GB" for name, b in need.items())
-        raise InvalidInput(
+        raise ConfigError(
             f"training would need about {sum(need.values()) / GB:.1f} GB ({parts}), more than "
             f"RECS_TRAIN_MEMORY_GB={memory_gb:g}: raise it, or lower RECS_MAX_ITEMS={max_items} "
             f"(the collaborative model grows with its square)"

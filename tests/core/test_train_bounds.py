@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from core.errors import InvalidInput
+from core.errors import ConfigError
 from core.events import Event, parse_events, to_arrow
 from core.ingest import PendingProduct
 from core.models import ProductInput, default_weights
@@ -79,7 +79,7 @@ def test_training_reads_the_vectors_of_the_covered_products_and_refuses_what_wou
     snap = CatalogSnapshot.load(catalog, weights)
     assert np.allclose(got, snap.vectors[[snap.index[p] for p in pids]])
 
-    with pytest.raises(InvalidInput) as refused:
+    with pytest.raises(ConfigError) as refused:
         train(catalog, services.events, services.recommender.models, weights, max_items=4, memory_gb=0.5)
     assert "RECS_TRAIN_MEMORY_GB=0.5" in str(refused.value) and "RECS_MAX_ITEMS=4" in str(refused.value)
     assert services.recommender.models.latest() is None  # nothing saved
