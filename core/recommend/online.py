@@ -4,9 +4,10 @@ A query process keeps three things warm and swaps each one atomically when it ch
 
 - a :class:`CatalogSnapshot` (ids, titles, categories, prices and fused embeddings of all
   products), re-read when the products table gets a new version;
-- :class:`EventState`, every event in arrival order plus per-user histories: events posted to
-  this process apply at once, events written by other processes are read incrementally from
-  the ``events`` table (by ``received_at``, de-duplicated by ``event_id``);
+- an :class:`~core.recommend.history.EventState`, every event held compactly (numpy columns
+  and per-user row lists): events posted to this process apply at once, events written by other
+  processes are read incrementally from the ``events`` table (by ``received_at``, de-duplicated
+  by ``event_id``);
 - the newest trained :class:`HybridModel` from the bucket (``models/recommender/latest.json``),
   so a retrain is picked up without a restart.
 
@@ -20,10 +21,9 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -33,11 +33,12 @@ import scipy.sparse as sp
 
 from core.catalog import Catalog
 from core.errors import InvalidInput, NotFound
-from core.events import EVENT_TYPES, Event, EventLog, event_strength
+from core.events import Event, EventLog
 from core.hot import B8, CategoryCodes, HotCatalog, HotSnapshot, filter_mask, load_faiss
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
-from core.recommend.data import F32, F64, EventArrays
+from core.recommend.data import F32, F64
+from core.recommend.history import EventState, HistoryItem
 from core.recommend.models import (
     HybridModel,
     HybridParams,
@@ -255,141 +256,6 @@ def _matrix(col: pa.ChunkedArray, dim: int) -> F32:
         values = arr.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
         out[valid] = values.reshape(-1, dim)
     return out
-
-
-@dataclass(frozen=True)
-class HistoryItem:
-    product_id: str
-    event_type: str  # the strongest event on the item
-    value: float | None
-    strength: float
-    timestamp: float
-    count: int
-
-
-class EventState:
-    """All events seen by this process, per user and in arrival order (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ids: set[str] = set()
-        self._by_user: dict[str, list[tuple[float, int, str, str, float | None]]] = defaultdict(list)
-        self._item: list[str] = []
-        self._ts: list[float] = []
-        self._etype: list[int] = []  # index into EVENT_TYPES
-        self._value: list[float] = []  # NaN when absent
-        self._types: Counter[str] = Counter()
-        self._seq = 0
-        self.generation = 0
-        self.watermark: datetime | None = None
-
-    def add(self, events: Sequence[Event]) -> int:
-        added = 0
-        with self._lock:
-            for e in events:
-                if e.event_id in self._ids:
-                    continue
-                self._ids.add(e.event_id)
-                ts = e.timestamp.timestamp()
-                self._by_user[e.user_id].append((ts, self._seq, e.product_id, e.event_type, e.value))
-                self._item.append(e.product_id)
-                self._ts.append(ts)
-                self._etype.append(EVENT_TYPES.index(e.event_type))
-                self._value.append(math.nan if e.value is None else float(e.value))
-                self._types[e.event_type] += 1
-                self._seq += 1
-                added += 1
-            if added:
-                self.generation += 1
-        return added
-
-    def add_table(self, table: pa.Table) -> int:
-        """Add rows read from the events table (skips ones already seen)."""
-        if table.num_rows == 0:
-            return 0
-        cols = table.to_pydict()
-        events = [
-            Event(u, p, t, ts, v, eid)  # type: ignore[arg-type]
-            for eid, u, p, t, v, ts in zip(
-                cols["event_id"],
-                cols["user_id"],
-                cols["product_id"],
-                cols["event_type"],
-                cols["value"],
-                cols["timestamp"],
-                strict=True,
-            )
-        ]
-        events.sort(key=lambda e: e.timestamp)
-        received = max(cols["received_at"])
-        n = self.add(events)
-        with self._lock:
-            if self.watermark is None or received > self.watermark:
-                self.watermark = received
-        return n
-
-    def __len__(self) -> int:
-        return len(self._item)
-
-    def history(self, user_id: str, before: float | None = None) -> list[HistoryItem]:
-        """The user's items, most recent first; each with its strongest event (only events
-        before ``before``, epoch seconds, when given)."""
-        with self._lock:
-            rows = list(self._by_user.get(user_id, ()))
-        if before is not None:
-            rows = [r for r in rows if r[0] < before]
-        # Per item: [event_type, value, strength] of its strongest event, last timestamp, count.
-        best: dict[str, list[Any]] = {}
-        for ts, _seq, pid, etype, value in sorted(rows):
-            s = event_strength(etype, value)
-            b = best.get(pid)
-            if b is None:
-                best[pid] = [etype, value, s, ts, 1]
-                continue
-            if s >= b[2]:
-                b[0], b[1], b[2] = etype, value, s
-            b[3] = ts
-            b[4] += 1
-        items = [HistoryItem(pid, *b) for pid, b in best.items()]
-        return sorted(items, key=lambda h: -h.timestamp)
-
-    def type_counts(self) -> dict[str, int]:
-        """Events held, by event type."""
-        with self._lock:
-            return dict(self._types)
-
-    def users(self, limit: int) -> tuple[int, list[tuple[str, int, float]]]:
-        """How many users have events, and the ``limit`` most recently active ones as
-        (user_id, events, last event time), newest first."""
-        with self._lock:
-            summary = [(u, len(rows), max(r[0] for r in rows)) for u, rows in self._by_user.items() if rows]
-        summary.sort(key=lambda u: (-u[2], u[0]))
-        return len(summary), summary[:limit]
-
-    def recent(self, user_id: str, limit: int) -> list[tuple[float, str, str, float | None]]:
-        """The user's latest raw events (ts, product_id, event_type, value), newest first."""
-        with self._lock:
-            rows = sorted(self._by_user.get(user_id, ()), reverse=True)[:limit]
-        return [(ts, pid, et, v) for ts, _s, pid, et, v in rows]
-
-    def popularity(self, snapshot: CatalogSnapshot) -> TimePopularity:
-        with self._lock:
-            items, ts = list(self._item), np.array(self._ts, dtype=np.float64)
-            etype, value = np.array(self._etype, dtype=np.int32), np.array(self._value, dtype=np.float64)
-        codes = np.array([snapshot.index.get(i, -1) for i in items], dtype=np.int32)
-        keep = codes >= 0
-        n = int(keep.sum())
-        ev = EventArrays(
-            [],
-            [],
-            np.zeros(n, np.int32),
-            codes[keep],
-            etype[keep],
-            value[keep],
-            ts[keep],
-            np.arange(n, dtype=np.int64),
-        )
-        return TimePopularity(ev, len(snapshot))
 
 
 @dataclass(frozen=True)
@@ -618,7 +484,7 @@ class Recommender:
             to_snap = _positions(model, snap)  # once: the Python pass over the model's items
             sel = _selector(model, snap, to_snap)
             gen = self.state.generation
-            pop = self.state.popularity(snap)
+            pop = TimePopularity(self.state.arrays(snap.index), len(snap))
             c = _Compiled(
                 snap.version,
                 model,
@@ -643,7 +509,8 @@ class Recommender:
         c = self._compiled
         if c is not None and c.pop_generation != self.state.generation:
             gen = self.state.generation
-            c.set_popularity(self.state.popularity(self.snapshot), gen, self.snapshot)
+            snap = self.snapshot
+            c.set_popularity(TimePopularity(self.state.arrays(snap.index), len(snap)), gen, snap)
 
     def recommend(
         self,

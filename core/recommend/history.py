@@ -1,0 +1,294 @@
+"""Every event a query process has seen, held compactly: columns in numpy arrays and one array of
+row numbers per user, not a Python object per event.
+
+Memory per event: 4 bytes product code + 4 user code + 8 timestamp + 1 type + 8 value + 8 id hash
++ 4 for the user's row list = 37 bytes, plus the arrays' spare capacity (they grow by doubling:
+at most as much again) and one string per distinct user and product. ``bench.scale`` measures it.
+
+Events are de-duplicated by ``event_id`` through its 64-bit hash (Python's string hash, stable
+within a process): two different ids collide with probability ~n²/2⁶⁵ (about 3 in a million at
+10M events), in which case the later event is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from core.events import EVENT_TYPES, Event, event_strength
+from core.recommend.data import F64, EventArrays
+
+I64 = npt.NDArray[np.int64]
+MERGE_PENDING = 65_536
+"""Hashes of new ids are kept in a set until there are this many (or a tenth of the sorted
+ones), then merged into the sorted array: lookups stay cheap, merges rare."""
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    product_id: str
+    event_type: str  # the strongest event on the item
+    value: float | None
+    strength: float
+    timestamp: float
+    count: int
+
+
+class _Column:
+    """A numpy array grown by doubling; ``view()`` is the filled part. Rows once written never
+    change, so views handed out stay valid while later rows are appended."""
+
+    def __init__(self, dtype: Any) -> None:
+        self.data: npt.NDArray[Any] = np.empty(1024, dtype=dtype)
+        self.n = 0
+
+    def extend(self, values: npt.NDArray[Any]) -> None:
+        need = self.n + len(values)
+        if need > len(self.data):
+            grown = np.empty(max(need, 2 * len(self.data)), dtype=self.data.dtype)
+            grown[: self.n] = self.data[: self.n]
+            self.data = grown
+        self.data[self.n : need] = values
+        self.n = need
+
+    def view(self) -> npt.NDArray[Any]:
+        return self.data[: self.n]
+
+
+class _Codes:
+    """Strings <-> dense integer codes."""
+
+    def __init__(self) -> None:
+        self.code: dict[str, int] = {}
+        self.ids: list[str] = []
+
+    def encode(self, values: Sequence[str]) -> npt.NDArray[np.int32]:
+        out = np.empty(len(values), dtype=np.int32)
+        for k, v in enumerate(values):
+            c = self.code.get(v)
+            if c is None:
+                c = self.code[v] = len(self.ids)
+                self.ids.append(v)
+            out[k] = c
+        return out
+
+    def encode_column(self, col: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.int32]:
+        """Codes of a string column: one dictionary lookup per distinct value, not per row."""
+        enc = pc.dictionary_encode(col)
+        enc = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
+        mapping = self.encode([str(v) for v in enc.dictionary.to_pylist()])
+        out: npt.NDArray[np.int32] = mapping[enc.indices.to_numpy(zero_copy_only=False)]
+        return out
+
+
+class EventState:
+    """All events seen by this process, per user and in arrival order (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = _Codes()
+        self._items = _Codes()
+        self._user = _Column(np.int32)
+        self._item = _Column(np.int32)
+        self._ts = _Column(np.float64)
+        self._etype = _Column(np.int8)  # index into EVENT_TYPES
+        self._value = _Column(np.float64)  # NaN when absent
+        self._rows: list[array[int]] = []  # per user code: its row numbers, in arrival order
+        self._user_last = _Column(np.float64)  # per user code: latest event time
+        self._type_counts = np.zeros(len(EVENT_TYPES), dtype=np.int64)
+        self._hashes = np.zeros(0, dtype=np.int64)  # sorted
+        self._pending: set[int] = set()
+        self.generation = 0
+        self.watermark: datetime | None = None
+
+    # ---- writing -----------------------------------------------------------------------------
+    def _new(self, hashes: I64) -> npt.NDArray[np.bool_]:
+        """Which of ``hashes`` were not seen before (first occurrence within the batch too); marks
+        them seen."""
+        known = np.zeros(len(hashes), dtype=bool)
+        if len(self._hashes):
+            at = np.minimum(np.searchsorted(self._hashes, hashes), len(self._hashes) - 1)
+            known = self._hashes[at] == hashes
+        fresh = np.zeros(len(hashes), dtype=bool)
+        pending = self._pending
+        for k in np.flatnonzero(~known):
+            h = int(hashes[k])
+            if h not in pending:
+                pending.add(h)
+                fresh[k] = True
+        if len(pending) >= max(MERGE_PENDING, len(self._hashes) // 10):
+            self._hashes = np.union1d(self._hashes, np.fromiter(pending, dtype=np.int64, count=len(pending)))
+            pending.clear()
+        return fresh
+
+    def _append(
+        self,
+        hashes: I64,
+        users: npt.NDArray[np.int32],
+        items: npt.NDArray[np.int32],
+        ts: F64,
+        etype: npt.NDArray[np.int8],
+        value: F64,
+    ) -> int:
+        """Append the rows whose hash is new (in the order given); under the lock."""
+        keep = self._new(hashes)
+        if not keep.any():
+            return 0
+        users, items, ts, etype, value = users[keep], items[keep], ts[keep], etype[keep], value[keep]
+        start = self._user.n
+        self._user.extend(users)
+        self._item.extend(items)
+        self._ts.extend(ts)
+        self._etype.extend(etype)
+        self._value.extend(value)
+        n_users = len(self._users.ids)
+        while len(self._rows) < n_users:
+            self._rows.append(array("i"))
+        if self._user_last.n < n_users:
+            self._user_last.extend(np.full(n_users - self._user_last.n, -math.inf))
+        last = self._user_last.view()
+        np.maximum.at(last, users, ts)
+        for row, u in enumerate(users.tolist(), start):
+            self._rows[u].append(row)
+        self._type_counts += np.bincount(etype, minlength=len(EVENT_TYPES))
+        self.generation += 1
+        return len(users)
+
+    def add(self, events: Sequence[Event]) -> int:
+        if not events:
+            return 0
+        with self._lock:
+            return self._append(
+                np.array([hash(e.event_id) for e in events], dtype=np.int64),
+                self._users.encode([e.user_id for e in events]),
+                self._items.encode([e.product_id for e in events]),
+                np.array([e.timestamp.timestamp() for e in events], dtype=np.float64),
+                np.array([EVENT_TYPES.index(e.event_type) for e in events], dtype=np.int8),
+                np.array([math.nan if e.value is None else float(e.value) for e in events], dtype=np.float64),
+            )
+
+    def add_table(self, table: pa.Table) -> int:
+        """Add rows read from the events table, in timestamp order (skips ones already seen)."""
+        if table.num_rows == 0:
+            return 0
+        table = table.take(pc.sort_indices(table, [("timestamp", "ascending")]))  # stable
+        etype = pc.index_in(table.column("event_type"), value_set=pa.array(list(EVENT_TYPES)))
+        value = table.column("value").to_numpy(zero_copy_only=False).astype(np.float64)
+        hashes = np.fromiter(
+            (hash(i) for i in table.column("event_id").to_pylist()), dtype=np.int64, count=table.num_rows
+        )
+        received = pc.max(table.column("received_at")).as_py()
+        with self._lock:
+            n = self._append(
+                hashes,
+                self._users.encode_column(table.column("user_id")),
+                self._items.encode_column(table.column("product_id")),
+                pc.cast(table.column("timestamp"), pa.int64()).to_numpy(zero_copy_only=False) / 1e6,
+                np.nan_to_num(etype.to_numpy(zero_copy_only=False).astype(np.float64), nan=0).astype(np.int8),
+                value,
+            )
+            if self.watermark is None or received > self.watermark:
+                self.watermark = received
+        return n
+
+    # ---- reading -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._user.n
+
+    def _user_rows(self, user_id: str) -> I64:
+        with self._lock:
+            code = self._users.code.get(user_id)
+            if code is None or code >= len(self._rows):
+                return np.zeros(0, dtype=np.int64)
+            return np.frombuffer(self._rows[code], dtype=np.int32).astype(np.int64)
+
+    def _events_of(self, user_id: str, before: float | None = None) -> list[tuple[float, int, str, str, float | None]]:
+        """The user's events as (ts, row, product_id, event_type, value), oldest first."""
+        rows = self._user_rows(user_id)
+        ts = self._ts.data[rows]
+        if before is not None:
+            rows, ts = rows[ts < before], ts[ts < before]
+        order = np.lexsort((rows, ts))
+        rows, ts = rows[order], ts[order]
+        items = self._items.ids
+        etypes = self._etype.data[rows].tolist()
+        values = self._value.data[rows].tolist()
+        pids = self._item.data[rows].tolist()
+        return [
+            (t, r, items[p], EVENT_TYPES[e], None if math.isnan(v) else v)
+            for t, r, p, e, v in zip(ts.tolist(), rows.tolist(), pids, etypes, values, strict=True)
+        ]
+
+    def history(self, user_id: str, before: float | None = None) -> list[HistoryItem]:
+        """The user's items, most recent first; each with its strongest event (only events
+        before ``before``, epoch seconds, when given)."""
+        # Per item: [event_type, value, strength] of its strongest event, last timestamp, count.
+        best: dict[str, list[Any]] = {}
+        for ts, _row, pid, etype, value in self._events_of(user_id, before):
+            s = event_strength(etype, value)
+            b = best.get(pid)
+            if b is None:
+                best[pid] = [etype, value, s, ts, 1]
+                continue
+            if s >= b[2]:
+                b[0], b[1], b[2] = etype, value, s
+            b[3] = ts
+            b[4] += 1
+        items = [HistoryItem(pid, *b) for pid, b in best.items()]
+        return sorted(items, key=lambda h: -h.timestamp)
+
+    def type_counts(self) -> dict[str, int]:
+        """Events held, by event type."""
+        with self._lock:
+            return {t: int(c) for t, c in zip(EVENT_TYPES, self._type_counts.tolist(), strict=True) if c}
+
+    def users(self, limit: int) -> tuple[int, list[tuple[str, int, float]]]:
+        """How many users have events, and the ``limit`` most recently active ones as
+        (user_id, events, last event time), newest first."""
+        with self._lock:
+            last = self._user_last.view().copy()
+            counts = [len(r) for r in self._rows]
+            ids = list(self._users.ids[: len(last)])
+        has = np.flatnonzero(np.isfinite(last)).tolist()
+        top = sorted(has, key=lambda k: (-last[k], ids[k]))[:limit]
+        return len(has), [(ids[k], counts[k], float(last[k])) for k in top]
+
+    def recent(self, user_id: str, limit: int) -> list[tuple[float, str, str, float | None]]:
+        """The user's latest raw events (ts, product_id, event_type, value), newest first."""
+        rows = self._events_of(user_id)[::-1][:limit]
+        return [(ts, pid, et, v) for ts, _row, pid, et, v in rows]
+
+    def arrays(self, index: dict[str, int]) -> EventArrays:
+        """Every event on a product of ``index`` (product id -> position) as :class:`EventArrays`
+        with item codes in that numbering (no user ids: what popularity needs)."""
+        with self._lock:
+            n = self._user.n
+            item, ts, etype, value = self._item.view(), self._ts.view(), self._etype.view(), self._value.view()
+            ids = list(self._items.ids)
+        to_index = np.array([index.get(i, -1) for i in ids], dtype=np.int32)
+        codes = to_index[item] if n else np.zeros(0, np.int32)
+        keep = codes >= 0
+        k = int(keep.sum())
+        return EventArrays(
+            [],
+            [],
+            np.zeros(k, np.int32),
+            codes[keep],
+            etype[keep].astype(np.int32),
+            value[keep],
+            ts[keep],
+            np.arange(k, dtype=np.int64),
+        )
+
+
+__all__ = ["EventState", "HistoryItem"]
