@@ -247,6 +247,7 @@ class Indexer:
         self.store = store
         self.settings = settings
         self.batch_size = max(8, settings.embed_batch_size)
+        self.commit_rows = max(self.batch_size, settings.ingest_commit_rows)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="image-load")
 
     def index(
@@ -264,26 +265,42 @@ class Indexer:
         report = IngestReport(stored={} if keep_stored else None)
         started = time.perf_counter()
         bar = tqdm(total=total, desc=desc, unit="product", disable=not progress, dynamic_ncols=True)
-        batch: list[PendingProduct] = []
+        group: list[PendingProduct] = []
         try:
             for item in items:
                 if isinstance(item, RecordError):
                     report.failed.append(item)
                     bar.update(1)
                     continue
-                batch.append(item)
-                if len(batch) >= self.batch_size:
-                    self._flush(batch, report, force)
-                    bar.update(len(batch))
-                    batch = []
-                    bar.set_postfix(indexed=report.indexed, failed=len(report.failed))
-            if batch:
-                self._flush(batch, report, force)
-                bar.update(len(batch))
+                group.append(item)
+                if len(group) >= self.commit_rows:
+                    self._index_group(group, report, force, bar)
+                    group = []
+            if group:
+                self._index_group(group, report, force, bar)
         finally:
             bar.close()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _index_group(self, group: list[PendingProduct], report: IngestReport, force: bool, bar: tqdm[Any]) -> None:
+        """Embed ``group`` in batches of ``batch_size`` and store it in one commit: each commit's
+        cost grows with the table (a merge on product_id), so a long import commits rarely and its
+        rate stays flat as the catalog grows. One lookup of the stored hashes serves the group."""
+        existing = {} if force else self.catalog.existing([i.product.product_id for i in group])
+        records: list[ProductRecord] = []
+        for start in range(0, len(group), self.batch_size):
+            batch = group[start : start + self.batch_size]
+            records += self._embed(batch, report, force, existing)
+            bar.update(len(batch))
+            bar.set_postfix(indexed=report.indexed + len(records), failed=len(report.failed))
+        if not records:
+            return
+        stored = self.catalog.upsert(records, prior=None if force else existing)
+        if report.stored is not None:
+            report.stored.update((p.product_id, p) for p in stored)
+        report.indexed += len(records)
+        report.product_ids.extend(r.product.product_id for r in records)
 
     def _try_load(self, item: PendingProduct) -> tuple[bytes | None, str | None] | ServiceError:
         try:
@@ -309,8 +326,15 @@ class Indexer:
             )
         )
 
-    def _flush(self, batch: list[PendingProduct], report: IngestReport, force: bool) -> None:
-        # Object-store reads overlap: a pool of threads fetches the batch's images.
+    def _embed(
+        self,
+        batch: list[PendingProduct],
+        report: IngestReport,
+        force: bool,
+        existing: dict[str, tuple[str, datetime]],
+    ) -> list[ProductRecord]:
+        """The batch's new or changed products, embedded (unchanged ones and failures go to the
+        report). Object-store reads overlap: a pool of threads fetches the batch's images."""
         loaded = list(self._pool.map(self._try_load, batch))
         prepared: list[tuple[PendingProduct, bytes | None, str | None, str]] = []
         for item, result in zip(batch, loaded, strict=True):
@@ -321,7 +345,6 @@ class Indexer:
             data, key = result
             digest = hashlib.sha256(data).hexdigest() if data is not None else None
             prepared.append((item, data, key, content_hash(item.product, digest)))
-        existing = {} if force else self.catalog.existing([p[0].product.product_id for p in prepared])
         changed = []
         for entry in prepared:
             pid = entry[0].product.product_id
@@ -345,7 +368,7 @@ class Indexer:
         todo = [e for i, e in enumerate(changed) if e[1] is None or i in image_vectors]
         vecs = [image_vectors.get(i) for i, e in enumerate(changed) if e[1] is None or i in image_vectors]
         if not todo:
-            return
+            return []
         txt_vecs = self.embedder.text.embed_texts([t[0].product.embedding_text() for t in todo])
         now = datetime.now(UTC)
         records = []
@@ -372,8 +395,4 @@ class Indexer:
                     content_hash=chash,
                 )
             )
-        stored = self.catalog.upsert(records, prior=None if force else existing)
-        if report.stored is not None:
-            report.stored.update((p.product_id, p) for p in stored)
-        report.indexed += len(records)
-        report.product_ids.extend(r.product.product_id for r in records)
+        return records

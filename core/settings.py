@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     text_model: str = "all-MiniLM-L6-v2"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     embed_batch_size: int = Field(default=32, ge=1, le=4096)
+    ingest_commit_rows: int = Field(
+        default=1000,
+        ge=1,
+        description="Products embedded per catalog commit in an import: each commit costs more as the catalog "
+        "grows, so a long import commits in large groups (a failed commit is retried with its group).",
+    )
     text_runtime: Literal["auto", "int8", "onnx", "torch"] = Field(
         default="auto",
         description="What runs the text towers (CLIP text and the sentence encoder) for queries. `auto`: ONNX "

@@ -26,11 +26,14 @@ def call(url: str, body: dict[str, object] | None = None, method: str | None = N
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
-def start(data_dir: Path, port: int, *extra: str, log: Path | None = None) -> subprocess.Popen[str]:
+def start(
+    data_dir: Path, port: int, *extra: str, log: Path | None = None, env_extra: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """Start the dev runner and wait for /health. Its output is piped (read it with `stop`), or
-    written to ``log`` for long runs whose output would fill a pipe nobody reads."""
+    written to ``log`` for long runs whose output would fill a pipe nobody reads; ``env_extra``
+    adds settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_", "CATALOG_", "CLIP_"))}
-    env.update(CLIP_MODEL="tiny-clip-test", CLIP_PRETRAINED="none")
+    env.update(CLIP_MODEL="tiny-clip-test", CLIP_PRETRAINED="none", **(env_extra or {}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "local", "--data-dir", str(data_dir), "serve", "--port", str(port), *extra],
         cwd=ROOT,

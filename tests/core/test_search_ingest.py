@@ -144,3 +144,25 @@ def test_fake_embedder_is_deterministic(fake: Embedder) -> None:
     b = fake.text.embed_texts(["red shoe"])
     assert (a == b).all()
     assert pending("x", "y").product.product_id == "x"
+
+
+def test_a_long_import_commits_in_groups_and_bad_lines_only_fail_themselves(services: Services) -> None:
+    """Each catalog commit costs more as the table grows: 100 products with INGEST_COMMIT_ROWS=40
+    are three commits, whatever the embedding batch, and a bad line inside a group fails alone."""
+    indexer = services.indexer
+    indexer.batch_size, indexer.commit_rows = 8, 40
+    lines = [json.dumps({"product_id": f"C{i:03d}", "title": f"Chair {i}"}) for i in range(100)]
+    lines[50] = json.dumps({"product_id": "C050"})  # no title
+    services.store.put_bytes("bulk/products.jsonl", "\n".join(lines).encode())
+    before = services.catalog.latest_version()
+    report = indexer.index(iter_bucket_prefix(services.store, "bulk/", services.settings))
+    assert report.indexed == 99 and [f.product_id for f in report.failed] == ["C050"]
+    assert services.catalog.latest_version() - before == 3  # groups of 40, 40 and 19
+    assert services.catalog.count() == 99
+    # An edited line re-embeds that product alone, in one more commit.
+    lines[7] = json.dumps({"product_id": "C007", "title": "Chair 7, now oak"})
+    services.store.put_bytes("bulk/products.jsonl", "\n".join(lines).encode())
+    again = indexer.index(iter_bucket_prefix(services.store, "bulk/", services.settings))
+    assert (again.indexed, again.unchanged) == (1, 98)
+    assert services.catalog.latest_version() - before == 4
+    assert services.catalog.get("C007").title == "Chair 7, now oak"

@@ -213,15 +213,16 @@ def test_crash_mid_ingest_loses_nothing(services: Services, s3_settings: Setting
     class CrashingIndexer(Indexer):
         batches = 0
 
-        def _flush(self, *args: Any, **kwargs: Any) -> None:
+        def _index_group(self, *args: Any, **kwargs: Any) -> None:
             CrashingIndexer.batches += 1
             if CrashingIndexer.batches == 2:
-                raise Crash  # the process dies after one committed batch
-            super()._flush(*args, **kwargs)
+                raise Crash  # the process dies after one committed group
+            super()._index_group(*args, **kwargs)
 
+    small_groups = s3_settings.model_copy(update={"ingest_commit_rows": 32})
     dying = UploadProcessor(
         services.store,
-        CrashingIndexer(services.catalog, fake, services.store, s3_settings),
+        CrashingIndexer(services.catalog, fake, services.store, small_groups),
         services.uploads.log,
         s3_settings,
     )

@@ -73,8 +73,9 @@ def test_uploads_index_themselves_and_survive_a_kill_mid_ingest(tmp_path: Path) 
     finally:
         stop(proc)
 
-    # 2. The sweeper picks the upload up by itself; the process is SIGKILLed mid-ingest.
-    proc = start(tmp_path, port, "--sweep-seconds", "0.5")
+    # 2. The sweeper picks the upload up by itself; the process is SIGKILLed mid-ingest (between
+    # two of its commits: small groups here).
+    proc = start(tmp_path, port, "--sweep-seconds", "0.5", env_extra={"INGEST_COMMIT_ROWS": "32"})
     try:
         deadline = time.time() + 120
         count_at_kill = 0
