@@ -281,3 +281,39 @@ def test_hybrid_search_finds_names_and_codes(s3_settings: Settings, fake: Embedd
         photo = {"image_base64": b64(jpeg()), "mode": "keyword"}
         r = c.post("/search", json=photo)
         assert r.status_code == 422 and "keyword search" in r.json()["detail"]
+
+
+@pytest.mark.slow
+def test_without_the_hot_catalog_queries_use_lancedb_ann_indexes_on_s3(s3_endpoint: str, fake: Embedder) -> None:
+    """HOT_CATALOG=false (a catalog beyond one process's memory): search and similar read the
+    dataset on the S3 server through LanceDB's own IVF-PQ and scalar indexes, filters included."""
+    settings = make_settings(s3_endpoint, new_bucket(s3_endpoint, "lanceann"), hot_catalog=False, index_min_rows=256)
+    services = Services.from_settings(settings, embedder=fake)
+    assert services.hot is None
+    items = []
+    for p in generate(400, text_only_every=4, image_size=32):
+        rec = {k: v for k, v in p.record.items() if k != "image"}
+        items.append(PendingProduct(ProductInput.from_mapping(rec), image_bytes=p.image or None))
+    assert services.indexer.index(items).indexed == 400
+    assert set(services.catalog.ensure_indexes()) == {"product_id", "category", "price", "image_vector", "text_vector"}
+    client = TestClient(create_app(services))
+    # The same queries answered exactly by a process with the hot catalog (exact below ANN_MIN_ROWS).
+    with TestClient(
+        create_app(Services.from_settings(settings.model_copy(update={"hot_catalog": True}), embedder=fake))
+    ) as exact:
+        found = total = 0
+        for pid in ("S00003", "S00123", "S00250", "S00377"):
+            title = client.get(f"/products/{pid}").json()["title"]
+            got = client.post("/search", json={"query": title, "top_k": 5})
+            want = exact.post("/search", json={"query": title, "top_k": 5})
+            assert got.status_code == want.status_code == 200
+            ids = [h["product_id"] for h in got.json()["results"]]
+            found += len(set(ids) & {h["product_id"] for h in want.json()["results"]})
+            total += 5
+        assert found / total >= 0.6, f"recall@5 against exact {found / total:.2f}"
+    r = client.post("/search", json={"query": title, "top_k": 5, "filters": {"max_price": 50}})
+    assert r.status_code == 200 and r.json()["results"] and all(h["price"] <= 50 for h in r.json()["results"])
+    r = client.get("/similar/S00123?top_k=5")
+    assert r.status_code == 200
+    similar_ids = [h["product_id"] for h in r.json()["similar_products"]]
+    assert len(similar_ids) == 5 and "S00123" not in similar_ids
