@@ -289,6 +289,7 @@ def stage_query(settings: Settings, queries: int) -> dict[str, Any]:
     found = percentiles(search_ms)
     return {
         "hot_catalog_s": round(hot_s, 1),
+        "recommender_s": round(ready_s - hot_s, 1),
         "ready_s": round(ready_s, 1),
         "rss_ready_mb": round(rss_ready),
         "events_held": len(rec.state),

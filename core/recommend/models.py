@@ -241,27 +241,34 @@ def fit_ease(x: sp.csr_matrix, lam: float, y: sp.csr_matrix | None = None, rho: 
     interactions (``Y = (1 - rho) X + rho y``): the input is everything the user did, the output
     what they will like. The general solution is ``B = P X'Y - P diagMat(diag(P X'Y) / diag(P))``.
     """
-    return _mix(ease_pair(x, lam, y if rho else None), rho)  # B is linear in the target Y
+    return _mix(ease_pair(x, lam, y if rho else None), rho, inplace=True)  # B is linear in the target Y
 
 
 def ease_pair(x: sp.csr_matrix, lam: float, y: sp.csr_matrix | None) -> tuple[F32, F32 | None]:
     """EASE weights for target ``X`` and (when ``y`` is given) for target ``y``, from one
     inversion. float64 up to 4,000 items, float32 above (memory and time; lam >= 30 keeps the
-    system well conditioned)."""
+    system well conditioned). At most three ``items x items`` matrices live at once (the
+    inversion is done in place; see :func:`ease_bytes`)."""
+    import scipy.linalg
+
     dtype = np.float64 if x.shape[1] <= 4000 else np.float32
-    g = (x.T @ x).toarray().astype(dtype)
+    g: npt.NDArray[np.floating[Any]] = np.asarray((x.T @ x).toarray(), dtype=dtype)
     g[np.diag_indices_from(g)] += lam
-    p = np.linalg.inv(g)
-    d = np.diag(p).copy()
-    b_all = p / (-d)
-    b_all[np.diag_indices_from(b_all)] = 0.0
-    if y is None:
-        return b_all.astype(np.float32), None
-    r = p @ (x.T @ y).toarray().astype(dtype)
+    p: npt.NDArray[np.floating[Any]] = scipy.linalg.inv(g, overwrite_a=True, check_finite=False)
     del g
-    r -= p * (np.diag(r) / d)[None, :]
-    r[np.diag_indices_from(r)] = 0.0
-    return b_all.astype(np.float32), r.astype(np.float32)
+    d = np.diag(p).copy()
+    r = None
+    if y is not None:
+        xty: npt.NDArray[np.floating[Any]] = np.asarray((x.T @ y).toarray(), dtype=dtype)
+        r = p @ xty
+        del xty
+        scale: npt.NDArray[np.floating[Any]] = (np.diag(r) / d).astype(dtype)
+        for start in range(0, len(r), 1024):  # r -= p * scale, a block of rows at a time
+            r[start : start + 1024] -= p[start : start + 1024] * scale[None, :]
+        r[np.diag_indices_from(r)] = 0.0
+    p /= -d[None, :]  # B = I - P diagMat(1 / diag(P)), in place of P
+    p[np.diag_indices_from(p)] = 0.0
+    return p.astype(np.float32, copy=False), None if r is None else r.astype(np.float32, copy=False)
 
 
 def fit_projection(x: sp.csr_matrix, b: F32, rank: int, *, iterations: int = 4, seed: int = 0) -> F32:
@@ -293,10 +300,16 @@ def fit_projection(x: sp.csr_matrix, b: F32, rank: int, *, iterations: int = 4, 
     return out
 
 
-def _mix(pair: tuple[F32, F32 | None], rho: float) -> F32:
-    """The EASE weights for target ``(1 - rho) X + rho Y`` from :func:`ease_pair`'s two."""
+def _mix(pair: tuple[F32, F32 | None], rho: float, *, inplace: bool = False) -> F32:
+    """The EASE weights for target ``(1 - rho) X + rho Y`` from :func:`ease_pair`'s two
+    (``inplace``: overwriting them, no temporary ``items x items`` matrix)."""
     b_all, b_pos = pair
     if b_pos is None or rho == 0:
+        return b_all
+    if inplace:
+        b_all *= 1.0 - rho
+        b_pos *= rho
+        b_all += b_pos
         return b_all
     out: F32 = (1.0 - rho) * b_all + rho * b_pos
     return out
@@ -326,9 +339,9 @@ def active_items(ev: EventArrays, limit: int) -> npt.NDArray[np.int64]:
 
 
 def ease_bytes(n_items: int) -> int:
-    """Peak memory of :func:`ease_pair` and the pruning after it over ``n_items`` products: about
-    five dense ``n x n`` matrices (float64 up to 4,000 products, float32 above)."""
-    return 5 * n_items * n_items * (8 if n_items <= 4000 else 4)
+    """Peak memory of :func:`fit_ease` over ``n_items`` products: three dense ``n x n`` matrices
+    (float64 up to 4,000 products, float32 above)."""
+    return 3 * n_items * n_items * (8 if n_items <= 4000 else 4)
 
 
 def positive_matrix(ev: EventArrays, min_rating: float, types: Sequence[str]) -> sp.csr_matrix:
@@ -348,15 +361,22 @@ def fit_itemknn(x: sp.csr_matrix, k: int) -> sp.csr_matrix:
     return prune_rows(sim.astype(np.float32), k)
 
 
-def prune_rows(dense: F32, k: int) -> sp.csr_matrix:
-    """Keep the ``k`` largest-magnitude entries of each row (sparse ``B`` for serving)."""
+def prune_rows(dense: F32, k: int, rows_per_block: int = 1024) -> sp.csr_matrix:
+    """Keep the ``k`` largest-magnitude entries of each row (sparse ``B`` for serving), a block of
+    rows at a time (no temporary as large as ``dense``)."""
     n = dense.shape[0]
     if k >= dense.shape[1]:
         return sp.csr_matrix(dense)
-    idx = np.argpartition(-np.abs(dense), k - 1, axis=1)[:, :k]
-    rows = np.repeat(np.arange(n), k)
-    vals = dense[rows, idx.ravel()]
-    return sp.csr_matrix((vals, (rows, idx.ravel())), shape=dense.shape)
+    cols, vals = [], []
+    for start in range(0, n, rows_per_block):
+        part = dense[start : start + rows_per_block]
+        idx = np.argpartition(-np.abs(part), k - 1, axis=1)[:, :k]
+        cols.append(idx)
+        vals.append(np.take_along_axis(part, idx, axis=1))
+    indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
+    out = sp.csr_matrix((np.concatenate(vals).ravel(), np.concatenate(cols).ravel(), indptr), shape=dense.shape)
+    out.sort_indices()
+    return out
 
 
 class TimePopularity:
