@@ -285,6 +285,17 @@ def stage_query(settings: Settings, queries: int) -> dict[str, Any]:
         hits = hot_ranked(hot, snap, None, q_txt[k], w, 10)
         search_ms.append((time.perf_counter() - q) * 1000)
         assert hits
+    # Recall@10 of the served search (ANN over the hot copy, float16 above ANN_MIN_ROWS) against
+    # an exact float32 scan of the stored text vectors (after the memory reading above).
+    _, stored = services.catalog.scan(["product_id", "text_vector"])
+    ids = np.asarray(stored.column("product_id").to_pylist(), dtype=object)
+    exact = stored.column("text_vector").combine_chunks().flatten().to_numpy().reshape(len(ids), -1)
+    hits = 0
+    checked = min(queries, 50)
+    for k in range(checked):
+        want = set(ids[np.argpartition(-(exact @ q_txt[k]), 10)[:10]])
+        got = {h.product.product_id for h in hot_ranked(hot, snap, None, q_txt[k], w, 10)}
+        hits += len(got & want)
     recs = percentiles(rec_ms)
     found = percentiles(search_ms)
     return {
@@ -298,6 +309,7 @@ def stage_query(settings: Settings, queries: int) -> dict[str, Any]:
         "recs_p95_ms": recs["p95_ms"],
         "search_p50_ms": found["p50_ms"],
         "search_p95_ms": found["p95_ms"],
+        "search_recall@10": round(hits / (10 * checked), 3),
     }
 
 

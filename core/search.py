@@ -362,7 +362,8 @@ def similar(
     snap = hot.current() if hot is not None else None
     if snap is not None and product_id in snap.index:
         row = snap.index[product_id]
-        q_img = snap.image[row] if snap.has_image[row] else None
-        return _rank(catalog, hot, q_img, snap.text[row], default, top_k, filters, exclude_id=product_id)
+        q_img = snap.image[row].astype(np.float32) if snap.has_image[row] else None
+        q_txt = snap.text[row].astype(np.float32)
+        return _rank(catalog, hot, q_img, q_txt, default, top_k, filters, exclude_id=product_id)
     anchor = catalog.get_candidate(product_id)
     return _rank(catalog, hot, anchor.image_vector, anchor.text_vector, default, top_k, filters, product_id)

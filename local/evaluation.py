@@ -64,4 +64,4 @@ def from_catalog(settings: Settings) -> tuple[EventArrays, F32 | None, str]:
         catalog, default_weights(settings.image_weight, settings.text_weight, catalog.clip_random_init)
     )
     ev = EventArrays.from_arrow(events.read(), [p.product_id for p in snap.products])
-    return ev, snap.vectors, f"catalog {catalog.uri}"
+    return ev, snap.dense_vectors(), f"catalog {catalog.uri}"

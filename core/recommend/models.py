@@ -42,6 +42,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from core.events import EVENT_TYPES
+from core.hot import FusedVectors
 from core.recommend.data import (
     F32,
     F64,
@@ -655,7 +656,7 @@ class HybridModel:
         w_hist: F32,
         t_query: float,
         pop: TimePopularity | None,
-        vectors: F32 | None,
+        vectors: F32 | FusedVectors | None,
         vectors_t: F32 | None = None,
         content: Callable[[F32, F32 | None], F32] | None = None,
         user: int | None = None,

@@ -34,7 +34,16 @@ import scipy.sparse as sp
 from core.catalog import Catalog
 from core.errors import InvalidInput, NotFound
 from core.events import Event, EventLog
-from core.hot import B8, CategoryCodes, HotCatalog, HotSnapshot, filter_mask, load_faiss
+from core.hot import (
+    B8,
+    MATVEC_ROWS,
+    CategoryCodes,
+    FusedVectors,
+    HotCatalog,
+    HotSnapshot,
+    filter_mask,
+    load_faiss,
+)
 from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64
@@ -83,7 +92,10 @@ class CatalogSnapshot:
     index: dict[str, int]
     categories: CategoryCodes
     prices: F64
-    vectors: F32
+    vectors: F32 | FusedVectors
+    """Row ``k`` is product ``k``'s fused vector: an array (read from the dataset), or, in a query
+    process, a :class:`~core.hot.FusedVectors` view that computes rows from the hot catalog's
+    arrays (the catalog is held once)."""
     created: F64  # created_at, epoch seconds
     vectors_t: F32 | None = None
     """``vectors.T`` stored contiguously, in snapshots that serve queries (:meth:`serving`) without
@@ -111,11 +123,25 @@ class CatalogSnapshot:
 
     @classmethod
     def from_hot(cls, hot: HotSnapshot, weights: Weights) -> CatalogSnapshot:
-        """The same snapshot from the query process's hot copy (its live rows): no dataset read."""
-        rows = np.flatnonzero(hot.alive)
+        """The same snapshot from the query process's hot copy (its live rows): no dataset read,
+        and no copy of the vectors (a :class:`~core.hot.FusedVectors` view of the hot arrays)."""
+        rows = np.flatnonzero(hot.alive).astype(np.int64)
         products = [hot.products[i] for i in rows]
-        image = hot.image[rows] if weights.image > 0 else None
-        return cls.build(hot.version, products, image, hot.text[rows], weights)
+        return cls(
+            hot.version,
+            products,
+            {p.product_id: i for i, p in enumerate(products)},
+            CategoryCodes.of([p.category for p in products]),
+            hot.prices[rows],
+            FusedVectors.of(hot, rows, weights.image, weights.text),
+            np.array([p.created_at.timestamp() for p in products], dtype=np.float64),
+        )
+
+    def dense_vectors(self) -> F32:
+        """:attr:`vectors` as one array (training and evaluation score with the whole matrix)."""
+        if isinstance(self.vectors, FusedVectors):
+            return self.vectors[np.arange(len(self))]
+        return self.vectors
 
     @classmethod
     def build(
@@ -153,10 +179,11 @@ class CatalogSnapshot:
                 rng = np.random.default_rng(0)
                 sample = rng.choice(len(self), min(len(self), 20_000), replace=False)
                 index.train(np.ascontiguousarray(self.vectors[np.sort(sample)]))
-            index.add(self.vectors)
+            for start in range(0, len(self), MATVEC_ROWS):  # encoded a block of rows at a time
+                index.add(np.ascontiguousarray(self.vectors[np.arange(start, min(len(self), start + MATVEC_ROWS))]))
         if index is not None:
             return replace(self, content_index=index)
-        return replace(self, vectors_t=np.ascontiguousarray(self.vectors.T))
+        return replace(self, vectors_t=np.ascontiguousarray(self.dense_vectors().T))
 
     def __len__(self) -> int:
         return len(self.products)
@@ -224,7 +251,8 @@ class CatalogSnapshot:
             mark[part] = True
         rows = np.flatnonzero(mark)
         out = np.zeros(n, dtype=np.float32)
-        out[rows] = self.vectors[rows] @ unit
+        v = self.vectors
+        out[rows] = v.dot_rows(rows, unit) if isinstance(v, FusedVectors) else v[rows] @ unit
         return out, rows
 
 

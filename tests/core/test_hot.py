@@ -8,7 +8,7 @@ import pytest
 
 from core.catalog import Catalog, ProductRecord
 from core.embedding import l2_normalize
-from core.hot import HotCatalog, append_rows
+from core.hot import FusedVectors, HotCatalog, append_rows, score_rows
 from core.models import Filters, Product, Weights
 from core.search import ranked, similar
 from core.settings import Settings
@@ -221,10 +221,42 @@ def test_recommender_snapshot_from_the_hot_copy_equals_a_dataset_read(s3_setting
         assert a.version == b.version and sorted(a.index) == sorted(b.index) and "p00042" not in a.index
         order = [a.index[pid] for pid in sorted(b.index, key=b.index.__getitem__)]
         np.testing.assert_allclose(a.vectors[order], b.vectors, atol=1e-6)
+        # A view of the hot arrays, not a second copy of the catalog; a full pass agrees too.
+        assert isinstance(a.vectors, FusedVectors) and a.vectors.text is hot.snapshot.text
+        unit = b.vectors[5] / np.linalg.norm(b.vectors[5])
+        np.testing.assert_allclose((a.vectors @ unit)[order], b.vectors @ unit, atol=1e-5)
         labels = a.categories.labels()
         assert [labels[i] for i in order] == b.categories.labels()
         np.testing.assert_array_equal(a.prices[order], b.prices)
         np.testing.assert_array_equal(a.created[order], b.created)
+
+
+def test_large_catalogs_hold_float16_vectors_and_score_as_float32_would(s3_settings: Settings) -> None:
+    """From ``ann_min_rows`` on, the hot copy stores its vectors as float16 (half the memory):
+    search scores and the recommender's fused vectors stay within float16 rounding of the float32
+    ones."""
+    from core.recommend.online import CatalogSnapshot
+
+    cat = catalog(s3_settings)
+    cat.upsert(records(400))
+    small, large = HotCatalog(cat, ann_min_rows=10**9), HotCatalog(cat, ann_min_rows=100)
+    small.refresh()
+    large.refresh()
+    f32, f16 = small.snapshot, large.snapshot
+    assert f32 is not None and f16 is not None
+    assert f32.text.dtype == np.float32 and f16.text.dtype == np.float16 and f16.image.dtype == np.float16
+    assert f16.ann_text is not None
+    a, b = CatalogSnapshot.from_hot(f16, W), CatalogSnapshot.from_hot(f32, W)
+    np.testing.assert_allclose(a.dense_vectors(), b.dense_vectors(), atol=2e-3)
+    q = f32.text[7]
+    rows = np.arange(len(f32.alive), dtype=np.int64)
+    exact = score_rows(f32, rows, None, q, 0.0, 1.0)
+    half = score_rows(f16, rows, None, q, 0.0, 1.0)
+    np.testing.assert_allclose(half.score, exact.score, atol=2e-3)
+    # A query after a delta keeps the dtype (rows appended to the float16 buffers).
+    cat.upsert(records(3, start=900, seed=5))
+    large.refresh()
+    assert large.snapshot is not None and large.snapshot.text.dtype == np.float16 and "p00901" in large.snapshot.index
 
 
 def test_recommender_takes_new_versions_from_the_hot_copy(
@@ -253,7 +285,7 @@ def test_recommender_takes_new_versions_from_the_hot_copy(
     assert recs.snapshot.version == hot.snapshot.version and "p00501" in recs.snapshot.index  # type: ignore[union-attr]
     # The serving snapshot carries the transposed copy the content scan uses; training's does not.
     assert recs.snapshot.vectors_t is not None
-    np.testing.assert_array_equal(recs.snapshot.vectors_t, recs.snapshot.vectors.T)
+    np.testing.assert_array_equal(recs.snapshot.vectors_t, recs.snapshot.dense_vectors().T)
     assert CatalogSnapshot.from_hot(hot.snapshot, W).vectors_t is None  # type: ignore[arg-type]
 
 
