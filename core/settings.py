@@ -160,7 +160,7 @@ class Settings(BaseSettings):
         default=15_000,
         ge=100,
         description="Training: the collaborative model covers at most this many products, the most active "
-        "lately (its memory grows with the square: ~4.5 GB at 15,000); the others are reached by content "
+        "lately (its memory grows with the square: ~2.7 GB at 15,000); the others are reached by content "
         "and popularity.",
     )
     recs_train_memory_gb: float = Field(

@@ -80,7 +80,9 @@ class Services:
             hot=hot,
             ann_min_rows=settings.ann_min_rows,
         )
-        recommender.refresh()
+        # No refresh here: a query process's lifespan loads the hot catalog first and the
+        # recommender from it (the catalog is read and held once); batch jobs never need it; a
+        # host without the lifespan refreshes on the first recommendation (ensure_fresh).
         svc = cls(
             settings=settings,
             embedder=embedder,
