@@ -170,6 +170,7 @@ def _to_product(row: dict[str, Any]) -> Product:
 
 
 COMPACT_EVERY = 32
+SCAN_BATCH_ROWS = 32_768
 CLEANUP_EVERY = timedelta(hours=1)
 DEFAULT_RETENTION = timedelta(hours=24)
 
@@ -490,6 +491,24 @@ class Catalog:
             if row_ids:
                 q = q.with_row_id(True)
             return version, q.to_arrow()
+
+    def scan_batches(
+        self, columns: Sequence[str] | None = None, batch_size: int = SCAN_BATCH_ROWS
+    ) -> tuple[int, Iterator[pa.RecordBatch]]:
+        """All rows as batches of about ``batch_size`` (a reader of the whole catalog need not
+        hold it all at once), and the dataset version they are read at."""
+        with storage_errors("read"):
+            version = int(self._table.version)
+            q = self._table.search().limit(None)
+            if columns is not None:
+                q = q.select(list(columns))
+            reader = q.to_batches(batch_size)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            with storage_errors("read"):
+                yield from reader
+
+        return version, batches()
 
     def latest_version(self) -> int:
         """The newest committed version, looked up now (``version`` may lag other writers' commits

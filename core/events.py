@@ -306,6 +306,16 @@ class EventLog:
         with storage_errors("read events"):
             return int(self._table.version)
 
+    def read_batches(self, received_after: datetime | None = None, batch_size: int = 262_144) -> Iterator[pa.Table]:
+        """:meth:`read` in batches of about ``batch_size`` rows, in the table's order: a reader of
+        millions of events need not hold them all as Arrow strings at once."""
+        with storage_errors("read events"):
+            q = self._table.search().limit(None).select(events_schema().names)
+            if received_after is not None:
+                q = q.where(f"received_at > timestamp '{received_after.astimezone(UTC).isoformat(sep=' ')}'")
+            for batch in q.to_batches(batch_size):
+                yield pa.Table.from_batches([batch]).select(events_schema().names)
+
     def read(self, received_after: datetime | None = None, columns: Sequence[str] | None = None) -> pa.Table:
         """All events, or those received after ``received_after`` (for incremental readers);
         only ``columns`` when given (training needs neither ids nor arrival times)."""

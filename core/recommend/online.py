@@ -378,7 +378,8 @@ class Recommender:
             ev_version = self.events.version()
             if ev_version != self._events_version:
                 since = self.state.watermark - EVENT_OVERLAP if self.state.watermark else None
-                self.state.add_table(self.events.read(since))
+                for batch in self.events.read_batches(since):
+                    self.state.add_table(batch)
                 self._events_version = ev_version
             loaded = self.models.load_if_changed(self.model_key)
             if loaded is not None:
