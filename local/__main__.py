@@ -248,6 +248,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         cutoff=_cutoff(args.cutoff),
         ablation=args.ablation,
         progress=_progress,
+        max_items=Settings().recs_max_items if args.max_items is None else args.max_items,
     )
     how = (
         f"one time cutoff ({args.cutoff or f'the {1 - args.test_fraction:.0%} quantile of event times'}), "
@@ -258,6 +259,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     desc = (
         f"{source}: {len(ev)} events, {len(ev.users)} users, {len(ev.items)} items; {how}; "
         f"positives: rating >= {args.min_rating:g} or {', '.join(types) or '-'}"
+        + ("" if args.max_items is None else f"; collaborative model over at most {args.max_items} products")
     )
     print(format_table(rows, desc))
     if args.json:
@@ -435,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cutoff", help="with --split global: the cutoff time (ISO-8601 or epoch seconds)")
     p.add_argument("--ablation", action="store_true", help="also retrain the hybrid without each of its signals (slow)")
+    p.add_argument(
+        "--max-items",
+        type=int,
+        default=None,
+        help="the hybrid's collaborative model covers at most this many products (default RECS_MAX_ITEMS)",
+    )
     p.add_argument("--min-rating", type=float, default=4.0, help="ratings at least this are positives")
     p.add_argument("--positive-types", default="purchase", help="event types that are positives (comma list)")
     p.add_argument("--json", type=Path, help="also write the table as JSON here")

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from core.recommend.data import F32, F64, I32, EventArrays
 from core.recommend.models import (
+    MAX_ITEMS,
     SIGNALS,
     Metrics,
     Split,
@@ -111,11 +112,19 @@ def hybrid_row(
     k: int = 10,
     off: Sequence[str] = (),
     name: str = HYBRID,
+    max_items: int = MAX_ITEMS,
 ) -> Row:
-    """Train the hybrid on ``split``'s training part (tuned inside it) and score the test part."""
+    """Train the hybrid on ``split``'s training part (tuned inside it; the collaborative model
+    over at most ``max_items`` products) and score the test part."""
     t0 = time.perf_counter()
     model = train_hybrid(
-        split.train_ev, vectors, min_rating=min_rating, positive_types=positive_types, scheme=split.scheme, off=off
+        split.train_ev,
+        vectors,
+        min_rating=min_rating,
+        positive_types=positive_types,
+        scheme=split.scheme,
+        off=off,
+        max_items=max_items,
     )
     hist = history_matrix(split.train, model.params.alpha, model.params.half_life)
     pop = TimePopularity(split.train_ev, split.train.n_items)
@@ -146,6 +155,7 @@ def evaluate(
     cutoff: float | None = None,
     ablation: bool = False,
     progress: Callable[[Row, int], None] | None = None,
+    max_items: int = MAX_ITEMS,
 ) -> list[Row]:
     """The comparison table on one split of ``ev`` (``vectors`` aligned with ``ev.items``;
     ``cutoff``: the global split's time, default the ``1 - test_fraction`` quantile). With
@@ -189,7 +199,7 @@ def evaluate(
         lambda: evaluate_scores(split, _blend(split, lam, days)(w), k),
     )
 
-    add(hybrid_row(split, vectors, min_rating=min_rating, positive_types=positive_types, k=k))
+    add(hybrid_row(split, vectors, min_rating=min_rating, positive_types=positive_types, k=k, max_items=max_items))
     if ablation:
         for signal in SIGNALS:
             add(
@@ -201,6 +211,7 @@ def evaluate(
                     k=k,
                     off=(signal,),
                     name=f"  without {signal}",
+                    max_items=max_items,
                 )
             )
     return rows
