@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,8 +146,11 @@ def stage_catalog(settings: Settings, n: int) -> dict[str, Any]:
     t = time.perf_counter()
     created = services.catalog.ensure_indexes()
     k = max(1, len(rates) // 10)
+    uri = settings.resolved_catalog_uri
+    disk = sum(f.stat().st_size for f in Path(uri).rglob("*") if f.is_file()) if "://" not in uri else None
     return {
         "products": services.catalog.count(),
+        "dataset_gb": None if disk is None else round(disk / (1 << 30), 2),
         "write_s": round(write_s, 1),
         "indexes_s": round(time.perf_counter() - t, 1),
         "indexes": ",".join(created),
@@ -377,8 +381,14 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--storage", choices=("s3", "file"), default="s3")
     ap.add_argument("--import-products", type=int, default=0, help="also import this many via uploads/")
+    ap.add_argument(
+        "--retention-hours",
+        type=float,
+        default=0.02,
+        help="VERSION_RETENTION_HOURS: a bulk load's compactions leave superseded files until then",
+    )
     args = ap.parse_args()
-    settings, server = s3_settings(own_process=True)
+    settings, server = s3_settings(own_process=True, version_retention_hours=args.retention_hours)
     tmp = tempfile.TemporaryDirectory(prefix="scale-")
     if args.storage == "file":
         settings = settings.model_copy(update={"catalog_uri": f"{tmp.name}/catalog"})
@@ -404,7 +414,13 @@ def main() -> None:
     report(
         "scale",
         rows,
-        {"products": args.products, "events": args.events, "storage": args.storage, "cpus": psutil.cpu_count()},
+        {
+            "products": args.products,
+            "events": args.events,
+            "storage": args.storage,
+            "retention_hours": args.retention_hours,
+            "cpus": psutil.cpu_count(),
+        },
     )
 
 

@@ -211,13 +211,15 @@ class Compactor:
         every: int = COMPACT_EVERY,
         background: bool = False,
         retention: timedelta = DEFAULT_RETENTION,
-        cleanup_every: timedelta = CLEANUP_EVERY,
+        cleanup_every: timedelta | None = None,
     ) -> None:
         self.table = table
         self.every = every
         self.background = background
         self.retention = retention
-        self.cleanup_every = cleanup_every
+        # A retention shorter than CLEANUP_EVERY (a deployment short of disk) is honoured by
+        # cleaning up that often: a bulk import's compactions leave superseded files behind.
+        self.cleanup_every = cleanup_every if cleanup_every is not None else min(CLEANUP_EVERY, retention)
         self._commits = 0
         self._lock = threading.Lock()
         self._running = threading.Lock()
