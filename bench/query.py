@@ -93,6 +93,21 @@ def mixture(n: int, dim: int, seed: int, types: np.ndarray) -> np.ndarray:
     return out
 
 
+def column_product(rows: dict[str, list[Any]], i: int, at: datetime) -> Product:
+    """Product ``i`` of :func:`catalog_columns`' rows, created and updated ``at``."""
+    return Product(
+        rows["product_id"][i],
+        rows["title"][i],
+        "",
+        rows["category"][i],
+        rows["price"][i],
+        rows["image_key"][i],
+        {},
+        at,
+        at,
+    )
+
+
 def catalog_columns(n: int, seed: int = 0) -> dict[str, Any]:
     rng = random.Random(seed)
     cats = sorted(ITEMS)
@@ -400,20 +415,7 @@ def million(queries: list[tuple[np.ndarray, np.ndarray]], n: int = 1_000_000) ->
     cols = catalog_columns(n, seed=5)
     rows, types = cols["rows"], cols["types"]
     now = datetime.now(UTC)
-    products = [
-        Product(
-            rows["product_id"][i],
-            rows["title"][i],
-            "",
-            rows["category"][i],
-            rows["price"][i],
-            rows["image_key"][i],
-            {},
-            now,
-            now,
-        )
-        for i in range(n)
-    ]
+    products = [column_product(rows, i, now) for i in range(n)]
     image = mixture(n, 512, 11, types)
     has_image = np.array([k is not None for k in rows["image_key"]])
     image[~has_image] = 0

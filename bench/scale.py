@@ -109,9 +109,8 @@ def _services(settings: Settings) -> Any:
 
 
 def stage_catalog(settings: Settings, n: int) -> dict[str, Any]:
-    from bench.query import catalog_columns, mixture
+    from bench.query import catalog_columns, column_product, mixture
     from core.catalog import ProductRecord
-    from core.models import Product
 
     services = _services(settings)
     cols = catalog_columns(n, seed=5)
@@ -127,17 +126,7 @@ def stage_catalog(settings: Settings, n: int) -> dict[str, Any]:
         records = []
         for j, i in enumerate(range(s, e)):
             has_image = rows["image_key"][i] is not None
-            p = Product(
-                rows["product_id"][i],
-                rows["title"][i],
-                "",
-                rows["category"][i],
-                rows["price"][i],
-                rows["image_key"][i],
-                {},
-                start,
-                start,
-            )
+            p = column_product(rows, i, start)
             records.append(ProductRecord(p, image[j] if has_image else None, text[j], content_hash=str(i)))
         g = time.perf_counter()
         services.catalog.upsert(records)
