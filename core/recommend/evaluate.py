@@ -33,6 +33,7 @@ from core.recommend.models import (
     fit_itemknn,
     history_matrix,
     make_split,
+    on_items,
     sample_users,
     train_hybrid,
 )
@@ -126,6 +127,7 @@ def hybrid_row(
         off=off,
         max_items=max_items,
     )
+    model = on_items(model, split.train_ev.items)  # the products beyond max_items score too
     hist = history_matrix(split.train, model.params.alpha, model.params.half_life)
     pop = TimePopularity(split.train_ev, split.train.n_items)
     seen = binary_matrix(split.train)

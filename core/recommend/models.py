@@ -1125,6 +1125,26 @@ def train_hybrid(
     return HybridModel(list(ev.items), b, params, info, reranker, v, f)
 
 
+def on_items(model: HybridModel, items: Sequence[str]) -> HybridModel:
+    """``model`` over ``items``, a superset of its own (the catalog it was bounded from, see
+    ``max_items`` of :func:`train_hybrid`): products it does not cover get no collaborative or
+    choice-model score. Offline scoring over the whole catalog needs this; query processes map a
+    model onto their catalog snapshot the same way."""
+    if list(model.items) == list(items):
+        return model
+    pos = {it: k for k, it in enumerate(items)}
+    to_new = np.array([pos[i] for i in model.items], dtype=np.int64)
+    n = len(items)
+    sel = sp.csr_matrix((np.ones(len(to_new), np.float32), (np.arange(len(to_new)), to_new)), shape=(len(to_new), n))
+    b = sp.csr_matrix(sel.T @ sp.csr_matrix(model.b) @ sel)
+    v = None
+    if model.v is not None:
+        v = np.zeros((n, model.v.shape[1]), dtype=np.float32)
+        v[to_new] = model.v
+    f = None if model.f is None else model.f.reindexed(to_new, n)
+    return replace(model, items=list(items), b=b, v=v, f=f)
+
+
 def factors_for(
     ev: EventArrays,
     pop: TimePopularity,

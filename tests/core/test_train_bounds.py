@@ -11,8 +11,8 @@ from core.errors import ConfigError
 from core.events import Event, parse_events, to_arrow
 from core.ingest import PendingProduct
 from core.models import ProductInput, default_weights
-from core.recommend.data import EventArrays
-from core.recommend.models import DAY, active_items, train_hybrid
+from core.recommend.data import EventArrays, aggregate
+from core.recommend.models import DAY, active_items, history_matrix, on_items, train_hybrid
 from core.recommend.online import CatalogSnapshot
 from core.recommend.train import train, vectors_of
 from functions.services import Services
@@ -45,6 +45,16 @@ def test_train_hybrid_covers_at_most_max_items() -> None:
     model = train_hybrid(ev, vectors, max_items=25, rerank="off")
     assert len(model.items) == 25 and set(model.items) == {ev.items[i] for i in active_items(ev, 25)}
     assert model.b.shape == (25, 25) and model.info["catalog_items"] == 40
+    # Offline scoring over the whole catalog: the uncovered products get no collaborative weight.
+    full = on_items(model, ev.items)
+    at = [ev.items.index(i) for i in model.items]
+    b = full.b.toarray()
+    np.testing.assert_array_equal(b[np.ix_(at, at)], model.b.toarray())
+    others = [k for k in range(40) if k not in at]
+    assert not b[others].any() and not b[:, others].any()
+    hist = history_matrix(aggregate(ev), 1.0, 20.0)
+    scores = full.score(hist[:5], np.full(5, T0 + 300 * 60.0), None, vectors)
+    assert scores.shape == (5, 40)
 
 
 @pytest.mark.integration
