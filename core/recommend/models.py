@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -1125,22 +1125,22 @@ def train_hybrid(
     return HybridModel(list(ev.items), b, params, info, reranker, v, f)
 
 
-def on_items(model: HybridModel, items: Sequence[str]) -> HybridModel:
-    """``model`` over ``items``, a superset of its own (the catalog it was bounded from, see
-    ``max_items`` of :func:`train_hybrid`): products it does not cover get no collaborative or
-    choice-model score. Offline scoring over the whole catalog needs this; query processes map a
-    model onto their catalog snapshot the same way."""
+def on_items(model: HybridModel, items: Sequence[str], index: Mapping[str, int] | None = None) -> HybridModel:
+    """``model`` over the products ``items`` (``index``: each id's position in them, built when not
+    given): products it did not cover get no collaborative or choice-model score, and products of
+    the model that ``items`` lacks drop out. Query processes map a model onto their catalog
+    snapshot with it; offline scoring maps a bounded model (``max_items`` of
+    :func:`train_hybrid`) onto the whole catalog."""
     if list(model.items) == list(items):
         return model
-    pos = {it: k for k, it in enumerate(items)}
-    to_new = np.array([pos[i] for i in model.items], dtype=np.int64)
+    index = {it: k for k, it in enumerate(items)} if index is None else index
+    to_new = np.array([index.get(i, -1) for i in model.items], dtype=np.int64)  # the one Python pass
     n = len(items)
-    sel = sp.csr_matrix((np.ones(len(to_new), np.float32), (np.arange(len(to_new)), to_new)), shape=(len(to_new), n))
-    b = sp.csr_matrix(sel.T @ sp.csr_matrix(model.b) @ sel)
-    v = None
-    if model.v is not None:
-        v = np.zeros((n, model.v.shape[1]), dtype=np.float32)
-        v[to_new] = model.v
+    keep = np.flatnonzero(to_new >= 0)
+    # model items x new items, 1 where they are the same product: sel.T @ m re-indexes rows.
+    sel = sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (keep, to_new[keep])), shape=(len(model.items), n))
+    b = (sel.T @ sp.csr_matrix(model.b) @ sel).tocsr()
+    v = None if model.v is None else np.asarray(sel.T @ model.v, dtype=np.float32)
     f = None if model.f is None else model.f.reindexed(to_new, n)
     return replace(model, items=list(items), b=b, v=v, f=f)
 

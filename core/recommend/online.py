@@ -54,6 +54,7 @@ from core.recommend.models import (
     TimePopularity,
     boost,
     history_weights,
+    on_items,
     rerank_features,
     weighted_rows,
 )
@@ -510,22 +511,12 @@ class Recommender:
         c = self._compiled
         if c is None or c.snapshot_version != snap.version or c.source is not model:
             ids = [p.product_id for p in snap.products]
-            to_snap = _positions(model, snap)  # once: the Python pass over the model's items
-            sel = _selector(model, snap, to_snap)
             gen = self.state.generation
             pop = TimePopularity(self.state.arrays(snap.index), len(snap))
             c = _Compiled(
                 snap.version,
                 model,
-                HybridModel(
-                    ids,
-                    _reindex(sel, model.b),
-                    model.params,
-                    model.info,
-                    model.reranker,
-                    None if model.v is None else _reindex_rows(sel, model.v),
-                    None if model.f is None else model.f.reindexed(to_snap, len(snap)),
-                ),
+                on_items(model, ids, snap.index),
                 pop,
                 gen,
                 factor_rows={} if model.f is None else model.f.row_of(),
@@ -775,30 +766,3 @@ def _best(scores: F32 | F64, k: int) -> list[int]:
     part = np.argpartition(-scores, k - 1)[:k]
     part = part[np.isfinite(scores[part])]
     return [int(i) for i in part[np.argsort(-scores[part], kind="stable")]]
-
-
-def _positions(model: HybridModel, snap: CatalogSnapshot) -> npt.NDArray[np.int64]:
-    """Each model item's index in the snapshot, -1 for products the catalog no longer has."""
-    return np.array([snap.index.get(i, -1) for i in model.items], dtype=np.int64)
-
-
-def _selector(model: HybridModel, snap: CatalogSnapshot, to_snap: npt.NDArray[np.int64] | None = None) -> sp.csr_matrix:
-    """``model items x snapshot items``, 1 where they are the same product: ``sel.T @ m``
-    re-indexes the model's per-item rows onto the snapshot (products the model never saw get
-    zero rows; products the catalog no longer has drop out). ``to_snap``: :func:`_positions`."""
-    n = len(snap)
-    to_snap = _positions(model, snap) if to_snap is None else to_snap
-    keep = np.flatnonzero(to_snap >= 0)
-    return sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (keep, to_snap[keep])), shape=(len(model.items), n))
-
-
-def _reindex_rows(sel: sp.csr_matrix, rows: F32) -> F32:
-    """Per-item rows of the model (``items x k``) in the snapshot's item order."""
-    out: F32 = np.asarray(sel.T @ rows, dtype=np.float32)
-    return out
-
-
-def _reindex(sel: sp.csr_matrix, weights: sp.csr_matrix) -> sp.csr_matrix:
-    """The model's item-item ``weights`` over the snapshot's items (empty rows and columns for
-    products the model never saw)."""
-    return (sel.T @ weights @ sel).tocsr()

@@ -219,20 +219,12 @@ def test_projection_spans_the_leading_singular_vectors_of_the_fit() -> None:
 def test_projection_rows_follow_the_catalogs_product_order() -> None:
     """A served model's low-rank directions are re-indexed onto the live catalog: products the
     model never saw get zero rows, products the catalog no longer has are dropped."""
-    from core.recommend.models import HybridModel
-    from core.recommend.online import _reindex_rows, _selector
+    from core.recommend.models import HybridModel, on_items
 
     v = np.arange(6, dtype=np.float32).reshape(3, 2)
     model = HybridModel(["a", "b", "c"], sp.csr_matrix((3, 3), dtype=np.float32), HybridParams(shrink=0.5), v=v)
-
-    class Snapshot:
-        def __init__(self) -> None:
-            self.index = {"c": 0, "new": 1, "a": 2}  # "b" was deleted, "new" arrived after training
-
-        def __len__(self) -> int:
-            return 3
-
-    out = _reindex_rows(_selector(model, Snapshot()), v)  # type: ignore[arg-type]
+    # The live catalog: "b" was deleted, "new" arrived after training.
+    out = on_items(model, ["c", "new", "a"]).v
     assert np.array_equal(out, np.array([[4, 5], [0, 0], [0, 1]], dtype=np.float32))
 
 
