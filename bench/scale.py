@@ -33,9 +33,7 @@ memory here (its objects live in RAM), and keeps the bucket (models) on S3.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import multiprocessing
 import random
 import resource
 import tempfile
@@ -50,6 +48,7 @@ import psutil
 
 from bench.common import percentiles, report, s3_settings
 from core.settings import Settings
+from local.runtime import run_watched
 
 DAY = 86400.0
 SPAN_DAYS = 180
@@ -59,42 +58,23 @@ MB = 1 << 20
 
 
 # ---- running a stage in its own process ------------------------------------------------------
-def _child(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], conn: Any) -> None:
-    try:
-        out = fn(*args)
-        out["_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        conn.send(("ok", out))
-    except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+def _with_maxrss(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    out = fn(*args)
+    out["_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
 
 
 def run_stage(name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     """``fn(*args)`` in a spawned process: its result, seconds and peak memory."""
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(fn, args, send), name=f"scale-{name}")
     t = time.perf_counter()
-    proc.start()
-    send.close()
-    watched = psutil.Process(proc.pid)
-    peak = 0
-    result: tuple[str, Any] | None = None
-    while proc.is_alive() or receive.poll():
-        with contextlib.suppress(psutil.Error):
-            peak = max(peak, watched.memory_info().rss)
-        if receive.poll(0.1):
-            try:
-                result = receive.recv()
-            except EOFError:
-                break
-    proc.join()
+    w = run_watched(_with_maxrss, fn, *args, name=f"scale-{name}")
     seconds = time.perf_counter() - t
-    if result is None:
-        raise RuntimeError(f"stage {name} died (exit code {proc.exitcode}) at {peak / MB:.0f} MB")
-    status, out = result
+    if w.reply is None:
+        raise RuntimeError(f"stage {name} died: it {w.death()} at {w.peak_bytes / MB:.0f} MB")
+    status, out = w.reply
     if status != "ok":
         raise RuntimeError(f"stage {name} failed: {out}")
-    peak_mb = max(peak / MB, out.pop("_maxrss_mb"))
+    peak_mb = max(w.peak_bytes / MB, out.pop("_maxrss_mb"))
     row = {"stage": name, "seconds": round(seconds, 1), "peak_mb": round(peak_mb), **out}
     print(json.dumps(row), flush=True)
     return row

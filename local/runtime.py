@@ -14,10 +14,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import psutil
 from pydantic import SecretStr
@@ -249,7 +250,67 @@ class Schedule(abc.ABC):
 
 
 GB = 1 << 30
-TRAINING_POLL_SECONDS = 0.5
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Watched:
+    """How a :func:`run_watched` process ended."""
+
+    reply: tuple[str, Any] | None  # ("ok", result) or ("error", "Type: message"); None: it died first
+    peak_bytes: int  # the largest RSS seen
+    exitcode: int | None
+    over_limit: bool  # killed for passing ``limit_bytes``
+    stopped: bool  # killed because ``stop`` was set
+
+    def death(self) -> str:
+        """How a process that sent nothing ended, in words."""
+        code = self.exitcode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        return how + (" (SIGKILL: out of memory?)" if code == -9 else "")
+
+
+def _watched_child(fn: Callable[..., Any], args: tuple[Any, ...], conn: Connection) -> None:
+    try:
+        conn.send(("ok", fn(*args)))
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_watched(
+    fn: Callable[..., Any],
+    *args: Any,
+    name: str,
+    limit_bytes: int | None = None,
+    stop: threading.Event | None = None,
+) -> Watched:
+    """``fn(*args)`` in a fresh (spawned) process, waited for while its memory is watched: killed
+    past ``limit_bytes`` or when ``stop`` is set; one that dies (the kernel's out-of-memory killer)
+    is reported, not followed. ``fn`` and its result must pickle."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the caller's memory
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_watched_child, args=(fn, args, send), name=name, daemon=True)
+    proc.start()
+    send.close()
+    watched = psutil.Process(proc.pid)
+    peak, reply, over, stopped = 0, None, False, False
+    while reply is None and proc.is_alive():
+        with contextlib.suppress(psutil.Error):  # it may end between the check and the read
+            peak = max(peak, watched.memory_info().rss)
+        if limit_bytes is not None and peak > limit_bytes:
+            over = True
+        stopped = stop is not None and stop.is_set()
+        if over or stopped:
+            proc.kill()
+            break
+        with contextlib.suppress(EOFError):  # EOF: it died before it could say anything
+            if receive.poll(POLL_SECONDS):
+                reply = receive.recv()
+    with contextlib.suppress(EOFError):
+        if reply is None and not (over or stopped) and receive.poll():
+            reply = receive.recv()
+    proc.join()
+    return Watched(reply, peak, proc.exitcode, over, stopped)
 
 
 @dataclass(frozen=True)
@@ -259,60 +320,39 @@ class TrainingOutcome:
     peak_bytes: int
 
 
-def _training_child(settings: Settings, conn: Connection) -> None:
-    """Body of the training process: one scheduled training, its outcome sent back as text."""
+def _scheduled_training(settings: Settings) -> tuple[str, str]:
+    """Body of the training process: one scheduled training, its outcome as (status, text)."""
     from core.errors import InvalidInput
     from functions.jobs import train_recommender
 
     try:
         report = train_recommender(settings, only_if_new_events=True)
-        conn.send(("skipped", "no new events") if report is None else ("trained", report.summary()))
     except InvalidInput as exc:  # empty catalog, no events on catalog products yet: nothing to do
-        conn.send(("skipped", str(exc)))
-    except Exception as exc:  # anything else is a problem to show in /health
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return "skipped", str(exc)
+    return ("skipped", "no new events") if report is None else ("trained", report.summary())
 
 
 def train_in_process(settings: Settings, stop: threading.Event | None = None) -> TrainingOutcome:
     """Run one scheduled training (:func:`functions.jobs.train_recommender`) in a process of its
-    own and wait for it. The caller never holds the training data; a training process that grows
-    past ``RECS_TRAIN_MEMORY_GB`` is stopped, and one that dies (the kernel's out-of-memory
-    killer) is reported, not followed."""
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the server's memory
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_training_child, args=(settings, send), name="recs-training", daemon=True)
-    proc.start()
-    send.close()
-    limit = int(settings.recs_train_memory_gb * GB)
-    peak, over = 0, 0
-    watched = psutil.Process(proc.pid)
-    while proc.is_alive():
-        with contextlib.suppress(psutil.Error):  # it may end between the check and the read
-            peak = max(peak, watched.memory_info().rss)
-        if peak > limit:
-            over = peak
-            proc.kill()
-        if stop is not None and stop.is_set():
-            proc.kill()
-            proc.join()
-            return TrainingOutcome("stopped", "the dev runner is shutting down", peak)
-        proc.join(TRAINING_POLL_SECONDS)
-    proc.join()
-    if over:
+    own (:func:`run_watched`): the caller never holds the training data, and a training process
+    that grows past ``RECS_TRAIN_MEMORY_GB`` is stopped."""
+    limit = settings.recs_train_memory_gb
+    w = run_watched(_scheduled_training, settings, name="recs-training", limit_bytes=int(limit * GB), stop=stop)
+    if w.stopped:
+        return TrainingOutcome("stopped", "the dev runner is shutting down", w.peak_bytes)
+    if w.over_limit:
+        at = f"{w.peak_bytes / GB:.1f} GB"
+        message = f"stopped at {at}, past RECS_TRAIN_MEMORY_GB={limit:g}: raise it, or lower RECS_MAX_ITEMS"
+        return TrainingOutcome("failed", message, w.peak_bytes)
+    if w.reply is None:
         return TrainingOutcome(
-            "failed",
-            f"stopped at {over / GB:.1f} GB, past RECS_TRAIN_MEMORY_GB={settings.recs_train_memory_gb:g}: raise it, "
-            "or lower RECS_MAX_ITEMS",
-            peak,
+            "failed", f"the training process {w.death()} at {w.peak_bytes / GB:.1f} GB", w.peak_bytes
         )
-    with contextlib.suppress(EOFError):  # EOF: it died before it could say anything
-        if receive.poll():
-            status, message = receive.recv()
-            return TrainingOutcome(status, message, peak)
-    code = proc.exitcode
-    how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-    hint = " (SIGKILL: out of memory?)" if code == -9 else ""
-    return TrainingOutcome("failed", f"the training process {how}{hint} at {peak / GB:.1f} GB", peak)
+    kind, value = w.reply
+    if kind == "error":  # anything else is a problem to show in /health
+        return TrainingOutcome("failed", value, w.peak_bytes)
+    status, message = value
+    return TrainingOutcome(status, message, w.peak_bytes)
 
 
 class TrainingSchedule(Schedule):
