@@ -188,7 +188,7 @@ def compact_files(table: Any) -> None:
     """
     ds = table.to_lance()
     # Fragments stop being merged at COMPACT_FRAGMENT_ROWS: with Lance's default (1M rows) every
-    # compaction during a bulk load rewrote all rows so far (52 GB written for 700k products).
+    # compaction during a bulk load rewrote all rows so far: quadratic writes and disk use.
     ds.optimize.compact_files(target_rows_per_fragment=COMPACT_FRAGMENT_ROWS)
     if ds.describe_indices():
         table.to_lance().optimize.optimize_indices()

@@ -338,7 +338,8 @@ class HotCatalog:
         process never holds the dataset's own (float32, Arrow) copy of all the vectors at once."""
         expected = self.catalog.count()
         # Catalogs large enough for ANN keep their vectors as float16: half the memory; the exact
-        # re-scoring of ANN candidates moves by ~1e-3 (bench.scale measures recall against float32).
+        # re-scoring of ANN candidates moves by float16 rounding (bench.scale measures recall
+        # against float32).
         dtype = np.float16 if expected >= self.ann_min_rows else np.float32
         image = np.zeros((expected, self.catalog.clip_dim), dtype=dtype)[:0]
         text = np.zeros((expected, self.catalog.text_dim), dtype=dtype)[:0]
