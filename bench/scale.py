@@ -28,6 +28,10 @@ every 0.1 s and the kernel's high-water mark) are printed and saved to
 ``--storage s3`` (default) keeps the dataset on the embedded S3 server (moto, its own process);
 ``--storage file`` puts it in a local directory, for sizes whose data would not fit that server's
 memory here (its objects live in RAM), and keeps the bucket (models) on S3.
+
+``--keep DIR`` (with ``--storage file``) leaves the dataset and the trained model in ``DIR``;
+``--reuse DIR`` runs only the query stage on them (the model is copied into a fresh bucket), so
+serving can be measured again without building and training anew.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import psutil
 
 from bench.common import percentiles, report, s3_settings
 from core.settings import Settings
+from core.storage import ObjectStore
 from local.runtime import run_watched
 
 DAY = 86400.0
@@ -231,6 +236,7 @@ def stage_query(settings: Settings, queries: int) -> dict[str, Any]:
     services = _services(settings)
     hot = services.hot
     assert hot is not None
+    startup_file = services.load_startup_file()
     hot.refresh()
     hot_s = time.perf_counter() - t
     rec = services.recommender
@@ -272,6 +278,7 @@ def stage_query(settings: Settings, queries: int) -> dict[str, Any]:
     recs = percentiles(rec_ms)
     found = percentiles(search_ms)
     return {
+        "startup_file": startup_file,
         "hot_catalog_s": round(hot_s, 1),
         "recommender_s": round(ready_s - hot_s, 1),
         "ready_s": round(ready_s, 1),
@@ -356,18 +363,38 @@ def main() -> None:
         default=0.02,
         help="VERSION_RETENTION_HOURS: a bulk load's compactions leave superseded files until then",
     )
+    ap.add_argument("--keep", type=Path, help="keep the dataset and model in this folder (--storage file)")
+    ap.add_argument("--reuse", type=Path, help="only the query stage, on a folder left by --keep")
     args = ap.parse_args()
+    if args.reuse:
+        args.storage, saved = "file", json.loads((args.reuse / "run.json").read_text())
+        args.products, args.events = saved["products"], saved["events"]
+    if args.keep and args.storage != "file":
+        ap.error("--keep needs --storage file")
     settings, server = s3_settings(own_process=True, version_retention_hours=args.retention_hours)
     tmp = tempfile.TemporaryDirectory(prefix="scale-")
+    folder = args.reuse or args.keep or Path(tmp.name)
     if args.storage == "file":
-        settings = settings.model_copy(update={"catalog_uri": f"{tmp.name}/catalog"})
+        settings = settings.model_copy(update={"catalog_uri": str(folder / "catalog")})
+    store = ObjectStore(settings)
     rows = []
     try:
-        if args.products:
+        if args.reuse:
+            for f in sorted((args.reuse / "models").rglob("*")):
+                if f.is_file():
+                    store.put_bytes(f.relative_to(args.reuse).as_posix(), f.read_bytes())
+            rows.append(run_stage("query", stage_query, settings, args.queries))
+        elif args.products:
             rows.append(run_stage("catalog", stage_catalog, settings, args.products))
             if args.events:
                 rows.append(run_stage("events", stage_events, settings, args.products, args.events))
                 rows.append(run_stage("train", stage_train, settings))
+                if args.keep:
+                    for key in (o.key for o in store.list("models/")):
+                        (args.keep / key).parent.mkdir(parents=True, exist_ok=True)
+                        (args.keep / key).write_bytes(store.get_bytes(key))
+                    run = {"products": args.products, "events": args.events}
+                    (args.keep / "run.json").write_text(json.dumps(run))
                 rows.append(run_stage("query", stage_query, settings, args.queries))
         if args.import_products:
             fresh, server2 = s3_settings(own_process=True)

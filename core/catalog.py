@@ -534,6 +534,26 @@ class Catalog:
         with storage_errors("read"):
             return self._table.search().where(where).limit(None).to_arrow()
 
+    def products_table(self, products: Sequence[Product], hashes: Mapping[str, str]) -> pa.Table:
+        """``products`` (and each one's content hash) as rows of :meth:`scan`'s product columns:
+        what :meth:`products_from` reads back."""
+        schema = pa.schema([self._table.schema.field(c) for c in _PRODUCT_COLUMNS])
+        return pa.Table.from_pydict(
+            {
+                "product_id": [p.product_id for p in products],
+                "title": [p.title for p in products],
+                "description": [p.description for p in products],
+                "category": [p.category for p in products],
+                "price": [p.price for p in products],
+                "image_key": [p.image for p in products],
+                "attributes": [json.dumps(p.attributes, sort_keys=True, default=str) for p in products],
+                "content_hash": [hashes.get(p.product_id, "") for p in products],
+                "created_at": [p.created_at for p in products],
+                "updated_at": [p.updated_at for p in products],
+            },
+            schema=schema,
+        )
+
     def products_from(self, table: pa.Table) -> list[Product]:
         """Products from rows returned by :meth:`scan` (with the product columns)."""
         return [_to_product(r) for r in table.select(_PRODUCT_COLUMNS).to_pylist()]

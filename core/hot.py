@@ -299,6 +299,12 @@ class HotCatalog:
         self._thread: threading.Thread | None = None
 
     # ---- loading ---------------------------------------------------------------------------
+    def adopt(self, snap: HotSnapshot) -> None:
+        """Start from ``snap`` (a start-up file's) instead of a full load: the next
+        :meth:`refresh` brings it to the dataset's current version by a delta."""
+        with self._lock:
+            self.snapshot = snap
+
     def refresh(self) -> bool:
         """Bring the snapshot to the dataset's current version. Returns whether it changed."""
         with self._lock:

@@ -24,6 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -134,6 +135,21 @@ class KeywordIndex:
         if len(segments) > MAX_SEGMENTS:
             segments = (_merge(segments, len(vocab)),)
         return KeywordIndex(vocab, segments, doc_len)
+
+    def export(self) -> tuple[list[str], dict[str, npt.NDArray[Any]]]:
+        """The terms (in id order) and the index as arrays, for :meth:`restore`."""
+        tf = _merge(self.segments, len(self.vocab)).tf if self.segments else sp.csc_matrix((0, len(self.vocab)))
+        terms = sorted(self.vocab, key=self.vocab.__getitem__)
+        arrays = {"tf_data": tf.data, "tf_indices": tf.indices, "tf_indptr": tf.indptr, "doc_len": self.doc_len}
+        return terms, arrays
+
+    @classmethod
+    def restore(cls, terms: list[str], arrays: dict[str, npt.NDArray[Any]]) -> KeywordIndex:
+        doc_len = np.asarray(arrays["doc_len"], np.float32)
+        tf = sp.csc_matrix(
+            (arrays["tf_data"], arrays["tf_indices"], arrays["tf_indptr"]), shape=(len(doc_len), len(terms))
+        )
+        return cls({t: k for k, t in enumerate(terms)}, (Segment(0, tf),) if len(doc_len) else (), doc_len)
 
     def scores(self, query: str, alive: B8, allowed: B8 | None = None) -> tuple[I64, F64]:
         """Rows matching at least one query term among ``allowed`` (default: ``alive``) and

@@ -169,6 +169,14 @@ class Settings(BaseSettings):
         description="Training: refuse to start when the data would need more memory than this, and (dev "
         "runner) stop a scheduled training process that grows past it.",
     )
+    startup_file_min_products: int = Field(
+        default=20_000,
+        ge=0,
+        description="Training also writes a start-up file (a query process's prebuilt catalog, indexes and "
+        "events, under `startup/` in the bucket) once the catalog has this many products; new query processes "
+        "start from the newest one and catch up on what changed since. Smaller catalogs load from the dataset "
+        "in seconds.",
+    )
     recs_rerank: Literal["auto", "always", "off"] = Field(
         default="auto",
         description="Training: auto = keep the learned reranker only when it beats the blend on held-out "

@@ -365,6 +365,7 @@ def create_app(services: Services, worker: UploadWorker | None = None) -> FastAP
         log.info("serving catalog %s (%d products)", services.catalog.uri, services.catalog.count())
         uploads.start()
         if services.hot is not None:
+            services.load_startup_file()
             services.hot.start()
         services.recommender.start()
         yield

@@ -6,20 +6,27 @@ each in a GPU class method or a scheduled function.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import logging
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 from core.catalog import Catalog, Compaction, compact_dataset
 from core.events import EventLog
+from core.hot import HotCatalog
 from core.ingest import IngestReport, records_from_metadata, resolve_bucket_image
 from core.models import default_weights
 from core.recommend.artifact import ModelStore
+from core.recommend.online import Recommender
 from core.recommend.train import TrainReport, train
 from core.settings import Settings
+from core.startup import PREFIX as STARTUP_PREFIX
+from core.startup import read_startup, write_startup
 from core.storage import ObjectStore
 from core.uploads import UploadLog, due_uploads, is_upload_metadata
 from functions.services import Services
+
+log = logging.getLogger(__name__)
 
 
 def process_upload(services: Services, key: str) -> dict[str, Any] | None:
@@ -88,7 +95,7 @@ def train_recommender(settings: Settings, *, only_if_new_events: bool = False) -
         if latest is not None and latest.get("info", {}).get("events_total") == events.count():
             return None
     weights = default_weights(settings.image_weight, settings.text_weight, catalog.clip_random_init)
-    return train(
+    report = train(
         catalog,
         events,
         models,
@@ -99,6 +106,34 @@ def train_recommender(settings: Settings, *, only_if_new_events: bool = False) -
         max_items=settings.recs_max_items,
         memory_gb=settings.recs_train_memory_gb,
     )
+    try:
+        written = write_startup_file(settings)
+    except Exception as exc:  # the model is saved; query processes start the slow way
+        log.warning("start-up file not written: %s", exc)
+        written = f"not written: {exc}"
+    return replace(report, startup_file=written)
+
+
+def write_startup_file(settings: Settings) -> str | None:
+    """Build a query process's state as one would (from the previous start-up file plus what
+    changed since, or from the dataset) and write it to the bucket (:mod:`core.startup`); None
+    when the catalog is under ``STARTUP_FILE_MIN_PRODUCTS``."""
+    catalog, events, models = open_recommender_store(settings)
+    if catalog.count() < max(settings.startup_file_min_products, 1):
+        return None
+    weights = default_weights(settings.image_weight, settings.text_weight, catalog.clip_random_init)
+    hot = HotCatalog(catalog, ann_min_rows=settings.ann_min_rows, nprobe=settings.ann_nprobe)
+    recommender = Recommender(catalog, events, models, weights, hot=hot, ann_min_rows=settings.ann_min_rows)
+    previous = read_startup(models.store, catalog, weights)
+    if previous is not None:
+        hot.adopt(previous.hot)
+        recommender.adopt(previous.events, previous.recs)
+    hot.refresh()
+    recommender.refresh()
+    snap = hot.snapshot
+    assert snap is not None
+    file_id = write_startup(models.store, catalog, snap, recommender.snapshot, recommender.state, weights)
+    return f"{STARTUP_PREFIX}{file_id}/ ({snap.live} products, {len(recommender.state)} events)"
 
 
 def compact(settings: Settings) -> list[Compaction]:

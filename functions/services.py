@@ -16,6 +16,7 @@ from core.recommend.artifact import ModelStore
 from core.recommend.online import Recommender
 from core.search import QueryCache
 from core.settings import Settings
+from core.startup import read_startup
 from core.storage import ObjectStore
 from core.uploads import UploadLog, UploadProcessor
 
@@ -112,6 +113,23 @@ class Services:
         for w in svc.warnings:
             log.warning(w)
         return svc
+
+    def load_startup_file(self) -> bool:
+        """Start the hot catalog and the recommender from the newest start-up file in the bucket
+        (:mod:`core.startup`), if there is one that fits; their first refresh then catches up.
+        Whether one was loaded. Any failure falls back to loading from the dataset."""
+        if self.hot is None:
+            return False
+        try:
+            state = read_startup(self.store, self.catalog, self.recommender.weights)
+        except Exception as exc:
+            log.warning("start-up file not loaded (loading from the dataset): %s", exc)
+            return False
+        if state is None:
+            return False
+        self.hot.adopt(state.hot)
+        self.recommender.adopt(state.events, state.recs)
+        return True
 
     @property
     def default_weights(self) -> Weights:

@@ -5,13 +5,15 @@ Memory per event: 4 bytes product code + 4 user code + 8 timestamp + 1 type + 8 
 + 4 for the user's row list = 37 bytes, plus the arrays' spare capacity (they grow by doubling:
 at most as much again) and one string per distinct user and product. ``bench.scale`` measures it.
 
-Events are de-duplicated by ``event_id`` through its 64-bit hash (Python's string hash, stable
-within a process): two different ids collide with probability ~n²/2⁶⁵ (about 3 in a million at
-10M events), in which case the later event is dropped.
+Events are de-duplicated by ``event_id`` through its 64-bit hash (BLAKE2b, the same in every
+process, so a state written to a start-up file de-duplicates in the process that loads it): two
+different ids collide with probability ~n²/2⁶⁵ (about 3 in a million at 10M events), in which case
+the later event is dropped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from array import array
@@ -32,6 +34,16 @@ I64 = npt.NDArray[np.int64]
 MERGE_PENDING = 65_536
 """Hashes of new ids are kept in a set until there are this many (or a tenth of the sorted
 ones), then merged into the sorted array: lookups stay cheap, merges rare."""
+
+
+def id_hashes(ids: Sequence[str]) -> I64:
+    """Each id's 64-bit BLAKE2b hash."""
+    blake = hashlib.blake2b
+    return np.fromiter(
+        (int.from_bytes(blake(i.encode(), digest_size=8).digest(), "little", signed=True) for i in ids),
+        dtype=np.int64,
+        count=len(ids),
+    )
 
 
 @dataclass(frozen=True)
@@ -169,7 +181,7 @@ class EventState:
             return 0
         with self._lock:
             return self._append(
-                np.array([hash(e.event_id) for e in events], dtype=np.int64),
+                id_hashes([e.event_id for e in events]),
                 self._users.encode([e.user_id for e in events]),
                 self._items.encode([e.product_id for e in events]),
                 np.array([e.timestamp.timestamp() for e in events], dtype=np.float64),
@@ -184,9 +196,7 @@ class EventState:
         table = table.take(pc.sort_indices(table, [("timestamp", "ascending")]))  # stable
         etype = pc.index_in(table.column("event_type"), value_set=pa.array(list(EVENT_TYPES)))
         value = table.column("value").to_numpy(zero_copy_only=False).astype(np.float64)
-        hashes = np.fromiter(
-            (hash(i) for i in table.column("event_id").to_pylist()), dtype=np.int64, count=table.num_rows
-        )
+        hashes = id_hashes(table.column("event_id").to_pylist())
         received = pc.max(table.column("received_at")).as_py()
         with self._lock:
             n = self._append(
@@ -200,6 +210,55 @@ class EventState:
             if self.watermark is None or received > self.watermark:
                 self.watermark = received
         return n
+
+    # ---- saving -------------------------------------------------------------------------------
+    def export(self) -> tuple[dict[str, npt.NDArray[Any]], dict[str, list[str]]]:
+        """The state as arrays and id lists, for :meth:`restore` in another process."""
+        with self._lock:
+            hashes = np.union1d(self._hashes, np.fromiter(self._pending, dtype=np.int64, count=len(self._pending)))
+            arrays = {
+                "user": self._user.view().copy(),
+                "item": self._item.view().copy(),
+                "ts": self._ts.view().copy(),
+                "etype": self._etype.view().copy(),
+                "value": self._value.view().copy(),
+                "hashes": hashes,
+            }
+            return arrays, {"users": list(self._users.ids), "items": list(self._items.ids)}
+
+    @classmethod
+    def restore(
+        cls, arrays: dict[str, npt.NDArray[Any]], ids: dict[str, list[str]], watermark: datetime | None
+    ) -> EventState:
+        """The state :meth:`export` returned (rows in the same order)."""
+        state = cls()
+        for name, col in (
+            ("user", state._user),
+            ("item", state._item),
+            ("ts", state._ts),
+            ("etype", state._etype),
+            ("value", state._value),
+        ):
+            col.data, col.n = np.array(arrays[name], dtype=col.data.dtype), len(arrays[name])
+        state._hashes = np.array(arrays["hashes"], dtype=np.int64)
+        for which, codes in (("users", state._users), ("items", state._items)):
+            codes.ids = list(ids[which])
+            codes.code = {v: k for k, v in enumerate(codes.ids)}
+        users = state._user.view()
+        n_users = len(state._users.ids)
+        order = np.argsort(users, kind="stable").astype(np.int32)  # each user's rows, in arrival order
+        ends = np.cumsum(np.bincount(users, minlength=n_users))
+        starts = ends - np.bincount(users, minlength=n_users)
+        state._rows = [array("i", order[a:b].tobytes()) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+        last = np.full(n_users, -math.inf)
+        has = ends > starts
+        if has.any():
+            last[has] = np.maximum.reduceat(state._ts.view()[order], starts[has])
+        state._user_last.extend(last)
+        state._type_counts = np.bincount(state._etype.view(), minlength=len(EVENT_TYPES)).astype(np.int64)
+        state.watermark = watermark
+        state.generation = 1 if len(users) else 0
+        return state
 
     # ---- reading -----------------------------------------------------------------------------
     def __len__(self) -> int:

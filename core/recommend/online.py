@@ -371,6 +371,14 @@ class Recommender:
     last_refresh: float = 0.0
 
     # ---- refreshing ------------------------------------------------------------------------
+    def adopt(self, state: EventState, snapshot: CatalogSnapshot | None) -> None:
+        """Start from a start-up file's events and serving snapshot (None: built from the hot
+        catalog at the first refresh); :meth:`refresh` reads only the events after its watermark."""
+        with self._lock:
+            self.state = state
+            if snapshot is not None:
+                self.snapshot = snapshot
+
     def refresh(self) -> None:
         """Pick up a new catalog version, new events from other writers, and a new model."""
         with self._lock:

@@ -35,6 +35,8 @@ class TrainReport:
     users: int
     items: int
     seconds: float
+    startup_file: str | None = None
+    """The start-up file written after training (``functions.jobs.write_startup_file``), or why not."""
 
     def summary(self) -> str:
         p = self.model.params
@@ -49,6 +51,7 @@ class TrainReport:
             + (f"\n  internal validation NDCG@10: {val:.4f} ({info.get('trials')} trials)" if val is not None else "")
             + self._reranker_line()
             + self._factors_line()
+            + (f"\n  start-up file for query processes: {self.startup_file}" if self.startup_file else "")
         )
 
     def _factors_line(self) -> str:

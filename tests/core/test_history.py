@@ -3,12 +3,15 @@ histories (strongest event per item, latest time, count, most recent first), the
 events, users and counts, with duplicates by event_id dropped however they arrive."""
 
 import math
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import numpy as np
 
 from core.events import EVENT_TYPES, Event, event_strength, to_arrow
-from core.recommend.history import EventState
+from core.recommend.history import EventState, id_hashes
 
 
 def _events(n: int, seed: int) -> list[Event]:
@@ -112,3 +115,29 @@ def test_arrays_keep_events_on_catalog_products_in_its_numbering() -> None:
     assert ev.item.tolist() == [1, 0]
     assert ev.etype.tolist() == [EVENT_TYPES.index("view"), EVENT_TYPES.index("rating")]
     assert math.isnan(ev.value[0]) and ev.value[1] == 4.5 and len(ev) == 2
+
+
+def test_a_restored_state_answers_the_same_and_still_drops_duplicates() -> None:
+    events = _events(400, seed=11)
+    state = EventState()
+    state.add(events[:300])
+    arrays, ids = state.export()
+    again = EventState.restore(arrays, ids, state.watermark)
+    # In another process the ids hash alike (BLAKE2b, not Python's per-process string hash).
+    code = "from core.recommend.history import id_hashes; print(id_hashes(['e1', 'e2']).tolist())"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "7"},
+    )
+    assert out.stdout.strip() == str(id_hashes(["e1", "e2"]).tolist())
+    for s in (state, again):
+        s.add(events[250:])  # 50 seen before (and repeated ids among the rest)
+    assert len(again) == len(state)
+    for u in {e.user_id for e in events}:
+        assert again.history(u) == state.history(u)
+        assert again.recent(u, 50) == state.recent(u, 50)
+    assert again.users(100) == state.users(100)
+    assert again.type_counts() == state.type_counts()
