@@ -42,7 +42,6 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from core.events import EVENT_TYPES
-from core.hot import FusedVectors
 from core.recommend.data import (
     F32,
     F64,
@@ -648,46 +647,6 @@ class HybridModel:
             parts["popular"] = p.beta * _row_max_normalise(np.array(pop.at(t_query, p.tau_days), dtype=np.float32))
         if p.gamma > 0 and vectors is not None:
             parts["content"] = p.gamma * _row_max_normalise(content_scores(hist, vectors))
-        return parts
-
-    def user_components(
-        self,
-        rows: I32,
-        w_hist: F32,
-        t_query: float,
-        pop: TimePopularity | None,
-        vectors: F32 | FusedVectors | None,
-        vectors_t: F32 | None = None,
-        content: Callable[[F32, F32 | None], F32] | None = None,
-        user: int | None = None,
-    ) -> dict[str, F32]:
-        """:meth:`components` for one user whose history is items ``rows`` (distinct) with
-        weights ``w_hist``, as 1-D arrays, computed
-        from the CSR arrays directly: the same numbers without building scipy matrices, which
-        cost more than the arithmetic for one user. ``vectors_t``, ``vectors.T`` stored
-        contiguously when the caller keeps one, makes the content scan faster. ``content``, when
-        given, replaces the content scan: it is called with the user's unit profile and the sum
-        of the other signals (None when they are all zero) and returns the cosines (see
-        :meth:`core.recommend.online.CatalogSnapshot.content_candidates`). ``user`` is the
-        user's row in the choice model (:attr:`f`), None or -1 when it has none."""
-        p = self.params
-        parts = {"collaborative": p.cf * _max_normalise(self.project(weighted_rows(self.b, rows, w_hist)))}
-        if p.beta > 0 and pop is not None:
-            parts["popular"] = p.beta * _max_normalise(np.array(pop.at(np.array([t_query]), p.tau_days)[0]))
-        if user is not None:
-            factors = self.factor_scores(np.array([user], dtype=np.int64), np.array([t_query]), pop)
-            if factors is not None:
-                parts["factors"] = factors[0]
-        if p.gamma > 0 and vectors is not None:
-            profile = w_hist @ vectors[rows]
-            norm = float(np.linalg.norm(profile))
-            unit = (profile / (norm or 1.0)).astype(np.float32)
-            if content is not None:
-                others = [v for v in parts.values() if v.any()]
-                scores = content(unit, functools.reduce(np.add, others) if others else None)
-            else:
-                scores = np.asarray(unit @ vectors_t if vectors_t is not None else vectors @ unit, dtype=np.float32)
-            parts["content"] = p.gamma * _max_normalise(scores)
         return parts
 
     def score(

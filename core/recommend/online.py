@@ -52,6 +52,7 @@ from core.recommend.models import (
     HybridModel,
     HybridParams,
     TimePopularity,
+    _max_normalise,
     boost,
     history_weights,
     on_items,
@@ -201,29 +202,27 @@ class CatalogSnapshot:
         self,
         unit: F32,
         allowed: B8,
-        others: F32 | None = None,
+        extra: npt.NDArray[np.int64] | None = None,
         candidates: int = CONTENT_CANDIDATES,
         always: npt.NDArray[np.integer[Any]] | None = None,
     ) -> tuple[F32, npt.NDArray[np.int64] | None]:
         """Dot products of ``unit`` (a profile in the fused space) with every product's vector.
 
         Without :attr:`content_index` (small catalogs) one exact pass over all vectors. With it,
-        that pass (100k x 896 floats, ~360 MB read, ~9 ms here) becomes a scan of the 4-bit PQ
-        codes for the ``candidates`` best allowed products (``candidates / fraction`` best overall
-        when a filter leaves a fraction of the catalog), plus the ``candidates`` best by
-        ``others`` (the other signals' sum, so whatever they rank high gets its true content
-        score); those get exact dot products, every other product 0. Under filters that leave
-        less than ``4 * candidates`` products, every allowed row gets its exact dot product.
-        ``always`` (the user's own products, the positives of "more like these") and the
-        ``candidates`` best by the codes are scored whatever the filter, so the caller's
-        max-normalisation sees the maximum the exact pass sees. bench.query measures the top-10
-        agreement with the exact pass.
+        that pass (100k x 896 floats, ~360 MB read) becomes a scan of the 4-bit PQ codes for the
+        ``candidates`` best allowed products (``candidates / fraction`` best overall when a
+        filter leaves a fraction of the catalog), plus ``extra``, the caller's best by the other
+        signals (so whatever they rank high gets its true content score); those get exact dot
+        products, every other product 0. Under filters that leave less than ``4 * candidates``
+        products, every allowed row gets its exact dot product. ``always`` (the user's own
+        products, the positives of "more like these") and the ``candidates`` best by the codes
+        are scored whatever the filter, so the caller's max-normalisation sees the maximum the
+        exact pass sees. bench.query measures the top-10 agreement with the exact pass.
 
         Returns the scores and the rows that got exact ones (sorted; None after a full pass). A
-        product outside them scores ``others`` alone, no more than each of the ``candidates``
-        best allowed by ``others``, which are among them; so the top of ``gamma * content +
-        others`` is taken over these rows only (exactly so while those candidates' content
-        scores are not negative)."""
+        product outside them scores by the other signals alone, no more than each product of
+        ``extra``; so the top of ``gamma * content + others`` is taken over these rows only
+        (exactly so while those candidates' content scores are not negative)."""
         index = self.content_index
         if index is None:
             return self.exact_content(unit), None
@@ -242,15 +241,9 @@ class CatalogSnapshot:
         ]
         if always is not None:
             found.append(np.asarray(always, dtype=np.int64))
-        if others is not None:
-            ranked = np.where(allowed, others, -np.inf)
-            c = min(candidates, n)
-            top = np.argpartition(-ranked, c - 1)[:c]
-            found.append(top[np.isfinite(ranked[top])])
-        mark = np.zeros(n, dtype=bool)
-        for part in found:
-            mark[part] = True
-        rows = np.flatnonzero(mark)
+        if extra is not None:
+            found.append(np.asarray(extra, dtype=np.int64))
+        rows = np.unique(np.concatenate(found)).astype(np.int64)
         out = np.zeros(n, dtype=np.float32)
         v = self.vectors
         out[rows] = v.dot_rows(rows, unit) if isinstance(v, FusedVectors) else v[rows] @ unit
@@ -302,21 +295,47 @@ class RecommendationResult:
 
 @dataclass
 class _Compiled:
-    """The model re-indexed onto one catalog snapshot, and item popularity over it."""
+    """The model over the products of one catalog snapshot that it covers, and item popularity
+    over the whole snapshot. The model stays in its own item space (``model.items``, at most
+    ``RECS_MAX_ITEMS`` products): its collaborative and choice-model scores are computed over
+    those only and placed at their snapshot rows (``rows``), not over every product."""
 
     snapshot_version: int
     source: HybridModel
     model: HybridModel
+    rows: npt.NDArray[np.int64]  # snapshot row of each model product
+    to_model: npt.NDArray[np.int32]  # per snapshot row: its model product, -1 outside the model
     popularity: TimePopularity
     pop_generation: int
     age_rank: F64 = field(default_factory=lambda: np.zeros(0))  # 0 = the newest product
     factor_rows: dict[str, int] = field(default_factory=dict)  # user id -> row of model.f
     _cold: tuple[int, tuple[F32, F32, F64]] | None = None  # cold() for one day, the latest asked
+    _popular: tuple[tuple[float, ...], tuple[F32, npt.NDArray[np.int64]]] | None = None
+
+    @classmethod
+    def of(cls, source: HybridModel, snap: CatalogSnapshot, pop: TimePopularity, generation: int) -> _Compiled:
+        present = [i for i in source.items if i in snap.index]
+        rows = np.array([snap.index[i] for i in present], dtype=np.int64)
+        to_model = np.full(len(snap), -1, dtype=np.int32)
+        to_model[rows] = np.arange(len(rows), dtype=np.int32)
+        model = on_items(source, present)
+        c = cls(
+            snap.version,
+            source,
+            model,
+            rows,
+            to_model,
+            pop,
+            generation,
+            factor_rows={} if model.f is None else model.f.row_of(),
+        )
+        c.set_popularity(pop, generation, snap)
+        return c
 
     def set_popularity(self, pop: TimePopularity, generation: int, snap: CatalogSnapshot) -> None:
         self.popularity, self.pop_generation = pop, generation
         self.age_rank = np.argsort(np.argsort(-snap.created)) / max(len(snap), 1)
-        self._cold = None
+        self._cold = self._popular = None
 
     def cold(self, now: float) -> tuple[F32, F32, F64]:
         """As of ``now`` (to the day): trending (7-day one-sided kernel), all-time popularity
@@ -333,6 +352,82 @@ class _Compiled:
             popular = trend + 0.2 * alltime
             self._cold = day, (trend, alltime, np.where(popular > 0, popular, -self.age_rank))
         return self._cold[1]
+
+    def popular(self, now: float) -> tuple[F32, npt.NDArray[np.int64]]:
+        """The model's popularity part as of ``now`` (to the day; ``beta`` times the
+        max-normalised popularity, read-only) and the products with any, most popular first."""
+        p = self.model.params
+        t = np.array([now])
+        key = (float(self.popularity._days(t)[0]), p.tau_days, p.beta)
+        if self._popular is None or self._popular[0] != key:
+            row = self.popularity.at(t, p.tau_days)[0]
+            part = (p.beta * _max_normalise(row)).astype(np.float32)
+            part.flags.writeable = False
+            touched = np.flatnonzero(part > 0)
+            order = touched[np.argsort(-part[touched], kind="stable")]
+            self._popular = key, (part, order)
+        return self._popular[1]
+
+    def user_parts(
+        self, snap: CatalogSnapshot, idx: npt.NDArray[np.int32], w_hist: F32, now: float, user: int | None
+    ) -> dict[str, F32]:
+        """The collaborative, popularity and choice-model parts of one user's score over the
+        snapshot: the numbers of :meth:`HybridModel.components` (the batch path) for the model
+        re-indexed onto every product, with the first and the last computed over the model's
+        products alone."""
+        model, p, n = self.model, self.model.params, len(snap)
+        parts: dict[str, F32] = {}
+        collab = np.zeros(n, dtype=np.float32)
+        hm = self.to_model[idx]
+        known = hm >= 0
+        if known.any():
+            collab[self.rows] = p.cf * _max_normalise(model.project(weighted_rows(model.b, hm[known], w_hist[known])))
+        parts["collaborative"] = collab
+        if p.beta > 0:
+            parts["popular"] = self.popular(now)[0]
+        if user is not None and user >= 0 and model.f is not None and p.eta > 0:
+            trend = self.popularity.trend(np.array([now]), model.f.tau_days)[0][self.rows]
+            log_trend = np.log(np.maximum(trend, 1e-6)).astype(np.float32)[None, :]
+            factors = np.zeros(n, dtype=np.float32)
+            factors[self.rows] = p.eta * model.f.scores(np.array([user], dtype=np.int64), log_trend)[0]
+            parts["factors"] = factors
+        return parts
+
+    def best_others(self, parts: dict[str, F32], allowed: B8, k: int, now: float) -> npt.NDArray[np.int64] | None:
+        """The ``k`` best allowed products by the sum of ``parts`` (None when it is zero
+        everywhere), looked for among the model's products and the ``k`` most popular allowed
+        ones only: any other product has its popularity alone, no more than those ``k`` have
+        (unless their collaborative or choice-model parts are negative)."""
+        found = [self.rows]
+        if "popular" in parts:
+            order = self.popular(now)[1]
+            step, start, got = 2 * k, 0, 0
+            while got < k and start < len(order):  # the first k allowed, a growing chunk at a time
+                chunk = order[start : start + step]
+                chunk = chunk[allowed[chunk]]
+                found.append(chunk[: k - got])
+                got, start, step = got + len(chunk), start + step, 2 * step
+        cand = np.unique(np.concatenate(found))
+        cand = cand[allowed[cand]]
+        total = functools.reduce(np.add, [v[cand] for v in parts.values()]) if parts else np.zeros(0, np.float32)
+        if not len(cand) or not total.any():
+            return None
+        return _top_rows(cand, total, k)
+
+    def model_block(self, rows: npt.NDArray[np.int32], cols: list[int]) -> tuple[F32, F32 | None]:
+        """Per history product ``rows`` (snapshot rows) and product ``cols``: their collaborative
+        and (when there is a choice model) factor affinities, 0 outside the model."""
+        hm, cm = self.to_model[rows], self.to_model[np.asarray(cols, dtype=np.int64)]
+        hk, ck = np.flatnonzero(hm >= 0), np.flatnonzero(cm >= 0)
+        collab = np.zeros((len(rows), len(cols)), np.float32)
+        factors = None if self.model.f is None else np.zeros((len(rows), len(cols)), np.float32)
+        if len(hk) and len(ck):
+            sub = self.model.collaborative_block(hm[hk], cm[ck].tolist())
+            collab[np.ix_(hk, ck)] = sub
+            if factors is not None and self.model.f is not None:
+                q = self.model.f.q
+                factors[np.ix_(hk, ck)] = q[hm[hk]] @ q[cm[ck]].T
+        return collab, factors
 
 
 @dataclass
@@ -518,18 +613,8 @@ class Recommender:
         model = self.model if self.model is not None else self._untrained
         c = self._compiled
         if c is None or c.snapshot_version != snap.version or c.source is not model:
-            ids = [p.product_id for p in snap.products]
             gen = self.state.generation
-            pop = TimePopularity(self.state.arrays(snap.index), len(snap))
-            c = _Compiled(
-                snap.version,
-                model,
-                on_items(model, ids, snap.index),
-                pop,
-                gen,
-                factor_rows={} if model.f is None else model.f.row_of(),
-            )
-            c.set_popularity(pop, gen, snap)
+            c = _Compiled.of(model, snap, TimePopularity(self.state.arrays(snap.index), len(snap)), gen)
             self._compiled = c
         return c
 
@@ -564,32 +649,26 @@ class Recommender:
         if not history:
             return self._popular(snap, top_k, allowed, now)
         compiled = self._compiled_for(snap)
-        p = compiled.model.params
+        model = compiled.model
+        p = model.params
         idx = np.array([snap.index[h.product_id] for h in history], dtype=np.int32)
         strength = np.array([h.strength for h in history], np.float32)
         rank = np.arange(len(history), dtype=np.int32)  # history is most recent first
         w_hist = history_weights(strength, rank, p.alpha, p.half_life)
         t_query = np.array([now])
-        model = compiled.model
-
+        parts = compiled.user_parts(snap, idx, w_hist, now, compiled.factor_rows.get(user_id))
         scored: list[npt.NDArray[np.int64]] = []  # the content candidates, when there are some
-
-        def content(unit: F32, others: F32 | None) -> F32:
-            scores, rows = snap.content_candidates(unit, allowed, others, always=idx)
-            if rows is not None:
-                scored.append(rows)
-            return scores
-
-        parts = model.user_components(
-            idx,
-            w_hist,
-            now,
-            compiled.popularity,
-            snap.vectors,
-            snap.vectors_t,
-            content if self.ann_content and snap.content_index is not None else None,
-            compiled.factor_rows.get(user_id),
-        )
+        if p.gamma > 0:
+            profile = w_hist @ snap.vectors[idx]
+            unit = (profile / (float(np.linalg.norm(profile)) or 1.0)).astype(np.float32)
+            if self.ann_content and snap.content_index is not None:
+                extra = compiled.best_others(parts, allowed, CONTENT_CANDIDATES, now)
+                scores, rows = snap.content_candidates(unit, allowed, extra, always=idx)
+                if rows is not None:
+                    scored.append(rows)
+            else:
+                scores = snap.exact_content(unit)
+            parts["content"] = p.gamma * _max_normalise(scores)
         # The trend multiplies the summed score; content candidates are picked before it (a
         # multiplier near 1 moves few products across the 1,000-candidate line).
         factor = model.trend_factor(t_query, compiled.popularity)
@@ -626,12 +705,13 @@ class Recommender:
         top = list(score_of)  # best first
         strategy = "personalized" if self.model is not None else "content"
         # Who contributed what to each recommended product, for its reason (one slice per signal).
+        collab_block, factor_block = compiled.model_block(idx, top)
         contrib = {
-            "collaborative": w_hist[:, None] * model.collaborative_block(idx, top),
+            "collaborative": w_hist[:, None] * collab_block,
             "content": w_hist[:, None] * (snap.vectors[idx] @ snap.vectors[top].T),
         }
-        if model.f is not None:  # the history items whose factors are closest to the product's
-            contrib["factors"] = w_hist[:, None] * (model.f.q[idx] @ model.f.q[top].T)
+        if factor_block is not None:  # the history items whose factors are closest to the product's
+            contrib["factors"] = w_hist[:, None] * factor_block
         trend, alltime, _cold = compiled.cold(now)
         items = []
         for col, i in enumerate(top):
@@ -705,20 +785,22 @@ class Recommender:
             if self.exclude_seen:
                 for h in history:
                     allowed[snap.index[h.product_id]] = False
-        b = compiled.model.b
         cf = np.zeros(len(snap), dtype=np.float32)
-        if b.shape[0]:
-            signs = np.concatenate([np.ones(len(pos), np.float32), -np.ones(len(neg), np.float32)])
-            cf = compiled.model.project(weighted_rows(b, np.concatenate([pos, neg]), signs))
-            mx = float(np.abs(cf).max()) or 1.0
-            cf = cf / mx
+        given = compiled.to_model[np.concatenate([pos, neg])]
+        signs = np.concatenate([np.ones(len(pos), np.float32), -np.ones(len(neg), np.float32)])
+        if (given >= 0).any():
+            m = compiled.model
+            part = m.project(weighted_rows(m.b, given[given >= 0], signs[given >= 0]))
+            cf[compiled.rows] = part / (float(np.abs(part).max()) or 1.0)
         # mean(pos) . v - 0.5 mean(neg) . v for every product v (one pass, or ANN candidates)
         query = snap.vectors[pos].mean(axis=0)
         if len(neg):
             query = query - 0.5 * snap.vectors[neg].mean(axis=0)
         query = query.astype(np.float32)
         if self.ann_content:
-            content, _ = snap.content_candidates(query, allowed, 0.5 * cf if cf.any() else None, always=pos)
+            mine = compiled.rows[allowed[compiled.rows]]
+            extra = _top_rows(mine, cf[mine], CONTENT_CANDIDATES) if cf.any() else None
+            content, _ = snap.content_candidates(query, allowed, extra, always=pos)
         else:
             content = snap.exact_content(query)
         total = content + 0.5 * cf
@@ -764,6 +846,13 @@ def _popular_reason(product: Product, lately: bool) -> str:
     if lately:
         return f"Popular in {where} this week"
     return f"Popular in {where}"
+
+
+def _top_rows(rows: npt.NDArray[np.int64], values: F32, k: int) -> npt.NDArray[np.int64]:
+    """The ``k`` of ``rows`` with the largest ``values`` (in no particular order)."""
+    if len(rows) <= k:
+        return rows
+    return rows[np.argpartition(-values, k - 1)[:k]]
 
 
 def _best(scores: F32 | F64, k: int) -> list[int]:

@@ -9,11 +9,13 @@ import pytest
 import scipy.sparse as sp
 
 from core.events import Event, to_arrow
+from core.models import Product, Weights
 from core.recommend.artifact import ModelStore, from_bytes, to_bytes
 from core.recommend.data import EventArrays, aggregate, time_split
 from core.recommend.models import (
     HybridParams,
     TimePopularity,
+    _max_normalise,
     binary_matrix,
     block,
     evaluate_scores,
@@ -24,9 +26,11 @@ from core.recommend.models import (
     history_matrix,
     history_weights,
     make_split,
+    on_items,
     ranking_metrics,
     train_hybrid,
 )
+from core.recommend.online import CatalogSnapshot, _Compiled
 from core.settings import Settings
 from core.storage import ObjectStore
 
@@ -122,20 +126,35 @@ def test_tuning_learns_order_where_plain_ease_cannot() -> None:
 
 
 def test_one_user_path_equals_the_batch_scores() -> None:
-    """The query path (:meth:`HybridModel.user_components`, CSR arrays directly) gives the
-    numbers of the evaluated batch path (:meth:`HybridModel.components`, scipy products) for
-    every signal at once, and :func:`block` equals scipy's slicing."""
+    """The query path (:class:`_Compiled`: a model kept in its own item space, placed at its
+    products' rows of a larger catalog snapshot) gives the numbers of the evaluated batch path
+    (:meth:`HybridModel.components` of the model re-indexed onto the whole snapshot) for every
+    signal at once, and its reasons' blocks equal the batch model's."""
     ev = chains()
     split = make_split(ev, 0.2)
     model = train_hybrid(split.train_ev)
-    rng = np.random.default_rng(3)
-    vectors = rng.standard_normal((len(ev.items), 16)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     model = replace_params(model, beta=0.3, gamma=0.2, half_life=4.0, alpha=1.0, eta=0.5)
+    pop50 = TimePopularity(split.train_ev, len(ev.items))
+    model = dataclasses.replace(model, f=factors_for(split.train_ev, pop50, 4.0)[0])  # type: ignore[type-var]
+    # The model covers 40 of the catalog's 54 products (50 with events, 4 new ones), which lists
+    # them in another order.
+    model = on_items(model, ev.items[:40])  # type: ignore[arg-type]
+    rng = np.random.default_rng(3)
+    perm = rng.permutation(len(ev.items))
+    ids = [*(ev.items[j] for j in perm), "new0", "new1", "new2", "new3"]
+    n = len(ids)
+    row_of = np.argsort(perm)  # an item's code in ev -> its snapshot row
+    vectors = rng.standard_normal((n, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    when = datetime.fromtimestamp(10**6, UTC)
+    products = [Product(i, f"title {i}", "", None, None, None, {}, when, when) for i in ids]
+    snap = CatalogSnapshot.build(0, products, None, vectors, Weights(0.0, 1.0))
+    pop = TimePopularity(dataclasses.replace(split.train_ev, items=ids, item=row_of[split.train_ev.item]), n)
+    compiled = _Compiled.of(model, snap, pop, 0)
+    batch_model = on_items(model, ids)
     p = model.params
-    hist = history_matrix(split.train, p.alpha, p.half_life)
-    pop = TimePopularity(split.train_ev, len(ev.items))
-    model = dataclasses.replace(model, f=factors_for(split.train_ev, pop, 4.0)[0])  # type: ignore[type-var]
+    hist = history_matrix(split.train, p.alpha, p.half_life)[:, np.argsort(row_of)]
+    hist.resize((hist.shape[0], n))
     tr = split.train
     checked = 0
     for u in range(0, tr.n_users, 7):
@@ -143,27 +162,25 @@ def test_one_user_path_equals_the_batch_scores() -> None:
         if not mine.any():
             continue
         order = np.argsort(tr.rank[mine])  # most recent first
-        rows = tr.item[mine][order].astype(np.int32)
+        rows = row_of[tr.item[mine][order]].astype(np.int32)
         strength = tr.strength[mine][order].astype(np.float32)
-        rank = tr.rank[mine][order].astype(np.int32)
-        batch = model.components(hist[[u]], split.t_query[[u]], pop, vectors, np.array([u]))
-        one = model.user_components(
-            rows,
-            history_weights(strength, rank, p.alpha, p.half_life),
-            float(split.t_query[u]),
-            pop,
-            vectors,
-            user=u,
-        )
+        w_hist = history_weights(strength, tr.rank[mine][order], p.alpha, p.half_life)
+        t_u = float(split.t_query[u])
+        batch = batch_model.components(hist[[u]], split.t_query[[u]], pop, vectors, np.array([u]))
+        one = compiled.user_parts(snap, rows, w_hist, t_u, user=u)
+        profile = w_hist @ snap.vectors[rows]
+        one["content"] = p.gamma * _max_normalise(snap.exact_content(profile / np.linalg.norm(profile)))
         assert set(one) == set(batch) == {"collaborative", "popular", "content", "factors"}
         for name in one:
             assert np.allclose(one[name], batch[name][0], atol=1e-5), name
-        w_hist = history_weights(strength, rank, p.alpha, p.half_life)
-        t_u = float(split.t_query[u])
-        transposed = model.user_components(rows, w_hist, t_u, pop, vectors, np.ascontiguousarray(vectors.T))
-        assert np.allclose(transposed["content"], one["content"], atol=1e-6)
-        cols = [int(c) for c in rng.choice(len(ev.items), 5, replace=False)]
-        assert np.allclose(block(model.b, rows, cols), model.b[rows][:, cols].toarray())
+        outside = np.isin(np.arange(n), row_of[:40], invert=True)
+        assert one["collaborative"][outside].max() == 0 < one["collaborative"].max()
+        cols = [int(c) for c in rng.choice(n, 6, replace=False)]
+        collab, factors = compiled.model_block(rows, cols)
+        assert np.allclose(collab, batch_model.collaborative_block(rows, cols), atol=1e-6)
+        assert batch_model.f is not None and factors is not None
+        assert np.allclose(factors, batch_model.f.q[rows] @ batch_model.f.q[cols].T, atol=1e-6)
+        assert np.allclose(block(batch_model.b, rows, cols), batch_model.b[rows][:, cols].toarray())
         checked += 1
     assert checked >= 3
 
