@@ -16,11 +16,12 @@ every 0.1 s and the kernel's high-water mark) are printed and saved to
    ending an hour ago; a product's events start at its release), stored by ``EventLog.append`` in
    batches of 10,000 (the path of ``POST /events``).
 3. **train**: ``functions.jobs.train_recommender`` (the body of ``local train``), with
-   ``RECS_TRAIN_MEMORY_GB`` and ``RECS_MAX_ITEMS`` at their defaults.
+   ``RECS_TRAIN_MEMORY_GB`` and ``RECS_MAX_ITEMS`` at their defaults: the model, then the
+   start-up file for query processes (timed apart).
 4. **query**: a query process as the API builds it (fake embedder at the real dimensions: nothing
-   here embeds): seconds until ready (hot catalog with its ANN indexes, events, model, compiled
-   recommender), its memory, known-user recommendation latency and store-only text search latency
-   (a query vector against the hot catalog).
+   here embeds), from the start-up file when there is one: seconds until ready (hot catalog with
+   its ANN indexes, events, model, compiled recommender), its memory, known-user recommendation
+   latency and store-only text search latency (a query vector against the hot catalog).
 5. **import** (``--import-products``): text-only products as 10,000-line ``uploads/*.jsonl`` files
    through the upload processor with the real MiniLM: products/s per commit group, the first
    groups against the last, and the time spent embedding against the rest.
@@ -29,9 +30,10 @@ every 0.1 s and the kernel's high-water mark) are printed and saved to
 ``--storage file`` puts it in a local directory, for sizes whose data would not fit that server's
 memory here (its objects live in RAM), and keeps the bucket (models) on S3.
 
-``--keep DIR`` (with ``--storage file``) leaves the dataset and the trained model in ``DIR``;
-``--reuse DIR`` runs only the query stage on them (the model is copied into a fresh bucket), so
-serving can be measured again without building and training anew.
+``--keep DIR`` (with ``--storage file``) leaves the dataset, the trained model and the start-up
+file in ``DIR``; ``--reuse DIR`` runs only the query stage on them (the model and the file are
+copied into a fresh bucket; ``--cold`` leaves the file out), so serving can be measured again
+without building and training anew.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import psutil
 
 from bench.common import percentiles, report, s3_settings
 from core.settings import Settings
+from core.startup import PREFIX as STARTUP_PREFIX
 from core.storage import ObjectStore
 from local.runtime import run_watched
 
@@ -213,10 +216,14 @@ def stage_events(settings: Settings, n_products: int, n_events: int) -> dict[str
 def stage_train(settings: Settings) -> dict[str, Any]:
     from functions.jobs import train_recommender
 
+    t = time.perf_counter()
     rep = train_recommender(settings)
     assert rep is not None
     info = rep.model.info
     return {
+        "train_s": round(rep.seconds, 1),
+        "startup_file_s": round(time.perf_counter() - t - rep.seconds, 1),
+        "startup_file": rep.startup_file,
         "model_items": len(rep.model.items),
         "events_used": rep.events,
         "tune_s": round(info.get("tune_seconds", 0.0), 1),
@@ -284,6 +291,8 @@ def stage_query(settings: Settings, queries: int) -> dict[str, Any]:
         "ready_s": round(ready_s, 1),
         "rss_ready_mb": round(rss_ready),
         "events_held": len(rec.state),
+        "event_state_mb": round(rec.state.nbytes() / MB),
+        "bytes_per_event": round(rec.state.nbytes() / max(len(rec.state), 1), 1),
         "model": rec.model_key,
         "recs_p50_ms": recs["p50_ms"],
         "recs_p95_ms": recs["p95_ms"],
@@ -365,6 +374,9 @@ def main() -> None:
     )
     ap.add_argument("--keep", type=Path, help="keep the dataset and model in this folder (--storage file)")
     ap.add_argument("--reuse", type=Path, help="only the query stage, on a folder left by --keep")
+    ap.add_argument(
+        "--cold", action="store_true", help="with --reuse: start the query process without the start-up file"
+    )
     args = ap.parse_args()
     if args.reuse:
         args.storage, saved = "file", json.loads((args.reuse / "run.json").read_text())
@@ -380,8 +392,9 @@ def main() -> None:
     rows = []
     try:
         if args.reuse:
-            for f in sorted((args.reuse / "models").rglob("*")):
-                if f.is_file():
+            kept = [*(args.reuse / "models").rglob("*"), *(args.reuse / STARTUP_PREFIX).rglob("*")]
+            for f in sorted(kept):
+                if f.is_file() and not (args.cold and f.is_relative_to(args.reuse / STARTUP_PREFIX)):
                     store.put_bytes(f.relative_to(args.reuse).as_posix(), f.read_bytes())
             rows.append(run_stage("query", stage_query, settings, args.queries))
         elif args.products:
@@ -390,7 +403,7 @@ def main() -> None:
                 rows.append(run_stage("events", stage_events, settings, args.products, args.events))
                 rows.append(run_stage("train", stage_train, settings))
                 if args.keep:
-                    for key in (o.key for o in store.list("models/")):
+                    for key in (o.key for prefix in ("models/", STARTUP_PREFIX) for o in store.list(prefix)):
                         (args.keep / key).parent.mkdir(parents=True, exist_ok=True)
                         (args.keep / key).write_bytes(store.get_bytes(key))
                     run = {"products": args.products, "events": args.events}

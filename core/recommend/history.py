@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import threading
 from array import array
 from collections.abc import Sequence
@@ -261,6 +262,17 @@ class EventState:
         return state
 
     # ---- reading -----------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        """Memory held, including the arrays' spare capacity and the id strings (approximate:
+        Python's per-object overheads are counted as ``sys.getsizeof`` reports them)."""
+        with self._lock:
+            cols = (self._user, self._item, self._ts, self._etype, self._value, self._user_last)
+            total = sum(c.data.nbytes for c in cols) + self._hashes.nbytes + 16 * len(self._pending)
+            total += sum(sys.getsizeof(r) for r in self._rows)
+            for codes in (self._users, self._items):
+                total += sum(sys.getsizeof(i) for i in codes.ids) + sys.getsizeof(codes.code)
+            return total
+
     def __len__(self) -> int:
         return self._user.n
 

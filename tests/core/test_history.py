@@ -141,3 +141,11 @@ def test_a_restored_state_answers_the_same_and_still_drops_duplicates() -> None:
         assert again.recent(u, 50) == state.recent(u, 50)
     assert again.users(100) == state.users(100)
     assert again.type_counts() == state.type_counts()
+
+
+def test_memory_is_counted_per_event_with_the_ids() -> None:
+    state = EventState()
+    empty = state.nbytes()
+    state.add(_events(5000, seed=2))
+    # 37 bytes of columns per event at least, plus the user and product ids
+    assert state.nbytes() - empty >= 37 * len(state) and len(state) > 1000
