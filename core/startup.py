@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "startup/"
 LATEST = f"{PREFIX}latest.json"
-FORMAT = 1
+FORMAT = 2  # 2: the content index is IVF-PQ fast-scan
 KEEP = 2
 
 

@@ -73,6 +73,7 @@ WAKE_SETTLE_SECONDS = 0.2
 # that many candidates from it, and as many from the other signals.
 CONTENT_ANN_MIN_ROWS = 20_000
 CONTENT_CANDIDATES = 1000
+CONTENT_NPROBE = 24  # lists of the content index scanned per request (of sqrt(products))
 # Without a trained model: content + trending only.
 UNTRAINED = HybridParams(beta=0.3, gamma=1.0, half_life=20.0, alpha=1.0, tau_days=TRENDING_TAU_DAYS)
 _VERB = {
@@ -106,9 +107,11 @@ class CatalogSnapshot:
     keeps the row-major copy. Costs ``n x dim x 4`` bytes, which training and large catalogs
     (scored through the index; 358 MB at 100k x 896) do not pay."""
     content_index: Any = None
-    """In serving snapshots of large catalogs: a faiss 4-bit PQ fast-scan index over ``vectors``
-    (ids = rows), a ~56-byte code per product at 896-d; scanning the codes takes ~0.7 ms at 100k
-    against ~9 ms for the float matrix. See :meth:`content_candidates`."""
+    """In serving snapshots of large catalogs: a faiss IVF index with 4-bit PQ fast-scan codes
+    over ``vectors`` (ids = rows), a ~56-byte code per product at 896-d; a request scans the
+    codes of the lists nearest its profile (:data:`CONTENT_NPROBE` of ``sqrt(n)`` lists, more
+    when a filter asks for more candidates) instead of every product's. See
+    :meth:`content_candidates`."""
 
     @classmethod
     def empty(cls) -> CatalogSnapshot:
@@ -165,9 +168,9 @@ class CatalogSnapshot:
         self, ann_min_rows: int = CONTENT_ANN_MIN_ROWS, previous: CatalogSnapshot | None = None
     ) -> CatalogSnapshot:
         """This snapshot for the query path: with :attr:`vectors_t` below ``ann_min_rows``
-        products, with :attr:`content_index` from there on. The index's codebooks are trained
-        once (~1.5 s at 100k x 896) and reused from ``previous`` when its dimensions match;
-        encoding all products takes ~0.8 s at 100k x 896."""
+        products, with :attr:`content_index` from there on. The index's lists and codebooks are
+        trained once and reused from ``previous`` when its dimensions match; only the encoding
+        of every product is redone."""
         index = None
         if len(self) >= max(ann_min_rows, 1):
             faiss = load_faiss()
@@ -177,12 +180,16 @@ class CatalogSnapshot:
                 index = faiss.clone_index(old)
                 index.reset()
             else:
-                index = faiss.IndexPQFastScan(dim, max(1, dim // 8), 4, faiss.METRIC_INNER_PRODUCT)
+                nlist = max(16, int(math.sqrt(len(self))))
+                index = faiss.IndexIVFPQFastScan(
+                    faiss.IndexFlatIP(dim), dim, nlist, max(1, dim // 8), 4, faiss.METRIC_INNER_PRODUCT
+                )
                 rng = np.random.default_rng(0)
-                sample = rng.choice(len(self), min(len(self), 20_000), replace=False)
+                sample = rng.choice(len(self), min(len(self), max(20_000, 20 * nlist)), replace=False)
                 index.train(np.ascontiguousarray(self.vectors[np.sort(sample)]))
             for start in range(0, len(self), MATVEC_ROWS):  # encoded a block of rows at a time
-                index.add(np.ascontiguousarray(self.vectors[np.arange(start, min(len(self), start + MATVEC_ROWS))]))
+                block = np.arange(start, min(len(self), start + MATVEC_ROWS))
+                index.add_with_ids(np.ascontiguousarray(self.vectors[block]), block.astype(np.int64))
         if index is not None:
             return replace(self, content_index=index)
         return replace(self, vectors_t=np.ascontiguousarray(self.dense_vectors().T))
@@ -232,7 +239,10 @@ class CatalogSnapshot:
         # the catalog (a filter leaving few products) every allowed row is scored instead.
         k = math.ceil(candidates * n / max(n_allowed, 1))
         selective = 4 * k > n
-        _, ids = index.search(unit.reshape(1, -1), min(k, candidates) if selective else k)
+        k = min(k, candidates) if selective else k
+        # Enough lists probed to hold about twice the codes asked for.
+        nprobe = min(index.nlist, max(CONTENT_NPROBE, math.ceil(2 * k * index.nlist / n)))
+        _, ids = index.search(unit.reshape(1, -1), k, params=load_faiss().SearchParametersIVF(nprobe=nprobe))
         hits = ids[0][ids[0] >= 0]
         # The best ``candidates`` overall are scored whatever the filter (the maximum).
         found = [
@@ -243,7 +253,7 @@ class CatalogSnapshot:
             found.append(np.asarray(always, dtype=np.int64))
         if extra is not None:
             found.append(np.asarray(extra, dtype=np.int64))
-        rows = np.unique(np.concatenate(found)).astype(np.int64)
+        rows = _distinct(np.concatenate(found).astype(np.int64))
         out = np.zeros(n, dtype=np.float32)
         v = self.vectors
         out[rows] = v.dot_rows(rows, unit) if isinstance(v, FusedVectors) else v[rows] @ unit
@@ -407,7 +417,7 @@ class _Compiled:
                 chunk = chunk[allowed[chunk]]
                 found.append(chunk[: k - got])
                 got, start, step = got + len(chunk), start + step, 2 * step
-        cand = np.unique(np.concatenate(found))
+        cand = np.concatenate(found)  # a product in both appears twice: harmless among the best
         cand = cand[allowed[cand]]
         total = functools.reduce(np.add, [v[cand] for v in parts.values()]) if parts else np.zeros(0, np.float32)
         if not len(cand) or not total.any():
@@ -846,6 +856,14 @@ def _popular_reason(product: Product, lately: bool) -> str:
     if lately:
         return f"Popular in {where} this week"
     return f"Popular in {where}"
+
+
+def _distinct(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``rows`` sorted, each once (a sort: cheaper than ``np.unique``'s hashing for a few
+    thousand rows)."""
+    rows = np.sort(rows)
+    out: npt.NDArray[np.int64] = rows[np.concatenate(([True], rows[1:] != rows[:-1]))] if len(rows) else rows
+    return out
 
 
 def _top_rows(rows: npt.NDArray[np.int64], values: F32, k: int) -> npt.NDArray[np.int64]:

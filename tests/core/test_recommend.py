@@ -381,7 +381,7 @@ def test_content_index_candidates_match_the_exact_content_pass() -> None:
         allowed = np.ones(6000, dtype=bool)
         allowed[hist] = False  # the user's own items: excluded, yet the highest content scores
         exact = served.vectors @ unit
-        approx = served.content_candidates(unit, allowed, others, always=hist)[0]
+        approx = served.content_candidates(unit, allowed, _best_by(others, allowed), always=hist)[0]
         scored = approx != 0
         assert scored.sum() < 6000 and np.allclose(approx[scored], exact[scored], atol=1e-5)
         assert approx.max() == pytest.approx(exact.max(), abs=1e-6)  # the same normalisation
@@ -390,7 +390,7 @@ def test_content_index_candidates_match_the_exact_content_pass() -> None:
         agree += len(set(want) & set(got))
         total += 10
         half = allowed & (np.arange(6000) % 2 == 0)  # a filter keeping half: more codes scanned
-        approx = served.content_candidates(unit, half, others, always=hist)[0]
+        approx = served.content_candidates(unit, half, _best_by(others, half), always=hist)[0]
         assert approx.max() == pytest.approx(exact.max(), abs=1e-6)
         want = np.argsort(-np.where(half, exact / exact.max() + others, -np.inf))[:10]
         got = np.argsort(-np.where(half, approx / approx.max() + others, -np.inf))[:10]
@@ -404,7 +404,15 @@ def test_content_index_candidates_match_the_exact_content_pass() -> None:
     again = _content_snapshot(6000, seed=1).serving(ann_min_rows=1000, previous=served)  # type: ignore[attr-defined]
     old_codes = faiss.vector_to_array(served.content_index.pq.centroids)
     np.testing.assert_array_equal(faiss.vector_to_array(again.content_index.pq.centroids), old_codes)
+    old_lists = served.content_index.quantizer.reconstruct_n(0, served.content_index.nlist)
+    np.testing.assert_array_equal(again.content_index.quantizer.reconstruct_n(0, again.content_index.nlist), old_lists)
     assert again.content_index is not served.content_index and again.content_index.ntotal == 6000
+
+
+def _best_by(others: np.ndarray, allowed: np.ndarray, k: int = 1000) -> np.ndarray:
+    """The ``k`` best allowed rows by ``others``: what the recommender passes as ``extra``."""
+    rows = np.flatnonzero(allowed)
+    return rows[np.argsort(-others[rows])[:k]]
 
 
 def test_content_index_edges_small_catalog_and_nothing_allowed() -> None:
@@ -417,7 +425,7 @@ def test_content_index_edges_small_catalog_and_nothing_allowed() -> None:
     assert rows is not None and len(rows) == 600
     np.testing.assert_allclose(scores, snap.vectors @ unit, atol=1e-5)
     none_allowed = np.zeros(600, dtype=bool)
-    scores, rows = snap.content_candidates(unit, none_allowed, np.ones(600, np.float32), always=np.array([3]))
+    scores, rows = snap.content_candidates(unit, none_allowed, np.array([7, 9]), always=np.array([3]))
     assert scores.shape == (600,) and rows is not None and 3 in rows
     assert scores[3] == pytest.approx(float(snap.vectors[3] @ unit), abs=1e-5)
 
