@@ -250,6 +250,7 @@ def stage_query(settings: Settings, queries: int) -> dict[str, Any]:
     rec.refresh()
     ready_s = time.perf_counter() - t
     rss_ready = psutil.Process().memory_info().rss / MB
+    peak_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the recall check's reads
     _, users = rec.state.users(100_000)
     ids = [u for u, _n, _t in users]
     rng = random.Random(0)
@@ -290,6 +291,7 @@ def stage_query(settings: Settings, queries: int) -> dict[str, Any]:
         "recommender_s": round(ready_s - hot_s, 1),
         "ready_s": round(ready_s, 1),
         "rss_ready_mb": round(rss_ready),
+        "peak_ready_mb": round(peak_ready),
         "events_held": len(rec.state),
         "event_state_mb": round(rec.state.nbytes() / MB),
         "bytes_per_event": round(rec.state.nbytes() / max(len(rec.state), 1), 1),

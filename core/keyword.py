@@ -36,6 +36,7 @@ K1 = 1.2
 B = 0.75
 TITLE_REPEAT = 2
 MAX_SEGMENTS = 8
+BUILD_ROWS = 65_536
 MAX_QUERY_TOKENS = 64
 # BM25 weight of a term seen TITLE_REPEAT times in a document of average length: the normaliser.
 FULL_MATCH = TITLE_REPEAT * (K1 + 1.0) / (TITLE_REPEAT + K1)
@@ -113,7 +114,12 @@ class KeywordIndex:
 
     @classmethod
     def build(cls, products: Sequence[Product]) -> KeywordIndex:
-        return cls.empty().extend(products)
+        """The index of ``products``, a segment of :data:`BUILD_ROWS` at a time (the
+        per-term lists a segment is built from cost far more than its matrix)."""
+        index = cls.empty()
+        for start in range(0, len(products), BUILD_ROWS):
+            index = index.extend(products[start : start + BUILD_ROWS])
+        return index
 
     @classmethod
     def empty(cls) -> KeywordIndex:

@@ -207,6 +207,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _startup_file(args: argparse.Namespace) -> int:
+    from functions.jobs import write_startup_file
+    from local.runtime import s3_endpoint
+
+    with s3_endpoint(Settings(), args.data_dir) as ep:
+        settings = ep.settings.model_copy(update={"startup_file_min_products": 0})
+        written = write_startup_file(settings)
+        print(f"start-up file for query processes: {written}")
+    return 0
+
+
 def _cutoff(raw: str | None) -> float | None:
     from datetime import UTC, datetime
 
@@ -417,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-wait", action="store_true", help="do not wait for a running dev server to serve the model")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "startup-file",
+        help="write a start-up file for query processes now (training writes one from STARTUP_FILE_MIN_PRODUCTS "
+        "products on)",
+    )
+    p.set_defaults(func=_startup_file)
 
     p = sub.add_parser("evaluate", help="offline recall@10 / NDCG@10 / coverage vs strong baselines")
     src = p.add_mutually_exclusive_group()

@@ -1,4 +1,4 @@
-"""`python -m local import-events | train | evaluate | synth-ratings` as real subprocesses against
+"""`python -m local import-events | train | startup-file | evaluate | synth-ratings` as real subprocesses against
 the S3 server (products indexed beforehand with the fake embedder)."""
 
 import json
@@ -66,6 +66,12 @@ def test_import_train_evaluate(s3_endpoint: str, fake: Embedder, tmp_path: Path)
     assert f"trained on {len(events)} events" in out.stdout and "models/recommender/" in out.stdout
     services.recommender.refresh()
     assert services.recommender.model is not None
+    assert "start-up file" not in out.stdout  # 120 products: under STARTUP_FILE_MIN_PRODUCTS
+
+    out = run(["startup-file"], env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"start-up file for query processes: startup/\S+/ \(120 products, \d+ events\)", out.stdout)
+    assert services.load_startup_file()
 
     out = run(["evaluate", "--json", str(tmp_path / "eval.json")], env, tmp_path)
     assert out.returncode == 0, out.stderr
