@@ -32,8 +32,9 @@ memory here (its objects live in RAM), and keeps the bucket (models) on S3.
 
 ``--keep DIR`` (with ``--storage file``) leaves the dataset, the trained model and the start-up
 file in ``DIR``; ``--reuse DIR`` runs only the query stage on them (the model and the file are
-copied into a fresh bucket; ``--cold`` leaves the file out), so serving can be measured again
-without building and training anew.
+copied into a fresh bucket; ``--cold`` leaves the file out, ``--write-startup-file`` writes one
+anew from the dataset in a stage of its own), so serving can be measured again without building
+and training anew.
 """
 
 from __future__ import annotations
@@ -234,6 +235,14 @@ def stage_train(settings: Settings) -> dict[str, Any]:
     }
 
 
+def stage_startup(settings: Settings) -> dict[str, Any]:
+    from functions.jobs import write_startup_file
+
+    t = time.perf_counter()
+    written = write_startup_file(settings.model_copy(update={"startup_file_min_products": 0}))
+    return {"startup_file": written, "write_s": round(time.perf_counter() - t, 1)}
+
+
 def stage_query(settings: Settings, queries: int) -> dict[str, Any]:
     from bench.query import mixture
     from core.models import Weights
@@ -379,6 +388,9 @@ def main() -> None:
     ap.add_argument(
         "--cold", action="store_true", help="with --reuse: start the query process without the start-up file"
     )
+    ap.add_argument(
+        "--write-startup-file", action="store_true", help="with --reuse: write a start-up file from scratch first"
+    )
     args = ap.parse_args()
     if args.reuse:
         args.storage, saved = "file", json.loads((args.reuse / "run.json").read_text())
@@ -398,6 +410,10 @@ def main() -> None:
             for f in sorted(kept):
                 if f.is_file() and not (args.cold and f.is_relative_to(args.reuse / STARTUP_PREFIX)):
                     store.put_bytes(f.relative_to(args.reuse).as_posix(), f.read_bytes())
+            if args.write_startup_file:
+                for o in list(store.list(STARTUP_PREFIX)):
+                    store.delete(o.key)
+                rows.append(run_stage("startup", stage_startup, settings))
             rows.append(run_stage("query", stage_query, settings, args.queries))
         elif args.products:
             rows.append(run_stage("catalog", stage_catalog, settings, args.products))

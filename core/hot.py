@@ -270,7 +270,10 @@ def _vectors(col: pa.ChunkedArray | pa.Array, dim: int, dtype: Any = np.float32)
 
 
 def _prices(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.float64]:
-    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)  # nulls -> NaN
+    """The column as float64, NaN for nulls. Always a copy: a zero-copy view would keep the whole
+    batch it came from alive (Lance hands over a batch's columns in shared buffers), and a
+    whole-catalog load keeps one such array per batch until it ends."""
+    return np.array(col.to_numpy(zero_copy_only=False), dtype=np.float64, copy=True)
 
 
 class HotCatalog:

@@ -163,8 +163,10 @@ def sweep_uploads() -> int:
     return len(keys)
 
 
-# RECS_TRAIN_MEMORY_GB (default 8) refuses data that would need more than fits here, with headroom.
-@app.function(schedule=TRAIN_EVERY, cpu=4.0, memory=12288, timeout=3600)
+# Training refuses data that would need more than RECS_TRAIN_MEMORY_GB (default 8); the start-up
+# file written after it needs what a query process needs to load the catalog, more for the first
+# one of a large catalog (docs/scale.md): room for both, one after the other.
+@app.function(schedule=TRAIN_EVERY, cpu=4.0, memory=16384, timeout=3600)
 def train_recommender(force: bool = False) -> dict[str, Any] | None:
     """Retrain recommendations on all stored events (skipped when none arrived since the last
     model, unless ``force``); loads no embedding models."""
