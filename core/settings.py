@@ -169,6 +169,13 @@ class Settings(BaseSettings):
         description="Training: refuse to start when the data would need more memory than this, and (dev "
         "runner) stop a scheduled training process that grows past it.",
     )
+    recs_event_window_days: float = Field(
+        default=0.0,
+        ge=0,
+        description="Query processes hold only the events of this many days (by event time) for histories and "
+        "popularity, forgetting older ones as time passes: their memory then follows the traffic of a window, not "
+        "all history. 0 = every event.",
+    )
     startup_file_min_products: int = Field(
         default=20_000,
         ge=0,

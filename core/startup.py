@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "startup/"
 LATEST = f"{PREFIX}latest.json"
-FORMAT = 2  # 2: the content index is IVF-PQ fast-scan
+FORMAT = 3  # 2: the content index is IVF-PQ fast-scan; 3: a hash per event
 KEEP = 2
 
 
@@ -229,7 +229,7 @@ def read_startup(store: ObjectStore, catalog: Catalog, weights: Weights) -> Star
     if manifest.get("recs_index") and manifest["weights"] == [weights.image, weights.text]:
         recs = replace(CatalogSnapshot.from_hot(hot, weights), content_index=r.index("content_index"))
     events = EventState.restore(
-        {k: r.array(f"events_{k}") for k in ("user", "item", "ts", "etype", "value", "hashes")},
+        {k: r.array(f"events_{k}") for k in ("user", "item", "ts", "etype", "value", "hash")},
         {"users": r.strings("events_users"), "items": r.strings("events_items")},
         None if manifest["watermark"] is None else datetime.fromisoformat(manifest["watermark"]),
     )

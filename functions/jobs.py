@@ -123,7 +123,15 @@ def write_startup_file(settings: Settings) -> str | None:
         return None
     weights = default_weights(settings.image_weight, settings.text_weight, catalog.clip_random_init)
     hot = HotCatalog(catalog, ann_min_rows=settings.ann_min_rows, nprobe=settings.ann_nprobe)
-    recommender = Recommender(catalog, events, models, weights, hot=hot, ann_min_rows=settings.ann_min_rows)
+    recommender = Recommender(
+        catalog,
+        events,
+        models,
+        weights,
+        hot=hot,
+        ann_min_rows=settings.ann_min_rows,
+        event_window_days=settings.recs_event_window_days,
+    )
     previous = read_startup(models.store, catalog, weights)
     if previous is not None:
         hot.adopt(previous.hot)

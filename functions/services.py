@@ -80,6 +80,7 @@ class Services:
             refresh_seconds=settings.recs_refresh_seconds,
             hot=hot,
             ann_min_rows=settings.ann_min_rows,
+            event_window_days=settings.recs_event_window_days,
         )
         # No refresh here: a query process's lifespan loads the hot catalog first and the
         # recommender from it (the catalog is read and held once); batch jobs never need it; a

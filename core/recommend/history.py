@@ -2,7 +2,8 @@
 row numbers per user, not a Python object per event.
 
 Memory per event: 4 bytes product code + 4 user code + 8 timestamp + 1 type + 8 value + 8 id hash
-+ 4 for the user's row list = 37 bytes, plus the arrays' spare capacity (they grow by doubling:
+(per row, so that a window can drop old ones: :meth:`EventState.prune`) + 8 in the sorted set of
+hashes + 4 for the user's row list = 45 bytes, plus the arrays' spare capacity (they grow by doubling:
 at most as much again) and one string per distinct user and product. ``bench.scale`` measures it.
 
 Events are de-duplicated by ``event_id`` through its 64-bit hash (BLAKE2b, the same in every
@@ -116,6 +117,7 @@ class EventState:
         self._ts = _Column(np.float64)
         self._etype = _Column(np.int8)  # index into EVENT_TYPES
         self._value = _Column(np.float64)  # NaN when absent
+        self._hash = _Column(np.int64)  # the event id's hash
         self._rows: list[array[int]] = []  # per user code: its row numbers, in arrival order
         self._user_last = _Column(np.float64)  # per user code: latest event time
         self._type_counts = np.zeros(len(EVENT_TYPES), dtype=np.int64)
@@ -123,6 +125,7 @@ class EventState:
         self._pending: set[int] = set()
         self.generation = 0
         self.watermark: datetime | None = None
+        self.min_ts = -math.inf  # events before this (epoch seconds) are not held: see prune()
 
     # ---- writing -----------------------------------------------------------------------------
     def _new(self, hashes: I64) -> npt.NDArray[np.bool_]:
@@ -153,12 +156,16 @@ class EventState:
         etype: npt.NDArray[np.int8],
         value: F64,
     ) -> int:
-        """Append the rows whose hash is new (in the order given); under the lock."""
-        keep = self._new(hashes)
+        """Append the rows whose hash is new (in the order given) and that are not older than
+        :attr:`min_ts`; under the lock."""
+        recent = ts >= self.min_ts
+        keep = np.zeros(len(hashes), dtype=bool)
+        keep[recent] = self._new(hashes[recent])
         if not keep.any():
             return 0
         users, items, ts, etype, value = users[keep], items[keep], ts[keep], etype[keep], value[keep]
         start = self._user.n
+        self._hash.extend(hashes[keep])
         self._user.extend(users)
         self._item.extend(items)
         self._ts.extend(ts)
@@ -216,16 +223,46 @@ class EventState:
     def export(self) -> tuple[dict[str, npt.NDArray[Any]], dict[str, list[str]]]:
         """The state as arrays and id lists, for :meth:`restore` in another process."""
         with self._lock:
-            hashes = np.union1d(self._hashes, np.fromiter(self._pending, dtype=np.int64, count=len(self._pending)))
-            arrays = {
-                "user": self._user.view().copy(),
-                "item": self._item.view().copy(),
-                "ts": self._ts.view().copy(),
-                "etype": self._etype.view().copy(),
-                "value": self._value.view().copy(),
-                "hashes": hashes,
-            }
-            return arrays, {"users": list(self._users.ids), "items": list(self._items.ids)}
+            return self._export(np.ones(self._user.n, dtype=bool))
+
+    def _export(self, keep: npt.NDArray[np.bool_]) -> tuple[dict[str, npt.NDArray[Any]], dict[str, list[str]]]:
+        """The rows ``keep``, with user and product codes renumbered over the ids they use."""
+        arrays = {
+            name: col.view()[keep]
+            for name, col in (
+                ("user", self._user),
+                ("item", self._item),
+                ("ts", self._ts),
+                ("etype", self._etype),
+                ("value", self._value),
+                ("hash", self._hash),
+            )
+        }
+        ids: dict[str, list[str]] = {}
+        for name, codes in (("user", self._users), ("item", self._items)):
+            used, arrays[name] = np.unique(arrays[name], return_inverse=True)
+            arrays[name] = arrays[name].astype(np.int32)
+            ids[f"{name}s"] = [codes.ids[c] for c in used.tolist()]
+        return arrays, ids
+
+    def prune(self, before: float) -> int:
+        """Forget the events older than ``before`` (epoch seconds), and take none older from
+        now on: a query process's window. Returns how many were dropped. Rebuilds the state
+        under its lock (a second or two at ten million events)."""
+        with self._lock:
+            self.min_ts = max(self.min_ts, before)
+            keep = self._ts.view() >= before
+            dropped = int(len(keep) - keep.sum())
+            if dropped == 0:
+                return 0
+            fresh = EventState.restore(*self._export(keep), self.watermark)
+            for name in ("_users", "_items", "_user", "_item", "_ts", "_etype", "_value", "_hash"):
+                setattr(self, name, getattr(fresh, name))
+            for name in ("_rows", "_user_last", "_type_counts", "_hashes"):
+                setattr(self, name, getattr(fresh, name))
+            self._pending = set()
+            self.generation += 1
+            return dropped
 
     @classmethod
     def restore(
@@ -239,9 +276,10 @@ class EventState:
             ("ts", state._ts),
             ("etype", state._etype),
             ("value", state._value),
+            ("hash", state._hash),
         ):
             col.data, col.n = np.array(arrays[name], dtype=col.data.dtype), len(arrays[name])
-        state._hashes = np.array(arrays["hashes"], dtype=np.int64)
+        state._hashes = np.unique(state._hash.view())
         for which, codes in (("users", state._users), ("items", state._items)):
             codes.ids = list(ids[which])
             codes.code = {v: k for k, v in enumerate(codes.ids)}
@@ -266,7 +304,7 @@ class EventState:
         """Memory held, including the arrays' spare capacity and the id strings (approximate:
         Python's per-object overheads are counted as ``sys.getsizeof`` reports them)."""
         with self._lock:
-            cols = (self._user, self._item, self._ts, self._etype, self._value, self._user_last)
+            cols = (self._user, self._item, self._ts, self._etype, self._value, self._hash, self._user_last)
             total = sum(c.data.nbytes for c in cols) + self._hashes.nbytes + 16 * len(self._pending)
             total += sum(sys.getsizeof(r) for r in self._rows)
             for codes in (self._users, self._items):

@@ -73,6 +73,8 @@ WAKE_SETTLE_SECONDS = 0.2
 # that many candidates from it, and as many from the other signals.
 CONTENT_ANN_MIN_ROWS = 20_000
 CONTENT_CANDIDATES = 1000
+PRUNE_EVERY_SECONDS = 3600.0  # how often a query process drops the events that left its window
+DAY_SECONDS = 86400.0
 CONTENT_NPROBE = 24  # lists of the content index scanned per request (of sqrt(products))
 # Without a trained model: content + trending only.
 UNTRAINED = HybridParams(beta=0.3, gamma=1.0, half_life=20.0, alpha=1.0, tau_days=TRENDING_TAU_DAYS)
@@ -455,6 +457,9 @@ class Recommender:
     from it instead of re-reading the whole dataset."""
     ann_min_rows: int = CONTENT_ANN_MIN_ROWS  # catalogs from this size on get a content index
     ann_content: bool = True  # False: always the exact content pass (bench.query compares them)
+    event_window_days: float = 0.0
+    """Hold only the events of this many days (``RECS_EVENT_WINDOW_DAYS``; 0: all), forgetting
+    older ones at most every :data:`PRUNE_EVERY_SECONDS`."""
     state: EventState = field(default_factory=EventState)
     snapshot: CatalogSnapshot = field(default_factory=CatalogSnapshot.empty)
     model: HybridModel | None = None
@@ -464,6 +469,7 @@ class Recommender:
         default_factory=lambda: HybridModel([], sp.csr_matrix((0, 0), dtype=np.float32), UNTRAINED, {})
     )
     _events_version: int = -1
+    _pruned_at: float = 0.0
     _snapshot_at: float = 0.0
     _snapshot_cost: float = 0.0
     _seen_writes: int = -1  # the catalog's local_writes at the last refresh
@@ -495,6 +501,11 @@ class Recommender:
                 for batch in self.events.read_batches(since):
                     self.state.add_table(batch)
                 self._events_version = ev_version
+            if self.event_window_days > 0 and time.time() - self._pruned_at >= PRUNE_EVERY_SECONDS:
+                dropped = self.state.prune(time.time() - self.event_window_days * DAY_SECONDS)
+                self._pruned_at = time.time()
+                if dropped:
+                    log.info("event window: %d events older than %g days forgotten", dropped, self.event_window_days)
             loaded = self.models.load_if_changed(self.model_key)
             if loaded is not None:
                 self.model_key, self.model = loaded

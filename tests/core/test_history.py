@@ -2,6 +2,7 @@
 histories (strongest event per item, latest time, count, most recent first), the same raw recent
 events, users and counts, with duplicates by event_id dropped however they arrive."""
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -149,3 +150,30 @@ def test_memory_is_counted_per_event_with_the_ids() -> None:
     state.add(_events(5000, seed=2))
     # 37 bytes of columns per event at least, plus the user and product ids
     assert state.nbytes() - empty >= 37 * len(state) and len(state) > 1000
+
+
+def test_a_window_forgets_old_events_and_takes_none_older() -> None:
+    events = [dataclasses.replace(e, event_id=f"x{k}") for k, e in enumerate(_events(600, seed=5))]
+    cutoff = 1_700_000_000 + 25 * 60
+    recent = [e for e in events if e.timestamp.timestamp() >= cutoff]
+    state, ref = EventState(), EventState()
+    state.add(events)
+    ref.add(recent)
+    assert ref.prune(cutoff) == 0  # nothing to drop; older events refused from now on, as in state
+    generation = state.generation
+    assert state.prune(cutoff) == len(events) - len(recent) > 0
+    assert state.generation > generation and len(state) == len(ref) == len(recent)
+    for s in (state, ref):  # older events are not taken any more; ids seen are still dropped
+        s.add([*events, Event("u1", "P1", "view", datetime.fromtimestamp(cutoff + 3600, UTC), None, "new")])
+    assert len(state) == len(ref) == len(recent) + 1
+    for u in {e.user_id for e in events}:
+        assert state.history(u) == ref.history(u)
+        assert state.recent(u, 50) == ref.recent(u, 50)
+    assert state.users(100) == ref.users(100)
+    assert state.type_counts() == ref.type_counts()
+    index = {f"P{i}": i for i in range(20)}
+    a, b = state.arrays(index), ref.arrays(index)
+    assert sorted(zip(a.item.tolist(), a.ts.tolist(), strict=True)) == sorted(
+        zip(b.item.tolist(), b.ts.tolist(), strict=True)
+    )
+    assert state.prune(cutoff) == 0

@@ -91,6 +91,33 @@ def test_products_this_process_indexes_are_recommendable_at_once(s3_endpoint: st
     assert {r["product_id"] for r in body["recommendations"]} == {p["product_id"] for p in products}
 
 
+def test_an_event_window_leaves_old_events_out_of_histories(s3_endpoint: str, fake: Embedder) -> None:
+    """RECS_EVENT_WINDOW_DAYS: a query process holds only the events of the window, whichever
+    way they arrive (read from the table, posted to it later)."""
+    settings = make_settings(s3_endpoint, new_bucket(s3_endpoint, "recs-win"), recs_event_window_days=30)
+    services = Services.from_settings(settings, embedder=fake)
+    products = _catalog()[:4]
+    services.indexer.index([PendingProduct(ProductInput.from_mapping(p)) for p in products])
+    now = time.time()
+    ids = [str(p["product_id"]) for p in products]
+    raw = [
+        {"user_id": "u", "product_id": ids[0], "event_type": "purchase", "timestamp": now - 60 * 86400},
+        {"user_id": "u", "product_id": ids[1], "event_type": "view", "timestamp": now - 86400},
+    ]
+    good, bad = parse_events(raw)
+    assert not bad
+    services.events.append(good)
+    client = TestClient(create_app(services))
+    with client:  # the lifespan's first refresh reads the table
+        assert [e["product_id"] for e in client.get("/users/u/history").json()["events"]] == [ids[1]]
+        body = [
+            {"user_id": "u", "product_id": ids[3], "event_type": "view", "timestamp": now - 3600},
+            {"user_id": "u", "product_id": ids[2], "event_type": "view", "timestamp": now - 90 * 86400},
+        ]
+        assert client.post("/events", json=body).status_code == 202  # both stored; the old one is not held
+        assert [e["product_id"] for e in client.get("/users/u/history").json()["events"]] == [ids[3], ids[1]]
+
+
 def test_the_refresh_thread_serves_this_processs_new_products_without_waiting_for_its_tick(
     s3_endpoint: str, fake: Embedder
 ) -> None:
