@@ -225,6 +225,7 @@ def stage_train(settings: Settings) -> dict[str, Any]:
         "train_s": round(rep.seconds, 1),
         "startup_file_s": round(time.perf_counter() - t - rep.seconds, 1),
         "startup_file": rep.startup_file,
+        "params": rep.model.params.describe(),
         "model_items": len(rep.model.items),
         "events_used": rep.events,
         "tune_s": round(info.get("tune_seconds", 0.0), 1),
