@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from core.models import Weights
 
 
 class Settings(BaseSettings):
@@ -218,6 +221,13 @@ class Settings(BaseSettings):
     def resolved_catalog_uri(self) -> str:
         """Where the LanceDB dataset lives."""
         return self.catalog_uri or f"s3://{self.s3_bucket}/catalog"
+
+    def default_weights(self, clip_random_init: bool) -> Weights:
+        """``IMAGE_WEIGHT`` / ``TEXT_WEIGHT`` for a catalog whose image vectors come from
+        random-init CLIP (``clip_random_init``: noise, so text alone) or not."""
+        from core.models import default_weights
+
+        return default_weights(self.image_weight, self.text_weight, clip_random_init)
 
     @property
     def clip_random_init(self) -> bool:

@@ -15,7 +15,6 @@ from core.catalog import Catalog, Compaction, compact_dataset
 from core.events import EventLog
 from core.hot import HotCatalog
 from core.ingest import IngestReport, records_from_metadata, resolve_bucket_image
-from core.models import default_weights
 from core.recommend.artifact import ModelStore
 from core.recommend.online import Recommender
 from core.recommend.train import TrainReport, train
@@ -94,7 +93,7 @@ def train_recommender(settings: Settings, *, only_if_new_events: bool = False) -
         latest = models.latest()
         if latest is not None and latest.get("info", {}).get("events_total") == events.count():
             return None
-    weights = default_weights(settings.image_weight, settings.text_weight, catalog.clip_random_init)
+    weights = settings.default_weights(catalog.clip_random_init)
     report = train(
         catalog,
         events,
@@ -121,7 +120,7 @@ def write_startup_file(settings: Settings) -> str | None:
     catalog, events, models = open_recommender_store(settings)
     if catalog.count() < max(settings.startup_file_min_products, 1):
         return None
-    weights = default_weights(settings.image_weight, settings.text_weight, catalog.clip_random_init)
+    weights = settings.default_weights(catalog.clip_random_init)
     hot = HotCatalog(catalog, ann_min_rows=settings.ann_min_rows, nprobe=settings.ann_nprobe)
     recommender = Recommender(
         catalog,

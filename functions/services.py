@@ -11,7 +11,7 @@ from core.embedding import Embedder, load_embedder
 from core.events import EventLog
 from core.hot import HotCatalog
 from core.ingest import Indexer
-from core.models import Weights, default_weights
+from core.models import Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.online import Recommender
 from core.search import QueryCache
@@ -75,7 +75,7 @@ class Services:
             catalog,
             events,
             models,
-            default_weights(settings.image_weight, settings.text_weight, embedder.clip.random_init),
+            settings.default_weights(embedder.clip.random_init),
             exclude_seen=settings.recs_exclude_seen,
             refresh_seconds=settings.recs_refresh_seconds,
             hot=hot,
@@ -134,4 +134,4 @@ class Services:
 
     @property
     def default_weights(self) -> Weights:
-        return default_weights(self.settings.image_weight, self.settings.text_weight, self.embedder.clip.random_init)
+        return self.settings.default_weights(self.embedder.clip.random_init)

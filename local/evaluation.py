@@ -55,13 +55,10 @@ def from_files(events: Path, products: Path | None, *, content: bool = True) -> 
 
 
 def from_catalog(settings: Settings) -> tuple[EventArrays, F32 | None, str]:
-    from core.models import default_weights
     from core.recommend.online import CatalogSnapshot
     from functions.jobs import open_recommender_store
 
     catalog, events, _models = open_recommender_store(settings)
-    snap = CatalogSnapshot.load(
-        catalog, default_weights(settings.image_weight, settings.text_weight, catalog.clip_random_init)
-    )
+    snap = CatalogSnapshot.load(catalog, settings.default_weights(catalog.clip_random_init))
     ev = EventArrays.from_arrow(events.read(), [p.product_id for p in snap.products])
     return ev, snap.dense_vectors(), f"catalog {catalog.uri}"
