@@ -67,13 +67,12 @@ def _services(settings: Any = None) -> Any:
 
 
 def gpu_settings() -> Any:
-    """Settings of a GPU indexer container: an embedding process pool unless EMBED_PROCESSES is set."""
-    import os
-
+    """Settings of a GPU indexer container: an embedding process pool unless EMBED_PROCESSES is set
+    (in the environment or the .env file: Settings says which fields were given)."""
     from core.settings import Settings
 
     settings = Settings()
-    if "EMBED_PROCESSES" not in os.environ:
+    if "embed_processes" not in settings.model_fields_set:
         settings = settings.model_copy(update={"embed_processes": GPU_EMBED_PROCESSES})
     return settings
 
