@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -221,6 +223,13 @@ class Settings(BaseSettings):
     def resolved_catalog_uri(self) -> str:
         """Where the LanceDB dataset lives."""
         return self.catalog_uri or f"s3://{self.s3_bucket}/catalog"
+
+    @staticmethod
+    def default_model_cache_dir() -> str:
+        """``MODEL_CACHE_DIR``'s default: ``$XDG_CACHE_HOME/shelfsearch/onnx`` (``~/.cache/...``
+        when that is unset)."""
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return str(Path(base) / "shelfsearch" / "onnx")
 
     def default_weights(self, clip_random_init: bool) -> Weights:
         """``IMAGE_WEIGHT`` / ``TEXT_WEIGHT`` for a catalog whose image vectors come from

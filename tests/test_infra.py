@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,3 +33,21 @@ def test_env_example_lists_every_setting() -> None:
     listed = {line.split("=", 1)[0].strip().lstrip("# ").upper() for line in text.splitlines() if "=" in line}
     missing = {name.upper() for name in Settings.model_fields} - listed
     assert not missing, f".env.example does not list {sorted(missing)}"
+
+
+def test_only_the_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`core/settings.py` is the one reader of environment variables in `core/` and `functions/`
+    (the dev runner and the benchmarks set up processes of their own, and may)."""
+    import re
+
+    from core.settings import Settings
+
+    readers = [
+        str(p.relative_to(ROOT))
+        for folder in ("core", "functions")
+        for p in sorted((ROOT / folder).rglob("*.py"))
+        if p.name != "settings.py" and re.search(r"os\.environ|os\.getenv|getenv\(", p.read_text())
+    ]
+    assert not readers, readers
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert Settings.default_model_cache_dir() == str(tmp_path / "shelfsearch" / "onnx")

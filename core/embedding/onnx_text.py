@@ -27,6 +27,7 @@ import numpy as np
 
 from core.embedding import Matrix, TextRuntime
 from core.errors import ModelLoadError
+from core.settings import Settings
 
 if TYPE_CHECKING:
     import torch
@@ -61,9 +62,8 @@ PROBES = (
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/shelfsearch/onnx`` (``~/.cache/...`` when unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "shelfsearch" / "onnx"
+    """Where exported models go when no ``MODEL_CACHE_DIR`` is given (the settings say)."""
+    return Path(Settings.default_model_cache_dir())
 
 
 def wanted(runtime: TextRuntime, device: str) -> bool:
