@@ -225,19 +225,20 @@ class EventState:
         with self._lock:
             return self._export(np.ones(self._user.n, dtype=bool))
 
+    def _columns(self) -> tuple[tuple[str, _Column], ...]:
+        """The per-event columns, by name."""
+        return (
+            ("user", self._user),
+            ("item", self._item),
+            ("ts", self._ts),
+            ("etype", self._etype),
+            ("value", self._value),
+            ("hash", self._hash),
+        )
+
     def _export(self, keep: npt.NDArray[np.bool_]) -> tuple[dict[str, npt.NDArray[Any]], dict[str, list[str]]]:
         """The rows ``keep``, with user and product codes renumbered over the ids they use."""
-        arrays = {
-            name: col.view()[keep]
-            for name, col in (
-                ("user", self._user),
-                ("item", self._item),
-                ("ts", self._ts),
-                ("etype", self._etype),
-                ("value", self._value),
-                ("hash", self._hash),
-            )
-        }
+        arrays = {name: col.view()[keep] for name, col in self._columns()}
         ids: dict[str, list[str]] = {}
         for name, codes in (("user", self._users), ("item", self._items)):
             used, arrays[name] = np.unique(arrays[name], return_inverse=True)
@@ -270,14 +271,7 @@ class EventState:
     ) -> EventState:
         """The state :meth:`export` returned (rows in the same order)."""
         state = cls()
-        for name, col in (
-            ("user", state._user),
-            ("item", state._item),
-            ("ts", state._ts),
-            ("etype", state._etype),
-            ("value", state._value),
-            ("hash", state._hash),
-        ):
+        for name, col in state._columns():
             col.data, col.n = np.array(arrays[name], dtype=col.data.dtype), len(arrays[name])
         state._hashes = np.unique(state._hash.view())
         for which, codes in (("users", state._users), ("items", state._items)):
@@ -304,8 +298,8 @@ class EventState:
         """Memory held, including the arrays' spare capacity and the id strings (approximate:
         Python's per-object overheads are counted as ``sys.getsizeof`` reports them)."""
         with self._lock:
-            cols = (self._user, self._item, self._ts, self._etype, self._value, self._hash, self._user_last)
-            total = sum(c.data.nbytes for c in cols) + self._hashes.nbytes + 16 * len(self._pending)
+            total = sum(c.data.nbytes for _, c in self._columns()) + self._user_last.data.nbytes
+            total += self._hashes.nbytes + 16 * len(self._pending)
             total += sum(sys.getsizeof(r) for r in self._rows)
             for codes in (self._users, self._items):
                 total += sum(sys.getsizeof(i) for i in codes.ids) + sys.getsizeof(codes.code)
