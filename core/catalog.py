@@ -154,6 +154,22 @@ def _vec(value: Any) -> Vector | None:
     return np.asarray(value, dtype=np.float32)
 
 
+def _stored_row(p: Product, content_hash: str) -> dict[str, Any]:
+    """The product columns of ``p`` as stored (:func:`_to_product` reads them back)."""
+    return {
+        "product_id": p.product_id,
+        "title": p.title,
+        "description": p.description,
+        "category": p.category,
+        "price": p.price,
+        "image_key": p.image,
+        "attributes": json.dumps(p.attributes, sort_keys=True, default=str),
+        "content_hash": content_hash,
+        "created_at": p.created_at,
+        "updated_at": p.updated_at,
+    }
+
+
 def _to_product(row: dict[str, Any]) -> Product:
     price = row.get("price")
     return Product(
@@ -538,21 +554,7 @@ class Catalog:
         """``products`` (and each one's content hash) as rows of :meth:`scan`'s product columns:
         what :meth:`products_from` reads back."""
         schema = pa.schema([self._table.schema.field(c) for c in _PRODUCT_COLUMNS])
-        return pa.Table.from_pydict(
-            {
-                "product_id": [p.product_id for p in products],
-                "title": [p.title for p in products],
-                "description": [p.description for p in products],
-                "category": [p.category for p in products],
-                "price": [p.price for p in products],
-                "image_key": [p.image for p in products],
-                "attributes": [json.dumps(p.attributes, sort_keys=True, default=str) for p in products],
-                "content_hash": [hashes.get(p.product_id, "") for p in products],
-                "created_at": [p.created_at for p in products],
-                "updated_at": [p.updated_at for p in products],
-            },
-            schema=schema,
-        )
+        return pa.Table.from_pylist([_stored_row(p, hashes.get(p.product_id, "")) for p in products], schema=schema)
 
     def products_from(self, table: pa.Table) -> list[Product]:
         """Products from rows returned by :meth:`scan` (with the product columns)."""
@@ -611,22 +613,11 @@ class Catalog:
         rows = []
         for pid, rec in latest.items():
             p = rec.product
-            rows.append(
-                {
-                    "product_id": pid,
-                    "title": p.title,
-                    "description": p.description,
-                    "category": p.category,
-                    "price": p.price,
-                    "image_key": p.image,
-                    "attributes": json.dumps(p.attributes, sort_keys=True, default=str),
-                    "content_hash": rec.content_hash,
-                    "created_at": prior[pid][1] if pid in prior else p.created_at,
-                    "updated_at": p.updated_at,
-                    "image_vector": None if rec.image_vector is None else rec.image_vector.tolist(),
-                    "text_vector": rec.text_vector.tolist(),
-                }
-            )
+            row = _stored_row(p, rec.content_hash)
+            row["created_at"] = prior[pid][1] if pid in prior else p.created_at
+            row["image_vector"] = None if rec.image_vector is None else rec.image_vector.tolist()
+            row["text_vector"] = rec.text_vector.tolist()
+            rows.append(row)
         data = pa.Table.from_pylist(rows, schema=self._table.schema)
         with self._write_lock:
             commit_with_retry(
