@@ -26,7 +26,7 @@ from core.embedding import load_embedder
 from core.ingest import iter_bucket_prefix
 from functions.app import create_app
 from functions.services import Services
-from functions.triggers import UploadWorker
+from functions.upload_worker import UploadWorker
 from local.sample import generate
 
 

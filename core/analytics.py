@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from core.catalog import Catalog
+
 NO_CATEGORY = "(none)"
 
 
@@ -86,6 +88,24 @@ def catalog_stats(table: pa.Table, version: int) -> CatalogStats:
     ]
     prices = [p for p in table.column("price").to_pylist() if p is not None]
     return CatalogStats(table.num_rows, version, categories, price_stats(prices))
+
+
+class CatalogStatsCache:
+    """:func:`catalog_stats` of the catalog's current version, computed once per version (a scan
+    of two columns: too slow to repeat on every poll of the dashboard at a large catalog)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._stats: CatalogStats | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> CatalogStats:
+        version = self.catalog.version
+        with self._lock:
+            if self._stats is None or self._stats.version != version:
+                version, table = self.catalog.scan(["category", "price"])
+                self._stats = catalog_stats(table, version)
+            return self._stats
 
 
 @dataclass(frozen=True)

@@ -488,6 +488,10 @@ class HotCatalog:
         own writes), so a query on it does no I/O."""
         return self.snapshot is not None and self.catalog.local_writes == self._seen_writes
 
+    def holds(self, product_id: str) -> bool:
+        """Whether a query about this product is answered from memory alone (no I/O)."""
+        return self.in_memory and self.snapshot is not None and product_id in self.snapshot.index
+
     def current(self) -> HotSnapshot | None:
         """The snapshot to answer from, brought up to date first when this process itself wrote
         to the catalog since the last refresh (read-your-writes; other writers' changes arrive

@@ -250,6 +250,17 @@ class Indexer:
         self.commit_rows = max(self.batch_size, settings.ingest_commit_rows)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="image-load")
 
+    def put(self, product: ProductInput, image_bytes: bytes | None = None) -> Product:
+        """Create or replace one product (the API's write): ``image_bytes`` are stored in the
+        bucket, else ``product.image`` names an existing object. The product as stored; an
+        unchanged product is read back. A bad record raises (413 for one over a size limit)."""
+        pending = PendingProduct(product, source="api", image_bytes=image_bytes, image_key=product.image)
+        report = self.index([pending], keep_stored=True)
+        if report.failed:
+            failure = report.failed[0]
+            raise (PayloadTooLarge if failure.too_large else InvalidInput)(failure.reason)
+        return (report.stored or {}).get(product.product_id) or self.catalog.get(product.product_id)
+
     def index(
         self,
         items: Iterable[Item],

@@ -94,6 +94,30 @@ def is_upload_metadata(key: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Triage:
+    """What a notification asks this deployment to do: the keys to index, and the others each
+    with why it is ignored."""
+
+    keys: list[str]
+    ignored: list[tuple[str, str]]  # (key, reason)
+
+
+def triage(payload: Any, bucket: str) -> Triage:
+    """Parse a bucket notification (:func:`parse_notification`) and keep the metadata files
+    under ``uploads/`` of ``bucket``: the one place that decides which notified keys are indexed."""
+    keys: list[str] = []
+    ignored: list[tuple[str, str]] = []
+    for ev in parse_notification(payload):
+        if ev.bucket is not None and ev.bucket != bucket:
+            ignored.append((ev.key, f"bucket {ev.bucket!r} is not served here"))
+        elif not is_upload_metadata(ev.key):
+            ignored.append((ev.key, "not a .json/.jsonl/.csv file under uploads/"))
+        else:
+            keys.append(ev.key)
+    return Triage(keys, ignored)
+
+
+@dataclass(frozen=True)
 class UploadRecord:
     """The ingest record of one upload object."""
 

@@ -1,4 +1,5 @@
-"""Batch jobs shared by the dev runner and the Modal app: upload processing, sweeping, reindex.
+"""Batch jobs shared by the dev runner and the Modal app: indexing a folder or bucket prefix,
+upload processing, sweeping, reindex, training, compaction and start-up files.
 
 Plain functions over :class:`Services` so they run (and are tested) anywhere; the Modal app wraps
 each in a GPU class method or a scheduled function.
@@ -9,12 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from core.catalog import Catalog, Compaction, compact_dataset
+from core.errors import InvalidInput
 from core.events import EventLog
 from core.hot import HotCatalog
-from core.ingest import IngestReport, records_from_metadata, resolve_bucket_image
+from core.ingest import IngestReport, iter_bucket_prefix, iter_folder, records_from_metadata, resolve_bucket_image
 from core.recommend.artifact import ModelStore
 from core.recommend.online import Recommender
 from core.recommend.train import TrainReport, train
@@ -26,6 +29,27 @@ from core.uploads import UploadLog, due_uploads, is_upload_metadata
 from functions.services import Services
 
 log = logging.getLogger(__name__)
+
+
+def index_source(services: Services, source: str, *, force: bool = False, progress: bool = True) -> IngestReport:
+    """Index ``source``: a local folder, or ``s3://<bucket>/<prefix>`` in the configured bucket.
+
+    JSON / JSONL / CSV metadata files are read; images are paths relative to the metadata file
+    (folders) or keys in the bucket (bucket prefixes). Ends with ANN/scalar indexes refreshed.
+    """
+    if source.startswith("s3://"):
+        bucket, _, prefix = source[5:].partition("/")
+        if bucket != services.store.bucket:
+            raise InvalidInput(f"bucket {bucket!r} is not the configured bucket {services.store.bucket!r}")
+        items = iter_bucket_prefix(services.store, prefix, services.settings)
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise InvalidInput(f"{source} is neither a folder nor an s3://{services.store.bucket}/ prefix")
+        items = iter_folder(folder, services.settings)
+    report = services.indexer.index(items, force=force, progress=progress, desc=f"indexing {source}")
+    services.catalog.ensure_indexes()
+    return report
 
 
 def process_upload(services: Services, key: str) -> dict[str, Any] | None:

@@ -147,7 +147,7 @@ def web() -> Any:
         model_cache.commit()  # ... and keeps them on the Volume for every later container
     except Exception as exc:  # a cache that could not be saved costs the next container time only
         print(f"model cache not committed: {exc}")
-    return create_app(services, worker=SpawnToGpu())  # type: ignore[arg-type]
+    return create_app(services, worker=SpawnToGpu())
 
 
 @app.function(schedule=SWEEP_EVERY, cpu=1.0, timeout=600)

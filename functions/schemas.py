@@ -5,8 +5,22 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.models import Filters, Product, SearchHit
+from core.recommend.online import Recommended
+
+
+def image_url(base_url: str, p: Product) -> str | None:
+    """What ``url_for("product_image")`` gives, the id percent-encoded, without its route search
+    (which costs a tenth of a millisecond per result)."""
+    return f"{base_url}products/{quote(p.product_id, safe='')}/image" if p.image else None
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
 
 
 class FiltersIn(BaseModel):
@@ -35,6 +49,14 @@ class FiltersIn(BaseModel):
         if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
             raise ValueError("min_price must not be greater than max_price")
         return self
+
+    def to_core(self) -> Filters:
+        c = self.category
+        return Filters(
+            categories=(c,) if isinstance(c, str) else tuple(c) if c else None,
+            min_price=self.min_price,
+            max_price=self.max_price,
+        )
 
 
 class WeightsIn(BaseModel):
@@ -90,6 +112,21 @@ class ProductOut(BaseModel):
     created_at: datetime
     updated_at: datetime
 
+    @classmethod
+    def of(cls, p: Product, base_url: str) -> ProductOut:
+        return cls(
+            product_id=p.product_id,
+            title=p.title,
+            description=p.description,
+            category=p.category,
+            price=p.price,
+            image=p.image,
+            image_url=image_url(base_url, p),
+            attributes=p.attributes,
+            created_at=p.created_at,
+            updated_at=p.updated_at,
+        )
+
 
 class SearchResult(BaseModel):
     product_id: str
@@ -106,6 +143,23 @@ class SearchResult(BaseModel):
     )
     attributes: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def of(cls, h: SearchHit, base_url: str) -> SearchResult:
+        p = h.product
+        return cls(
+            product_id=p.product_id,
+            title=p.title,
+            description=p.description,
+            category=p.category,
+            price=p.price,
+            image_url=image_url(base_url, p),
+            score=round(h.score, 6),
+            image_similarity=_rounded(h.image_similarity),
+            text_similarity=_rounded(h.text_similarity),
+            keyword_score=_rounded(h.keyword_score),
+            attributes=p.attributes,
+        )
+
 
 class SearchResponse(BaseModel):
     results: list[SearchResult]
@@ -119,6 +173,18 @@ class SimilarProduct(BaseModel):
     price: float | None
     image_url: str | None
     similarity: float
+
+    @classmethod
+    def of(cls, h: SearchHit, base_url: str) -> SimilarProduct:
+        p = h.product
+        return cls(
+            product_id=p.product_id,
+            title=p.title,
+            category=p.category,
+            price=p.price,
+            image_url=image_url(base_url, p),
+            similarity=round(h.score, 6),
+        )
 
 
 class SimilarResponse(BaseModel):
@@ -168,6 +234,19 @@ class Recommendation(BaseModel):
     image_url: str | None
     score: float
     reason: str
+
+    @classmethod
+    def of(cls, r: Recommended, base_url: str) -> Recommendation:
+        p = r.product
+        return cls(
+            product_id=p.product_id,
+            title=p.title,
+            category=p.category,
+            price=p.price,
+            image_url=image_url(base_url, p),
+            score=round(r.score, 6),
+            reason=r.reason,
+        )
 
 
 class RecommendationsResponse(BaseModel):

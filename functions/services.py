@@ -34,7 +34,7 @@ class Services:
     indexer: Indexer
     uploads: UploadProcessor
     events: EventLog
-    models: ModelStore
+    model_store: ModelStore  # trained recommendation models in the bucket
     recommender: Recommender
     hot: HotCatalog | None = None
     query_cache: QueryCache = field(default_factory=QueryCache)
@@ -93,7 +93,7 @@ class Services:
             indexer=indexer,
             uploads=UploadProcessor(store, indexer, UploadLog(catalog), settings),
             events=events,
-            models=models,
+            model_store=models,
             recommender=recommender,
             hot=hot,
             query_cache=QueryCache(settings.query_cache_size),

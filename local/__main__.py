@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
                 self._captured_signals.clear()
 
     from functions.app import create_app
-    from functions.triggers import UploadWorker
+    from functions.upload_worker import UploadWorker
     from local.runtime import (
         CompactionSchedule,
         TrainingSchedule,
@@ -122,7 +122,7 @@ def _with_services(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _index(args: argparse.Namespace) -> int:
-    from functions.indexer import index_source
+    from functions.jobs import index_source
 
     with _with_services(args) as services:
         report = index_source(services, args.source, force=args.force)

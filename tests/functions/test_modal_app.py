@@ -94,7 +94,7 @@ def test_job_bodies_against_the_s3_server(services: Services, s3_settings: Setti
 
 
 def test_spawn_worker_matches_the_upload_worker_interface(definitions: dict[str, dict[str, Any]]) -> None:
-    from functions.triggers import UploadWorker
+    from functions.upload_worker import UploadWorker
 
     spawn = definitions["__module__"]["module"].SpawnToGpu
     for name in ("submit", "start", "stop", "queued"):

@@ -18,7 +18,7 @@ from core.settings import Settings
 from core.uploads import UploadLog, UploadProcessor, parse_notification
 from functions.app import create_app
 from functions.services import Services
-from functions.triggers import UploadWorker
+from functions.upload_worker import UploadWorker
 from tests.conftest import make_settings, new_bucket
 from tests.helpers import jpeg
 

@@ -1,4 +1,4 @@
-"""The upload-trigger handler: a background worker that indexes upload objects.
+"""The upload worker: a background thread that indexes upload objects.
 
 Notifications (``POST /triggers/s3``) and the sweeper only enqueue keys; one worker thread per
 process does the indexing, so a webhook is acknowledged at once and a process never runs two

@@ -1,0 +1,1 @@
+"""The HTTP routes, one module per OpenAPI tag; each route parses, calls `core`, maps."""

@@ -1,0 +1,93 @@
+"""``POST /search`` and ``GET /similar/{id}``."""
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from core.images import decode_image
+from core.models import Filters, Weights
+from core.search import SearchQuery, Timings, search, similar
+from functions.routes.deps import ApiDep, decode_base64, in_memory_or_thread, query_filters
+from functions.schemas import SearchRequest, SearchResponse, SearchResult, SimilarProduct, SimilarResponse
+
+router = APIRouter(tags=["search"])
+
+
+@router.post("/search", response_model=SearchResponse)
+def search_products(body: SearchRequest, request: Request, api: ApiDep) -> SearchResponse:
+    """Text search, search by photo (`image_base64`), or both; with filters and weights."""
+    started = time.perf_counter()
+    services, settings, metrics = api.services, api.services.settings, api.metrics
+    image = None
+    if body.image_base64:
+        image = decode_image(
+            decode_base64(body.image_base64),
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            min_side=getattr(services.embedder.clip, "image_size", None),
+        )
+    q = SearchQuery(
+        text=body.query,
+        image=image,
+        top_k=body.top_k,
+        filters=body.filters.to_core() if body.filters else Filters(),
+        weights=Weights(body.weights.image, body.weights.text) if body.weights else None,
+        mode=body.mode or settings.search_mode,
+        keyword_weight=settings.hybrid_keyword_weight if body.keyword_weight is None else body.keyword_weight,
+    )
+    timings = Timings()
+    hits = search(
+        services.catalog,
+        services.embedder,
+        q,
+        services.default_weights,
+        hot=services.hot,
+        cache=services.query_cache,
+        timings=timings,
+    )
+    if timings.inference:
+        metrics.inference.labels("image" if image is not None else "text").observe(timings.inference)
+    if timings.cache_hit is not None:
+        metrics.cache_requests.labels("hit" if timings.cache_hit else "miss").inc()
+    metrics.vector_search.labels("/search").observe(timings.vector_search)
+    if body.query and body.query.strip():
+        api.queries.record(body.query)
+    elif image is not None:
+        api.queries.record("(search by photo)")
+    base = str(request.base_url)
+    return SearchResponse(
+        results=[SearchResult.of(h, base) for h in hits],
+        query_time_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+@router.get("/similar/{product_id}", response_model=SimilarResponse)
+async def similar_products(
+    request: Request,
+    api: ApiDep,
+    product_id: Annotated[str, Path(max_length=256)],
+    filters: Annotated[Filters, Depends(query_filters)],
+    top_k: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> SimilarResponse:
+    """Products most like this one (never itself). 404 for an unknown product."""
+    started = time.perf_counter()
+    services = api.services
+    hot = services.hot
+    hits = await in_memory_or_thread(
+        hot is not None and hot.holds(product_id),
+        similar,
+        services.catalog,
+        product_id,
+        top_k,
+        services.default_weights,
+        filters,
+        hot,
+    )
+    api.metrics.vector_search.labels("/similar").observe(time.perf_counter() - started)
+    base = str(request.base_url)
+    return SimilarResponse(
+        product_id=product_id,
+        similar_products=[SimilarProduct.of(h, base) for h in hits],
+        query_time_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
