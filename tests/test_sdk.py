@@ -1,11 +1,15 @@
 """The SDK against a live server (uvicorn on loopback, fake embedder, catalog on the S3 server)."""
 
+import dataclasses
 import threading
 import time
+import typing
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+import sdk
 from functions.app import create_app
 from functions.services import Services
 from sdk import AuthError, NotFoundError, RecommendationClient, ServerError, ValidationError
@@ -103,3 +107,44 @@ def test_sdk_retries_busy_answers_and_events_stay_idempotent(s3_endpoint: str, b
         assert run(8) == []
         stored = services.events.read().column("event_id").to_pylist()
         assert len(stored) == len(set(stored)) == len(sent) >= 12  # each accepted event once
+
+
+SDK_MODELS = {
+    sdk.SearchResult: "SearchResult",
+    sdk.SimilarProduct: "SimilarProduct",
+    sdk.Recommendation: "Recommendation",
+    sdk.Product: "ProductOut",
+}
+JSON_TYPES = {str: "string", float: "number", int: "integer", bool: "boolean", dict: "object", type(None): "null"}
+
+
+def json_types(hint: Any) -> set[str]:
+    """The JSON types a Python annotation of the SDK allows."""
+    args = typing.get_args(hint)
+    if args and typing.get_origin(hint) is not dict:
+        return set().union(*(json_types(a) for a in args))
+    return {JSON_TYPES[typing.get_origin(hint) or hint]}
+
+
+def schema_types(prop: dict[str, Any]) -> set[str]:
+    if "anyOf" in prop:
+        return set().union(*(schema_types(p) for p in prop["anyOf"]))
+    return {prop["type"]}
+
+
+@pytest.mark.parametrize("model", list(SDK_MODELS), ids=lambda m: m.__name__)
+def test_sdk_models_match_the_openapi_schema(services: Services, model: type) -> None:
+    """Every field of an SDK result model is in the served schema with the same JSON types, and
+    every field the server always sends is one the SDK reads (a renamed or retyped field fails)."""
+    schema = create_app(services).openapi()["components"]["schemas"][SDK_MODELS[model]]
+    props, required = schema["properties"], set(schema.get("required", []))
+    hints = typing.get_type_hints(model)
+    for name, f in model.__dataclass_fields__.items():
+        assert name in props, f"{model.__name__}.{name} is not in the API's {SDK_MODELS[model]}"
+        assert json_types(hints[name]) == schema_types(props[name]), name
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        if not has_default:
+            assert name in required, f"{model.__name__}.{name} has no default but the API may leave it out"
+    sdk_only_optional = {"image_similarity", "text_similarity"}  # scores the SDK does not expose
+    missing = required - set(model.__dataclass_fields__) - sdk_only_optional
+    assert not missing, f"the API always sends {sorted(missing)}, which the SDK's {model.__name__} drops"
