@@ -216,7 +216,7 @@ class Compactor:
 
     Each small commit (one PUT, one event batch) adds a fragment, and reads and merge-inserts
     touch every fragment: without compaction a 2,000-product import by single PUTs slows down
-    linearly (measured ~0.1 s -> 0.4 s per PUT over the first 300). Compaction
+    linearly with the number of writes. Compaction
     (:func:`compact_files`) merges fragments and keeps every version; versions older than
     ``retention`` (VERSION_RETENTION_HOURS) are removed at most once per ``cleanup_every``, in a
     thread of their own (removing files commits nothing, so writers never wait for it), and by the

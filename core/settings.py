@@ -77,9 +77,9 @@ class Settings(BaseSettings):
     text_runtime: Literal["auto", "int8", "onnx", "torch"] = Field(
         default="auto",
         description="What runs the text towers (CLIP text and the sentence encoder) for queries. `auto`: ONNX "
-        "Runtime on CPU (4-6x faster per query; exported once and checked against PyTorch, PyTorch if that "
+        "Runtime on CPU (several times faster per query than PyTorch's eager kernels; exported once and checked against PyTorch, PyTorch if that "
         "fails), CLIP's text tower with int8 weights when they agree with PyTorch fp32 at cosine >= 0.99 on "
-        "probe texts (9-26% faster encode on a 2-core CPU), else fp32; PyTorch on GPU. `int8`: that int8 CLIP text "
+        "probe texts (faster on CPUs with int8 matrix units), else fp32; PyTorch on GPU. `int8`: that int8 CLIP text "
         "tower on ONNX Runtime or fail (the sentence encoder stays fp32 ONNX: its int8 copy agreed only at "
         "~0.98). `onnx`: fp32 ONNX Runtime or fail. `torch`: always PyTorch.",
     )

@@ -10,7 +10,7 @@ mirror pass is still copying or, with many objects, while the mirror waits longe
 ingest work lost that way is redone by the upload sweeper.
 
 moto builds every ``ListObjectsV2`` answer with botocore's generic serializer, which re-parses each
-key's timestamp with dateutil: ~0.4 ms per key on a 2-core CPU, and Lance lists a table's
+key's timestamp with dateutil (slow per key), and Lance lists a table's
 ``_versions/`` on every commit and every freshness check. :func:`fast_listings` writes that XML
 directly instead (same document, same pagination: moto still does the listing), so commits stay
 cheap while versions accumulate; :func:`start_moto` starts a server with it.
@@ -149,8 +149,7 @@ class S3OnlyDispatcher(DomainDispatcherApplication):
     """moto's dispatcher with the service fixed to S3 (``/moto-api`` still goes to moto's own app).
 
     The stock one resolves the service per request under a lock that every request thread takes,
-    scanning moto's package folder each time (~0.2 ms of ``isdir`` calls plus URL-pattern matching on
-    these cores), so concurrent requests from one Lance commit waited for each other.
+    scanning moto's package folder each time (``isdir`` calls plus URL-pattern matching), so concurrent requests from one Lance commit waited for each other.
     """
 
     def __init__(self) -> None:

@@ -343,7 +343,7 @@ class OpenClipEncoder:
         """``encode_text`` on the real tokens only. open_clip pads every text to 77 tokens; the text
         tower's causal mask means no position attends to a later one, and the pooled (argmax =
         end-of-text) position is inside the real tokens, so cutting the padding is exact and runs
-        a short query ~5-10x faster. Other text towers take the full path."""
+        a short query several times faster. Other text towers take the full path."""
         import torch
         from open_clip.model import CLIP
         from open_clip.transformer import text_global_pool

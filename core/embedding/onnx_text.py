@@ -2,7 +2,7 @@
 
 A single search query runs both text towers (CLIP's and the sentence encoder) on a handful of
 tokens. PyTorch's eager kernels are slow at that shape on a small CPU; ONNX Runtime runs the same
-fp32 weights 4-6x faster (CLIP ViT-B-32 text ~40 -> ~10 ms, MiniLM ~18 -> ~3 ms on 2 cores).
+fp32 weights several times faster (`bench/README.md`, the query-path table, has the figures).
 
 The graph is exported from the loaded PyTorch module once (``torch.onnx.export``, dynamic batch
 and length) and cached on disk under a key made of the weights' digest and the exporter's
@@ -39,8 +39,7 @@ EXPORT_VERSION = 1
 
 MAX_BATCH = 8
 """ONNX Runtime takes batches up to this many texts (queries). Bigger batches (indexing) go to
-PyTorch, whose GEMMs are as fast there (measured: CLIP text 35 vs 36 texts/s at 32 texts,
-MiniLM 110 vs 124), so the exported copy only serves where it wins."""
+PyTorch, whose GEMMs are as fast at that size, so the exported copy only serves where it wins."""
 
 MIN_COSINE = 0.9999
 """The exported graph must agree with PyTorch at least this well on every probe text."""

@@ -1,8 +1,8 @@
 """A pool of embedding processes fed through shared memory: how one GPU gets enough JPEGs.
 
 Inside one process, GPU JPEG decoding does not scale: torchvision's nvjpeg decoder is one object
-behind a lock, and its Huffman stage runs on one CPU thread (measured on an H100: ~2,400 images/s
-for ~600x600 JPEGs, while the ViT-B-32 model alone runs at ~20,000 images/s in fp16). Each worker
+behind a lock, and its Huffman stage runs on one CPU thread, several times slower than the
+ViT-B-32 model itself in fp16 (``bench/README.md`` has the GPU figures). Each worker
 process here has its own encoder and CUDA context, so Huffman decoding runs on as many cores as
 there are workers and the GPU interleaves their kernels.
 
@@ -225,8 +225,8 @@ class PooledImageEncoder:
 
 def start_mps() -> bool:
     """Start the CUDA MPS control daemon when its binary is present (it lets the pool's processes
-    share the GPU concurrently instead of time-slicing it: with 14 processes 4,500-7,100 images/s
-    with MPS vs 2,500 without, measured on an H200). Returns whether a daemon is now running."""
+    share the GPU concurrently instead of time-slicing it, which is what lets more processes
+    raise the throughput). Returns whether a daemon is now running."""
     import shutil
     import subprocess
 
