@@ -29,7 +29,7 @@ from scipy.stats import norm
 
 from bench.common import report
 from core.recommend.data import F32, I32
-from core.recommend.models import Split, evaluate_scores, make_split
+from core.recommend.metrics import Split, evaluate_scores, make_split
 from local.evaluation import synthetic
 from local.synth_ratings import SynthConfig, log_exposure, simulate
 

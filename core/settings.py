@@ -77,16 +77,17 @@ class Settings(BaseSettings):
     text_runtime: Literal["auto", "int8", "onnx", "torch"] = Field(
         default="auto",
         description="What runs the text towers (CLIP text and the sentence encoder) for queries. `auto`: ONNX "
-        "Runtime on CPU (several times faster per query than PyTorch's eager kernels; exported once and checked against PyTorch, PyTorch if that "
-        "fails), CLIP's text tower with int8 weights when they agree with PyTorch fp32 at cosine >= 0.99 on "
-        "probe texts (faster on CPUs with int8 matrix units), else fp32; PyTorch on GPU. `int8`: that int8 CLIP text "
-        "tower on ONNX Runtime or fail (the sentence encoder stays fp32 ONNX: its int8 copy agreed only at "
-        "~0.98). `onnx`: fp32 ONNX Runtime or fail. `torch`: always PyTorch.",
+        "Runtime on CPU (several times faster per query than PyTorch's eager kernels; exported once and "
+        "checked against PyTorch, PyTorch if that fails), CLIP's text tower with int8 weights when they agree "
+        "with PyTorch fp32 at cosine >= 0.99 on probe texts (faster on CPUs with int8 matrix units), else fp32; "
+        "PyTorch on GPU. `int8`: that int8 CLIP text tower on ONNX Runtime or fail (the sentence encoder stays "
+        "fp32 ONNX: its int8 copy does not pass the check). `onnx`: fp32 ONNX Runtime or fail. `torch`: always "
+        "PyTorch.",
     )
     image_runtime: Literal["auto", "int8", "onnx", "torch"] = Field(
         default="auto",
         description="What runs CLIP's image tower on CPU (indexing, image queries). `auto`: ONNX Runtime with int8 "
-        "weights (~1.8x PyTorch; used only if its vectors agree with PyTorch fp32 at cosine >= 0.99 on probe "
+        "weights (faster than PyTorch; used only if its vectors agree with PyTorch fp32 at cosine >= 0.99 on probe "
         "images), else the fp32 graph (>= 0.9999), else PyTorch; GPUs always run fp16 PyTorch. `int8` / `onnx`: "
         "that (on CPU) or fail. `torch`: always PyTorch.",
     )

@@ -149,7 +149,8 @@ class S3OnlyDispatcher(DomainDispatcherApplication):
     """moto's dispatcher with the service fixed to S3 (``/moto-api`` still goes to moto's own app).
 
     The stock one resolves the service per request under a lock that every request thread takes,
-    scanning moto's package folder each time (``isdir`` calls plus URL-pattern matching), so concurrent requests from one Lance commit waited for each other.
+    scanning moto's package folder each time (``isdir`` calls plus URL-pattern matching), so
+    concurrent requests from one Lance commit waited for each other.
     """
 
     def __init__(self) -> None:

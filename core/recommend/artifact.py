@@ -2,6 +2,9 @@
 
 The pointer is written after the model file, so a reader that sees a pointer always finds the
 file it names. Old model files are kept (a few) so a reader mid-download never loses its file.
+
+The arrays in the file keep their short names (``b``: :attr:`HybridModel.ease`, ``v``:
+``subspace``, ``f_*``: ``choice``): they are the file format, and saved models must stay readable.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import scipy.sparse as sp
 from core.errors import NotFound
 from core.recommend.data import F32
 from core.recommend.factors import FactorModel
-from core.recommend.models import HybridModel, HybridParams, Reranker
+from core.recommend.hybrid import HybridModel, HybridParams, Reranker
 from core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -41,15 +44,15 @@ def to_bytes(model: HybridModel) -> bytes:
             )
         ),
     }
-    for name, m in (("b", model.b),):
+    for name, m in (("b", model.ease),):  # "b", "v", "f_*": the file format, see the module docstring
         m = sp.csr_matrix(m)
         arrays[f"{name}_data"] = m.data.astype(np.float32)
         arrays[f"{name}_indices"] = m.indices
         arrays[f"{name}_indptr"] = m.indptr
         arrays[f"{name}_shape"] = np.array(m.shape)
-    if model.v is not None:
-        arrays["v"] = np.asarray(model.v, dtype=np.float32)
-    f = model.f
+    if model.subspace is not None:
+        arrays["v"] = np.asarray(model.subspace, dtype=np.float32)
+    f = model.choice
     if f is not None:
         arrays.update(
             f_users=np.array(f.users, dtype=str),
@@ -84,8 +87,8 @@ def from_bytes(data: bytes) -> HybridModel:
             except ValueError as exc:  # trained by another version: serve the blend alone
                 log.warning("model reranker ignored: %s", exc)
         items = [str(i) for i in z["items"]]
-        v = np.asarray(z["v"], dtype=np.float32) if "v" in z else None  # absent before the projection
-        return HybridModel(items, _csr(z, "b"), params, meta["info"], reranker, v, _factors(z))
+        subspace = np.asarray(z["v"], dtype=np.float32) if "v" in z else None  # absent before the projection
+        return HybridModel(items, _csr(z, "b"), params, meta["info"], reranker, subspace, _factors(z))
 
 
 def _factors(z: Any) -> FactorModel | None:

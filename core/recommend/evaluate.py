@@ -5,7 +5,8 @@ of event times); everything before ``T`` trains, and each user with history befo
 judged on the products they liked after it, scored as of ``T``. Every method gets the same
 treatment: its hyper-parameters are tuned on a split of the same kind *inside* the training part
 (a cutoff inside the training period), then it is refit on the whole training part and scored on
-the held-out part, which no method, tuner or signal ever sees.
+the held-out part, which no method, tuner or signal ever sees. Each method is a
+:class:`~core.recommend.baselines.Ranker`, driven the same way.
 """
 
 from __future__ import annotations
@@ -16,39 +17,31 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
-import scipy.sparse as sp
-
-from core.recommend.data import F32, F64, I32, EventArrays
-from core.recommend.models import (
-    MAX_ITEMS,
-    SIGNALS,
-    Metrics,
-    Split,
-    SplitScheme,
-    TimePopularity,
-    binary_matrix,
-    evaluate_scores,
-    fit_ease,
-    fit_itemknn,
-    history_matrix,
-    make_split,
-    on_items,
-    sample_users,
-    train_hybrid,
+from core.recommend.baselines import (
+    HYBRID,
+    Ease,
+    EaseRecentBlend,
+    Hybrid,
+    ItemKNN,
+    Popularity,
+    Ranker,
+    RecentPopularity,
 )
+from core.recommend.data import F32, F64, EventArrays
+from core.recommend.metrics import RankingMetrics, Split, SplitScheme, evaluate_scores, make_split, sample_users
+from core.recommend.tuning import MAX_ITEMS, SIGNALS
 
 EASE_LAMBDAS = [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0]
 KNN_KS = [10, 20, 50, 100, 200, 400]
 RECENT_DAYS = [1.0, 3.0, 7.0, 14.0, 30.0, 60.0]
 BLEND_WEIGHTS = [0.1, 0.25, 0.5, 1.0, 2.0, 4.0]
-HYBRID = "shelfsearch hybrid"
+BASELINES = (Popularity.name, RecentPopularity.name, ItemKNN.name, Ease.name, EaseRecentBlend.name)
 
 
 @dataclass(frozen=True)
 class Row:
     name: str
-    metrics: Metrics
+    metrics: RankingMetrics
     seconds: float
     params: str
     peak_rss_mb: float = 0.0  # the process's peak resident memory after this row (hybrid rows)
@@ -59,49 +52,20 @@ def _inner(split: Split, min_rating: float, positive_types: Sequence[str]) -> Sp
     return replace(inner, users=sample_users(inner.users, 1500))
 
 
-def _best(inner: Split, values: Sequence[float], score_for: Callable[[float], Callable[[I32], F32]]) -> float:
-    """The value whose scoring function has the best NDCG@10 on ``inner``."""
+def _best(inner: Split, values: Sequence[float], fitted: Callable[[float], Ranker]) -> float:
+    """The value whose ranker (fitted on ``inner``) has the best NDCG@10 on ``inner``."""
     best, best_v = -1.0, values[0]
     for v in values:
-        m = evaluate_scores(inner, score_for(v))
+        m = evaluate_scores(inner, fitted(v).score)
         if m.ndcg > best:
             best, best_v = m.ndcg, v
     return best_v
 
 
-def _dense(m: object) -> F32:
-    return np.asarray(m.toarray() if hasattr(m, "toarray") else m, dtype=np.float32)  # type: ignore[union-attr]
-
-
-def _norm(m: F32) -> F32:
-    mx = m.max(axis=1, keepdims=True)
-    mx[mx <= 0] = 1.0
-    out: F32 = m / mx
-    return out
-
-
-def _recent(split: Split) -> Callable[[float], Callable[[I32], F32]]:
-    """Scoring functions "popular in the last N days before the request"."""
-    pop = TimePopularity(split.train_ev, split.train.n_items)
-    return lambda days: lambda rows: pop.recent(split.t_query[rows], days)
-
-
-def _ease(split: Split) -> Callable[[float], Callable[[I32], F32]]:
-    x = binary_matrix(split.train)
-
-    def score_for(lam: float) -> Callable[[I32], F32]:
-        b = fit_ease(x, lam)
-        return lambda rows: _dense(x[rows] @ b)
-
-    return score_for
-
-
-def _blend(split: Split, lam: float, days: float) -> Callable[[float], Callable[[I32], F32]]:
-    """EASE + ``w`` x recent popularity, both max-normalised per user."""
-    x = binary_matrix(split.train)
-    b = fit_ease(x, lam)
-    recent = _recent(split)(days)
-    return lambda w: lambda rows: _norm(_dense(x[rows] @ b)) + w * _norm(recent(rows))
+def _row(ranker: Ranker, split: Split, k: int, t0: float, *, peak_rss: bool = False) -> Row:
+    """``ranker`` fitted on ``split``'s training part and scored on its held-out part, timed from ``t0``."""
+    m = evaluate_scores(split, ranker.fit(split).score, k)
+    return Row(ranker.name, m, time.perf_counter() - t0, ranker.describe(), _peak_rss_mb() if peak_rss else 0.0)
 
 
 def hybrid_row(
@@ -118,26 +82,10 @@ def hybrid_row(
     """Train the hybrid on ``split``'s training part (tuned inside it; the collaborative model
     over at most ``max_items`` products) and score the test part."""
     t0 = time.perf_counter()
-    model = train_hybrid(
-        split.train_ev,
-        vectors,
-        min_rating=min_rating,
-        positive_types=positive_types,
-        scheme=split.scheme,
-        off=off,
-        max_items=max_items,
+    ranker = Hybrid(
+        vectors, min_rating=min_rating, positive_types=positive_types, off=off, max_items=max_items, name=name
     )
-    model = on_items(model, split.train_ev.items)  # the products beyond max_items score too
-    hist = history_matrix(split.train, model.params.alpha, model.params.half_life)
-    pop = TimePopularity(split.train_ev, split.train.n_items)
-    seen = binary_matrix(split.train)
-    m = evaluate_scores(split, lambda u: model.score(hist[u], split.t_query[u], pop, vectors, seen[u], u), k)
-    desc = model.params.describe()
-    check = model.info.get("rerank_check")
-    if check is not None:  # the two-fold check on the inner split that decided about the reranker
-        verdict = "kept" if model.reranker is not None else "dropped"
-        desc += f" reranker: {verdict} ({check['blend']:.4f} -> {check['reranked']:.4f} inner two-fold)"
-    return Row(name, m, time.perf_counter() - t0, desc, _peak_rss_mb())
+    return _row(ranker, split, k, t0, peak_rss=True)
 
 
 def _peak_rss_mb() -> float:
@@ -165,7 +113,6 @@ def evaluate(
     ``progress`` is called with each row as it is done and the number of rows to come."""
     split = make_split(ev, test_fraction, min_rating, positive_types, scheme, cutoff)
     inner = _inner(split, min_rating, positive_types)
-    x = binary_matrix(split.train)
     rows: list[Row] = []
     total = len(BASELINES) + 1 + (len(SIGNALS) if ablation else 0)
 
@@ -174,32 +121,21 @@ def evaluate(
         if progress is not None:
             progress(row, total - len(rows))
 
-    def timed(name: str, params: str, run: Callable[[], Metrics]) -> None:
-        t0 = time.perf_counter()
-        m = run()
-        add(Row(name, m, time.perf_counter() - t0, params))
+    def timed(ranker: Ranker, t0: float | None = None) -> None:
+        add(_row(ranker, split, k, time.perf_counter() if t0 is None else t0))
 
-    counts = np.asarray(x.sum(axis=0), dtype=np.float32).ravel()
-    timed("popularity", "all-time counts", lambda: evaluate_scores(split, lambda u: np.tile(counts, (len(u), 1)), k))
-
-    days = _best(inner, RECENT_DAYS, _recent(inner))  # tuned inside the training part, like the others
-    timed("recent popularity", f"last {days:g} days", lambda: evaluate_scores(split, _recent(split)(days), k))
-
-    t0 = time.perf_counter()
-    x_inner = binary_matrix(inner.train)
-    kk = int(_best(inner, KNN_KS, lambda v: _knn_scores(x_inner, int(v))))
-    m = evaluate_scores(split, _knn_scores(x, kk), k)
-    add(Row("item-kNN (cosine)", m, time.perf_counter() - t0, f"k={kk}"))
-
-    lam = _best(inner, EASE_LAMBDAS, _ease(inner))
-    timed("EASE", f"lambda={lam:g}", lambda: evaluate_scores(split, _ease(split)(lam), k))
-
-    w = _best(inner, BLEND_WEIGHTS, _blend(inner, lam, days))
-    timed(
-        "EASE + recent pop.",
-        f"lambda={lam:g} last {days:g} days w={w:g}",
-        lambda: evaluate_scores(split, _blend(split, lam, days)(w), k),
-    )
+    timed(Popularity())
+    # Each baseline's hyper-parameters are tuned inside the training part, like the hybrid's.
+    days = _best(inner, RECENT_DAYS, lambda v: RecentPopularity(v).fit(inner))
+    timed(RecentPopularity(days))
+    t0 = time.perf_counter()  # item-kNN's time includes its search over k
+    kk = int(_best(inner, KNN_KS, lambda v: ItemKNN(int(v)).fit(inner)))
+    timed(ItemKNN(kk), t0)
+    lam = _best(inner, EASE_LAMBDAS, lambda v: Ease(v).fit(inner))
+    timed(Ease(lam))
+    blend = EaseRecentBlend(Ease(lam), RecentPopularity(days)).fit(inner)
+    w = _best(inner, BLEND_WEIGHTS, blend.weighted)
+    timed(EaseRecentBlend(Ease(lam), RecentPopularity(days), w))
 
     add(hybrid_row(split, vectors, min_rating=min_rating, positive_types=positive_types, k=k, max_items=max_items))
     if ablation:
@@ -217,14 +153,6 @@ def evaluate(
                 )
             )
     return rows
-
-
-def _knn_scores(x: sp.csr_matrix, kk: int) -> Callable[[I32], F32]:
-    s = fit_itemknn(x, kk)
-    return lambda rows: _dense(x[rows] @ s)
-
-
-BASELINES = ("popularity", "recent popularity", "item-kNN (cosine)", "EASE", "EASE + recent pop.")
 
 
 def format_table(rows: Sequence[Row], split_desc: str) -> str:

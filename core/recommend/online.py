@@ -48,17 +48,8 @@ from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64
 from core.recommend.history import EventState, HistoryItem
-from core.recommend.models import (
-    HybridModel,
-    HybridParams,
-    TimePopularity,
-    _max_normalise,
-    boost,
-    history_weights,
-    on_items,
-    rerank_features,
-    weighted_rows,
-)
+from core.recommend.hybrid import HybridModel, HybridParams, on_items, rerank_features
+from core.recommend.signals import TimePopularity, _max_normalise, boost, history_weights, weighted_rows
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +296,18 @@ class RecommendationResult:
     strategy: str  # personalized | content | popular | newest
 
 
+@dataclass(frozen=True)
+class PastEvent:
+    """One of a shopper's events, as their history shows it (``title`` None: the product is not
+    in the catalog, or not yet)."""
+
+    product_id: str
+    title: str | None
+    event_type: str
+    value: float | None
+    timestamp: float  # epoch seconds
+
+
 @dataclass
 class _Compiled:
     """The model over the products of one catalog snapshot that it covers, and item popularity
@@ -320,7 +323,7 @@ class _Compiled:
     popularity: TimePopularity
     pop_generation: int
     age_rank: F64 = field(default_factory=lambda: np.zeros(0))  # 0 = the newest product
-    factor_rows: dict[str, int] = field(default_factory=dict)  # user id -> row of model.f
+    factor_rows: dict[str, int] = field(default_factory=dict)  # user id -> row of model.choice
     _cold: tuple[int, tuple[F32, F32, F64]] | None = None  # cold() for one day, the latest asked
     _popular: tuple[tuple[float, ...], tuple[F32, npt.NDArray[np.int64]]] | None = None
 
@@ -339,7 +342,7 @@ class _Compiled:
             to_model,
             pop,
             generation,
-            factor_rows={} if model.f is None else model.f.row_of(),
+            factor_rows={} if model.choice is None else model.choice.row_of(),
         )
         c.set_popularity(pop, generation, snap)
         return c
@@ -393,15 +396,17 @@ class _Compiled:
         hm = self.to_model[idx]
         known = hm >= 0
         if known.any():
-            collab[self.rows] = p.cf * _max_normalise(model.project(weighted_rows(model.b, hm[known], w_hist[known])))
+            collab[self.rows] = p.cf * _max_normalise(
+                model.project(weighted_rows(model.ease, hm[known], w_hist[known]))
+            )
         parts["collaborative"] = collab
         if p.beta > 0:
             parts["popular"] = self.popular(now)[0]
-        if user is not None and user >= 0 and model.f is not None and p.eta > 0:
-            trend = self.popularity.trend(np.array([now]), model.f.tau_days)[0][self.rows]
+        if user is not None and user >= 0 and model.choice is not None and p.eta > 0:
+            trend = self.popularity.trend(np.array([now]), model.choice.tau_days)[0][self.rows]
             log_trend = np.log(np.maximum(trend, 1e-6)).astype(np.float32)[None, :]
             factors = np.zeros(n, dtype=np.float32)
-            factors[self.rows] = p.eta * model.f.scores(np.array([user], dtype=np.int64), log_trend)[0]
+            factors[self.rows] = p.eta * model.choice.scores(np.array([user], dtype=np.int64), log_trend)[0]
             parts["factors"] = factors
         return parts
 
@@ -432,12 +437,12 @@ class _Compiled:
         hm, cm = self.to_model[rows], self.to_model[np.asarray(cols, dtype=np.int64)]
         hk, ck = np.flatnonzero(hm >= 0), np.flatnonzero(cm >= 0)
         collab = np.zeros((len(rows), len(cols)), np.float32)
-        factors = None if self.model.f is None else np.zeros((len(rows), len(cols)), np.float32)
+        factors = None if self.model.choice is None else np.zeros((len(rows), len(cols)), np.float32)
         if len(hk) and len(ck):
             sub = self.model.collaborative_block(hm[hk], cm[ck].tolist())
             collab[np.ix_(hk, ck)] = sub
-            if factors is not None and self.model.f is not None:
-                q = self.model.f.q
+            if factors is not None and self.model.choice is not None:
+                q = self.model.choice.q
                 factors[np.ix_(hk, ck)] = q[hm[hk]] @ q[cm[ck]].T
         return collab, factors
 
@@ -811,7 +816,7 @@ class Recommender:
         signs = np.concatenate([np.ones(len(pos), np.float32), -np.ones(len(neg), np.float32)])
         if (given >= 0).any():
             m = compiled.model
-            part = m.project(weighted_rows(m.b, given[given >= 0], signs[given >= 0]))
+            part = m.project(weighted_rows(m.ease, given[given >= 0], signs[given >= 0]))
             cf[compiled.rows] = part / (float(np.abs(part).max()) or 1.0)
         # mean(pos) . v - 0.5 mean(neg) . v for every product v (one pass, or ANN candidates)
         query = snap.vectors[pos].mean(axis=0)
@@ -831,6 +836,14 @@ class Recommender:
             j = int(pos[np.argmax(snap.vectors[pos] @ snap.vectors[i])])
             items.append(Recommended(snap.products[i], float(scores[i]), f"Like {snap.products[j].title}"))
         return RecommendationResult(items, "more_like_these")
+
+    def history(self, user_id: str, limit: int = 50) -> list[PastEvent]:
+        """The user's latest events, newest first (an unknown user has none)."""
+        snap = self.snapshot
+        return [
+            PastEvent(pid, snap.products[snap.index[pid]].title if pid in snap.index else None, et, v, ts)
+            for ts, pid, et, v in self.state.recent(user_id, limit)
+        ]
 
 
 def _history_reason(

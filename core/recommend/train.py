@@ -15,16 +15,10 @@ from core.events import EventLog
 from core.models import Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, EventArrays
-from core.recommend.models import (
-    MAX_ITEMS,
-    HybridModel,
-    RerankMode,
-    active_items,
-    ease_bytes,
-    restrict_items,
-    train_hybrid,
-)
+from core.recommend.hybrid import HybridModel
 from core.recommend.online import product_vectors
+from core.recommend.signals import active_items, ease_bytes, restrict_items
+from core.recommend.tuning import MAX_ITEMS, RerankMode, train_hybrid
 
 
 @dataclass(frozen=True)
@@ -55,7 +49,7 @@ class TrainReport:
         )
 
     def _factors_line(self) -> str:
-        f = self.model.f
+        f = self.model.choice
         if f is None:
             return ""
         secs = self.model.info.get("factor_seconds", 0.0)
@@ -130,7 +124,7 @@ def train(
     """Train on every stored event whose product is in the catalog; save and return the model.
 
     The collaborative model covers the ``max_items`` products most active lately (see
-    :func:`~core.recommend.models.active_items`); only their vectors are read. With ``memory_gb``,
+    :func:`~core.recommend.signals.active_items`); only their vectors are read. With ``memory_gb``,
     a data set that would need more memory than that is refused before any fitting starts, with
     a :class:`ConfigError` that says what to change."""
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import numpy as np
 from core.events import Event, parse_event, to_arrow
 from core.recommend.data import EventArrays, global_split
 from core.recommend.evaluate import BASELINES, HYBRID, evaluate
-from core.recommend.models import make_split
+from core.recommend.metrics import make_split
 from local.synth_ratings import SynthConfig, generate
 
 

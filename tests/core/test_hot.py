@@ -364,16 +364,10 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
     from core.events import EventLog as Log
     from core.recommend.artifact import ModelStore
     from core.recommend.data import EventArrays, aggregate
-    from core.recommend.models import (
-        RERANK_FEATURES,
-        HybridParams,
-        Reranker,
-        TimePopularity,
-        history_matrix,
-        top_k,
-        train_hybrid,
-    )
+    from core.recommend.hybrid import RERANK_FEATURES, HybridParams, Reranker
     from core.recommend.online import CatalogSnapshot, Recommender
+    from core.recommend.signals import TimePopularity, history_matrix, top_k
+    from core.recommend.tuning import train_hybrid
     from core.storage import ObjectStore
 
     cat = catalog(s3_settings)
@@ -409,8 +403,10 @@ def test_served_recommendations_rank_like_the_evaluated_model_with_every_signal(
     configs = ((0.0, None, 0.0, 0.0), (1.0, None, 0.0, 0.0), (1.0, reranker, 0.0, 0.0), (1.0, reranker, 0.7, 0.0))
     for trend, rr, shrink, eta in (*configs, (1.0, reranker, 0.7, 1.0)):
         trained = train_hybrid(ev, snap.vectors, params=replace(params, trend=trend, shrink=shrink, rank=8, eta=eta))
-        assert (trained.f is None) == (eta == 0)
-        assert (trained.v is None) == (shrink == 0) and (trained.v is None or trained.v.shape == (300, 8))
+        assert (trained.choice is None) == (eta == 0)
+        assert (trained.subspace is None) == (shrink == 0) and (
+            trained.subspace is None or trained.subspace.shape == (300, 8)
+        )
         model = replace(trained, reranker=rr)
         models.save(model)
         recs.refresh()

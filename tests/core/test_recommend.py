@@ -1,7 +1,7 @@
-"""Recommendation models on synthetic data with known answers, metrics, splits, model artifacts."""
+"""The hybrid and its signals on synthetic data with known answers, metrics, splits, model artifacts
+(what every ranker must do is in test_ranker_contract.py)."""
 
 import dataclasses
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
@@ -12,25 +12,20 @@ from core.events import Event, to_arrow
 from core.models import Product, Weights
 from core.recommend.artifact import ModelStore, from_bytes, to_bytes
 from core.recommend.data import EventArrays, aggregate, time_split
-from core.recommend.models import (
-    HybridParams,
+from core.recommend.hybrid import HybridParams, on_items
+from core.recommend.metrics import evaluate_scores, make_split, ranking_metrics
+from core.recommend.online import CatalogSnapshot, _Compiled
+from core.recommend.signals import (
     TimePopularity,
     _max_normalise,
     binary_matrix,
     block,
-    evaluate_scores,
-    factors_for,
     fit_ease,
-    fit_itemknn,
     fit_projection,
     history_matrix,
     history_weights,
-    make_split,
-    on_items,
-    ranking_metrics,
-    train_hybrid,
 )
-from core.recommend.online import CatalogSnapshot, _Compiled
+from core.recommend.tuning import factors_for, train_hybrid
 from core.settings import Settings
 from core.storage import ObjectStore
 
@@ -59,43 +54,6 @@ def clusters(seed: int = 0) -> tuple[list[Row], list[str]]:
     for i in range(5):
         rows.append(("probe", f"A{i}", "purchase", None, t + i))
     return rows, items
-
-
-def _scores_knn(ev: EventArrays) -> Callable[[np.ndarray], np.ndarray]:
-    x = binary_matrix(aggregate(ev))
-    s = fit_itemknn(x, 10)
-    return lambda rows: (x[rows] @ s).toarray()
-
-
-def _scores_ease(ev: EventArrays) -> Callable[[np.ndarray], np.ndarray]:
-    x = binary_matrix(aggregate(ev))
-    b = fit_ease(x, 10.0)
-    return lambda rows: np.asarray(x[rows] @ b)
-
-
-def _scores_hybrid(ev: EventArrays) -> Callable[[np.ndarray], np.ndarray]:
-    model = train_hybrid(ev, None, params=HybridParams(lam=10.0, beta=0.2, half_life=3.0))
-    inter = aggregate(ev)
-    hist = history_matrix(inter, model.params.alpha, model.params.half_life)
-    pop = TimePopularity(ev, len(ev.items))
-    now = np.full(inter.n_users, float(ev.ts.max()) + 1.0)
-    return lambda rows: model.score(hist[rows], now[rows], pop, None)
-
-
-IMPLEMENTATIONS = {"item-kNN": _scores_knn, "EASE": _scores_ease, "hybrid": _scores_hybrid}
-
-
-@pytest.mark.parametrize("name", IMPLEMENTATIONS)
-def test_every_recommender_finds_the_users_taste_and_skips_seen_items(name: str) -> None:
-    rows, items = clusters()
-    ev = arrays(rows, items)
-    score = IMPLEMENTATIONS[name](ev)
-    probe = np.array([ev.users.index("probe")])
-    s = score(probe)[0]
-    seen = {items.index(f"A{i}") for i in range(5)}
-    s[list(seen)] = -np.inf
-    top5 = [items[i] for i in np.argsort(-s)[:5]]
-    assert sorted(top5) == ["A5", "A6", "A7", "A8", "A9"], (name, top5)
 
 
 def chains(n_items: int = 50, n_users: int = 300, length: int = 10, seed: int = 1) -> EventArrays:
@@ -135,7 +93,7 @@ def test_one_user_path_equals_the_batch_scores() -> None:
     model = train_hybrid(split.train_ev)
     model = replace_params(model, beta=0.3, gamma=0.2, half_life=4.0, alpha=1.0, eta=0.5)
     pop50 = TimePopularity(split.train_ev, len(ev.items))
-    model = dataclasses.replace(model, f=factors_for(split.train_ev, pop50, 4.0)[0])  # type: ignore[type-var]
+    model = dataclasses.replace(model, choice=factors_for(split.train_ev, pop50, 4.0)[0])  # type: ignore[type-var]
     # The model covers 40 of the catalog's 54 products (50 with events, 4 new ones), which lists
     # them in another order.
     model = on_items(model, ev.items[:40])  # type: ignore[arg-type]
@@ -178,9 +136,9 @@ def test_one_user_path_equals_the_batch_scores() -> None:
         cols = [int(c) for c in rng.choice(n, 6, replace=False)]
         collab, factors = compiled.model_block(rows, cols)
         assert np.allclose(collab, batch_model.collaborative_block(rows, cols), atol=1e-6)
-        assert batch_model.f is not None and factors is not None
-        assert np.allclose(factors, batch_model.f.q[rows] @ batch_model.f.q[cols].T, atol=1e-6)
-        assert np.allclose(block(batch_model.b, rows, cols), batch_model.b[rows][:, cols].toarray())
+        assert batch_model.choice is not None and factors is not None
+        assert np.allclose(factors, batch_model.choice.q[rows] @ batch_model.choice.q[cols].T, atol=1e-6)
+        assert np.allclose(block(batch_model.ease, rows, cols), batch_model.ease[rows][:, cols].toarray())
         checked += 1
     assert checked >= 3
 
@@ -236,12 +194,12 @@ def test_projection_spans_the_leading_singular_vectors_of_the_fit() -> None:
 def test_projection_rows_follow_the_catalogs_product_order() -> None:
     """A served model's low-rank directions are re-indexed onto the live catalog: products the
     model never saw get zero rows, products the catalog no longer has are dropped."""
-    from core.recommend.models import HybridModel, on_items
+    from core.recommend.hybrid import HybridModel
 
     v = np.arange(6, dtype=np.float32).reshape(3, 2)
-    model = HybridModel(["a", "b", "c"], sp.csr_matrix((3, 3), dtype=np.float32), HybridParams(shrink=0.5), v=v)
+    model = HybridModel(["a", "b", "c"], sp.csr_matrix((3, 3), dtype=np.float32), HybridParams(shrink=0.5), subspace=v)
     # The live catalog: "b" was deleted, "new" arrived after training.
-    out = on_items(model, ["c", "new", "a"]).v
+    out = on_items(model, ["c", "new", "a"]).subspace
     assert np.array_equal(out, np.array([[4, 5], [0, 0], [0, 1]], dtype=np.float32))
 
 
@@ -266,7 +224,7 @@ def test_low_rank_shrinkage_recovers_tastes_that_few_events_show() -> None:
 
     def ndcg(shrink: float) -> float:
         model = train_hybrid(split.train_ev, None, params=HybridParams(lam=30.0, shrink=shrink, rank=groups))
-        assert (model.v is None) == (shrink == 0)
+        assert (model.subspace is None) == (shrink == 0)
         return evaluate_scores(split, lambda r: model.score(hist[r], split.t_query[r], None, None)).ndcg
 
     plain, shrunk = ndcg(0.0), ndcg(0.8)
@@ -312,13 +270,13 @@ def test_model_artifact_round_trip_in_the_bucket(s3_settings: Settings) -> None:
     model = train_hybrid(arrays(rows, items), None, params=HybridParams(lam=10.0, shrink=0.5, rank=4))
     back = from_bytes(to_bytes(model))
     assert back.items == model.items and back.params == model.params
-    assert model.v is not None and back.v is not None and np.array_equal(back.v, model.v)
+    assert model.subspace is not None and back.subspace is not None and np.array_equal(back.subspace, model.subspace)
     # A model from before the shrinkage (no `shrink` in its parameters, no `v`) serves unshrunk.
     old = HybridParams.from_dict({k: v for k, v in model.params.as_dict().items() if k not in ("shrink", "rank")})
     assert old.shrink == 0.0 and isinstance(old.rank, int)
-    unshrunk = dataclasses.replace(model, v=None, params=dataclasses.replace(model.params, shrink=0.0))
-    assert from_bytes(to_bytes(unshrunk)).v is None
-    assert np.allclose(back.b.toarray(), model.b.toarray())
+    unshrunk = dataclasses.replace(model, subspace=None, params=dataclasses.replace(model.params, shrink=0.0))
+    assert from_bytes(to_bytes(unshrunk)).subspace is None
+    assert np.allclose(back.ease.toarray(), model.ease.toarray())
     store = ObjectStore(s3_settings)
     models = ModelStore(store)
     assert models.latest() is None and models.load_if_changed(None) is None
@@ -332,7 +290,7 @@ def test_model_artifact_round_trip_in_the_bucket(s3_settings: Settings) -> None:
 
 
 def test_too_little_data_to_tune_falls_back_to_a_default_blend() -> None:
-    from core.recommend.models import NO_SIGNAL
+    from core.recommend.hybrid import NO_SIGNAL
 
     model = train_hybrid(arrays([("u", "a", "purchase", None, 1.0), ("u", "b", "view", None, 2.0)]))
     assert model.info["validation_ndcg"] == 0.0 and model.params == NO_SIGNAL and "fallback" in model.info
@@ -484,7 +442,7 @@ def test_trend_factor_lifts_rising_items_and_lowers_ageing_ones() -> None:
         rtol=1e-6,
     )
     np.testing.assert_allclose(pop.trend(np.array([t_end]), 7.0, 0.25)[0], f**0.25, rtol=1e-6)  # cached per power
-    from core.recommend.models import ROW_CACHE
+    from core.recommend.signals import ROW_CACHE
 
     for d in range(119):  # a busy query process sees many days: the one-row cache stays bounded
         pop.trend(np.array([t_end - d * 86400.0]), 7.0)
@@ -495,7 +453,7 @@ def test_trend_multiplier_moves_rising_items_up_and_is_off_by_default() -> None:
     """``boost`` multiplies positive scores and divides negative ones, so a factor above 1
     always helps; with ``trend > 0`` the model's score is the summed signals times
     ``trend_factor``, and with the default ``trend = 0`` nothing changes."""
-    from core.recommend.models import boost
+    from core.recommend.signals import boost
 
     np.testing.assert_allclose(boost(np.array([2.0, -2.0, 0.0], np.float32), np.array([2.0, 2.0, 2.0])), [4, -1, 0])
     ev, t_end = _timeline()
@@ -536,7 +494,8 @@ def test_reranker_learns_what_the_blend_cannot_see() -> None:
     good ones on another (held-out) split."""
     from dataclasses import replace
 
-    from core.recommend.models import RERANK_FEATURES, fit_reranker
+    from core.recommend.hybrid import RERANK_FEATURES
+    from core.recommend.tuning import fit_reranker
 
     params = HybridParams(lam=10.0)
     fit_on, judge_on = make_split(_rated_clusters(0)), make_split(_rated_clusters(1))
@@ -586,15 +545,18 @@ def test_training_does_not_depend_on_the_order_users_arrive_in() -> None:
     models = [train_hybrid(e, None, rerank="always") for e in (ev, renumbered)]
     assert models[0].params == models[1].params and models[0].reranker is not None
     assert models[0].reranker == models[1].reranker
-    assert np.array_equal(models[0].b.toarray(), models[1].b.toarray())
-    shrunk = [train_hybrid(e, None, params=HybridParams(lam=10.0, shrink=0.5, rank=4)).v for e in (ev, renumbered)]
+    assert np.array_equal(models[0].ease.toarray(), models[1].ease.toarray())
+    shrunk = [
+        train_hybrid(e, None, params=HybridParams(lam=10.0, shrink=0.5, rank=4)).subspace for e in (ev, renumbered)
+    ]
     assert shrunk[0] is not None and shrunk[1] is not None and np.array_equal(shrunk[0], shrunk[1])
 
 
 def test_reranker_needs_positives_and_travels_with_the_model() -> None:
     from dataclasses import replace
 
-    from core.recommend.models import RERANK_FEATURES, Reranker, fit_reranker
+    from core.recommend.hybrid import RERANK_FEATURES, Reranker
+    from core.recommend.tuning import fit_reranker
 
     rows, items = clusters()  # views and purchases; no purchase held out for anyone below
     ev = arrays([r for r in rows if r[2] == "view"], items)
@@ -619,9 +581,10 @@ def test_rerank_mode_decides_whether_the_model_gets_a_reranker(monkeypatch: pyte
     one whenever it can be fitted; ``local train`` says which happened."""
     from dataclasses import replace
 
-    from core.recommend import models
-    from core.recommend.models import RERANK_FEATURES, Reranker, tune_hybrid
+    from core.recommend import tuning
+    from core.recommend.hybrid import RERANK_FEATURES, Reranker
     from core.recommend.train import TrainReport
+    from core.recommend.tuning import tune_hybrid
 
     ev = _rated_clusters(0)
     quick = {"grid": {"lam": [10.0]}, "start": HybridParams(lam=10.0, rho=0.0, alpha=0.0)}
@@ -637,7 +600,7 @@ def test_rerank_mode_decides_whether_the_model_gets_a_reranker(monkeypatch: pyte
     n = len(RERANK_FEATURES)
     coef = tuple(5.0 if f == "log_rank" else 0.0 for f in RERANK_FEATURES)
     backwards = Reranker((0.0,) * n, (1.0,) * n, coef, 0.0, 20)
-    monkeypatch.setattr(models, "fit_reranker", lambda *a, **k: backwards)
+    monkeypatch.setattr(tuning, "fit_reranker", lambda *a, **k: backwards)
     _, _, auto = tune_hybrid(ev, None, rerank="auto", **quick)  # type: ignore[arg-type]
     assert auto.reranker is None and auto.rerank_check is not None
     assert auto.rerank_check["reranked"] < auto.rerank_check["blend"], auto.rerank_check
@@ -669,7 +632,6 @@ def test_choice_model_learns_taste_likes_and_timing() -> None:
     hyped at the user's time rises (the trend offset), users it never saw get zeros, and products
     it never saw get probability 0 after re-indexing onto a catalog."""
     from core.recommend.factors import FactorConfig
-    from core.recommend.models import factors_for
 
     ev = _rated_clusters(0)
     pop = TimePopularity(ev, len(ev.items))
@@ -714,7 +676,7 @@ def test_choice_model_travels_with_the_model_and_does_not_depend_on_numbering() 
     file; `local train` reports them."""
     ev = _rated_clusters(0)
     renumbered = _users_renumbered(ev)
-    a, b = (train_hybrid(e, None, params=HybridParams(lam=10.0, eta=1.0)).f for e in (ev, renumbered))
+    a, b = (train_hybrid(e, None, params=HybridParams(lam=10.0, eta=1.0)).choice for e in (ev, renumbered))
     assert a is not None and b is not None
     rows_a, rows_b = a.row_of(), b.row_of()
     by_id = [(rows_a[u], rows_b[u]) for u in ev.users]
@@ -725,27 +687,29 @@ def test_choice_model_travels_with_the_model_and_does_not_depend_on_numbering() 
     icode = np.empty_like(iperm)
     icode[iperm] = np.arange(len(iperm))
     reordered = dataclasses.replace(ev, items=[ev.items[j] for j in iperm], item=icode[ev.item].astype(ev.item.dtype))
-    c = train_hybrid(reordered, None, params=HybridParams(lam=10.0, eta=1.0)).f
+    c = train_hybrid(reordered, None, params=HybridParams(lam=10.0, eta=1.0)).choice
     assert c is not None and np.array_equal(c.p, a.p)
     assert np.array_equal(c.q[icode], a.q) and np.array_equal(c.item_bias[icode], a.item_bias)
     # Users listed without any event (all of theirs after an evaluation cutoff) change nothing:
     # the model trained offline equals the one trained from the same events through the API.
     idle = dataclasses.replace(ev, users=[*ev.users, "idle-a", "idle-b"])
-    d = train_hybrid(idle, None, params=HybridParams(lam=10.0, eta=1.0)).f
+    d = train_hybrid(idle, None, params=HybridParams(lam=10.0, eta=1.0)).choice
     assert d is not None and np.array_equal(d.p[: len(ev.users)], a.p) and np.array_equal(d.q, a.q)
     assert not d.p[len(ev.users) :].any()
     model = train_hybrid(ev, None, params=HybridParams(lam=10.0, eta=1.0))
-    back = from_bytes(to_bytes(model)).f
-    assert back is not None and model.f is not None and back.users == model.f.users
+    back = from_bytes(to_bytes(model)).choice
+    assert back is not None and model.choice is not None and back.users == model.choice.users
     for name in ("p", "user_bias", "q", "choice_bias", "item_bias"):
-        assert np.array_equal(getattr(back, name), getattr(model.f, name)), name
+        assert np.array_equal(getattr(back, name), getattr(model.choice, name)), name
     assert (back.mean, back.scale, back.tau_days, back.like_at) == (
-        model.f.mean,
-        model.f.scale,
-        model.f.tau_days,
-        model.f.like_at,
+        model.choice.mean,
+        model.choice.scale,
+        model.choice.tau_days,
+        model.choice.like_at,
     )
-    assert from_bytes(to_bytes(dataclasses.replace(model, f=None))).f is None  # models without one load as before
+    assert (
+        from_bytes(to_bytes(dataclasses.replace(model, choice=None))).choice is None
+    )  # models without one load as before
     from core.recommend.train import TrainReport
 
     line = TrainReport("k", model, 1, 1, 1, 0.1).summary().splitlines()[-1]

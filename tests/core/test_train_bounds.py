@@ -12,9 +12,11 @@ from core.events import Event, parse_events, to_arrow
 from core.ingest import PendingProduct
 from core.models import ProductInput, default_weights
 from core.recommend.data import EventArrays, aggregate
-from core.recommend.models import DAY, active_items, history_matrix, on_items, train_hybrid
+from core.recommend.hybrid import on_items
 from core.recommend.online import CatalogSnapshot
+from core.recommend.signals import DAY, active_items, history_matrix
 from core.recommend.train import train, vectors_of
+from core.recommend.tuning import train_hybrid
 from functions.services import Services
 
 T0 = 1_700_000_000.0
@@ -44,12 +46,12 @@ def test_train_hybrid_covers_at_most_max_items() -> None:
     vectors = rng.standard_normal((len(ev.items), 8)).astype(np.float32)
     model = train_hybrid(ev, vectors, max_items=25, rerank="off")
     assert len(model.items) == 25 and set(model.items) == {ev.items[i] for i in active_items(ev, 25)}
-    assert model.b.shape == (25, 25) and model.info["catalog_items"] == 40
+    assert model.ease.shape == (25, 25) and model.info["catalog_items"] == 40
     # Offline scoring over the whole catalog: the uncovered products get no collaborative weight.
     full = on_items(model, ev.items)
     at = [ev.items.index(i) for i in model.items]
-    b = full.b.toarray()
-    np.testing.assert_array_equal(b[np.ix_(at, at)], model.b.toarray())
+    b = full.ease.toarray()
+    np.testing.assert_array_equal(b[np.ix_(at, at)], model.ease.toarray())
     others = [k for k in range(40) if k not in at]
     assert not b[others].any() and not b[:, others].any()
     hist = history_matrix(aggregate(ev), 1.0, 20.0)
