@@ -33,9 +33,9 @@ from bench.common import report, s3_settings
 from core.catalog import Catalog, ProductRecord
 from core.embedding.sbert import SentenceEncoder
 from core.hot import HotCatalog
-from core.models import Product, ProductInput, Weights
 from core.search import QueryCache, SearchQuery, search
 from core.settings import Settings
+from core.types import Product, ProductInput, Weights
 from local.sample import BRANDS, COLOURS, ITEMS, MATERIALS, PATTERNS
 
 SYLLABLES = ("vir", "zan", "tor", "kel", "mar", "dus", "qua", "lix", "pho", "ren", "sab", "ov", "ix", "ul", "bre")

@@ -15,7 +15,7 @@ from bench.common import report, s3_settings
 from core.embedding import load_embedder
 from core.images import decode_image
 from core.ingest import PendingProduct
-from core.models import ProductInput
+from core.types import ProductInput
 from functions.services import Services
 from local.sample import generate
 

@@ -51,8 +51,8 @@ from bench.common import LightClient, ServeProcess, percentiles, report, s3_sett
 from core.catalog import Catalog, ProductRecord, products_schema
 from core.embedding import l2_normalize, load_embedder
 from core.hot import CategoryCodes, HotCatalog, HotSnapshot
-from core.models import Filters, Product, Weights
 from core.search import hot_ranked, similar
+from core.types import Filters, Product, Weights
 from functions.services import Services
 from local.sample import BRANDS, COLOURS, ITEMS, MATERIALS, PATTERNS, PRICE_RANGES, generate
 

@@ -246,8 +246,8 @@ def stage_startup(settings: Settings) -> dict[str, Any]:
 
 def stage_query(settings: Settings, queries: int) -> dict[str, Any]:
     from bench.query import mixture
-    from core.models import Weights
     from core.search import hot_ranked
+    from core.types import Weights
 
     t = time.perf_counter()
     services = _services(settings)

@@ -23,7 +23,7 @@ import uvicorn
 from bench.common import percentiles, report, s3_settings, timed
 from core.catalog import ProductRecord
 from core.embedding import l2_normalize, load_embedder
-from core.models import Product
+from core.types import Product
 from functions.app import create_app
 from functions.services import Services
 from local.sample import BRANDS, COLOURS, ITEMS, MATERIALS, PATTERNS, PRICE_RANGES, generate

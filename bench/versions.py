@@ -17,7 +17,7 @@ import time
 from bench.common import report, s3_settings
 from core.embedding.fake import fake_embedder
 from core.ingest import PendingProduct
-from core.models import ProductInput
+from core.types import ProductInput
 from functions.services import Services
 
 

@@ -25,8 +25,8 @@ import pyarrow as pa
 from lancedb.index import Bitmap, BTree, IvfPq
 
 from core.errors import ConfigError, InvalidInput, NotFound, Unavailable
-from core.models import Filters, Product, Vector
 from core.settings import Settings
+from core.types import Filters, Product, Vector
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

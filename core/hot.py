@@ -33,7 +33,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from core.keyword import KeywordIndex
-from core.models import Filters, Product
+from core.types import Filters, Product
 
 if TYPE_CHECKING:
     from core.catalog import Catalog

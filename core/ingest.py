@@ -25,9 +25,9 @@ from core.catalog import Catalog, ProductRecord
 from core.embedding import Embedder, embed_image_bytes
 from core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceError
 from core.images import extension_for, sniff_content_type
-from core.models import Product, ProductInput, Vector
 from core.settings import Settings
 from core.storage import ObjectStore, validate_key
+from core.types import Product, ProductInput, Vector
 
 METADATA_SUFFIXES = (".json", ".jsonl", ".csv")
 

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from core.models import Product
+from core.types import Product
 
 K1 = 1.2
 B = 0.75

@@ -43,7 +43,7 @@ from core.catalog import Candidate, Catalog
 from core.embedding import Embedder
 from core.errors import InvalidInput, ServiceError, Unavailable
 from core.hot import HotCatalog, HotSnapshot, score_rows, top_rows, unique_rows
-from core.models import Filters, SearchHit, Vector, Weights
+from core.types import Filters, SearchHit, Vector, Weights
 
 CANDIDATE_FACTOR = 4
 MIN_CANDIDATES = 50

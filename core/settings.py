@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from core.models import Weights
+    from core.types import Weights
 
 
 class Settings(BaseSettings):
@@ -235,7 +235,7 @@ class Settings(BaseSettings):
     def default_weights(self, clip_random_init: bool) -> Weights:
         """``IMAGE_WEIGHT`` / ``TEXT_WEIGHT`` for a catalog whose image vectors come from
         random-init CLIP (``clip_random_init``: noise, so text alone) or not."""
-        from core.models import default_weights
+        from core.types import default_weights
 
         return default_weights(self.image_weight, self.text_weight, clip_random_init)
 

@@ -36,8 +36,8 @@ from core.recommend.online import CatalogSnapshot
 
 if TYPE_CHECKING:
     from core.catalog import Catalog
-    from core.models import Weights
     from core.storage import ObjectStore
+    from core.types import Weights
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.models import Filters, Product, SearchHit
 from core.recommend.online import Recommended
+from core.types import Filters, Product, SearchHit
 
 
 def image_url(base_url: str, p: Product) -> str | None:

@@ -11,13 +11,13 @@ from core.embedding import Embedder, load_embedder
 from core.events import EventLog
 from core.hot import HotCatalog
 from core.ingest import Indexer
-from core.models import Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.online import Recommender
 from core.search import QueryCache
 from core.settings import Settings
 from core.startup import read_startup
 from core.storage import ObjectStore
+from core.types import Weights
 from core.uploads import UploadLog, UploadProcessor
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 from core.errors import InvalidInput
 from core.events import iter_event_file, parse_event, to_arrow
-from core.models import ProductInput
 from core.recommend.data import F32, EventArrays
 from core.settings import Settings
+from core.types import ProductInput
 
 
 def _embed(products: Sequence[ProductInput]) -> F32:

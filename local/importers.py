@@ -16,7 +16,7 @@ from PIL import Image
 
 from core.errors import InvalidInput
 from core.ingest import Item, PendingProduct, RecordError
-from core.models import ProductInput
+from core.types import ProductInput
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = (

@@ -16,7 +16,7 @@ from PIL import Image
 from core.catalog import ProductRecord
 from core.embedding import l2_normalize
 from core.ingest import PendingProduct
-from core.models import Product, ProductInput
+from core.types import Product, ProductInput
 
 
 def jpeg(colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 64)) -> bytes:

@@ -3,7 +3,7 @@ try first (popularity, popular lately, item-kNN, EASE, EASE + popular lately) an
 
 A :class:`Ranker` is fitted on a split and then scores users against every product.
 :mod:`core.recommend.evaluate` tunes, fits and scores each one the same way, and
-``tests/core/test_ranker_contract.py`` holds each one to the same contract: a new ranker is one
+``tests/core/recommend/test_ranker_contract.py`` holds each one to the same contract: a new ranker is one
 class here, its row in the evaluation and one line in the contract test.
 """
 

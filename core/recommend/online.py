@@ -44,12 +44,12 @@ from core.hot import (
     filter_mask,
     load_faiss,
 )
-from core.models import Filters, Product, Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64
 from core.recommend.history import EventState, HistoryItem
 from core.recommend.hybrid import HybridModel, HybridParams, on_items, rerank_features
 from core.recommend.signals import TimePopularity, _max_normalise, boost, history_weights, weighted_rows
+from core.types import Filters, Product, Weights
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ class Recommender:
 
     catalog: Catalog
     events: EventLog
-    models: ModelStore
+    model_store: ModelStore
     weights: Weights
     exclude_seen: bool = True
     refresh_seconds: float = 2.0
@@ -511,7 +511,7 @@ class Recommender:
                 self._pruned_at = time.time()
                 if dropped:
                     log.info("event window: %d events older than %g days forgotten", dropped, self.event_window_days)
-            loaded = self.models.load_if_changed(self.model_key)
+            loaded = self.model_store.load_if_changed(self.model_key)
             if loaded is not None:
                 self.model_key, self.model = loaded
                 log.info("recommendation model %s loaded", self.model_key)

@@ -12,13 +12,13 @@ import pyarrow as pa
 from core.catalog import Catalog
 from core.errors import ConfigError, InvalidInput
 from core.events import EventLog
-from core.models import Weights
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, EventArrays
 from core.recommend.hybrid import HybridModel
 from core.recommend.online import product_vectors
 from core.recommend.signals import active_items, ease_bytes, restrict_items
 from core.recommend.tuning import MAX_ITEMS, RerankMode, train_hybrid
+from core.types import Weights
 
 
 @dataclass(frozen=True)

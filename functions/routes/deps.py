@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from core import errors
 from core.analytics import CatalogStatsCache, QueryLog, RequestLog
 from core.events import parse_timestamp
-from core.models import Filters
+from core.types import Filters
 from functions.metrics import ApiMetrics
 from functions.schemas import FiltersIn
 from functions.services import Services

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from core import errors
 from core.images import sniff_content_type
-from core.models import ProductInput
+from core.types import ProductInput
 from functions.routes.deps import ApiDep, decode_base64, require_api_key
 from functions.schemas import DeleteResponse, ProductIn, ProductOut
 

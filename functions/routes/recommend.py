@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from core.models import Filters
+from core.types import Filters
 from functions.routes.deps import ApiDep, as_of_seconds, in_memory_or_thread, query_filters
 from functions.schemas import MoreLikeRequest, MoreLikeResponse, Recommendation, RecommendationsResponse
 

@@ -6,8 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from core.images import decode_image
-from core.models import Filters, Weights
 from core.search import SearchQuery, Timings, search, similar
+from core.types import Filters, Weights
 from functions.routes.deps import ApiDep, decode_base64, in_memory_or_thread, query_filters
 from functions.schemas import SearchRequest, SearchResponse, SearchResult, SimilarProduct, SimilarResponse
 

@@ -10,8 +10,8 @@ import pytest
 
 from core.catalog import Catalog, Compactor, compact_files
 from core.errors import ConfigError, NotFound
-from core.models import Filters
 from core.settings import Settings
+from core.types import Filters
 from tests.helpers import record
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ import pytest
 from core.catalog import Catalog, ProductRecord
 from core.embedding import l2_normalize
 from core.hot import FusedVectors, HotCatalog, append_rows, score_rows
-from core.models import Filters, Product, Weights
 from core.search import ranked, similar
 from core.settings import Settings
+from core.types import Filters, Product, Weights
 
 pytestmark = pytest.mark.integration
 W = Weights(0.7, 0.3)

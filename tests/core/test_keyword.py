@@ -13,9 +13,9 @@ from core.embedding import l2_normalize
 from core.errors import InvalidInput
 from core.hot import HotCatalog
 from core.keyword import FULL_MATCH, K1, KeywordIndex, document, tokenize
-from core.models import Filters, Product, Weights
 from core.search import SearchQuery, hot_ranked, keyword_ranked
 from core.settings import Settings
+from core.types import Filters, Product, Weights
 
 NOW = datetime.now(UTC)
 

@@ -11,10 +11,10 @@ import pytest
 from core.embedding import Embedder
 from core.events import parse_events
 from core.ingest import PendingProduct
-from core.models import ProductInput, Weights
 from core.search import hot_ranked
 from core.settings import Settings
 from core.startup import LATEST, PREFIX
+from core.types import ProductInput, Weights
 from functions.jobs import train_recommender
 from functions.services import Services
 from tests.conftest import make_settings

@@ -9,8 +9,8 @@ from PIL import Image
 
 from core.embedding import Embedder
 from core.ingest import PendingProduct
-from core.models import ProductInput
 from core.settings import Settings
+from core.types import ProductInput
 from functions.app import create_app
 from functions.services import Services
 from local.sample import generate

@@ -106,7 +106,7 @@ def test_training_job_body_against_the_s3_server(services: Services, s3_settings
     """The scheduled function's body: trains once there are events, then skips until new ones."""
     from core.events import parse_events
     from core.ingest import PendingProduct
-    from core.models import ProductInput
+    from core.types import ProductInput
 
     products = [
         PendingProduct(ProductInput.from_mapping({"product_id": f"P{i}", "title": f"Item {i}"})) for i in range(6)

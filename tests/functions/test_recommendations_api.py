@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from core.embedding import Embedder
 from core.events import EventLog, parse_events
 from core.ingest import PendingProduct
-from core.models import ProductInput
 from core.settings import Settings
+from core.types import ProductInput
 from functions.app import create_app
 from functions.jobs import train_recommender
 from functions.services import Services

@@ -35,7 +35,7 @@ def test_fashion_mnist_import_and_same_category_neighbours(services: Services) -
     agree = []
     for i in range(0, 300, 15):
         anchor = services.catalog.get(f"FMt10k{i:05d}")
-        from core.models import Weights
+        from core.types import Weights
 
         hits = similar(services.catalog, anchor.product_id, 5, Weights(1.0, 0.0))
         agree.append(np.mean([h.product.category == anchor.category for h in hits]))

@@ -14,7 +14,7 @@ import pytest
 
 from core.embedding import Embedder
 from core.ingest import PendingProduct
-from core.models import ProductInput
+from core.types import ProductInput
 from functions.app import create_app
 from functions.services import Services
 from local.runtime import API_STATE, announce_api, wait_until_served

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from core.events import parse_events
 from core.ingest import PendingProduct
-from core.models import ProductInput
+from core.types import ProductInput
 from functions.app import create_app
 from functions.services import Services
 from local.runtime import TrainingSchedule, train_in_process

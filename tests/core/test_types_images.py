@@ -6,8 +6,8 @@ from PIL import Image
 
 from core.errors import InvalidImage, InvalidInput, PayloadTooLarge
 from core.images import decode_image
-from core.models import Filters, ProductInput, Weights
 from core.settings import Settings
+from core.types import Filters, ProductInput, Weights
 from tests.helpers import jpeg
 
 

@@ -9,7 +9,6 @@ import pytest
 import scipy.sparse as sp
 
 from core.events import Event, to_arrow
-from core.models import Product, Weights
 from core.recommend.artifact import ModelStore, from_bytes, to_bytes
 from core.recommend.data import EventArrays, aggregate, time_split
 from core.recommend.hybrid import HybridParams, on_items
@@ -28,6 +27,7 @@ from core.recommend.signals import (
 from core.recommend.tuning import factors_for, train_hybrid
 from core.settings import Settings
 from core.storage import ObjectStore
+from core.types import Product, Weights
 
 Row = tuple[str, str, str, float | None, float]  # user, item, type, value, epoch seconds
 
@@ -298,8 +298,8 @@ def test_too_little_data_to_tune_falls_back_to_a_default_blend() -> None:
 
 def _content_snapshot(n: int, seed: int = 0) -> object:
     """A clustered catalog of ``n`` products (image 32 + text 24 dims, a tenth without image)."""
-    from core.models import Product, Weights
     from core.recommend.online import CatalogSnapshot
+    from core.types import Product, Weights
 
     rng = np.random.default_rng(seed)
     kinds = rng.integers(0, 40, n)

@@ -10,13 +10,13 @@ import pytest
 from core.errors import ConfigError
 from core.events import Event, parse_events, to_arrow
 from core.ingest import PendingProduct
-from core.models import ProductInput, default_weights
 from core.recommend.data import EventArrays, aggregate
 from core.recommend.hybrid import on_items
 from core.recommend.online import CatalogSnapshot
 from core.recommend.signals import DAY, active_items, history_matrix
 from core.recommend.train import train, vectors_of
 from core.recommend.tuning import train_hybrid
+from core.types import ProductInput, default_weights
 from functions.services import Services
 
 T0 = 1_700_000_000.0
@@ -92,10 +92,10 @@ def test_training_reads_the_vectors_of_the_covered_products_and_refuses_what_wou
     assert np.allclose(got, snap.vectors[[snap.index[p] for p in pids]])
 
     with pytest.raises(ConfigError) as refused:
-        train(catalog, services.events, services.recommender.models, weights, max_items=4, memory_gb=0.5)
+        train(catalog, services.events, services.recommender.model_store, weights, max_items=4, memory_gb=0.5)
     assert "RECS_TRAIN_MEMORY_GB=0.5" in str(refused.value) and "RECS_MAX_ITEMS=4" in str(refused.value)
-    assert services.recommender.models.latest() is None  # nothing saved
+    assert services.recommender.model_store.latest() is None  # nothing saved
 
-    report = train(catalog, services.events, services.recommender.models, weights, max_items=4, rerank="off")
+    report = train(catalog, services.events, services.recommender.model_store, weights, max_items=4, rerank="off")
     assert sorted(report.model.items) == ["P0", "P1", "P2", "P3"]
     assert report.items == 8 and "(the 4 most active in the collaborative model)" in report.summary()
