@@ -377,7 +377,7 @@ def recs_content_index(services: Services, users: int = 300) -> list[dict[str, A
     shoes = Filters(categories=("Footwear",), max_price=100.0)
     served = recs.snapshot
     # The exact pass at its fastest (the transposed copy, which snapshots with an index skip).
-    recs.snapshot = replace(served, vectors_t=np.ascontiguousarray(served.vectors.T))
+    recs.snapshot = replace(served, vectors_t=np.ascontiguousarray(served.dense_vectors().T))
     got: dict[tuple[bool, bool], list[set[str]]] = {}
     lat: dict[tuple[bool, bool], list[float]] = {}
     for ann in (True, False):

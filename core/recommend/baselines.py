@@ -107,48 +107,55 @@ class RecentPopularity:
         return pop.recent(t_query[users], self.days)
 
 
-class ItemKNN:
+class _ItemToItem:
+    """A user's interactions times an item x item matrix; subclasses say how it is fitted."""
+
+    def __init__(self) -> None:
+        self._state: tuple[sp.csr_matrix, sp.csr_matrix | F32] | None = None
+
+    def _weights(self, x: sp.csr_matrix) -> sp.csr_matrix | F32:
+        raise NotImplementedError
+
+    def fit(self, split: Split) -> Self:
+        x = binary_matrix(split.train)
+        self._state = (x, self._weights(x))
+        return self
+
+    def score(self, users: I32) -> F32:
+        x, w = _fitted(self._state)
+        return _dense(x[users] @ w)
+
+
+class ItemKNN(_ItemToItem):
     """Cosine item-item similarity over who interacted with what, ``k`` neighbours per item."""
 
     name: ClassVar[str] = "item-kNN (cosine)"
 
     def __init__(self, k: int) -> None:
+        super().__init__()
         self.k = k
-        self._state: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
 
     def describe(self) -> str:
         return f"k={self.k}"
 
-    def fit(self, split: Split) -> Self:
-        x = binary_matrix(split.train)
-        self._state = (x, fit_itemknn(x, self.k))
-        return self
-
-    def score(self, users: I32) -> F32:
-        x, sim = _fitted(self._state)
-        return _dense(x[users] @ sim)
+    def _weights(self, x: sp.csr_matrix) -> sp.csr_matrix:
+        return fit_itemknn(x, self.k)
 
 
-class Ease:
+class Ease(_ItemToItem):
     """EASE (Steck 2019) on who interacted with what, penalty ``lam``."""
 
     name: ClassVar[str] = "EASE"
 
     def __init__(self, lam: float) -> None:
+        super().__init__()
         self.lam = lam
-        self._state: tuple[sp.csr_matrix, F32] | None = None
 
     def describe(self) -> str:
         return f"lambda={self.lam:g}"
 
-    def fit(self, split: Split) -> Self:
-        x = binary_matrix(split.train)
-        self._state = (x, fit_ease(x, self.lam))
-        return self
-
-    def score(self, users: I32) -> F32:
-        x, b = _fitted(self._state)
-        return _dense(x[users] @ b)
+    def _weights(self, x: sp.csr_matrix) -> F32:
+        return fit_ease(x, self.lam)
 
 
 class EaseRecentBlend:
