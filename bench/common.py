@@ -78,6 +78,11 @@ def s3_settings(*, own_process: bool = False, **overrides: Any) -> tuple[Setting
         s3_bucket=bucket,
         aws_access_key_id=SecretStr("b"),
         aws_secret_access_key=SecretStr("b"),
+        # A benchmark's load comes from one address with no key: per-client limits would
+        # measure the limiter, not the service.
+        deployment="development",
+        write_rate_limit=0,
+        image_search_rate_limit=0,
         **overrides,
     )
     return settings, server

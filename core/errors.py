@@ -36,6 +36,14 @@ class Forbidden(ServiceError):
     """Credentials present but wrong."""
 
 
+class RateLimited(ServiceError):
+    """Too many requests from one client; ``retry_after`` seconds until the next is accepted."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Unavailable(ServiceError):
     """A dependency (object storage, the catalog) cannot be reached right now; retry later."""
 

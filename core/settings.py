@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -121,8 +121,39 @@ class Settings(BaseSettings):
     )
 
     # Security
-    api_key: SecretStr | None = None
+    deployment: Literal["production", "development"] = Field(
+        default="production",
+        description="production: the HTTP app refuses to start without API_KEY and WEBHOOK_TOKEN (unless "
+        "ALLOW_ANONYMOUS_WRITES); development: what the dev runner sets, keys optional.",
+    )
+    allow_anonymous_writes: bool = Field(
+        default=False, description="Production without API_KEY / WEBHOOK_TOKEN: writes open to anyone (logged)."
+    )
+    api_key: SecretStr | None = Field(default=None, description="Writes and shopper data need it when set.")
+    read_api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, reads (search, similar, recommendations, products) need it or API_KEY; a key "
+        "for a storefront that can search but not write.",
+    )
     webhook_token: SecretStr | None = None
+    image_url_ttl_seconds: int = Field(
+        default=3600,
+        ge=60,
+        description="With READ_API_KEY: image URLs in answers carry a signature valid this long, so <img> tags "
+        "work without the key.",
+    )
+    webhook_keys_per_minute: int = Field(
+        default=600,
+        ge=0,
+        description="Upload keys a process queues (or spawns GPU work for) per minute from notifications; more "
+        "are left to the sweeper (0 = no cap).",
+    )
+    write_rate_limit: int = Field(
+        default=600, ge=0, description="Writes per minute per client (key or address); 429 above (0 = off)."
+    )
+    image_search_rate_limit: int = Field(
+        default=120, ge=0, description="Searches by photo per minute per client; 429 above (0 = off)."
+    )
     cors_origins: str = Field(
         default="",
         description="Comma-separated browser origins allowed cross-site (or *); empty = CORS closed.",
@@ -203,6 +234,12 @@ class Settings(BaseSettings):
     @property
     def positive_types(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.recs_positive_types.split(",") if t.strip())
+
+    @field_validator("api_key", "read_api_key", "webhook_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        """``API_KEY=`` (as in a copied ``.env.example``) means no key, not the empty key."""
+        return None if v == "" else v
 
     @model_validator(mode="after")
     def _weights_not_both_zero(self) -> Settings:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -23,8 +24,9 @@ from urllib.parse import unquote_plus
 import pyarrow as pa
 
 from core.catalog import Catalog, commit_with_retry, open_dataset_table, quote, storage_errors
-from core.errors import InvalidInput, NotFound, PayloadTooLarge
+from core.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from core.ingest import METADATA_SUFFIXES, Indexer, records_from_metadata, resolve_bucket_image
+from core.ratelimit import RateLimiter
 from core.settings import Settings
 from core.storage import ObjectStore, validate_key
 
@@ -94,27 +96,91 @@ def is_upload_metadata(key: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Ignored:
+    """A notified key that is not indexed, why (``reason``, for the caller) and what kind of
+    refusal it is (``kind``, a metrics label)."""
+
+    key: str
+    kind: Literal["other_bucket", "not_upload", "missing", "too_large", "duplicate", "over_rate"]
+    reason: str
+
+
+@dataclass(frozen=True)
 class Triage:
-    """What a notification asks this deployment to do: the keys to index, and the others each
-    with why it is ignored."""
+    """What a notification asks this deployment to do: the keys to index, and the others."""
 
     keys: list[str]
-    ignored: list[tuple[str, str]]  # (key, reason)
+    ignored: list[Ignored]
 
 
 def triage(payload: Any, bucket: str) -> Triage:
     """Parse a bucket notification (:func:`parse_notification`) and keep the metadata files
     under ``uploads/`` of ``bucket``: the one place that decides which notified keys are indexed."""
     keys: list[str] = []
-    ignored: list[tuple[str, str]] = []
+    ignored: list[Ignored] = []
     for ev in parse_notification(payload):
         if ev.bucket is not None and ev.bucket != bucket:
-            ignored.append((ev.key, f"bucket {ev.bucket!r} is not served here"))
+            ignored.append(Ignored(ev.key, "other_bucket", f"bucket {ev.bucket!r} is not served here"))
         elif not is_upload_metadata(ev.key):
-            ignored.append((ev.key, "not a .json/.jsonl/.csv file under uploads/"))
+            ignored.append(Ignored(ev.key, "not_upload", "not a .json/.jsonl/.csv file under uploads/"))
         else:
             keys.append(ev.key)
     return Triage(keys, ignored)
+
+
+class UploadGate:
+    """Checks every notified key before any work is queued or spawned for it, so that a flood of
+    made-up or repeated notifications costs a HEAD request each, not an indexing run (on Modal, a
+    GPU call): the object exists, is at most ``max_bytes``, was not let through before with the
+    same ETag, and fewer than ``per_minute`` keys a minute went through (0: no cap; the others
+    are left to the upload sweeper, which finds every unindexed upload)."""
+
+    def __init__(self, store: ObjectStore, max_bytes: int, per_minute: int, remember: int = 10_000) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+        self.remember = remember
+        self._limit = RateLimiter(per_minute) if per_minute > 0 else None
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def admit(self, found: Triage) -> Triage:
+        """``found`` with the keys that fail a check moved to ``ignored``. While the bucket cannot
+        be asked (an outage), keys are let through unchecked, under the same per-minute cap: the
+        worker retries them once storage is back, and nothing a notification names is lost."""
+        keys: list[str] = []
+        ignored = list(found.ignored)
+        reachable = True
+        for key in found.keys:
+            etag = None
+            if reachable:
+                try:
+                    info = self.store.head(key)
+                    etag = info.etag
+                except NotFound:
+                    ignored.append(Ignored(key, "missing", "no such object in the bucket"))
+                    continue
+                except Unavailable as exc:
+                    reachable = False  # one timeout per notification, not one per key
+                    log.warning("bucket unreachable (%s): notified keys are queued unchecked", exc)
+                else:
+                    if info.size > self.max_bytes:
+                        reason = f"{info.size} bytes, over MAX_UPLOAD_BYTES ({self.max_bytes})"
+                        ignored.append(Ignored(key, "too_large", reason))
+                        continue
+            with self._lock:
+                if etag is not None and (key, etag) in self._seen:
+                    ignored.append(Ignored(key, "duplicate", "already queued with this ETag"))
+                    continue
+                if self._limit is not None and self._limit.take("notifications") > 0:
+                    reason = "over WEBHOOK_KEYS_PER_MINUTE: left to the upload sweeper"
+                    ignored.append(Ignored(key, "over_rate", reason))
+                    continue
+                if etag is not None:
+                    self._seen[(key, etag)] = None
+                    if len(self._seen) > self.remember:
+                        self._seen.popitem(last=False)
+            keys.append(key)
+        return Triage(keys, ignored)
 
 
 @dataclass(frozen=True)

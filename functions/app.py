@@ -10,12 +10,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from core.analytics import CatalogStatsCache
+from core.ratelimit import RateLimiter
+from core.uploads import UploadGate
 from functions import errors
 from functions.metrics import ApiMetrics
 from functions.middleware import BodySizeLimit, ConcurrencyLimit, TimeRequests
 from functions.routes import admin, events, ops, products, recommend, search, ui, uploads
 from functions.routes.deps import Api, UploadQueue
 from functions.schemas import EventIn
+from functions.security import ImageSigner, check_deployment
 from functions.services import Services
 from functions.upload_worker import UploadWorker
 
@@ -26,17 +29,23 @@ UNTRACKED_ROUTES = frozenset({"/ui", "/stats", "/metrics", "/", ui.PLOTLY_PATH})
 
 
 def create_app(services: Services, worker: UploadQueue | None = None) -> FastAPI:
-    """Build the HTTP app around already-loaded services (models, catalog, bucket).
+    """Build the HTTP app around already-loaded services (models, catalog, bucket). In
+    production (``DEPLOYMENT``) it refuses to run without its secrets (:func:`check_deployment`).
 
     ``worker`` takes upload notifications; by default an :class:`UploadWorker` is made here
     (sweeping every ``UPLOAD_SWEEP_SECONDS`` when that is set) and started with the app.
     """
     settings = services.settings
+    check_deployment(settings)
     api = Api(
         services=services,
         uploads=worker or UploadWorker(services.uploads, sweep_seconds=settings.upload_sweep_seconds),
         metrics=ApiMetrics(services),
         catalog_stats=CatalogStatsCache(services.catalog),
+        gate=UploadGate(services.store, settings.max_upload_bytes, settings.webhook_keys_per_minute),
+        write_limits=RateLimiter(settings.write_rate_limit) if settings.write_rate_limit else None,
+        image_search_limits=RateLimiter(settings.image_search_rate_limit) if settings.image_search_rate_limit else None,
+        signer=ImageSigner(settings.read_api_key, settings.image_url_ttl_seconds) if settings.read_api_key else None,
     )
 
     @asynccontextmanager

@@ -1,6 +1,7 @@
 """The one map from the core error tree to HTTP, and the error answers in the OpenAPI schema."""
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,7 @@ ERROR_STATUS: list[tuple[type[errors.ServiceError], int]] = [
     (errors.InvalidInput, 422),
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
+    (errors.RateLimited, 429),
     (errors.Unavailable, 503),
     (errors.ModelLoadError, 503),
     (errors.ConfigError, 500),
@@ -49,7 +51,8 @@ async def service_error(request: Request, exc: Exception) -> JSONResponse:
     code = status_for(exc)
     if code >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
-    return JSONResponse({"detail": str(exc)}, status_code=code)
+    headers = {"Retry-After": str(math.ceil(exc.retry_after))} if isinstance(exc, errors.RateLimited) else None
+    return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
 
 
 def install(app: FastAPI, schemas: dict[str, type[BaseModel]]) -> None:

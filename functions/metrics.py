@@ -27,6 +27,12 @@ class ApiMetrics:
             registry=self.registry,
         )
         random_init.set(1.0 if services.embedder.clip.random_init else 0.0)
+        self.webhook_refused = Counter(
+            "webhook_keys_refused_total",
+            "Notified upload keys not queued: missing, too_large, duplicate, over_rate, not_upload, other_bucket",
+            ["reason"],
+            registry=self.registry,
+        )
         self.events = Counter(
             "events_accepted_total", "Events stored via POST /events", ["event_type"], registry=self.registry
         )
@@ -36,19 +42,17 @@ class ApiMetrics:
             "recommender_model_loaded", "1 when a trained recommendation model is served", registry=self.registry
         )
         model_age.set_function(lambda: 0.0 if services.recommender.model is None else 1.0)
-        self.inference = Histogram(
+        self.inference = self._seconds(
             "model_inference_duration_seconds",
             "Query embedding time (text encoders, or CLIP on a query photo)",
-            ["kind"],
-            registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1),
+            "kind",
+            (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1),
         )
-        self.vector_search = Histogram(
+        self.vector_search = self._seconds(
             "vector_search_duration_seconds",
             "Candidate search + exact re-scoring time",
-            ["route"],
-            registry=self.registry,
-            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            "route",
+            (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
         )
         cache = services.query_cache
         self.cache_requests = Counter(
@@ -69,3 +73,6 @@ class ApiMetrics:
             "index_served_version", "Dataset version of the in-memory catalog snapshot", registry=self.registry
         )
         served.set_function(lambda: -1.0 if hot is None or hot.snapshot is None else float(hot.snapshot.version))
+
+    def _seconds(self, name: str, doc: str, label: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, doc, [label], registry=self.registry, buckets=buckets)

@@ -12,18 +12,32 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class BodySizeLimit:
-    """Refuses request bodies over ``max_bytes`` with 413: at once when Content-Length says so,
-    and while streaming when it is absent (chunked uploads), without buffering the excess."""
+class HttpMiddleware:
+    """A plain ASGI middleware (``BaseHTTPMiddleware`` costs a task and a stream per request):
+    other traffic (lifespan) passes through, HTTP requests go to :meth:`http`."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
-        self.max_bytes = max_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
+        else:
+            await self.http(scope, receive, send)
+
+    async def http(self, scope: Any, receive: Any, send: Any) -> None:
+        raise NotImplementedError
+
+
+class BodySizeLimit(HttpMiddleware):
+    """Refuses request bodies over ``max_bytes`` with 413: at once when Content-Length says so,
+    and while streaming when it is absent (chunked uploads), without buffering the excess."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        super().__init__(app)
+        self.max_bytes = max_bytes
+
+    async def http(self, scope: Any, receive: Any, send: Any) -> None:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:
             try:
@@ -68,7 +82,7 @@ class BodySizeLimit:
         await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
-class ConcurrencyLimit:
+class ConcurrencyLimit(HttpMiddleware):
     """Load shedding: at most ``limit`` requests in the app at once; a request that finds no free
     slot within ``wait_s`` gets 429 with Retry-After (never a 5xx, never an unbounded queue).
     Health, metrics and the dashboard's files are always served."""
@@ -76,14 +90,14 @@ class ConcurrencyLimit:
     EXEMPT = ("/health", "/metrics", "/ui")
 
     def __init__(self, app: Any, limit: int, wait_s: float) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = limit
         self.wait_s = wait_s
         self._slots: asyncio.Semaphore | None = None
         self.shed = 0
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or self.limit <= 0 or scope["path"].startswith(self.EXEMPT):
+    async def http(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.limit <= 0 or scope["path"].startswith(self.EXEMPT):
             await self.app(scope, receive, send)
             return
         if self._slots is None:
@@ -104,20 +118,16 @@ class ConcurrencyLimit:
             self._slots.release()
 
 
-class TimeRequests:
-    """Request latency per route into Prometheus and the traffic log (a plain ASGI middleware:
-    ``BaseHTTPMiddleware`` costs a task and a stream per request). The route is the one the
+class TimeRequests(HttpMiddleware):
+    """Request latency per route into Prometheus and the traffic log. The route is the one the
     router matched (``scope["route"]``, set in place, so a mounted app's rewritten path does not
     hide it); requests that match nothing are "unmatched"."""
 
     def __init__(self, app: Any, observe: Callable[[str, str, int, float], None]) -> None:
-        self.app = app
+        super().__init__(app)
         self.observe = observe
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Any, receive: Any, send: Any) -> None:
         status = 500  # an exception before the response started ends as a 500
 
         async def send_status(message: Any) -> None:

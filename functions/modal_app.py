@@ -1,13 +1,15 @@
 """The Modal app: the same `core` code as the dev runner, serverless.
 
     modal secret create shelfsearch S3_BUCKET=... AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... \\
-        AWS_REGION=... [S3_ENDPOINT_URL=...] [API_KEY=...] [WEBHOOK_TOKEN=...]
+        AWS_REGION=... API_KEY=... WEBHOOK_TOKEN=... [READ_API_KEY=...] [S3_ENDPOINT_URL=...]
     modal deploy functions/modal_app.py                     # web endpoint + GPU indexer + sweeper
     modal run functions/modal_app.py::reindex --prefix uploads/   # fan a bucket prefix out over GPUs
 
 - ``web``: the HTTP app from :func:`functions.app.create_app` on CPU containers (queries embed on
-  CPU; many concurrent requests per container). Upload notifications it receives are handed to
-  the GPU indexer with ``.spawn`` instead of an in-process worker.
+  CPU; many concurrent requests per container). It runs as ``DEPLOYMENT=production``: without
+  ``API_KEY`` and ``WEBHOOK_TOKEN`` in the Secret it refuses to start, naming them. Upload
+  notifications it receives are handed to the GPU indexer with ``.spawn`` instead of an
+  in-process worker.
 - ``GpuIndexer``: models loaded once per container in ``@modal.enter``; indexes upload files and
   reindex work items, embedding images with nvjpeg decode + fp16 on the GPU in a pool of
   ``GPU_EMBED_PROCESSES`` worker processes (one process cannot decode JPEGs fast enough).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -11,16 +12,38 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.recommend.online import Recommended
 from core.types import Filters, Product, SearchHit
+from functions.security import ImageSigner
 
 
-def image_url(base_url: str, p: Product) -> str | None:
-    """What ``url_for("product_image")`` gives, the id percent-encoded, without its route search
-    (which costs a tenth of a millisecond per result)."""
-    return f"{base_url}products/{quote(p.product_id, safe='')}/image" if p.image else None
+@dataclass(frozen=True)
+class Links:
+    """The URLs an answer carries. ``image`` is what ``url_for("product_image")`` gives, the id
+    percent-encoded, without its route search (a noticeable cost per result); signed when reads
+    need a key, so that an ``<img>`` tag can load it."""
+
+    base_url: str
+    signer: ImageSigner | None = None
+
+    def image(self, p: Product) -> str | None:
+        if not p.image:
+            return None
+        url = f"{self.base_url}products/{quote(p.product_id, safe='')}/image"
+        return url if self.signer is None else f"{url}?{self.signer.query(p.product_id)}"
 
 
 def _rounded(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
+
+
+def _card(p: Product, links: Links) -> dict[str, Any]:
+    """The fields every product in an answer has."""
+    return {
+        "product_id": p.product_id,
+        "title": p.title,
+        "category": p.category,
+        "price": p.price,
+        "image_url": links.image(p),
+    }
 
 
 class FiltersIn(BaseModel):
@@ -113,15 +136,11 @@ class ProductOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, p: Product, base_url: str) -> ProductOut:
+    def of(cls, p: Product, links: Links) -> ProductOut:
         return cls(
-            product_id=p.product_id,
-            title=p.title,
+            **_card(p, links),
             description=p.description,
-            category=p.category,
-            price=p.price,
             image=p.image,
-            image_url=image_url(base_url, p),
             attributes=p.attributes,
             created_at=p.created_at,
             updated_at=p.updated_at,
@@ -144,15 +163,11 @@ class SearchResult(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def of(cls, h: SearchHit, base_url: str) -> SearchResult:
+    def of(cls, h: SearchHit, links: Links) -> SearchResult:
         p = h.product
         return cls(
-            product_id=p.product_id,
-            title=p.title,
+            **_card(p, links),
             description=p.description,
-            category=p.category,
-            price=p.price,
-            image_url=image_url(base_url, p),
             score=round(h.score, 6),
             image_similarity=_rounded(h.image_similarity),
             text_similarity=_rounded(h.text_similarity),
@@ -175,16 +190,8 @@ class SimilarProduct(BaseModel):
     similarity: float
 
     @classmethod
-    def of(cls, h: SearchHit, base_url: str) -> SimilarProduct:
-        p = h.product
-        return cls(
-            product_id=p.product_id,
-            title=p.title,
-            category=p.category,
-            price=p.price,
-            image_url=image_url(base_url, p),
-            similarity=round(h.score, 6),
-        )
+    def of(cls, h: SearchHit, links: Links) -> SimilarProduct:
+        return cls(**_card(h.product, links), similarity=round(h.score, 6))
 
 
 class SimilarResponse(BaseModel):
@@ -236,17 +243,8 @@ class Recommendation(BaseModel):
     reason: str
 
     @classmethod
-    def of(cls, r: Recommended, base_url: str) -> Recommendation:
-        p = r.product
-        return cls(
-            product_id=p.product_id,
-            title=p.title,
-            category=p.category,
-            price=p.price,
-            image_url=image_url(base_url, p),
-            score=round(r.score, 6),
-            reason=r.reason,
-        )
+    def of(cls, r: Recommended, links: Links) -> Recommendation:
+        return cls(**_card(r.product, links), score=round(r.score, 6), reason=r.reason)
 
 
 class RecommendationsResponse(BaseModel):

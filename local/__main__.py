@@ -54,8 +54,11 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from local.s3server import ACCESS_KEY, SECRET_KEY
 
-    with s3_endpoint(Settings(), args.data_dir, port=args.s3_port, own=True) as ep:
+    given = Settings()
+    with s3_endpoint(given, args.data_dir, port=args.s3_port, own=True) as ep:
         settings = ep.settings
+        if "deployment" not in given.model_fields_set:  # DEPLOYMENT=production is honoured here too
+            settings = settings.model_copy(update={"deployment": "development"})
         services = build_services(settings)
         if args.sample:
             report = seed_sample(services, args.sample)
@@ -79,6 +82,12 @@ def _serve(args: argparse.Namespace) -> int:
                     f"  S3 endpoint    {settings.s3_endpoint_url} ({where})",
                     f"  bucket         {settings.s3_bucket}",
                     f"  catalog        {settings.resolved_catalog_uri} ({services.catalog.count()} products)",
+                    "  access         "
+                    + (
+                        "API_KEY set: writes and shopper data need it"
+                        if settings.api_key
+                        else "no API_KEY: writes are open (development; deployed apps refuse to start without it)"
+                    ),
                     "  Ctrl-C stops everything; data is kept for the next start.",
                     "",
                 ]

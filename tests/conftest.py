@@ -76,6 +76,7 @@ def make_settings(endpoint: str, bucket: str, **overrides: object) -> Settings:
         "aws_access_key_id": ACCESS,
         "aws_secret_access_key": SECRET,
         "catalog_refresh_seconds": 0,
+        "deployment": "development",  # tests build apps without keys; tests/functions/test_access.py covers production
         "_env_file": None,
     }
     base.update(overrides)
@@ -91,7 +92,9 @@ def s3_settings(s3_endpoint: str, bucket: str) -> Settings:
 @pytest.fixture
 def local_settings(tmp_path: Path) -> Settings:
     """Settings with the catalog in a temp dir (the bucket is still needed for images)."""
-    return Settings(catalog_uri=str(tmp_path / "catalog"), catalog_refresh_seconds=0, _env_file=None)  # type: ignore[call-arg]
+    return Settings(
+        catalog_uri=str(tmp_path / "catalog"), catalog_refresh_seconds=0, deployment="development", _env_file=None
+    )  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="session")

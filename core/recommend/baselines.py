@@ -108,10 +108,17 @@ class RecentPopularity:
 
 
 class _ItemToItem:
-    """A user's interactions times an item x item matrix; subclasses say how it is fitted."""
+    """A user's interactions times an item x item matrix fitted with one hyper-parameter
+    (``value``, named ``param`` in the table); subclasses say how the matrix is fitted."""
 
-    def __init__(self) -> None:
+    param: ClassVar[str]
+
+    def __init__(self, value: float) -> None:
+        self.value = value
         self._state: tuple[sp.csr_matrix, sp.csr_matrix | F32] | None = None
+
+    def describe(self) -> str:
+        return f"{self.param}={self.value:g}"
 
     def _weights(self, x: sp.csr_matrix) -> sp.csr_matrix | F32:
         raise NotImplementedError
@@ -130,32 +137,20 @@ class ItemKNN(_ItemToItem):
     """Cosine item-item similarity over who interacted with what, ``k`` neighbours per item."""
 
     name: ClassVar[str] = "item-kNN (cosine)"
-
-    def __init__(self, k: int) -> None:
-        super().__init__()
-        self.k = k
-
-    def describe(self) -> str:
-        return f"k={self.k}"
+    param: ClassVar[str] = "k"
 
     def _weights(self, x: sp.csr_matrix) -> sp.csr_matrix:
-        return fit_itemknn(x, self.k)
+        return fit_itemknn(x, int(self.value))
 
 
 class Ease(_ItemToItem):
-    """EASE (Steck 2019) on who interacted with what, penalty ``lam``."""
+    """EASE (Steck 2019) on who interacted with what, penalty ``lambda``."""
 
     name: ClassVar[str] = "EASE"
-
-    def __init__(self, lam: float) -> None:
-        super().__init__()
-        self.lam = lam
-
-    def describe(self) -> str:
-        return f"lambda={self.lam:g}"
+    param: ClassVar[str] = "lambda"
 
     def _weights(self, x: sp.csr_matrix) -> F32:
-        return fit_ease(x, self.lam)
+        return fit_ease(x, self.value)
 
 
 class EaseRecentBlend:

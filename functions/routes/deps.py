@@ -1,23 +1,25 @@
-"""What the routes share: the app's state (:class:`Api`), the key checks, request parsing."""
+"""What the routes share: the app's state (:class:`Api`), the access checks as dependencies
+(rules in :mod:`functions.security`), rate limits, request parsing."""
 
 import base64
 import binascii
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar, cast
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import SecretStr
 
 from core import errors
 from core.analytics import CatalogStatsCache, QueryLog, RequestLog
 from core.events import parse_timestamp
+from core.ratelimit import RateLimiter
 from core.types import Filters
+from core.uploads import UploadGate
 from functions.metrics import ApiMetrics
-from functions.schemas import FiltersIn
+from functions.schemas import FiltersIn, Links
+from functions.security import ImageSigner, authorize, check_bearer, trusted
 from functions.services import Services
 
 T = TypeVar("T")
@@ -42,45 +44,74 @@ class Api:
     uploads: UploadQueue
     metrics: ApiMetrics
     catalog_stats: CatalogStatsCache
+    gate: UploadGate
+    write_limits: RateLimiter | None = None
+    image_search_limits: RateLimiter | None = None
+    signer: ImageSigner | None = None
     traffic: RequestLog = field(default_factory=RequestLog)
     queries: QueryLog = field(default_factory=QueryLog)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    def links(self, request: Request) -> Links:
+        return Links(str(request.base_url), self.signer)
 
-async def get_api(request: Request) -> Api:
+
+def api_of(request: Request) -> Api:
+    """The app's :class:`Api` (routes take the request and read it here: a dependency would be
+    resolved on every request)."""
     return cast(Api, request.app.state.api)
 
 
-ApiDep = Annotated[Api, Depends(get_api)]
+def _authorization(request: Request) -> str | None:
+    return request.headers.get("authorization")
 
 
-def check_bearer(authorization: str | None, secret: SecretStr | None, name: str) -> None:
-    """``Authorization: Bearer <secret>`` when ``secret`` is configured: 401 without credentials,
-    403 with wrong ones (constant-time comparison; the secret is never echoed)."""
-    if secret is None:
+# The access checks are coroutines taking only the request: a plain function dependency would
+# cost a thread hand-off each, a header parameter its validation.
+async def require_read(request: Request) -> None:
+    """Reads: open unless ``READ_API_KEY`` is set; then either key."""
+    authorize(api_of(request).services.settings, _authorization(request), "read")
+
+
+async def require_api_key(request: Request) -> None:
+    """Writes, shopper data and admin: ``API_KEY`` when it is set."""
+    authorize(api_of(request).services.settings, _authorization(request), "write")
+
+
+async def require_webhook_token(request: Request) -> None:
+    check_bearer(_authorization(request), api_of(request).services.settings.webhook_token, "WEBHOOK_TOKEN")
+
+
+def client_of(request: Request) -> str:
+    """The client a rate limit counts: its address (behind a proxy, run the server with its
+    proxy-header options so that this is the shopper's, not the proxy's)."""
+    return request.client.host if request.client else "unknown"
+
+
+def rate_limit(limiter: RateLimiter | None, request: Request, what: str) -> None:
+    """429 with Retry-After when the client is over ``limiter``'s rate; requests with
+    ``API_KEY`` (the shop's own backend) are not limited."""
+    if limiter is None or trusted(api_of(request).services.settings, _authorization(request)):
         return
-    if not authorization:
-        raise errors.Unauthorized(f"this endpoint needs Authorization: Bearer <{name}>")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), secret.get_secret_value().encode()
-    ):
-        raise errors.Forbidden(f"invalid {name}")
+    wait = limiter.take(client_of(request))
+    if wait > 0:
+        raise errors.RateLimited(f"too many {what} from this client; retry in {wait:.1f} s", wait)
 
 
-# The key checks are coroutines: a plain function dependency would cost a thread hand-off each.
-async def require_api_key(api: ApiDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    check_bearer(authorization, api.services.settings.api_key, "API_KEY")
+async def require_writer(request: Request) -> None:
+    """A write: ``API_KEY`` when set, then the per-client write rate."""
+    api = api_of(request)
+    authorize(api.services.settings, _authorization(request), "write")
+    rate_limit(api.write_limits, request, "writes")
 
 
-async def require_event_writer(api: ApiDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    """``POST /events``: open when ``EVENTS_PUBLIC`` (a storefront posts from the browser)."""
+async def require_event_writer(request: Request) -> None:
+    """``POST /events``: open when ``EVENTS_PUBLIC`` (a storefront posts from the browser), else
+    ``API_KEY``; the per-client write rate either way."""
+    api = api_of(request)
     if not api.services.settings.events_public:
-        check_bearer(authorization, api.services.settings.api_key, "API_KEY")
-
-
-async def require_webhook_token(api: ApiDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    check_bearer(authorization, api.services.settings.webhook_token, "WEBHOOK_TOKEN")
+        authorize(api.services.settings, _authorization(request), "write")
+    rate_limit(api.write_limits, request, "writes")
 
 
 async def query_filters(

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from core import errors
 from core.events import parse_events
-from functions.routes.deps import ApiDep, require_event_writer
+from functions.routes.deps import api_of, require_api_key, require_event_writer
 from functions.schemas import EventErrorOut, EventsResponse, HistoryEvent, HistoryResponse
 
 router = APIRouter(tags=["events"])
@@ -37,10 +37,11 @@ ONE_OR_MANY = {
     responses={422: {"description": "No item was valid; per-item errors in `errors`."}},
     openapi_extra={"requestBody": ONE_OR_MANY},
 )
-async def post_events(request: Request, api: ApiDep) -> Any:
+async def post_events(request: Request) -> Any:
     """One event or a list (up to MAX_EVENTS_PER_REQUEST). Good items are stored and count
     at once; each bad item is reported by position with its reason and does not block the
     others. Unknown product ids are accepted (the product may not be indexed yet)."""
+    api = api_of(request)
     try:
         payload = await request.json()
     except ValueError:
@@ -68,13 +69,15 @@ async def post_events(request: Request, api: ApiDep) -> Any:
     return EventsResponse(accepted=len(good), rejected=len(bad), errors=errs)
 
 
-@router.get("/users/{user_id}/history", response_model=HistoryResponse)
+@router.get("/users/{user_id}/history", response_model=HistoryResponse, dependencies=[Depends(require_api_key)])
 def user_history(
-    api: ApiDep,
+    request: Request,
     user_id: Annotated[str, Path(min_length=1, max_length=256)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> HistoryResponse:
-    """The user's latest events, newest first (an unknown user has an empty history)."""
+    """The user's latest events, newest first (an unknown user has an empty history). Shopper
+    data: needs `API_KEY` when one is set."""
+    api = api_of(request)
     return HistoryResponse(
         user_id=user_id,
         events=[

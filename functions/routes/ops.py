@@ -4,11 +4,11 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.health import check_health
-from functions.routes.deps import ApiDep
+from functions.routes.deps import api_of, require_api_key
 from functions.schemas import (
     ActiveUser,
     CatalogStatsOut,
@@ -28,8 +28,8 @@ router = APIRouter(tags=["ops"])
 
 
 @router.get("/health", response_model=HealthResponse)
-def health(api: ApiDep, response: Response) -> HealthResponse:
-    services = api.services
+def health(request: Request, response: Response) -> HealthResponse:
+    services = api_of(request).services
     h = check_health(services.catalog, services.store, [*services.warnings, *services.problems.values()])
     if h.status == "unhealthy":
         response.status_code = 503
@@ -52,14 +52,16 @@ def health(api: ApiDep, response: Response) -> HealthResponse:
     )
 
 
-@router.get("/stats", response_model=StatsResponse)
+@router.get("/stats", response_model=StatsResponse, dependencies=[Depends(require_api_key)])
 def stats(
-    api: ApiDep,
+    request: Request,
     window_minutes: Annotated[float, Query(gt=0, le=24 * 60, description="Traffic window")] = 15,
     top: Annotated[int, Query(ge=1, le=100, description="How many top queries")] = 10,
 ) -> StatsResponse:
     """Figures for the analytics view: catalog by category and price, events by type,
-    ingest status, this process's request latency and traffic over time, top queries."""
+    ingest status, this process's request latency and traffic over time, top queries. Shopper
+    data (user ids, queries): needs `API_KEY` when one is set."""
+    api = api_of(request)
     state = api.services.recommender.state
     users, recent = state.users(20)
     by_type = state.type_counts()
@@ -114,5 +116,5 @@ def stats(
     response_class=Response,
     responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}},
 )
-def prometheus_metrics(api: ApiDep) -> Response:
-    return Response(generate_latest(api.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+def prometheus_metrics(request: Request) -> Response:
+    return Response(generate_latest(api_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,16 +5,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from core.types import Filters
-from functions.routes.deps import ApiDep, as_of_seconds, in_memory_or_thread, query_filters
+from functions.routes.deps import api_of, as_of_seconds, in_memory_or_thread, query_filters, require_read
 from functions.schemas import MoreLikeRequest, MoreLikeResponse, Recommendation, RecommendationsResponse
 
-router = APIRouter(tags=["recommend"])
+router = APIRouter(tags=["recommend"], dependencies=[Depends(require_read)])
 
 
 @router.get("/recommendations/{user_id}", response_model=RecommendationsResponse)
 async def recommendations(
     request: Request,
-    api: ApiDep,
     user_id: Annotated[str, Path(min_length=1, max_length=256)],
     filters: Annotated[Filters, Depends(query_filters)],
     top_k: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -31,23 +30,25 @@ async def recommendations(
 ) -> RecommendationsResponse:
     """Personalized recommendations, each with a reason. Users without history (or unknown
     users) get what is popular now; with no events at all, the newest products."""
+    api = api_of(request)
     rec = api.services.recommender
     at = as_of_seconds(as_of)
     result = await in_memory_or_thread(rec.in_memory, rec.recommend, user_id, top_k, filters, exclude_seen, at)
-    base = str(request.base_url)
+    links = api.links(request)
     return RecommendationsResponse(
         user_id=user_id,
         strategy=result.strategy,
         model=rec.model_key,
-        recommendations=[Recommendation.of(r, base) for r in result.items],
+        recommendations=[Recommendation.of(r, links) for r in result.items],
     )
 
 
 @router.post("/recommendations", response_model=MoreLikeResponse)
-async def more_like_these(request: Request, api: ApiDep, body: MoreLikeRequest) -> MoreLikeResponse:
+async def more_like_these(request: Request, body: MoreLikeRequest) -> MoreLikeResponse:
     """ "More like these, less like those": products similar to `positive` and unlike
     `negative` (content embeddings and co-interaction), optionally leaving out what
     `user_id` has already seen."""
+    api = api_of(request)
     rec = api.services.recommender
     result = await in_memory_or_thread(
         rec.in_memory,
@@ -59,7 +60,7 @@ async def more_like_these(request: Request, api: ApiDep, body: MoreLikeRequest) 
         body.filters.to_core() if body.filters else Filters(),
         as_of_seconds(None if body.as_of is None else str(body.as_of)),
     )
-    base = str(request.base_url)
+    links = api.links(request)
     return MoreLikeResponse(
-        strategy=result.strategy, recommendations=[Recommendation.of(r, base) for r in result.items]
+        strategy=result.strategy, recommendations=[Recommendation.of(r, links) for r in result.items]
     )

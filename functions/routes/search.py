@@ -8,19 +8,21 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from core.images import decode_image
 from core.search import SearchQuery, Timings, search, similar
 from core.types import Filters, Weights
-from functions.routes.deps import ApiDep, decode_base64, in_memory_or_thread, query_filters
+from functions.routes.deps import api_of, decode_base64, in_memory_or_thread, query_filters, rate_limit, require_read
 from functions.schemas import SearchRequest, SearchResponse, SearchResult, SimilarProduct, SimilarResponse
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], dependencies=[Depends(require_read)])
 
 
 @router.post("/search", response_model=SearchResponse)
-def search_products(body: SearchRequest, request: Request, api: ApiDep) -> SearchResponse:
+def search_products(body: SearchRequest, request: Request) -> SearchResponse:
     """Text search, search by photo (`image_base64`), or both; with filters and weights."""
     started = time.perf_counter()
+    api = api_of(request)
     services, settings, metrics = api.services, api.services.settings, api.metrics
     image = None
     if body.image_base64:
+        rate_limit(api.image_search_limits, request, "searches by photo")
         image = decode_image(
             decode_base64(body.image_base64),
             max_bytes=settings.max_image_bytes,
@@ -55,9 +57,9 @@ def search_products(body: SearchRequest, request: Request, api: ApiDep) -> Searc
         api.queries.record(body.query)
     elif image is not None:
         api.queries.record("(search by photo)")
-    base = str(request.base_url)
+    links = api.links(request)
     return SearchResponse(
-        results=[SearchResult.of(h, base) for h in hits],
+        results=[SearchResult.of(h, links) for h in hits],
         query_time_ms=round((time.perf_counter() - started) * 1000, 2),
     )
 
@@ -65,13 +67,13 @@ def search_products(body: SearchRequest, request: Request, api: ApiDep) -> Searc
 @router.get("/similar/{product_id}", response_model=SimilarResponse)
 async def similar_products(
     request: Request,
-    api: ApiDep,
     product_id: Annotated[str, Path(max_length=256)],
     filters: Annotated[Filters, Depends(query_filters)],
     top_k: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> SimilarResponse:
     """Products most like this one (never itself). 404 for an unknown product."""
     started = time.perf_counter()
+    api = api_of(request)
     services = api.services
     hot = services.hot
     hits = await in_memory_or_thread(
@@ -85,9 +87,9 @@ async def similar_products(
         hot,
     )
     api.metrics.vector_search.labels("/similar").observe(time.perf_counter() - started)
-    base = str(request.base_url)
+    links = api.links(request)
     return SimilarResponse(
         product_id=product_id,
-        similar_products=[SimilarProduct.of(h, base) for h in hits],
+        similar_products=[SimilarProduct.of(h, links) for h in hits],
         query_time_ms=round((time.perf_counter() - started) * 1000, 2),
     )

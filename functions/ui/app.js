@@ -76,10 +76,12 @@ function detailText(detail) {
   return JSON.stringify(detail);
 }
 
-async function api(path, { method = "GET", body, write = false } = {}) {
+// The key (when set) goes with every request: writes and shopper data need API_KEY, and reads
+// need READ_API_KEY or API_KEY on a service that sets READ_API_KEY.
+async function api(path, { method = "GET", body } = {}) {
   const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (write && store.apiKey) headers.Authorization = `Bearer ${store.apiKey}`;
+  if (store.apiKey) headers.Authorization = `Bearer ${store.apiKey}`;
   let resp;
   try {
     resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -95,7 +97,8 @@ async function api(path, { method = "GET", body, write = false } = {}) {
     data = { detail: text };
   }
   if (!resp.ok) {
-    const detail = data && data.detail !== undefined ? detailText(data.detail) : `HTTP ${resp.status}`;
+    let detail = data && data.detail !== undefined ? detailText(data.detail) : `HTTP ${resp.status}`;
+    if (resp.status === 401 || resp.status === 403) detail += ' (set the key with the "API key" button)';
     if (resp.status >= 500) showBanner(`The service failed (${resp.status}): ${detail}`);
     throw new ApiError(resp.status, detail);
   }
@@ -129,11 +132,11 @@ async function sendEvent(productId, eventType, value) {
   const body = { user_id: store.user, product_id: productId, event_type: eventType };
   if (value !== undefined) body.value = value;
   try {
-    await api("/events", { method: "POST", body, write: true });
+    await api("/events", { method: "POST", body });
     return true;
   } catch (err) {
     if (err.status === 401 || err.status === 403)
-      toast(`Events need the API key (${err.message}). Set it with the "API key" button.`, "error");
+      toast(`Events need the API key: ${err.message}`, "error");
     else if (err.status) toast(`Event not recorded: ${err.message}`, "error");
     return false;
   }
@@ -844,7 +847,7 @@ function setupHeader() {
   const showKey = () => (keyBtn.textContent = store.apiKey ? "API key ✓" : "API key");
   showKey();
   keyBtn.addEventListener("click", () => {
-    const v = prompt("API key for writes (kept in this tab only; empty to clear):", "");
+    const v = prompt("API key: API_KEY for writes and shopper data, or READ_API_KEY to search (kept in this tab only; empty to clear):", "");
     if (v === null) return;
     store.apiKey = v.trim();
     showKey();

@@ -28,9 +28,10 @@ def test_keeps_metadata_under_uploads_of_this_bucket() -> None:
         "shop",
     )
     assert found.keys == ["uploads/a.jsonl", "uploads/b c.CSV"]
-    assert [k for k, _ in found.ignored] == ["uploads/photo.jpg", "images/x.json", "uploads/d.json"]
-    assert "not served here" in found.ignored[2][1]
-    assert "under uploads/" in found.ignored[0][1]
+    assert [i.key for i in found.ignored] == ["uploads/photo.jpg", "images/x.json", "uploads/d.json"]
+    assert [i.kind for i in found.ignored] == ["not_upload", "not_upload", "other_bucket"]
+    assert "not served here" in found.ignored[2].reason
+    assert "under uploads/" in found.ignored[0].reason
 
 
 def test_event_without_bucket_is_taken_as_ours() -> None:

@@ -31,6 +31,7 @@ def test_serve_sample_ctrl_c_and_restart_keeps_data(tmp_path: Path) -> None:
         raise
     out = stop(proc)
     assert f"API            {base}" in out and "stopped; local data saved." in out
+    assert "no API_KEY: writes are open (development" in out  # the dev runner says so, and runs
     assert (tmp_path / "s3" / "objects" / "products").is_dir()
     assert not (tmp_path / "api-server.json").exists()  # gone with the server
 
