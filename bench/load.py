@@ -4,11 +4,19 @@ client).
 
     python -m bench.load                        # starts a dev runner (sample 200, ViT-B-32 random-init)
     python -m bench.load --url http://127.0.0.1:8000 --pid 1234
+    python -m bench.load --sweep                # throughput per client count, core-ms per route
 
-Mix: text search 40 %, similar 20 %, recommendations 30 %, event batches (5 events) 10 %.
+Mix: text search 40 % (every query text new: uncached), similar 20 %, recommendations 30 %,
+event batches (5 events) 10 %.
 Phase 1: ``--clients`` closed-loop clients for ``--capacity-seconds`` -> sustained 2xx/s.
 Phase 2: arrivals at ``--factor`` x that rate for ``--seconds`` (60): answers by status class,
 latency percentiles, and the server's RSS at start and end (from /proc, when its pid is known).
+
+``--sweep`` instead measures, closed loop for ``--sweep-seconds`` each, 1/4/8/16/32 clients of:
+uncached text search, the mix, and search by photo (requests/s, p50/p95/p99, errors, and the
+query-encode batch sizes the server ran, from ``/metrics``); then the server's CPU time per
+request (core-ms, from /proc) for cached search, similar, recommendations and uncached search.
+The benchmark's clients share one address: start servers with the per-client rate limits off.
 """
 
 from __future__ import annotations
@@ -40,6 +48,53 @@ QUERIES = [
     "teapot",
 ]
 MIX = (("search", 0.4), ("similar", 0.2), ("recommendations", 0.3), ("events", 0.1))
+WORDS = [
+    "blue",
+    "red",
+    "green",
+    "black",
+    "white",
+    "leather",
+    "wool",
+    "cotton",
+    "running",
+    "hiking",
+    "summer",
+    "winter",
+    "vintage",
+    "classic",
+    "slim",
+    "large",
+    "small",
+    "waterproof",
+    "shoes",
+    "boots",
+    "jacket",
+    "shirt",
+    "mug",
+    "lamp",
+    "chair",
+    "bag",
+    "backpack",
+    "scarf",
+    "watch",
+    "kettle",
+]
+
+
+# Search requests name the default fusion of a deployment with trained CLIP weights (under the
+# random-init CLIP of this machine the default is text only, and CLIP's text tower would not run).
+WEIGHTS = {"image": 0.7, "text": 0.3}
+
+
+def new_query(rng: random.Random) -> str:
+    """A query text never sent before (the query-vector cache cannot answer it)."""
+    global _QUERIES_SENT
+    _QUERIES_SENT += 1
+    return f"{' '.join(rng.sample(WORDS, 3))} {_QUERIES_SENT}"
+
+
+_QUERIES_SENT = 0
 
 
 @dataclass
@@ -87,7 +142,7 @@ async def request(client: httpx.AsyncClient, target: Target, rng: random.Random)
     t = time.perf_counter()
     try:
         if kind == "search":
-            r = await client.post("/search", json={"query": rng.choice(QUERIES), "top_k": 10})
+            r = await client.post("/search", json={"query": new_query(rng), "top_k": 10, "weights": WEIGHTS})
         elif kind == "similar":
             r = await client.get(f"/similar/{pid}", params={"top_k": 10})
         elif kind == "recommendations":
@@ -216,6 +271,127 @@ def run(target: Target, capacity_s: float, clients: int, factor: float, seconds:
     return result
 
 
+SWEEP_CLIENTS = (1, 4, 8, 16, 32)
+
+
+def photos(n: int = 8) -> list[str]:
+    """Small JPEG photos as base64 (different pixels each)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    rng = random.Random(3)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.new("RGB", (320, 240), tuple(rng.randrange(256) for _ in range(3))).save(buf, "JPEG")
+        out.append(base64.b64encode(buf.getvalue()).decode())
+    return out
+
+
+async def one_of(
+    kind: str, client: httpx.AsyncClient, target: Target, rng: random.Random, shots: list[str]
+) -> tuple[str, float]:
+    """One request of a sweep workload: ``text`` (uncached), ``image``, ``mixed`` (:data:`MIX`),
+    or a single route for the CPU-cost runs (``cached``, ``similar``, ``recommendations``)."""
+    if kind == "mixed":
+        return await request(client, target, rng)
+    t = time.perf_counter()
+    try:
+        if kind == "text":
+            r = await client.post("/search", json={"query": new_query(rng), "top_k": 10, "weights": WEIGHTS})
+        elif kind == "image":
+            r = await client.post("/search", json={"image_base64": rng.choice(shots), "top_k": 10})
+        elif kind == "cached":
+            r = await client.post("/search", json={"query": rng.choice(QUERIES), "top_k": 10, "weights": WEIGHTS})
+        elif kind == "similar":
+            r = await client.get(f"/similar/{rng.choice(target.product_ids)}", params={"top_k": 10})
+        else:
+            r = await client.get(f"/recommendations/load-user-{rng.randrange(200)}", params={"top_k": 10})
+        code = f"{r.status_code // 100}xx" if r.status_code != 429 else "429"
+    except httpx.HTTPError as exc:
+        code = f"error:{type(exc).__name__}:{kind}"
+    return code, (time.perf_counter() - t) * 1000
+
+
+async def closed_loop(target: Target, kind: str, clients: int, seconds: float, shots: list[str]) -> dict[str, Any]:
+    tally = Tally()
+    stop = time.perf_counter() + seconds
+    cpu0 = cpu_seconds(target.pid)
+
+    async def worker(i: int) -> None:
+        rng = random.Random(clients * 1000 + i)
+        while time.perf_counter() < stop:
+            tally.add(*await one_of(kind, client, target, rng, shots))
+
+    async with client_for(target) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+    cpu1 = cpu_seconds(target.pid)
+    ok = tally.status.get("2xx", 0)
+    return {
+        "workload": kind,
+        "clients": clients,
+        "req_per_s": round(ok / elapsed, 1),
+        "p50_ms": pct(tally.latencies_ms, 50),
+        "p95_ms": pct(tally.latencies_ms, 95),
+        "p99_ms": pct(tally.latencies_ms, 99),
+        "non_2xx": sum(n for c, n in tally.status.items() if c != "2xx"),
+        "core_ms_per_request": None if cpu0 is None or cpu1 is None or not ok else round((cpu1 - cpu0) * 1000 / ok, 2),
+    }
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """The process's user + system CPU time, from /proc (all its threads)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def encode_batches(base: str) -> dict[str, dict[int, float]]:
+    """``query_encode_batches_total`` from the server's /metrics: encoder -> size -> batches."""
+    import re
+
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+    out: dict[str, dict[int, float]] = {}
+    for enc, size, n in re.findall(r'query_encode_batches_total\{encoder="(\w+)",size="(\d+)"\} ([0-9.e+]+)', text):
+        out.setdefault(enc, {})[int(size)] = float(n)
+    return out
+
+
+def _delta(after: dict[str, dict[int, float]], before: dict[str, dict[int, float]]) -> dict[str, dict[int, int]]:
+    out = {}
+    for enc, sizes in after.items():
+        d = {k: int(v - before.get(enc, {}).get(k, 0)) for k, v in sizes.items()}
+        if any(d.values()):
+            out[enc] = {k: v for k, v in sorted(d.items()) if v}
+    return out
+
+
+def sweep(target: Target, seconds: float) -> list[dict[str, Any]]:
+    shots = photos()
+    rows = []
+    for kind in ("text", "mixed", "image"):
+        for clients in SWEEP_CLIENTS:
+            before = encode_batches(target.base)
+            row = asyncio.run(closed_loop(target, kind, clients, seconds, shots))
+            row["encode_batches"] = _delta(encode_batches(target.base), before)
+            print(row, flush=True)
+            rows.append(row)
+    for kind in ("cached", "similar", "recommendations", "text"):
+        row = asyncio.run(closed_loop(target, kind, 8, seconds, shots))
+        row["workload"] = f"cpu: {kind}"
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
 def start_dev_runner(sample: int, clip_model: str) -> tuple[subprocess.Popen[bytes], str, Path]:
     import socket
 
@@ -224,7 +400,8 @@ def start_dev_runner(sample: int, clip_model: str) -> tuple[subprocess.Popen[byt
         port = s.getsockname()[1]
     data = Path(tempfile.mkdtemp(prefix="bench-load-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_", "CATALOG_", "CLIP_"))}
-    env.update(CLIP_MODEL=clip_model, CLIP_PRETRAINED="none")
+    # One address sends everything: per-client rate limits would measure the limiter.
+    env.update(CLIP_MODEL=clip_model, CLIP_PRETRAINED="none", WRITE_RATE_LIMIT="0", IMAGE_SEARCH_RATE_LIMIT="0")
     cmd = [sys.executable, "-m", "local", "--data-dir", str(data), "serve", "--port", str(port)]
     cmd += ["--sample", str(sample), "--log-level", "warning"]
     log = (data / "server.log").open("wb")
@@ -255,6 +432,9 @@ def main() -> None:
     ap.add_argument("--capacity-seconds", type=float, default=20)
     ap.add_argument("--factor", type=float, default=2.0)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--sweep", action="store_true", help="throughput per client count and core-ms per route")
+    ap.add_argument("--sweep-seconds", type=float, default=8)
+    ap.add_argument("--name", default="load", help="results file prefix")
     args = ap.parse_args()
     proc = None
     if args.url:
@@ -262,15 +442,21 @@ def main() -> None:
     else:
         proc, base, _ = start_dev_runner(args.sample, args.clip_model)
         pid = proc.pid
+    meta = {"sample": args.sample, "clip_model": args.clip_model, "clients": args.clients, "url": args.url}
     try:
         target = Target(base, product_ids(base), pid)
-        result = run(target, args.capacity_seconds, args.clients, args.factor, args.seconds)
+        if args.sweep:
+            rows = sweep(target, args.sweep_seconds)
+        else:
+            result = run(target, args.capacity_seconds, args.clients, args.factor, args.seconds)
+            rows = [{k: v for k, v in result.items() if k != "status"} | {"status": str(result["status"])}]
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(60)
-    rows = [{k: v for k, v in result.items() if k != "status"} | {"status": str(result["status"])}]
-    report("load", rows, {"sample": args.sample, "clip_model": args.clip_model, "clients": args.clients})
+    if args.sweep:
+        rows = [r | {"encode_batches": str(r.get("encode_batches", ""))} for r in rows]
+    report(args.name, rows, meta)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -41,6 +42,7 @@ from PIL import Image
 
 from core.catalog import Candidate, Catalog
 from core.embedding import Embedder
+from core.embedding.batcher import QueryEncoder
 from core.errors import InvalidInput, ServiceError, Unavailable
 from core.hot import HotCatalog, HotSnapshot, score_rows, top_rows, unique_rows
 from core.types import Filters, SearchHit, Vector, Weights
@@ -100,6 +102,11 @@ class QueryCache:
             self._items.move_to_end(key)
             self.hits += 1
             return found
+
+    def holds(self, key: tuple[str, bool]) -> bool:
+        """Whether ``key`` is cached (not counted as a lookup)."""
+        with self._lock:
+            return key in self._items
 
     def put(self, key: tuple[str, bool], value: tuple[Vector, Vector | None]) -> None:
         if self.maxsize <= 0:
@@ -275,7 +282,12 @@ def _rank(
 
 
 def _text_vectors(
-    embedder: Embedder, text: str, with_clip: bool, cache: QueryCache | None, timings: Timings
+    embedder: Embedder,
+    text: str,
+    with_clip: bool,
+    cache: QueryCache | None,
+    timings: Timings,
+    encoder: QueryEncoder | None = None,
 ) -> tuple[Vector, Vector | None]:
     key = (text, with_clip)
     found = cache.get(key) if cache is not None else None
@@ -283,13 +295,71 @@ def _text_vectors(
         timings.cache_hit = True
         return found
     started = time.perf_counter()
-    q_txt = embedder.text.embed_texts([text])[0]
-    q_img = embedder.clip.embed_texts([text])[0] if with_clip else None
+    if encoder is not None:  # batched with other requests' texts
+        q_txt, q_img = encoder.text(text, with_clip)
+    else:
+        q_txt = embedder.text.embed_texts([text])[0]
+        q_img = embedder.clip.embed_texts([text])[0] if with_clip else None
     timings.inference += time.perf_counter() - started
     if cache is not None:
         timings.cache_hit = False
         cache.put(key, (q_txt, q_img))
     return q_txt, q_img
+
+
+def answers_from_memory(query: SearchQuery, default: Weights, hot: HotCatalog | None, cache: QueryCache | None) -> bool:
+    """Whether :func:`search` answers ``query`` from memory alone: no encoder runs (keyword mode,
+    or its text vectors are cached) and the hot catalog holds this process's writes. Such a
+    search is a millisecond of numpy, cheaper run where the request is than handed to a thread."""
+    if hot is None or not hot.in_memory or query.image is not None:
+        return False
+    if query.mode == "keyword":
+        return True
+    text = query.text.strip() if query.text else ""
+    return bool(text) and cache is not None and cache.holds((text, (query.weights or default).image > 0))
+
+
+class _Flight:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: list[SearchHit] = []
+        self.error: BaseException | None = None
+
+
+class SingleFlight:
+    """Concurrent identical searches share one run (a popular query during a sale): the first
+    caller runs it, callers that arrive while it runs get its answer."""
+
+    def __init__(self) -> None:
+        self.shared = 0
+        self._flights: dict[Hashable, _Flight] = {}
+        self._lock = threading.Lock()
+
+    def run(self, key: Hashable, fn: Callable[[], list[SearchHit]]) -> list[SearchHit]:
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+            else:
+                self.shared += 1
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.result
+        try:
+            flight.result = fn()
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+        return flight.result
 
 
 def search(
@@ -300,10 +370,29 @@ def search(
     hot: HotCatalog | None = None,
     cache: QueryCache | None = None,
     timings: Timings | None = None,
+    encoder: QueryEncoder | None = None,
+    flights: SingleFlight | None = None,
 ) -> list[SearchHit]:
     """Text search, search by image, or both at once (from ``hot`` once it has loaded; query
-    text vectors from ``cache`` when it holds them)."""
+    text vectors from ``cache`` when it holds them). With ``encoder``, encodes are batched with
+    other requests'; with ``flights``, identical concurrent text searches run once."""
     timings = timings if timings is not None else Timings()
+    if flights is not None and query.image is None:
+        t = timings
+        return flights.run((query, default), lambda: _search(catalog, embedder, query, default, hot, cache, t, encoder))
+    return _search(catalog, embedder, query, default, hot, cache, timings, encoder)
+
+
+def _search(
+    catalog: Catalog,
+    embedder: Embedder,
+    query: SearchQuery,
+    default: Weights,
+    hot: HotCatalog | None,
+    cache: QueryCache | None,
+    timings: Timings,
+    encoder: QueryEncoder | None,
+) -> list[SearchHit]:
     weights = query.weights or default
     q_img: Vector | None = None
     q_txt: Vector | None = None
@@ -329,10 +418,10 @@ def search(
         timings.vector_search += time.perf_counter() - started
         return hits
     if text:
-        q_txt, q_img = _text_vectors(embedder, text, weights.image > 0, cache, timings)
+        q_txt, q_img = _text_vectors(embedder, text, weights.image > 0, cache, timings, encoder)
     if query.image is not None:
         started = time.perf_counter()
-        img_vec = embedder.clip.embed_images([query.image])[0]
+        img_vec = encoder.clip_image(query.image) if encoder else embedder.clip.embed_images([query.image])[0]
         timings.inference += time.perf_counter() - started
         if q_img is None:
             q_img = img_vec

@@ -159,6 +159,14 @@ class Settings(BaseSettings):
         description="Comma-separated browser origins allowed cross-site (or *); empty = CORS closed.",
     )
 
+    query_batch_max: int = Field(
+        default=8,
+        ge=0,
+        description="Query encodes of concurrent requests run together in batches of up to this many (a lone "
+        "query is encoded at once); identical concurrent queries share one encode and one search. 0: each request "
+        "encodes alone. The query-side ONNX sessions take batches of up to 8 texts; larger ones run on PyTorch.",
+    )
+
     # Input limits
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)

@@ -1,8 +1,38 @@
 """The app's Prometheus metrics (``GET /metrics``)."""
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from functions.services import Services
+
+
+class QueryBatches(Collector):
+    """How many query-encode batches of each size ran per encoder, and how many callers shared an
+    identical query in flight (read at scrape time from the process's batchers)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Metric]:
+        batches = CounterMetricFamily(
+            "query_encode_batches", "Query-encode batches run, by encoder and batch size", labels=["encoder", "size"]
+        )
+        shared = CounterMetricFamily(
+            "query_coalesced", "Requests that shared an identical query in flight", labels=["stage"]
+        )
+        encoder, flights = self.services.encoder, self.services.flights
+        if encoder is not None:
+            for name, batcher in encoder.batchers().items():
+                for size, n in sorted(batcher.batch_sizes.items()):
+                    batches.add_metric([name, str(size)], n)
+                shared.add_metric([f"encode_{name}"], batcher.shared)
+        if flights is not None:
+            shared.add_metric(["search"], flights.shared)
+        yield batches
+        yield shared
 
 
 class ApiMetrics:
@@ -10,6 +40,7 @@ class ApiMetrics:
 
     def __init__(self, services: Services) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(QueryBatches(services))
         self.request_duration = Histogram(
             "api_request_duration_seconds",
             "HTTP request latency by route",

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from core import __version__
 from core.catalog import Catalog
 from core.embedding import Embedder, load_embedder
+from core.embedding.batcher import QueryEncoder
 from core.events import EventLog
 from core.hot import HotCatalog
 from core.ingest import Indexer
 from core.recommend.artifact import ModelStore
 from core.recommend.online import Recommender
-from core.search import QueryCache
+from core.search import QueryCache, SingleFlight
 from core.settings import Settings
 from core.startup import read_startup
 from core.storage import ObjectStore
@@ -38,6 +39,9 @@ class Services:
     recommender: Recommender
     hot: HotCatalog | None = None
     query_cache: QueryCache = field(default_factory=QueryCache)
+    encoder: QueryEncoder | None = None
+    """Query encodes batched across this process's requests (None: ``QUERY_BATCH_MAX=0``)."""
+    flights: SingleFlight | None = None
     version: str = __version__
     warnings: list[str] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
@@ -97,6 +101,8 @@ class Services:
             recommender=recommender,
             hot=hot,
             query_cache=QueryCache(settings.query_cache_size),
+            encoder=QueryEncoder(embedder, settings.query_batch_max) if settings.query_batch_max > 0 else None,
+            flights=SingleFlight() if settings.query_batch_max > 0 else None,
             warnings=list(warnings or []),
         )
         if embedder.clip.random_init:

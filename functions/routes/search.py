@@ -4,10 +4,11 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from PIL import Image
 
 from core.images import decode_image
-from core.search import SearchQuery, Timings, search, similar
-from core.types import Filters, Weights
+from core.search import SearchQuery, Timings, answers_from_memory, search, similar
+from core.types import Filters, SearchHit, Weights
 from functions.routes.deps import api_of, decode_base64, in_memory_or_thread, query_filters, rate_limit, require_read
 from functions.schemas import SearchRequest, SearchResponse, SearchResult, SimilarProduct, SimilarResponse
 
@@ -15,47 +16,64 @@ router = APIRouter(tags=["search"], dependencies=[Depends(require_read)])
 
 
 @router.post("/search", response_model=SearchResponse)
-def search_products(body: SearchRequest, request: Request) -> SearchResponse:
+async def search_products(body: SearchRequest, request: Request) -> SearchResponse:
     """Text search, search by photo (`image_base64`), or both; with filters and weights."""
     started = time.perf_counter()
     api = api_of(request)
     services, settings, metrics = api.services, api.services.settings, api.metrics
-    image = None
     if body.image_base64:
         rate_limit(api.image_search_limits, request, "searches by photo")
-        image = decode_image(
-            decode_base64(body.image_base64),
-            max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels,
-            min_side=getattr(services.embedder.clip, "image_size", None),
+
+    def query(image: Image.Image | None) -> SearchQuery:
+        return SearchQuery(
+            text=body.query,
+            image=image,
+            top_k=body.top_k,
+            filters=body.filters.to_core() if body.filters else Filters(),
+            weights=Weights(body.weights.image, body.weights.text) if body.weights else None,
+            mode=body.mode or settings.search_mode,
+            keyword_weight=settings.hybrid_keyword_weight if body.keyword_weight is None else body.keyword_weight,
         )
-    q = SearchQuery(
-        text=body.query,
-        image=image,
-        top_k=body.top_k,
-        filters=body.filters.to_core() if body.filters else Filters(),
-        weights=Weights(body.weights.image, body.weights.text) if body.weights else None,
-        mode=body.mode or settings.search_mode,
-        keyword_weight=settings.hybrid_keyword_weight if body.keyword_weight is None else body.keyword_weight,
+
+    text_query = None if body.image_base64 else query(None)
+    in_memory = text_query is not None and answers_from_memory(
+        text_query, services.default_weights, services.hot, services.query_cache
     )
-    timings = Timings()
-    hits = search(
-        services.catalog,
-        services.embedder,
-        q,
-        services.default_weights,
-        hot=services.hot,
-        cache=services.query_cache,
-        timings=timings,
-    )
+
+    def run(q: SearchQuery | None) -> tuple[SearchQuery, list[SearchHit], Timings]:
+        if q is None:  # a photo: decoded here, off the event loop
+            image = decode_image(
+                decode_base64(body.image_base64 or ""),
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                min_side=getattr(services.embedder.clip, "image_size", None),
+            )
+            q = query(image)
+        t = Timings()
+        hits = search(
+            services.catalog,
+            services.embedder,
+            q,
+            services.default_weights,
+            hot=services.hot,
+            cache=services.query_cache,
+            timings=t,
+            encoder=services.encoder,
+            # A search from memory takes a millisecond: no point waiting on another's (which
+            # would also hold up the event loop it runs on).
+            flights=None if in_memory else services.flights,
+        )
+        return q, hits, t
+
+    q, hits, timings = await in_memory_or_thread(in_memory, run, text_query)
     if timings.inference:
-        metrics.inference.labels("image" if image is not None else "text").observe(timings.inference)
+        metrics.inference.labels("image" if q.image is not None else "text").observe(timings.inference)
     if timings.cache_hit is not None:
         metrics.cache_requests.labels("hit" if timings.cache_hit else "miss").inc()
     metrics.vector_search.labels("/search").observe(timings.vector_search)
     if body.query and body.query.strip():
         api.queries.record(body.query)
-    elif image is not None:
+    elif q.image is not None:
         api.queries.record("(search by photo)")
     links = api.links(request)
     return SearchResponse(

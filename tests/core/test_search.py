@@ -1,6 +1,7 @@
 """Search and similar on the S3 server with the deterministic fake embedder."""
 
 import json
+import threading
 
 import pytest
 
@@ -78,3 +79,28 @@ def test_similar_never_returns_itself(services: Services) -> None:
 def test_query_needs_text_or_image() -> None:
     with pytest.raises(InvalidInput):
         SearchQuery(text="  ")
+
+
+def test_batched_and_single_flight_search_answer_exactly_as_direct(services: Services) -> None:
+    """The process's batched encoder and single-flight give the same ranking and scores as direct
+    encodes, for text, photo and both, under concurrent callers."""
+    records = seed(services)
+    assert services.encoder is not None and services.flights is not None
+    photo = next(r for r in records if "image" in r)
+    img = decode_image(services.store.get_bytes(str(photo["image"])), max_bytes=10**7, max_pixels=10**7)
+    queries = [SearchQuery(text=str(r["title"]), top_k=5) for r in records[:6]]
+    queries += [SearchQuery(image=img, top_k=5), SearchQuery(text="striped mug", image=img, top_k=5)]
+
+    def run(q: SearchQuery, batched: bool) -> list[tuple[str, float]]:
+        extra = {"encoder": services.encoder, "flights": services.flights} if batched else {}
+        hits = search(services.catalog, services.embedder, q, W, **extra)  # type: ignore[arg-type]
+        return [(h.product.product_id, round(h.score, 5)) for h in hits]
+
+    direct = [run(q, False) for q in queries]
+    got: dict[int, list[tuple[str, float]]] = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, run(queries[i % 8], True))) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [got[i] for i in range(24)] == [direct[i % 8] for i in range(24)]
