@@ -1,9 +1,10 @@
-"""Query encodes shared by concurrent requests: micro-batches and single-flight.
+"""Query encodes shared by concurrent requests: micro-batches.
 
 A query runs the text towers on a handful of tokens, where a batch of several texts costs little
 more than one (the weights are read once per batch). Requests that arrive while an encode runs
 wait for the next one and are encoded together; an idle process encodes a lone query at once
-(a batch of one, no added wait). Identical texts in flight share one encode.
+(a batch of one, no added wait). Identical texts in flight share one encode (identical whole
+searches share one run: :class:`core.search.SingleFlight`).
 """
 
 from __future__ import annotations
