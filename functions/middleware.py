@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class HttpMiddleware:
+class HttpMiddleware(ABC):
     """A plain ASGI middleware (``BaseHTTPMiddleware`` costs a task and a stream per request):
     other traffic (lifespan) passes through, HTTP requests go to :meth:`http`."""
 
@@ -25,8 +26,9 @@ class HttpMiddleware:
         else:
             await self.http(scope, receive, send)
 
+    @abstractmethod
     async def http(self, scope: Any, receive: Any, send: Any) -> None:
-        raise NotImplementedError
+        """Handle one HTTP request (each middleware's own work)."""
 
 
 class BodySizeLimit(HttpMiddleware):

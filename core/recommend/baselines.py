@@ -9,6 +9,7 @@ class here, its row in the evaluation and one line in the contract test.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar, Protocol, Self, TypeVar
 
@@ -107,7 +108,7 @@ class RecentPopularity:
         return pop.recent(t_query[users], self.days)
 
 
-class _ItemToItem:
+class _ItemToItem(ABC):
     """A user's interactions times an item x item matrix fitted with one hyper-parameter
     (``value``, named ``param`` in the table); subclasses say how the matrix is fitted."""
 
@@ -120,8 +121,9 @@ class _ItemToItem:
     def describe(self) -> str:
         return f"{self.param}={self.value:g}"
 
+    @abstractmethod
     def _weights(self, x: sp.csr_matrix) -> sp.csr_matrix | F32:
-        raise NotImplementedError
+        """The item x item matrix fitted on the interactions ``x``."""
 
     def fit(self, split: Split) -> Self:
         x = binary_matrix(split.train)
