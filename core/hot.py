@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -60,10 +61,14 @@ def load_faiss() -> Any:
 
 
 def build_ann(vectors: F32, rows: I64, *, seed: int = 0) -> Any:
-    """An IVF index (inner product, 8-bit scalar quantiser) over ``vectors[rows]``, ids = rows."""
+    """An IVF index (inner product, 8-bit scalar quantiser) over ``vectors[rows]``, ids = rows.
+
+    ``2 * sqrt(n)`` lists: at equal recall@10 a query scans fewer codes than with ``sqrt(n)``
+    (smaller lists, the same ``ANN_NPROBE``), for a few seconds more training; four times more
+    lists gained nothing further (bench/results/issue30-ann-lists-100k-20261207.txt)."""
     faiss = load_faiss()
     n, d = len(rows), vectors.shape[1]
-    nlist = max(8, int(math.sqrt(n)))
+    nlist = max(8, int(2 * math.sqrt(n)))
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFScalarQuantizer(
         quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
@@ -156,7 +161,42 @@ class HotSnapshot:
         return len(self.index)
 
     def mask(self, filters: Filters) -> B8:
-        return filter_mask(self.alive.copy(), self.categories, self.prices, filters)
+        ok = filter_mask(self.alive.copy(), self.categories, self.prices, filters)
+        for name, value in filters.attributes:
+            rows = self.attribute_rows.get(name, {}).get(value)
+            keep = np.zeros(len(ok), dtype=bool)
+            if rows is not None:
+                keep[rows] = True
+            ok &= keep
+        return ok
+
+    @cached_property
+    def attribute_rows(self) -> dict[str, dict[str, I64]]:
+        """attribute name -> value (as text) -> the live rows that have it (a list attribute
+        under each of its elements): what attribute filters and facets read. Built on first use
+        per snapshot (one pass over the live products)."""
+        found: dict[str, dict[str, list[int]]] = {}
+        for row in self.index.values():
+            for name, value in self.products[row].attributes.items():
+                for v in value if isinstance(value, list) else (value,):
+                    text = attribute_text(v)
+                    if text is not None:
+                        found.setdefault(name, {}).setdefault(text, []).append(row)
+        return {n: {v: np.asarray(r, dtype=np.int64) for v, r in vals.items()} for n, vals in found.items()}
+
+    @cached_property
+    def created(self) -> npt.NDArray[np.float64]:
+        """Each row's ``created_at`` (epoch seconds), for "newest first"; built on first use."""
+        return np.fromiter((p.created_at.timestamp() for p in self.products), np.float64, len(self.products))
+
+
+def attribute_text(value: Any) -> str | None:
+    """An attribute value as filters and facets compare it (None: not a plain value)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    return None
 
 
 MATVEC_ROWS = 65_536
@@ -592,9 +632,14 @@ def score_rows(
 
 def top_rows(scored: Scored, snap: HotSnapshot, k: int) -> list[int]:
     """Positions into ``scored`` of the ``k`` best, ties broken by product id (as the Lance path)."""
-    if len(scored.rows) == 0:
+    n = len(scored.rows)
+    if n == 0:
         return []
-    order = sorted(range(len(scored.rows)), key=lambda i: (-scored.score[i], snap.products[scored.rows[i]].product_id))
+    pool: Iterable[int] = range(n)
+    if n > k:  # only the k best and whatever ties the k-th need the (Python-level) tie-break sort
+        kth = np.partition(-scored.score, k - 1)[k - 1]
+        pool = np.flatnonzero(-scored.score <= kth).tolist()
+    order = sorted(pool, key=lambda i: (-scored.score[i], snap.products[scored.rows[i]].product_id))
     return order[:k]
 
 
