@@ -131,7 +131,7 @@ def evaluate(hot: HotCatalog, embedder: Any, targets: list[dict[str, str]], mode
 
     def top(query: str, k: int = 1) -> list[Any]:
         q = SearchQuery(text=query, top_k=k, mode=mode, keyword_weight=weight)
-        return search(hot.catalog, embedder, q, w, hot=hot, cache=CACHE)
+        return search(hot.catalog, embedder, q, w, hot=hot, cache=CACHE).hits
 
     def hit_at_1(queries: list[tuple[str, str]]) -> float:
         return float(np.mean([bool(h := top(q)) and h[0].product.product_id == pid for q, pid in queries]))

@@ -32,12 +32,14 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
+import json
 import random
 import resource
 import statistics
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -112,14 +114,15 @@ def catalog_columns(n: int, seed: int = 0) -> dict[str, Any]:
     rng = random.Random(seed)
     cats = sorted(ITEMS)
     types = np.random.default_rng(seed).integers(0, CENTRES, n)
-    rows: dict[str, list[Any]] = {k: [] for k in ("product_id", "title", "category", "price", "image_key")}
+    rows: dict[str, list[Any]] = {k: [] for k in ("product_id", "title", "category", "price", "image_key", "color")}
     for i in range(n):
         cat = cats[int(types[i]) % len(cats)]
         rows["product_id"].append(f"B{i:07d}")
+        brand, colour = rng.choice(BRANDS), rng.choice(sorted(COLOURS))
         rows["title"].append(
-            f"{rng.choice(BRANDS)} {rng.choice(sorted(COLOURS))} {rng.choice(PATTERNS)} "
-            f"{rng.choice(MATERIALS[cat])} {rng.choice(ITEMS[cat])}"
+            f"{brand} {colour} {rng.choice(PATTERNS)} {rng.choice(MATERIALS[cat])} {rng.choice(ITEMS[cat])}"
         )
+        rows["color"].append(colour)
         rows["category"].append(cat)
         lo, hi = PRICE_RANGES[cat]
         rows["price"].append(round(rng.uniform(lo, hi), 2))
@@ -149,7 +152,7 @@ def build_catalog(catalog: Catalog, n: int) -> tuple[float, dict[str, Any]]:
                 "category": rows["category"][s:e],
                 "price": rows["price"][s:e],
                 "image_key": rows["image_key"][s:e],
-                "attributes": ["{}"] * (e - s),
+                "attributes": [json.dumps({"color": c}) for c in rows["color"][s:e]],
                 "content_hash": [f"h{i}" for i in range(s, e)],
                 "created_at": pa.array([now] * (e - s), pa.timestamp("us", tz="UTC")),
                 "updated_at": pa.array([now] * (e - s), pa.timestamp("us", tz="UTC")),
@@ -534,6 +537,24 @@ def main() -> None:
     def image_search() -> None:
         ok(*client.request("POST", "/search", {"image_base64": photo, "top_k": 10}))
 
+    def faceted() -> None:  # a shop's listing page: the query's vectors cached, facets, a sort, page 3
+        body = {
+            "query": QUERIES[next(counter) % len(QUERIES)],
+            "top_k": 20,
+            "offset": 40,
+            "sort": "price_asc",
+            "facets": ["category", "price", "attributes.color"],
+        }
+        ok(*client.request("POST", "/search", body))
+
+    def typo() -> None:  # a misspelt query (cached vectors): the corrections of its words
+        ok(*client.request("POST", "/search", {"query": "blue runing shoos", "top_k": 10, "mode": "keyword"}))
+
+    prefixes = [q[:n] for q in QUERIES for n in (2, 4, 7, 10)] + ["snea", "runing", "blue r", "leathr b"]
+
+    def suggest_() -> None:  # the search box while typing: a prefix of a query, or a typo in one
+        ok(*client.request("GET", f"/suggest?q={urllib.parse.quote(prefixes[next(counter) % len(prefixes)])}&limit=10"))
+
     def similar_() -> None:
         ok(*client.request("GET", f"/similar/B{(next(counter) * 7919) % args.products:07d}?top_k=10"))
 
@@ -546,6 +567,9 @@ def main() -> None:
         ("HTTP text search + filters (uncached)", filtered, args.queries),
         ("HTTP text search (repeated query, cached)", cached, args.queries),
         ("HTTP image search (photo, incl. CLIP image)", image_search, max(20, args.queries // 10)),
+        ("HTTP search + 3 facets + price sort, page 3 (cached vectors)", faceted, args.queries),
+        ("HTTP keyword search with typos", typo, args.queries),
+        ("HTTP suggest (search-box prefixes, some with a typo)", suggest_, args.queries),
         ("HTTP similar", similar_, args.queries),
         ("HTTP recommendations (known user)", recs, args.queries),
     ]

@@ -228,6 +228,15 @@ class QueryLog:
             if len(self._counts) > self.max_distinct:
                 self._counts = Counter(dict(self._counts.most_common(self.max_distinct // 2)))
 
+    def starting_with(self, prefix: str, n: int = 10) -> list[tuple[str, int]]:
+        """The most frequent queries that start with ``prefix`` (normalised as recorded)."""
+        key = normalize_query(prefix)
+        if not key:
+            return []
+        with self._lock:
+            found = [(q, c) for q, c in self._counts.items() if q.startswith(key)]
+        return sorted(found, key=lambda kv: (-kv[1], kv[0]))[:n]
+
     def top(self, n: int = 10) -> list[tuple[str, int]]:
         with self._lock:
             return sorted(self._counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]

@@ -96,6 +96,10 @@ def quote(value: str) -> str:
 
 def filter_sql(filters: Filters, exclude_id: str | None = None) -> str | None:
     """Lance SQL predicate for ``filters`` (None when nothing is filtered)."""
+    if filters.attributes:
+        # Attributes are one JSON string column in the dataset; the in-memory catalog has them
+        # parsed. Never ignored silently.
+        raise InvalidInput("attribute filters need the in-memory catalog (HOT_CATALOG), which is not loaded")
     parts: list[str] = []
     if filters.categories is not None:
         parts.append(f"category IN ({', '.join(quote(c) for c in filters.categories)})")

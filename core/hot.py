@@ -569,8 +569,11 @@ class HotCatalog:
         self._stop.set()
 
     # ---- querying --------------------------------------------------------------------------
-    def candidates(self, snap: HotSnapshot, modality: str, q: F32, k: int, allowed: B8, n_allowed: int) -> I64:
-        """Rows of the ``k`` best ``allowed`` rows for one modality (ANN or exact)."""
+    def candidates(
+        self, snap: HotSnapshot, modality: str, q: F32, k: int, allowed: B8, n_allowed: int, ordered: bool = False
+    ) -> I64:
+        """Rows of the ``k`` best ``allowed`` rows for one modality (ANN or exact); with
+        ``ordered``, best first (by the ANN's approximate scores above ``ann_min_rows``)."""
         vectors = snap.image if modality == "image" else snap.text
         ann = snap.ann_image if modality == "image" else snap.ann_text
         if modality == "image":
@@ -580,18 +583,23 @@ class HotCatalog:
             return np.zeros(0, dtype=np.int64)
         fraction = n_allowed / max(1, snap.live)
         if ann is None or fraction < EXACT_FILTER_FRACTION:
-            if n_allowed <= k:
-                return np.flatnonzero(allowed).astype(np.int64)
-            if n_allowed * GATHER_FRACTION < len(allowed):
+            if n_allowed * GATHER_FRACTION < len(allowed) or (n_allowed <= k and not ordered):
                 # A selective filter: copy out the few allowed rows and score those.
                 rows = np.flatnonzero(allowed)
-                top = np.argpartition(-matvec(vectors[rows], q), k - 1)[:k]
-                return rows[top].astype(np.int64)
-            # Otherwise one pass over the whole matrix, disallowed rows masked: copying most of
-            # the matrix out first costs far more than the product itself.
-            scores = matvec(vectors, q)
-            scores[~allowed] = -np.inf
-            return np.argpartition(-scores, k - 1)[:k].astype(np.int64)
+                if n_allowed <= k and not ordered:
+                    return rows.astype(np.int64)
+                scores = matvec(vectors[rows], q)
+            else:
+                # Otherwise one pass over the whole matrix, disallowed rows masked: copying most
+                # of the matrix out first costs far more than the product itself.
+                rows = np.arange(len(allowed))
+                scores = matvec(vectors, q)
+                scores[~allowed] = -np.inf
+            k = min(k, n_allowed)
+            top = np.argpartition(-scores, k - 1)[:k]
+            if ordered:  # best first, ties by row
+                top = top[np.lexsort((top, -scores[top]))]
+            return rows[top].astype(np.int64)
         faiss = load_faiss()
         params = faiss.SearchParametersIVF()
         params.nprobe = min(ann.nlist, max(self.nprobe, math.ceil(self.nprobe / max(fraction, 1e-9) ** 0.5)))
@@ -632,14 +640,19 @@ def score_rows(
 
 def top_rows(scored: Scored, snap: HotSnapshot, k: int) -> list[int]:
     """Positions into ``scored`` of the ``k`` best, ties broken by product id (as the Lance path)."""
-    n = len(scored.rows)
-    if n == 0:
+    return best_positions(snap, scored.rows, scored.score, k)
+
+
+def best_positions(snap: HotSnapshot, rows: I64, score: npt.NDArray[np.float64], k: int) -> list[int]:
+    """Positions into ``rows`` of the ``k`` best by ``score``, ties broken by product id."""
+    n = len(rows)
+    if n == 0 or k <= 0:
         return []
     pool: Iterable[int] = range(n)
     if n > k:  # only the k best and whatever ties the k-th need the (Python-level) tie-break sort
-        kth = np.partition(-scored.score, k - 1)[k - 1]
-        pool = np.flatnonzero(-scored.score <= kth).tolist()
-    order = sorted(pool, key=lambda i: (-scored.score[i], snap.products[scored.rows[i]].product_id))
+        kth = np.partition(-score, k - 1)[k - 1]
+        pool = np.flatnonzero(-score <= kth).tolist()
+    order = sorted(pool, key=lambda i: (-score[i], snap.products[rows[i]].product_id))
     return order[:k]
 
 

@@ -27,15 +27,28 @@ scores, which beats reciprocal rank fusion when one side has a decisive match (a
 ranks first in BM25 but may rank 30th on vectors; RRF would add 1/61 + 1/90 and lose to any
 near-duplicate ranked well on both). ``keyword`` is BM25 alone (no model runs). Hybrid and
 keyword search need the hot catalog; without it hybrid answers as ``vector``.
+
+The matching set. A text or photo search also answers "how many products match, and how are they
+spread": the *matching set* is the products passing the filters that match a query word
+(typo-tolerant, :mod:`core.keyword`) or are among the ``match_candidates`` (MATCH_CANDIDATES)
+best by vector score; in keyword mode, the keyword matches alone. ``total_matches`` is its size
+and facets count over it. It is ranked once: the vector candidates and the best
+``match_candidates`` keyword matches are scored exactly (as above) and come first, by score; the
+other keyword matches follow by keyword score; ties go to the smaller product id. A page
+(``offset``, ``top_k``) is a slice of that ranking, so pages never repeat or skip a product while
+the catalog does not change. The other orders (``price_asc``, ``price_desc``, ``newest``) sort
+the matching set by the field, ties by that ranking, products without the field last.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, replace
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -44,13 +57,29 @@ from core.catalog import Candidate, Catalog
 from core.embedding import Embedder
 from core.embedding.batcher import QueryEncoder
 from core.errors import InvalidInput, ServiceError, Unavailable
-from core.hot import HotCatalog, HotSnapshot, score_rows, top_rows, unique_rows
+from core.hot import (
+    HotCatalog,
+    HotSnapshot,
+    Scored,
+    attribute_text,
+    best_positions,
+    score_rows,
+    top_rows,
+    unique_rows,
+)
 from core.types import Filters, SearchHit, Vector, Weights
 
 CANDIDATE_FACTOR = 4
 MIN_CANDIDATES = 50
 MAX_QUERY_CHARS = 1000
 SEARCH_MODES = ("vector", "hybrid", "keyword")
+SORTS = ("relevance", "price_asc", "price_desc", "newest")
+MATCH_CANDIDATES = 1000
+EXACT_POOL = 200  # per modality and of the keyword matches: scored exactly, ranked first
+MAX_OFFSET = 1000
+MAX_FACETS = 10
+FACET_VALUES = 20  # values per category/attribute facet, the most frequent first
+PRICE_BUCKETS = 5  # about this many round-width price buckets
 
 
 @dataclass(frozen=True)
@@ -64,8 +93,21 @@ class SearchQuery:
     weights: Weights | None = None
     mode: str = "vector"
     keyword_weight: float = 0.5
+    offset: int = 0
+    sort: str = "relevance"
+    facets: tuple[str, ...] = ()
+    typo_tolerance: bool = True
 
     def __post_init__(self) -> None:
+        if not 0 <= self.offset <= MAX_OFFSET:
+            raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}")
+        if self.sort not in SORTS:
+            raise InvalidInput(f"sort must be one of {', '.join(SORTS)}")
+        if len(self.facets) > MAX_FACETS:
+            raise InvalidInput(f"at most {MAX_FACETS} facets per request")
+        for name in self.facets:
+            if name not in ("category", "price") and not (name.startswith("attributes.") and len(name) > 11):
+                raise InvalidInput(f"unknown facet {name!r}: use category, price or attributes.<name>")
         if (self.text is None or not self.text.strip()) and self.image is None:
             raise InvalidInput("a query text or an image is required")
         if self.mode not in SEARCH_MODES:
@@ -80,6 +122,31 @@ class SearchQuery:
             raise InvalidInput(f"query longer than {MAX_QUERY_CHARS} characters")
         if not 1 <= self.top_k <= 1000:
             raise InvalidInput("top_k must be between 1 and 1000")
+
+
+@dataclass(frozen=True)
+class FacetValue:
+    value: str
+    count: int
+
+
+@dataclass(frozen=True)
+class PriceBucket:
+    """Products with ``min <= price < max`` (the last bucket includes its ``max``)."""
+
+    min: float
+    max: float
+    count: int
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of a search: its hits, the size of the matching set (None when answered without
+    the in-memory catalog, which the matching set needs) and the facets asked for."""
+
+    hits: list[SearchHit]
+    total_matches: int | None = None
+    facets: dict[str, list[FacetValue] | list[PriceBucket]] = field(default_factory=dict)
 
 
 class QueryCache:
@@ -200,11 +267,9 @@ def hot_ranked(
     top_k: int,
     filters: Filters = Filters(),
     exclude_id: str | None = None,
-    keywords: str | None = None,
-    keyword_weight: float = 0.0,
 ) -> list[SearchHit]:
-    """:func:`ranked` on the in-memory snapshot: same candidates rule, same exact scores; with
-    ``keywords``, hybrid (see the module docstring)."""
+    """:func:`ranked` on the in-memory snapshot (similar products): same candidates rule, same
+    exact scores."""
     k = max(top_k * CANDIDATE_FACTOR, MIN_CANDIDATES)
     allowed = snap.mask(filters)
     n_allowed = int(allowed.sum())
@@ -218,25 +283,8 @@ def hot_ranked(
         parts.append(hot.candidates(snap, "image", q_img, k, allowed, n_allowed))
     if q_txt is not None and weights.text > 0:
         parts.append(hot.candidates(snap, "text", q_txt, k, allowed, n_allowed))
-    kw_rows = np.zeros(0, dtype=np.int64)
-    kw_scores = np.zeros(0, dtype=np.float64)
-    if keywords is not None:
-        kw_rows, kw_scores = snap.keywords.scores(keywords, snap.alive, allowed)
-        if len(kw_rows) > k:
-            best = np.argpartition(-kw_scores, k - 1)[:k]
-            parts.append(kw_rows[best])
-        else:
-            parts.append(kw_rows)
     rows = unique_rows(parts)
     scored = score_rows(snap, rows[rows != drop], q_img, q_txt, weights.image, weights.text)
-    kw = None
-    if keywords is not None:
-        kw = np.zeros(len(scored.rows))
-        if len(kw_rows):
-            at = np.minimum(np.searchsorted(kw_rows, scored.rows), len(kw_rows) - 1)
-            found = kw_rows[at] == scored.rows
-            kw[found] = kw_scores[at[found]]
-        scored = replace(scored, score=scored.score + keyword_weight * kw)
     hits = []
     for i in top_rows(scored, snap, top_k):
         s_img, s_txt = float(scored.s_img[i]), float(scored.s_txt[i])
@@ -246,7 +294,6 @@ def hot_ranked(
                 float(scored.score[i]),
                 None if np.isnan(s_img) else s_img,
                 None if np.isnan(s_txt) else s_txt,
-                None if kw is None else float(kw[i]),
             )
         )
     return hits
@@ -254,13 +301,8 @@ def hot_ranked(
 
 def keyword_ranked(snap: HotSnapshot, text: str, top_k: int, filters: Filters = Filters()) -> list[SearchHit]:
     """BM25 alone: the best ``top_k`` products matching the query's words, ties by product id."""
-    rows, scores = snap.keywords.scores(text, snap.alive, snap.mask(filters))
-    if len(rows) > top_k:  # keep the top_k best and everything tied with the last of them
-        kth = np.partition(scores, len(scores) - top_k)[len(scores) - top_k]
-        keep = scores >= kth
-        rows, scores = rows[keep], scores[keep]
-    order = sorted(range(len(rows)), key=lambda i: (-scores[i], snap.products[rows[i]].product_id))[:top_k]
-    return [SearchHit(snap.products[int(rows[i])], float(scores[i]), None, None, float(scores[i])) for i in order]
+    query = SearchQuery(text=text, top_k=top_k, filters=filters, mode="keyword")
+    return matching_page(None, snap, None, None, Weights(0.0, 1.0), query, text).hits
 
 
 def _rank(
@@ -272,12 +314,10 @@ def _rank(
     top_k: int,
     filters: Filters = Filters(),
     exclude_id: str | None = None,
-    keywords: str | None = None,
-    keyword_weight: float = 0.0,
 ) -> list[SearchHit]:
     snap = hot.current() if hot is not None else None
     if hot is not None and snap is not None:
-        return hot_ranked(hot, snap, q_img, q_txt, weights, top_k, filters, exclude_id, keywords, keyword_weight)
+        return hot_ranked(hot, snap, q_img, q_txt, weights, top_k, filters, exclude_id)
     return ranked(catalog, q_img, q_txt, weights, top_k, filters, exclude_id)
 
 
@@ -324,7 +364,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.result: list[SearchHit] = []
+        self.result: Any = None
         self.error: BaseException | None = None
 
 
@@ -337,7 +377,7 @@ class SingleFlight:
         self._flights: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
 
-    def run(self, key: Hashable, fn: Callable[[], list[SearchHit]]) -> list[SearchHit]:
+    def run(self, key: Hashable, fn: Callable[[], SearchPage]) -> SearchPage:
         with self._lock:
             flight = self._flights.get(key)
             leader = flight is None
@@ -349,9 +389,10 @@ class SingleFlight:
             flight.done.wait()
             if flight.error is not None:
                 raise flight.error
-            return flight.result
+            shared: SearchPage = flight.result
+            return shared
         try:
-            flight.result = fn()
+            result = flight.result = fn()
         except BaseException as exc:
             flight.error = exc
             raise
@@ -359,7 +400,7 @@ class SingleFlight:
             with self._lock:
                 del self._flights[key]
             flight.done.set()
-        return flight.result
+        return result
 
 
 def search(
@@ -372,15 +413,38 @@ def search(
     timings: Timings | None = None,
     encoder: QueryEncoder | None = None,
     flights: SingleFlight | None = None,
-) -> list[SearchHit]:
+    match_candidates: int = MATCH_CANDIDATES,
+) -> SearchPage:
     """Text search, search by image, or both at once (from ``hot`` once it has loaded; query
-    text vectors from ``cache`` when it holds them). With ``encoder``, encodes are batched with
-    other requests'; with ``flights``, identical concurrent text searches run once."""
+    text vectors from ``cache`` when it holds them): one page of the matching set's ranking (see
+    the module docstring). With ``encoder``, encodes are batched with other requests'; with
+    ``flights``, identical concurrent text searches run once."""
     timings = timings if timings is not None else Timings()
     if flights is not None and query.image is None:
         t = timings
-        return flights.run((query, default), lambda: _search(catalog, embedder, query, default, hot, cache, t, encoder))
-    return _search(catalog, embedder, query, default, hot, cache, timings, encoder)
+        return flights.run(
+            (query, default, match_candidates),
+            lambda: _search(catalog, embedder, query, default, hot, cache, t, encoder, match_candidates),
+        )
+    return _search(catalog, embedder, query, default, hot, cache, timings, encoder, match_candidates)
+
+
+def loaded_snapshot(hot: HotCatalog | None, what: str) -> HotSnapshot:
+    """The hot catalog's snapshot, loaded now if this host never started it."""
+    if hot is None:
+        raise InvalidInput(f"{what} needs the in-memory catalog, which this service runs without (HOT_CATALOG)")
+    snap = hot.current()
+    if snap is None:
+        try:
+            hot.refresh()
+        except ServiceError:
+            raise
+        except Exception as exc:  # storage trouble: retryable
+            raise Unavailable(f"{what}: the in-memory catalog could not be loaded: {exc}") from exc
+        snap = hot.current()
+    if snap is None:
+        raise Unavailable(f"{what}: the in-memory catalog could not be loaded; retry")
+    return snap
 
 
 def _search(
@@ -392,51 +456,249 @@ def _search(
     cache: QueryCache | None,
     timings: Timings,
     encoder: QueryEncoder | None,
-) -> list[SearchHit]:
+    match_candidates: int,
+) -> SearchPage:
     weights = query.weights or default
     q_img: Vector | None = None
     q_txt: Vector | None = None
     text = query.text.strip() if query.text else None
-    if query.mode == "keyword":
-        if hot is None:
-            raise InvalidInput(
-                "keyword search needs the in-memory catalog, which this service runs without (HOT_CATALOG)"
-            )
-        snap = hot.current()
-        if snap is None:  # a host that never started the hot catalog: load it now
-            try:
-                hot.refresh()
-            except ServiceError:
-                raise
-            except Exception as exc:  # storage trouble: retryable
-                raise Unavailable(f"keyword search: the in-memory catalog could not be loaded: {exc}") from exc
-            snap = hot.current()
-        if snap is None:
-            raise Unavailable("keyword search: the in-memory catalog could not be loaded; retry")
-        started = time.perf_counter()
-        hits = keyword_ranked(snap, text or "", query.top_k, query.filters)
-        timings.vector_search += time.perf_counter() - started
-        return hits
-    if text:
-        q_txt, q_img = _text_vectors(embedder, text, weights.image > 0, cache, timings, encoder)
-    if query.image is not None:
-        started = time.perf_counter()
-        img_vec = encoder.clip_image(query.image) if encoder else embedder.clip.embed_images([query.image])[0]
-        timings.inference += time.perf_counter() - started
-        if q_img is None:
-            q_img = img_vec
-        else:
-            both = q_img + img_vec
-            q_img = (both / max(float(np.linalg.norm(both)), 1e-12)).astype(np.float32)
-        if text is None:
-            # A photo alone carries no sentence vector: rank on the image side only.
-            weights = Weights(image=1.0, text=0.0)
+    snap = hot.current() if hot is not None else None
+    if query.mode == "keyword" or query.sort != "relevance" or query.facets or query.filters.attributes:
+        what = "keyword search" if query.mode == "keyword" else "sorting, facets and attribute filters"
+        snap = loaded_snapshot(hot, what)
+    if query.mode != "keyword":
+        if text:
+            q_txt, q_img = _text_vectors(embedder, text, weights.image > 0, cache, timings, encoder)
+        if query.image is not None:
+            started = time.perf_counter()
+            img_vec = encoder.clip_image(query.image) if encoder else embedder.clip.embed_images([query.image])[0]
+            timings.inference += time.perf_counter() - started
+            if q_img is None:
+                q_img = img_vec
+            else:
+                both = q_img + img_vec
+                q_img = (both / max(float(np.linalg.norm(both)), 1e-12)).astype(np.float32)
+            if text is None:
+                # A photo alone carries no sentence vector: rank on the image side only.
+                weights = Weights(image=1.0, text=0.0)
     started = time.perf_counter()
-    hybrid = query.mode == "hybrid" and text is not None
-    keywords = text if hybrid else None
-    hits = _rank(catalog, hot, q_img, q_txt, weights, query.top_k, query.filters, None, keywords, query.keyword_weight)
-    timings.vector_search += time.perf_counter() - started
-    return hits
+    try:
+        if hot is not None and snap is not None:
+            return matching_page(hot, snap, q_img, q_txt, weights, query, text, match_candidates)
+        # Without the in-memory catalog: the best offset + top_k from LanceDB, no matching set.
+        hits = ranked(catalog, q_img, q_txt, weights, query.offset + query.top_k, query.filters)
+        return SearchPage(hits[query.offset :])
+    finally:
+        timings.vector_search += time.perf_counter() - started
+
+
+def matching_page(
+    hot: HotCatalog | None,
+    snap: HotSnapshot,
+    q_img: Vector | None,
+    q_txt: Vector | None,
+    weights: Weights,
+    query: SearchQuery,
+    text: str | None,
+    match_candidates: int = MATCH_CANDIDATES,
+) -> SearchPage:
+    """The page ``query`` asks for of the matching set's ranking, its size and facets (see the
+    module docstring)."""
+    allowed = snap.mask(query.filters)
+    n_allowed = int(allowed.sum())
+    empty = np.zeros(0, dtype=np.int64)
+    kw_rows, kw_scores = empty, np.zeros(0, dtype=np.float64)
+    if text:  # keyword matches belong to the matching set in every mode
+        kw_rows, kw_scores = snap.keywords.scores(text, snap.alive, allowed, typos=query.typo_tolerance)
+    lists: list[Any] = []  # per modality, best first
+    if query.mode == "keyword":
+        pool = Scored(kw_rows, kw_scores, np.full(len(kw_rows), np.nan), np.full(len(kw_rows), np.nan))
+        rest = empty
+    else:
+        assert hot is not None, "vector and hybrid pages need the hot catalog's ANN indexes"
+        k = min(match_candidates, n_allowed)
+        scored = min(EXACT_POOL, k)
+        if k and q_img is not None and weights.image > 0:
+            lists.append(hot.candidates(snap, "image", q_img, k, allowed, n_allowed, ordered=True))
+        if k and q_txt is not None and weights.text > 0:
+            lists.append(hot.candidates(snap, "text", q_txt, k, allowed, n_allowed, ordered=True))
+        exact = [ranks[:scored] for ranks in lists]
+        hybrid = query.mode == "hybrid" and len(kw_rows) > 0
+        if hybrid:  # the best keyword matches are scored exactly too
+            best_kw = np.argpartition(-kw_scores, scored - 1)[:scored] if len(kw_rows) > scored else slice(None)
+            exact.append(kw_rows[best_kw])
+        pool = score_rows(snap, unique_rows(exact), q_img, q_txt, weights.image, weights.text)
+        if hybrid:
+            pool = replace(pool, score=pool.score + query.keyword_weight * _lookup(kw_rows, kw_scores, pool.rows))
+        member = np.zeros(len(snap.products), dtype=bool)
+        member[kw_rows] = True
+        for ranks in lists:
+            member[ranks] = True
+        member[pool.rows] = False
+        rest = np.flatnonzero(member)
+    end = query.offset + query.top_k
+    if query.sort == "relevance":
+        # Only the head of the exactly scored pool is put in order (ties by product id, in Python).
+        head = pool.rows[best_positions(snap, pool.rows, pool.score, end)]
+        if len(head) < end:
+            more = _rest_order(snap, rest, lists, kw_rows, kw_scores)[: end - len(head)]
+            head = np.concatenate([head, rest[more]])
+        page = head[query.offset :]
+    else:
+        # The whole matching set by the field, ties by the ranking (equal scores by catalog row).
+        rest_order = _rest_order(snap, rest, lists, kw_rows, kw_scores)
+        ranking = np.concatenate([pool.rows[np.argsort(-pool.score, kind="stable")], rest[rest_order]])
+        page = _sorted(snap, ranking, query.sort)[query.offset : end]
+    hits = _hits(snap, page, pool, kw_rows, kw_scores, q_img, q_txt, weights, query)
+    members = np.concatenate([pool.rows, rest])
+    return SearchPage(hits, len(members), facet_counts(snap, members, query.facets) if query.facets else {})
+
+
+def _rest_order(snap: HotSnapshot, rest: Any, lists: Sequence[Any], kw_rows: Any, kw_scores: Any) -> Any:
+    """Positions of the members beyond the exactly scored pool in ranking order: by keyword
+    score, then by their best place in a modality's vector list, then by row."""
+    place = np.full(len(snap.products), np.iinfo(np.int64).max, dtype=np.int64)
+    for ranks in lists:
+        place[ranks] = np.minimum(place[ranks], np.arange(len(ranks)))
+    return np.lexsort((rest, place[rest], -_lookup(kw_rows, kw_scores, rest)))
+
+
+def _take(s: Scored, at: Any) -> Scored:
+    return Scored(s.rows[at], s.score[at], s.s_img[at], s.s_txt[at])
+
+
+def _concat(a: Scored, b: Scored) -> Scored:
+    return Scored(
+        np.concatenate([a.rows, b.rows]),
+        np.concatenate([a.score, b.score]),
+        np.concatenate([a.s_img, b.s_img]),
+        np.concatenate([a.s_txt, b.s_txt]),
+    )
+
+
+def _lookup(keys: Any, values: Any, rows: Any) -> Any:
+    """``values`` of ``rows`` by the sorted ``keys`` (0 where a row is not among them)."""
+    out = np.zeros(len(rows), dtype=np.float64)
+    if len(keys) and len(rows):
+        at = np.minimum(np.searchsorted(keys, rows), len(keys) - 1)
+        found = keys[at] == rows
+        out[found] = values[at[found]]
+    return out
+
+
+def _sorted(snap: HotSnapshot, ranking: Any, sort: str) -> Any:
+    """``ranking`` (rows, best first) in ``sort`` order; ties keep their ranking order."""
+    if sort == "relevance" or len(ranking) <= 1:
+        return ranking
+    if sort == "newest":
+        key = -snap.created[ranking]
+    else:
+        prices = snap.prices[ranking]
+        key = np.where(np.isnan(prices), np.inf, prices if sort == "price_asc" else -prices)
+    return ranking[np.lexsort((np.arange(len(ranking)), key))]
+
+
+def _hits(
+    snap: HotSnapshot,
+    page: Any,
+    pool: Scored,
+    kw_rows: Any,
+    kw_scores: Any,
+    q_img: Vector | None,
+    q_txt: Vector | None,
+    weights: Weights,
+    query: SearchQuery,
+) -> list[SearchHit]:
+    """The page's rows as hits; rows from outside the exactly scored pool get their scores now."""
+    by_row = np.argsort(pool.rows)
+    at = np.minimum(np.searchsorted(pool.rows, page, sorter=by_row), max(len(pool.rows) - 1, 0))
+    inside = by_row[at] if len(pool.rows) else np.zeros(0, dtype=np.int64)
+    found = pool.rows[inside] == page if len(pool.rows) else np.zeros(len(page), dtype=bool)
+    score = np.zeros(len(page))
+    s_img = np.full(len(page), np.nan)
+    s_txt = np.full(len(page), np.nan)
+    score[found], s_img[found], s_txt[found] = (
+        pool.score[inside[found]],
+        pool.s_img[inside[found]],
+        pool.s_txt[inside[found]],
+    )
+    for i in np.flatnonzero(~found):  # members from beyond the exactly scored pool
+        more = score_rows(snap, page[i : i + 1], q_img, q_txt, weights.image, weights.text)
+        if len(more.rows):  # else no modality of the query scores this product
+            score[i], s_img[i], s_txt[i] = more.score[0], more.s_img[0], more.s_txt[0]
+    kw = _lookup(kw_rows, kw_scores, page)
+    if query.mode == "hybrid":
+        score[~found] += query.keyword_weight * kw[~found]
+    return [
+        SearchHit(
+            snap.products[int(row)],
+            float(score[i]),
+            None if math.isnan(s_img[i]) else float(s_img[i]),
+            None if math.isnan(s_txt[i]) else float(s_txt[i]),
+            float(kw[i]) if query.text and query.mode != "vector" else None,
+        )
+        for i, row in enumerate(page)
+    ]
+
+
+def facet_counts(snap: HotSnapshot, rows: Any, names: Sequence[str]) -> dict[str, list[FacetValue] | list[PriceBucket]]:
+    """Exact counts of ``names`` over the products at ``rows``."""
+    out: dict[str, list[FacetValue] | list[PriceBucket]] = {}
+    for name in names:
+        if name == "price":
+            out[name] = price_buckets(snap.prices[rows])
+        elif name == "category":
+            labels = {code: label for label, code in snap.categories.names.items()}
+            counts = np.bincount(snap.categories.codes[rows], minlength=len(labels))
+            out[name] = _top_values((label, int(counts[code])) for code, label in labels.items() if label is not None)
+        else:
+            attr = name.removeprefix("attributes.")
+            values = snap.attribute_rows.get(attr, {})
+            if len(values) <= len(rows):  # few distinct values: count each in the set
+                member = np.zeros(len(snap.products), dtype=bool)
+                member[rows] = True
+                out[name] = _top_values((v, int(np.count_nonzero(member[r]))) for v, r in values.items())
+            else:  # many distinct values (ids, free text): walk the set instead
+                tally: Counter[str] = Counter()
+                for row in rows.tolist():
+                    value = snap.products[row].attributes.get(attr)
+                    for v in value if isinstance(value, list) else (value,):
+                        t = attribute_text(v)
+                        if t is not None:
+                            tally[t] += 1
+                out[name] = _top_values(tally.items())
+    return out
+
+
+def _top_values(pairs: Any) -> list[FacetValue]:
+    found = sorted(((-n, v) for v, n in pairs if n > 0))[:FACET_VALUES]
+    return [FacetValue(v, -n) for n, v in found]
+
+
+def price_buckets(prices: Any) -> list[PriceBucket]:
+    """Counts of ``prices`` (NaN: no price, not counted) in about :data:`PRICE_BUCKETS` buckets
+    of a round width (1, 2, 2.5 or 5 times a power of ten); empty buckets are left out."""
+    p = np.asarray(prices, dtype=np.float64)
+    p = p[~np.isnan(p)]
+    if len(p) == 0:
+        return []
+    lo, hi = float(p.min()), float(p.max())
+    if hi == lo:
+        return [PriceBucket(lo, hi, len(p))]
+    raw = (hi - lo) / PRICE_BUCKETS
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    start = math.floor(lo / step) * step
+    counts = np.bincount(np.floor((p - start) / step).astype(np.int64))
+    last = len(counts) - 1
+    if last > 0 and start + last * step >= hi and counts[last]:  # hi sits on an edge: into the bucket below
+        counts[last - 1] += counts[last]
+        counts = counts[:last]
+    return [
+        PriceBucket(round(start + i * step, 2), round(start + (i + 1) * step, 2), int(n))
+        for i, n in enumerate(counts)
+        if n
+    ]
 
 
 def similar(

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
         description="Weight of the normalised BM25 score (0..1) in hybrid search (0.5: chosen on bench.hybrid's "
         "development catalog).",
     )
+    match_candidates: int = Field(
+        default=1000,
+        ge=10,
+        le=10_000,
+        description="POST /search's matching set (what total_matches, facets, pages and sorts cover): products "
+        "passing the filters that match a query word (typo-tolerant) or are among this many best by vector score.",
+    )
 
     # Security
     deployment: Literal["production", "development"] = Field(

@@ -153,6 +153,9 @@ class Filters:
     categories: tuple[str, ...] | None = None
     min_price: float | None = None
     max_price: float | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+    """Equality on attributes, all must hold: ``(name, value)`` pairs; a list attribute matches
+    when one of its elements equals the value. Values compare as text (``42`` equals ``"42"``)."""
 
     def __post_init__(self) -> None:
         for name in ("min_price", "max_price"):
@@ -166,7 +169,7 @@ class Filters:
 
     @property
     def empty(self) -> bool:
-        return self.categories is None and self.min_price is None and self.max_price is None
+        return self.categories is None and self.min_price is None and self.max_price is None and not self.attributes
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.hot import attribute_text
 from core.recommend.online import Recommended
+from core.search import MAX_FACETS, MAX_OFFSET, PriceBucket, SearchPage
 from core.types import Filters, Product, SearchHit
 from functions.security import ImageSigner
 
@@ -82,6 +85,27 @@ class FiltersIn(BaseModel):
         )
 
 
+class SearchFiltersIn(FiltersIn):
+    attributes: dict[str, str | int | float | bool] | None = Field(
+        default=None,
+        description='Equality on attributes, all must hold (`{"color": "red"}`); a list attribute matches when one '
+        "of its elements equals the value. Values compare as text.",
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and not 1 <= len(v) <= 20:
+            raise ValueError("attributes filter must name 1..20 attributes")
+        if v is not None and any(not k or len(k) > 256 for k in v):
+            raise ValueError("attribute names must have 1..256 characters")
+        return v
+
+    def to_core(self) -> Filters:
+        pairs = tuple(sorted((k, attribute_text(v) or "") for k, v in (self.attributes or {}).items()))
+        return replace(super().to_core(), attributes=pairs)
+
+
 class WeightsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,8 +125,28 @@ class SearchRequest(BaseModel):
     query: str | None = Field(default=None, max_length=1000, description="Text query.")
     image_base64: str | None = Field(default=None, description="Query photo, base64 (data: URLs accepted).")
     top_k: int = Field(default=10, ge=1, le=100)
-    filters: FiltersIn | None = None
+    filters: SearchFiltersIn | None = None
     weights: WeightsIn | None = None
+    offset: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_OFFSET,
+        description="Results to skip: `top_k` is the page size and every page is a slice of one ranking.",
+    )
+    sort: Literal["relevance", "price_asc", "price_desc", "newest"] = Field(
+        default="relevance",
+        description="relevance, or the matching set by price or created_at; ties by relevance, products without "
+        "the field last.",
+    )
+    facets: list[str] | None = Field(
+        default=None,
+        max_length=MAX_FACETS,
+        description='Counts over the matching set: "category", "price" (round buckets), "attributes.<name>".',
+    )
+    typo_tolerance: bool = Field(
+        default=True,
+        description="Keyword matching forgives 1 typo in words of 5+ letters, 2 from 9 (never in codes or numbers).",
+    )
     mode: Literal["hybrid", "vector", "keyword"] | None = Field(
         default=None,
         description="hybrid: vector score + keyword_weight x normalised BM25 over title, description, category and "
@@ -176,8 +220,56 @@ class SearchResult(BaseModel):
         )
 
 
+class FacetValueOut(BaseModel):
+    value: str
+    count: int
+
+
+class PriceBucketOut(BaseModel):
+    min: float = Field(description="Lower bound (included).")
+    max: float = Field(description="Upper bound (excluded, except in the last bucket).")
+    count: int
+
+
 class SearchResponse(BaseModel):
     results: list[SearchResult]
+    total_matches: int | None = Field(
+        default=None,
+        description="Size of the matching set: products passing the filters that match a query word (typo-tolerant) "
+        "or are among the MATCH_CANDIDATES best by vector score. Null only without the in-memory catalog.",
+    )
+    facets: dict[str, list[FacetValueOut | PriceBucketOut]] | None = Field(
+        default=None, description="The facets asked for, counted exactly over the matching set."
+    )
+    query_time_ms: float
+
+    @classmethod
+    def of(cls, page: SearchPage, links: Links, started: float) -> SearchResponse:
+        facets = {
+            name: [
+                PriceBucketOut(min=v.min, max=v.max, count=v.count)
+                if isinstance(v, PriceBucket)
+                else FacetValueOut(value=v.value, count=v.count)
+                for v in values
+            ]
+            for name, values in page.facets.items()
+        }
+        return cls(
+            results=[SearchResult.of(h, links) for h in page.hits],
+            total_matches=page.total_matches,
+            facets=facets or None,
+            query_time_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+
+class SuggestionOut(BaseModel):
+    text: str
+    kind: Literal["query", "category", "product"]
+    product_id: str | None = None
+
+
+class SuggestResponse(BaseModel):
+    suggestions: list[SuggestionOut]
     query_time_ms: float
 
 

@@ -70,6 +70,17 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class SearchPage:
+    """One page of a search (:meth:`RecommendationClient.search_page`): the results, the size of
+    the matching set, and facet counts (``{"category": [{"value", "count"}], "price": [{"min",
+    "max", "count"}], "attributes.<name>": [...]}``)."""
+
+    results: list[SearchResult]
+    total_matches: int | None
+    facets: dict[str, list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
 class SimilarProduct:
     product_id: str
     title: str
@@ -217,6 +228,41 @@ class RecommendationClient:
         if keyword_weight is not None:
             body["keyword_weight"] = keyword_weight
         return self._search(body, top_k, category, min_price, max_price, weights)
+
+    def search_page(
+        self,
+        query: str,
+        top_k: int = 10,
+        *,
+        offset: int = 0,
+        sort: str = "relevance",
+        facets: list[str] | None = None,
+        attributes: dict[str, str | int | float | bool] | None = None,
+        typo_tolerance: bool = True,
+        category: str | list[str] | None = None,
+        min_price: float | None = None,
+        max_price: float | None = None,
+        mode: str | None = None,
+    ) -> SearchPage:
+        """A page of a text search with its total and facets: ``offset`` (0..1000) pages through
+        one ranking, ``sort`` is ``relevance``, ``price_asc``, ``price_desc`` or ``newest``,
+        ``facets`` names ``category``, ``price`` and ``attributes.<name>``, ``attributes``
+        filters by equality."""
+        body: dict[str, Any] = {"query": query, "top_k": top_k, "offset": offset, "sort": sort}
+        body["typo_tolerance"] = typo_tolerance
+        if facets:
+            body["facets"] = facets
+        if mode is not None:
+            body["mode"] = mode
+        filters = self._filters(category, min_price, max_price) or {}
+        if attributes:
+            filters["attributes"] = attributes
+        if filters:
+            body["filters"] = filters
+        data = self._call("POST", "/search", json=body)
+        return SearchPage(
+            [_pick(SearchResult, r) for r in data["results"]], data.get("total_matches"), data.get("facets") or {}
+        )
 
     def search_image(
         self,

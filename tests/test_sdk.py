@@ -41,6 +41,10 @@ def test_sdk_round_trip(live_url: str) -> None:
         assert [h.product_id for h in by_word] == ["T1"] and by_word[0].keyword_score
         assert all(h.keyword_score is None for h in client.search("gift", mode="vector"))
         assert client.search_image(red, top_k=1)[0].product_id == "R1"
+        page = client.search_page("bag mug", top_k=1, offset=1, sort="price_asc", facets=["category", "price"])
+        assert page.total_matches == 3 and [r.product_id for r in page.results] == ["R1"]  # 12 < 25 < 50
+        assert {f["value"]: f["count"] for f in page.facets["category"]} == {"Bags": 1, "Home": 1}
+        assert [r.product_id for r in client.search_page("tote", attributes={"color": "red"}).results] == ["R1"]
         similar = client.find_similar("R1", top_k=5)
         assert {s.product_id for s in similar} == {"B1", "T1"}
         # New products reach the recommender's in-memory snapshot once its refresh thread, woken by the commit, ran.

@@ -191,6 +191,8 @@ class CatalogSnapshot:
         return len(self.products)
 
     def mask(self, filters: Filters) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        if filters.attributes:
+            raise InvalidInput("recommendations do not filter on attributes")
         return filter_mask(np.ones(len(self), dtype=bool), self.categories, self.prices, filters)
 
     def exact_content(self, unit: F32) -> F32:

@@ -1,4 +1,4 @@
-"""``POST /search`` and ``GET /similar/{id}``."""
+"""``POST /search``, ``GET /suggest`` and ``GET /similar/{id}``."""
 
 import time
 from typing import Annotated
@@ -7,10 +7,18 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from PIL import Image
 
 from core.images import decode_image
-from core.search import SearchQuery, Timings, answers_from_memory, search, similar
-from core.types import Filters, SearchHit, Weights
+from core.search import SearchPage, SearchQuery, Timings, answers_from_memory, loaded_snapshot, search, similar
+from core.suggest import MAX_PREFIX_CHARS, Suggestion, suggest
+from core.types import Filters, Weights
 from functions.routes.deps import api_of, decode_base64, in_memory_or_thread, query_filters, rate_limit, require_read
-from functions.schemas import SearchRequest, SearchResponse, SearchResult, SimilarProduct, SimilarResponse
+from functions.schemas import (
+    SearchRequest,
+    SearchResponse,
+    SimilarProduct,
+    SimilarResponse,
+    SuggestionOut,
+    SuggestResponse,
+)
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_read)])
 
@@ -33,6 +41,10 @@ async def search_products(body: SearchRequest, request: Request) -> SearchRespon
             weights=Weights(body.weights.image, body.weights.text) if body.weights else None,
             mode=body.mode or settings.search_mode,
             keyword_weight=settings.hybrid_keyword_weight if body.keyword_weight is None else body.keyword_weight,
+            offset=body.offset,
+            sort=body.sort,
+            facets=tuple(dict.fromkeys(body.facets or ())),
+            typo_tolerance=body.typo_tolerance,
         )
 
     text_query = None if body.image_base64 else query(None)
@@ -40,7 +52,7 @@ async def search_products(body: SearchRequest, request: Request) -> SearchRespon
         text_query, services.default_weights, services.hot, services.query_cache
     )
 
-    def run(q: SearchQuery | None) -> tuple[SearchQuery, list[SearchHit], Timings]:
+    def run(q: SearchQuery | None) -> tuple[SearchQuery, SearchPage, Timings]:
         if q is None:  # a photo: decoded here, off the event loop
             image = decode_image(
                 decode_base64(body.image_base64 or ""),
@@ -50,7 +62,7 @@ async def search_products(body: SearchRequest, request: Request) -> SearchRespon
             )
             q = query(image)
         t = Timings()
-        hits = search(
+        page = search(
             services.catalog,
             services.embedder,
             q,
@@ -62,10 +74,11 @@ async def search_products(body: SearchRequest, request: Request) -> SearchRespon
             # A search from memory takes a millisecond: no point waiting on another's (which
             # would also hold up the event loop it runs on).
             flights=None if in_memory else services.flights,
+            match_candidates=settings.match_candidates,
         )
-        return q, hits, t
+        return q, page, t
 
-    q, hits, timings = await in_memory_or_thread(in_memory, run, text_query)
+    q, page, timings = await in_memory_or_thread(in_memory, run, text_query)
     if timings.inference:
         metrics.inference.labels("image" if q.image is not None else "text").observe(timings.inference)
     if timings.cache_hit is not None:
@@ -75,9 +88,28 @@ async def search_products(body: SearchRequest, request: Request) -> SearchRespon
         api.queries.record(body.query)
     elif q.image is not None:
         api.queries.record("(search by photo)")
-    links = api.links(request)
-    return SearchResponse(
-        results=[SearchResult.of(h, links) for h in hits],
+    return SearchResponse.of(page, api.links(request), started)
+
+
+@router.get("/suggest", response_model=SuggestResponse)
+async def suggest_queries(
+    request: Request,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_PREFIX_CHARS, description="What was typed so far.")],
+    limit: Annotated[int, Query(ge=1, le=20)] = 10,
+) -> SuggestResponse:
+    """Completions for a search box: popular past queries, categories and products (their
+    titles) that start like the typed text, typo-tolerant from 4 letters."""
+    started = time.perf_counter()
+    api = api_of(request)
+    hot = api.services.hot
+
+    def run() -> list[Suggestion]:
+        snap = loaded_snapshot(hot, "suggestions")
+        return suggest(snap, q, limit, api.queries.starting_with(q, limit))
+
+    found = await in_memory_or_thread(hot is not None and hot.in_memory, run)
+    return SuggestResponse(
+        suggestions=[SuggestionOut(text=s.text, kind=s.kind, product_id=s.product_id) for s in found],
         query_time_ms=round((time.perf_counter() - started) * 1000, 2),
     )
 

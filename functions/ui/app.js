@@ -187,7 +187,9 @@ function card(p, { score, scoreLabel = "score", reason, actions } = {}) {
 const grid = (items, opts) => h("div", { class: "grid" }, items.map((p) => card(p, opts ? opts(p) : {})));
 
 // ---------- Search page
-const searchState = { query: "", category: "", min: "", max: "", imageWeight: null, photo: null, photoName: "" };
+const searchState = { query: "", category: "", min: "", max: "", imageWeight: null, photo: null, photoName: "", sort: "relevance", page: 0 };
+const PAGE_SIZE = 24;
+const MAX_OFFSET = 1000;
 
 async function renderSearch() {
   const live = liveToken();
@@ -211,6 +213,69 @@ async function renderSearch() {
     h("option", { value: "", text: "All categories" }),
     cats.map((c) => h("option", { value: c, text: c, selected: c === searchState.category })),
   );
+  const sort = h(
+    "select",
+    { id: "sort", "aria-label": "Sort" },
+    [
+      ["relevance", "Best match"],
+      ["price_asc", "Price: low to high"],
+      ["price_desc", "Price: high to low"],
+      ["newest", "Newest first"],
+    ].map(([v, t]) => h("option", { value: v, text: t, selected: v === searchState.sort })),
+  );
+  sort.addEventListener("change", () => ((searchState.page = 0), runSearch()));
+  category.addEventListener("change", () => (searchState.page = 0));
+  // Autocomplete: suggestions for what is typed (GET /suggest), a short pause after each key.
+  const suggestBox = h("ul", { id: "suggest", class: "suggest", role: "listbox", hidden: true });
+  let suggestTimer = null;
+  let suggestSeq = 0;
+  const hideSuggest = () => ((suggestBox.hidden = true), suggestBox.replaceChildren());
+  q.addEventListener("input", () => {
+    clearTimeout(suggestTimer);
+    const typed = q.value;
+    if (!typed.trim()) return hideSuggest();
+    suggestTimer = setTimeout(async () => {
+      const seq = ++suggestSeq;
+      let data;
+      try {
+        data = await api(`/suggest?q=${encodeURIComponent(typed)}&limit=8`);
+      } catch {
+        return hideSuggest();
+      }
+      if (seq !== suggestSeq || q.value !== typed) return;
+      suggestBox.replaceChildren(
+        ...data.suggestions.map((s) =>
+          h(
+            "li",
+            {
+              role: "option",
+              class: `suggestion ${s.kind}`,
+              onmousedown: (ev) => {
+                ev.preventDefault();
+                hideSuggest();
+                if (s.kind === "product") {
+                  location.hash = `#/product/${encodeURIComponent(s.product_id)}`;
+                } else if (s.kind === "category") {
+                  category.value = s.text;
+                  searchState.page = 0;
+                  runSearch();
+                } else {
+                  q.value = s.text;
+                  searchState.page = 0;
+                  runSearch();
+                }
+              },
+            },
+            h("span", { class: "kind", text: s.kind }),
+            h("span", { text: s.text }),
+          ),
+        ),
+      );
+      suggestBox.hidden = !data.suggestions.length;
+    }, 120);
+  });
+  q.addEventListener("blur", () => setTimeout(hideSuggest, 100));
+  q.addEventListener("keydown", (ev) => ev.key === "Escape" && hideSuggest());
   const minPrice = h("input", { id: "min-price", type: "number", min: "0", step: "any", placeholder: "min $", value: searchState.min });
   const maxPrice = h("input", { id: "max-price", type: "number", min: "0", step: "any", placeholder: "max $", value: searchState.max });
   const weight = h("input", { id: "image-weight", type: "range", min: "0", max: "100", step: "5", value: searchState.imageWeight });
@@ -286,22 +351,25 @@ async function renderSearch() {
   });
 
   const meta = h("div", { id: "search-meta", class: "search-meta" });
+  const facets = h("aside", { id: "facets", class: "facets" });
+  const pager = h("nav", { id: "pager", class: "pager" });
   const results = h("section", { id: "results" });
   const form = h(
     "form",
-    { id: "search-form", class: "search-form", onsubmit: (ev) => (ev.preventDefault(), runSearch()) },
-    h("div", { class: "row" }, q, h("button", { id: "search-btn", type: "submit", text: "Search" })),
+    { id: "search-form", class: "search-form", onsubmit: (ev) => (ev.preventDefault(), (searchState.page = 0), runSearch()) },
+    h("div", { class: "row q-row" }, h("div", { class: "q-wrap" }, q, suggestBox), h("button", { id: "search-btn", type: "submit", text: "Search" })),
     h(
       "div",
       { class: "row filters" },
       category,
+      sort,
       h("label", { class: "price-range" }, "Price ", minPrice, " – ", maxPrice),
       h("label", { class: "weights" }, "Ranking ", weight, weightLabel),
     ),
     drop,
     fileInput,
   );
-  view().replaceChildren(form, meta, results);
+  view().replaceChildren(form, meta, h("div", { class: "search-body" }, facets, h("div", {}, results, pager)));
 
   async function runSearch() {
     searchState.query = q.value.trim();
@@ -321,7 +389,10 @@ async function renderSearch() {
       meta.replaceChildren(message("The minimum price is above the maximum price.", "error"));
       return;
     }
-    const body = { top_k: 24, filters };
+    hideSuggest();
+    const body = { top_k: PAGE_SIZE, filters, offset: Math.min(searchState.page * PAGE_SIZE, MAX_OFFSET), sort: sort.value };
+    searchState.sort = sort.value;
+    if (searchState.query) body.facets = ["category", "price"];
     if (searchState.query) body.query = searchState.query;
     if (searchState.photo) body.image_base64 = searchState.photo;
     if (searchState.query) body.weights = { image: searchState.imageWeight / 100, text: 1 - searchState.imageWeight / 100 };
@@ -336,13 +407,16 @@ async function renderSearch() {
       return;
     }
     const total = performance.now() - t0;
+    const count = data.total_matches ?? data.results.length;
     meta.replaceChildren(
       h(
         "span",
         { id: "query-time" },
-        `${data.results.length} result${data.results.length === 1 ? "" : "s"} · ${ms(data.query_time_ms)} on the server, ${ms(total)} in all`,
+        `${count} result${count === 1 ? "" : "s"} · ${ms(data.query_time_ms)} on the server, ${ms(total)} in all`,
       ),
     );
+    showFacets(data.facets || {});
+    showPager(count, data.results.length);
     if (!data.results.length) {
       const catalogEmpty = statsCache && statsCache.catalog.products === 0;
       results.replaceChildren(
@@ -355,6 +429,79 @@ async function renderSearch() {
       return;
     }
     results.replaceChildren(grid(data.results, (p) => ({ score: p.score })));
+  }
+
+  function showFacets(found) {
+    const groups = [];
+    if (found.category && found.category.length)
+      groups.push(
+        h("h3", { text: "Category" }),
+        h(
+          "ul",
+          { id: "facet-category" },
+          found.category.map((f) =>
+            h(
+              "li",
+              {},
+              h("button", {
+                type: "button",
+                class: `ghost facet${category.value === f.value ? " on" : ""}`,
+                "data-value": f.value,
+                text: `${f.value} (${f.count})`,
+                onclick: () => {
+                  category.value = category.value === f.value ? "" : f.value;
+                  searchState.page = 0;
+                  runSearch();
+                },
+              }),
+            ),
+          ),
+        ),
+      );
+    if (found.price && found.price.length)
+      groups.push(
+        h("h3", { text: "Price" }),
+        h(
+          "ul",
+          { id: "facet-price" },
+          found.price.map((b) =>
+            h(
+              "li",
+              {},
+              h("button", {
+                type: "button",
+                class: "ghost facet",
+                text: `$${b.min} – $${b.max} (${b.count})`,
+                onclick: () => {
+                  minPrice.value = String(b.min);
+                  maxPrice.value = String(b.max);
+                  searchState.page = 0;
+                  runSearch();
+                },
+              }),
+            ),
+          ),
+        ),
+      );
+    facets.replaceChildren(...groups);
+  }
+
+  function showPager(count, shown) {
+    const pages = Math.max(1, Math.ceil(Math.min(count, MAX_OFFSET + PAGE_SIZE) / PAGE_SIZE));
+    const at = searchState.page;
+    const go = (n) => () => ((searchState.page = n), runSearch(), window.scrollTo(0, 0));
+    pager.replaceChildren(
+      h("button", { type: "button", class: "ghost", id: "prev-page", text: "← Previous", disabled: at === 0, onclick: go(at - 1) }),
+      h("span", { id: "page-label", text: `page ${at + 1} of ${pages}` }),
+      h("button", {
+        type: "button",
+        class: "ghost",
+        id: "next-page",
+        text: "Next →",
+        disabled: at + 1 >= pages || shown < PAGE_SIZE,
+        onclick: go(at + 1),
+      }),
+    );
   }
 
   if (st && st.catalog.products === 0) {

@@ -11,17 +11,24 @@ import pytest
 from core.catalog import Catalog, ProductRecord
 from core.embedding import l2_normalize
 from core.errors import InvalidInput
-from core.hot import HotCatalog
+from core.hot import HotCatalog, HotSnapshot
 from core.keyword import FULL_MATCH, K1, KeywordIndex, document, tokenize
-from core.search import SearchQuery, hot_ranked, keyword_ranked
+from core.search import SearchQuery, hot_ranked, keyword_ranked, matching_page
 from core.settings import Settings
-from core.types import Filters, Product, Weights
+from core.types import Filters, Product, SearchHit, Weights
 
 NOW = datetime.now(UTC)
 
 
 def product(pid: str, title: str, description: str = "", category: str | None = None, **attrs: object) -> Product:
     return Product(pid, title, description, category, 10.0, None, dict(attrs), NOW, NOW)
+
+
+def hybrid(
+    hot: HotCatalog, snap: HotSnapshot, q: np.ndarray, w: Weights, k: int, text: str, filters: Filters = Filters()
+) -> list[SearchHit]:
+    query = SearchQuery(text=text, top_k=k, filters=filters, mode="hybrid", keyword_weight=0.3)
+    return matching_page(hot, snap, None, q, w, query, text).hits
 
 
 def test_tokens_fold_case_and_join_codes() -> None:
@@ -128,28 +135,26 @@ def test_hybrid_puts_exact_names_first_and_keeps_meaning_order(s3_settings: Sett
     q = l2_normalize(centre + 0.05 * rng.standard_normal((1, 8)).astype(np.float32))[0]
     for i in range(0, 60, 10):
         vector = hot_ranked(hot, snap, None, q, w, 5)
-        hybrid = hot_ranked(hot, snap, None, q, w, 5, keywords=f"Zephyr{i} Trail Runner", keyword_weight=0.3)
-        assert hybrid[0].product.product_id == f"p{i:03d}"
-        assert hybrid[0].keyword_score == pytest.approx(1.0)
+        found = hybrid(hot, snap, q, w, 5, f"Zephyr{i} Trail Runner")
+        assert found[0].product.product_id == f"p{i:03d}"
+        assert found[0].keyword_score == pytest.approx(1.0)
         assert vector[0].keyword_score is None
         # the score is the vector score plus the weighted keyword score, and results are sorted by it
-        assert hybrid[0].score == pytest.approx(hybrid[0].text_similarity + 0.3 * hybrid[0].keyword_score)
-        assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
+        assert found[0].score == pytest.approx(found[0].text_similarity + 0.3 * found[0].keyword_score)
+        assert [h.score for h in found] == sorted((h.score for h in found), reverse=True)
         by_sku = keyword_ranked(snap, f"zx{1000 + i}", 3)
         assert [h.product.product_id for h in by_sku] == [f"p{i:03d}"]
     plain = hot_ranked(hot, snap, None, q, w, 10)
-    nothing = hot_ranked(hot, snap, None, q, w, 10, keywords="velvet armchair", keyword_weight=0.3)
+    nothing = hybrid(hot, snap, q, w, 10, "velvet armchair")
     assert [h.product.product_id for h in nothing] == [h.product.product_id for h in plain]
     assert [h.score for h in nothing] == pytest.approx([h.score for h in plain])
-    boots = hot_ranked(
-        hot, snap, None, q, w, 10, Filters(categories=("boots",)), keywords="Zephyr10 Trail Runner", keyword_weight=0.3
-    )
+    boots = hybrid(hot, snap, q, w, 10, "Zephyr10 Trail Runner", Filters(categories=("boots",)))
     assert boots and all(h.product.category == "boots" for h in boots)  # p010 is shoes: filtered out
     cat.delete("p020")
     hot.refresh()
     snap2 = hot.snapshot
     assert snap2 is not None and snap2.version > snap.version
-    after = hot_ranked(hot, snap2, None, q, w, 5, keywords="Zephyr20 Trail Runner", keyword_weight=0.3)
+    after = hybrid(hot, snap2, q, w, 5, "Zephyr20 Trail Runner")
     assert "p020" not in [h.product.product_id for h in after]
     assert keyword_ranked(snap2, "zephyr20", 5) == []
     # top_k cut: the same head as the full ranking (score, then product id), ties included

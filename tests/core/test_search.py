@@ -35,7 +35,7 @@ def test_image_search_returns_own_image_first(services: Services) -> None:
         if "image" not in rec:
             continue
         img = decode_image(services.store.get_bytes(str(rec["image"])), max_bytes=10**7, max_pixels=10**7)
-        hits = search(services.catalog, services.embedder, SearchQuery(image=img, top_k=3), W)
+        hits = search(services.catalog, services.embedder, SearchQuery(image=img, top_k=3), W).hits
         assert hits[0].product.product_id == rec["product_id"]
         assert hits[0].score == pytest.approx(1.0, abs=1e-4)
         assert all(h.product.has_image for h in hits)  # photo queries only match products with images
@@ -46,7 +46,7 @@ def test_text_only_products_are_searchable(services: Services) -> None:
     text_only = [r for r in records if "image" not in r]
     assert text_only
     for rec in text_only:
-        hits = search(services.catalog, services.embedder, SearchQuery(text=str(rec["title"]), top_k=5), W)
+        hits = search(services.catalog, services.embedder, SearchQuery(text=str(rec["title"]), top_k=5), W).hits
         ids = [h.product.product_id for h in hits]
         assert rec["product_id"] in ids
         hit = hits[ids.index(str(rec["product_id"]))]
@@ -57,12 +57,12 @@ def test_text_only_products_are_searchable(services: Services) -> None:
 def test_search_filters_and_weights(services: Services) -> None:
     records = seed(services, 36)
     f = Filters(categories=("Home", "Bags"), max_price=100)
-    hits = search(services.catalog, services.embedder, SearchQuery(text="striped", top_k=100, filters=f), W)
+    hits = search(services.catalog, services.embedder, SearchQuery(text="striped", top_k=100, filters=f), W).hits
     expected = {r["product_id"] for r in records if r["category"] in ("Home", "Bags") and float(r["price"]) <= 100}  # type: ignore[arg-type]
     assert {h.product.product_id for h in hits} == expected
     text_only = search(
         services.catalog, services.embedder, SearchQuery(text="striped", top_k=5, weights=Weights(0, 1)), W
-    )
+    ).hits
     assert all(h.image_similarity is None for h in text_only)
     assert [h.score for h in text_only] == sorted((h.score for h in text_only), reverse=True)
 
@@ -93,7 +93,7 @@ def test_batched_and_single_flight_search_answer_exactly_as_direct(services: Ser
 
     def run(q: SearchQuery, batched: bool) -> list[tuple[str, float]]:
         extra = {"encoder": services.encoder, "flights": services.flights} if batched else {}
-        hits = search(services.catalog, services.embedder, q, W, **extra)  # type: ignore[arg-type]
+        hits = search(services.catalog, services.embedder, q, W, **extra).hits  # type: ignore[arg-type]
         return [(h.product.product_id, round(h.score, 5)) for h in hits]
 
     direct = [run(q, False) for q in queries]

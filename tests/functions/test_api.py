@@ -56,6 +56,32 @@ def test_search_text_and_filters(client: TestClient) -> None:
         assert hit["category"] in ("Bags", "Home") and 5 <= hit["price"] <= 80
 
 
+def test_search_pages_sorts_facets_and_attribute_filters(client: TestClient) -> None:
+    """The matching set through HTTP: totals, pages of one ranking, a price sort, facet counts
+    that add up, attribute filters; a service without the in-memory catalog says what it lacks."""
+    ask = {"query": "striped bag", "top_k": 100, "facets": ["category", "price", "attributes.material"]}
+    body = client.post("/search", json=ask).json()
+    everything, total = body["results"], body["total_matches"]
+    assert total == len(everything) > 0
+    counts = {f["value"]: f["count"] for f in body["facets"]["category"]}
+    assert counts == {c: sum(h["category"] == c for h in everything) for c in {h["category"] for h in everything}}
+    assert sum(b["count"] for b in body["facets"]["price"]) == sum(h["price"] is not None for h in everything)
+    materials = body["facets"]["attributes.material"]
+    assert materials and sum(m["count"] for m in materials) == sum("material" in h["attributes"] for h in everything)
+    pages = [client.post("/search", json={**ask, "top_k": 4, "offset": o}).json()["results"] for o in range(0, 100, 4)]
+    assert [h["product_id"] for p in pages for h in p] == [h["product_id"] for h in everything]
+    cheap = client.post("/search", json={**ask, "sort": "price_asc"}).json()["results"]
+    prices = [h["price"] for h in cheap if h["price"] is not None]
+    assert prices == sorted(prices) and {h["product_id"] for h in cheap} == {h["product_id"] for h in everything}
+    material = materials[0]["value"]
+    only = client.post("/search", json={"query": "bag", "filters": {"attributes": {"material": material}}}).json()
+    assert only["results"] and all(h["attributes"]["material"] == material for h in only["results"])
+    typo = client.post("/search", json={"query": "stripd", "mode": "keyword"}).json()  # 6 letters, 1 edit
+    assert typo["results"] and all("striped" in (h["title"] + h["description"]).lower() for h in typo["results"])
+    exact = client.post("/search", json={"query": "stripd", "mode": "keyword", "typo_tolerance": False}).json()
+    assert exact["results"] == [] and exact["total_matches"] == 0
+
+
 def test_keyword_mode_without_a_started_hot_catalog(client: TestClient, s3_endpoint: str, fake: Embedder) -> None:
     """A host that never ran the app's lifespan loads the hot copy on the first keyword query;
     a service configured without it (HOT_CATALOG=false) says so with a 422."""
@@ -68,6 +94,9 @@ def test_keyword_mode_without_a_started_hot_catalog(client: TestClient, s3_endpo
     cold = TestClient(create_app(Services.from_settings(settings, embedder=fake)))
     r = cold.post("/search", json={"query": "striped", "mode": "keyword"})
     assert r.status_code == 422 and "HOT_CATALOG" in r.json()["detail"]
+    for ask in ({"sort": "newest"}, {"facets": ["category"]}, {"filters": {"attributes": {"material": "cotton"}}}):
+        r = cold.post("/search", json={"query": "striped", **ask})
+        assert r.status_code == 422 and "HOT_CATALOG" in r.json()["detail"], ask
     assert cold.post("/search", json={"query": "striped"}).status_code == 200  # hybrid -> vector
 
 
@@ -123,6 +152,13 @@ def test_product_crud(client: TestClient) -> None:
         ("post", "/search", {"image_base64": "!!!not base64!!!"}, 422),
         ("post", "/search", {"image_base64": b64(b"plain text")}, 422),
         ("post", "/search", {"query": "x" * 1001}, 422),
+        ("post", "/search", {"query": "x", "offset": 1001}, 422),
+        ("post", "/search", {"query": "x", "offset": -1}, 422),
+        ("post", "/search", {"query": "x", "sort": "cheapest"}, 422),
+        ("post", "/search", {"query": "x", "facets": ["colour"]}, 422),
+        ("post", "/search", {"query": "x", "facets": ["category"] * 11}, 422),
+        ("post", "/search", {"query": "x", "filters": {"attributes": {}}}, 422),
+        ("post", "/search", {"query": "x", "filters": {"attributes": {"c": ["red"]}}}, 422),
         ("get", "/similar/S00001?top_k=0", None, 422),
         ("get", "/similar/S00001?min_price=5&max_price=1", None, 422),
         ("get", "/products/unknown", None, 404),
@@ -311,9 +347,29 @@ def test_without_the_hot_catalog_queries_use_lancedb_ann_indexes_on_s3(s3_endpoi
             found += len(set(ids) & {h["product_id"] for h in want.json()["results"]})
             total += 5
         assert found / total >= 0.6, f"recall@5 against exact {found / total:.2f}"
+    # Pages from LanceDB are slices of one ranking too; without the matching set there is no total.
+    eight = client.post("/search", json={"query": title, "top_k": 8}).json()
+    halves = [client.post("/search", json={"query": title, "top_k": 4, "offset": o}).json() for o in (0, 4)]
+    assert [h["product_id"] for p in halves for h in p["results"]] == [h["product_id"] for h in eight["results"]]
+    assert eight["total_matches"] is None
     r = client.post("/search", json={"query": title, "top_k": 5, "filters": {"max_price": 50}})
     assert r.status_code == 200 and r.json()["results"] and all(h["price"] <= 50 for h in r.json()["results"])
     r = client.get("/similar/S00123?top_k=5")
     assert r.status_code == 200
     similar_ids = [h["product_id"] for h in r.json()["similar_products"]]
     assert len(similar_ids) == 5 and "S00123" not in similar_ids
+
+
+def test_suggest(client: TestClient) -> None:
+    client.post("/search", json={"query": "Zigzag  Tote", "top_k": 1})  # recorded normalised
+    past = client.get("/suggest", params={"q": "zigz"}).json()["suggestions"]
+    assert past[0] == {"text": "zigzag tote", "kind": "query", "product_id": None}
+    r = client.get("/suggest", params={"q": "stri", "limit": 5})
+    assert r.status_code == 200, r.text
+    found = r.json()["suggestions"]
+    products = [s for s in found if s["kind"] == "product"]
+    assert products and all("striped" in s["text"].lower() for s in products)
+    assert client.get(f"/products/{products[0]['product_id']}").status_code == 200
+    assert len(found) <= 5
+    assert client.get("/suggest", params={"q": ""}).status_code == 422
+    assert client.get("/suggest", params={"q": "x", "limit": 21}).status_code == 422

@@ -393,3 +393,50 @@ def test_empty_catalog_and_service_down(browser: Any, tmp_path: Path) -> None:
         assert "Search failed" in page.inner_text("#search-meta")
         shot(page, "service-down")
     context.close()
+
+
+def test_facets_pager_sort_and_autocomplete(server: Server, page: Any) -> None:
+    """Facet counts beside the results, pages of one ranking, a price sort and search-box
+    suggestions, each as the API answers them."""
+    page.goto(server.base + "/ui/")
+    search(page, "striped")
+    ask = {"query": "striped", "top_k": 24, "facets": ["category", "price"]}
+    first = server.api("/search", ask)
+    assert first["total_matches"] > 24  # enough for a second page
+    assert page.inner_text("#query-time").startswith(f"{first['total_matches']} results")
+    shown = page.eval_on_selector_all("#facet-category button", "els => els.map(e => e.textContent)")
+    assert shown == [f"{f['value']} ({f['count']})" for f in first["facets"]["category"]]
+    assert page.locator("#facet-price button").count() == len(first["facets"]["price"])
+    assert page.inner_text("#page-label").startswith("page 1 of ")
+    page.click("#next-page")
+    page.wait_for_function("() => document.querySelector('#page-label').textContent.startsWith('page 2')")
+    second = server.api("/search", {**ask, "offset": 24})
+    assert card_ids(page, "#results") == [r["product_id"] for r in second["results"]]
+    page.select_option("#sort", "price_asc")  # back to page 1, cheapest first
+    page.wait_for_function("() => document.querySelector('#page-label').textContent.startsWith('page 1')")
+    cheapest = server.api("/search", {**ask, "sort": "price_asc"})
+    page.wait_for_function(
+        "ids => [...document.querySelectorAll('#results .card')].map(e => e.dataset.productId).join() === ids.join()",
+        arg=[r["product_id"] for r in cheapest["results"]],
+    )
+    prices = page.eval_on_selector_all("#results .card", "els => els.map(e => Number(e.dataset.price))")
+    assert prices == sorted(prices)
+    # A facet narrows the search to its category.
+    target = first["facets"]["category"][0]
+    page.click(f"#facet-category button[data-value='{target['value']}']")
+    page.wait_for_function("v => document.querySelector('#category').value === v", arg=target["value"])
+    page.wait_for_function(
+        "n => (document.querySelector('#query-time')?.textContent || '').startsWith(n + ' result')",
+        arg=str(target["count"]),
+    )
+    # Suggestions while typing; picking a product opens its page.
+    page.fill("#q", "")
+    page.type("#q", "stri", delay=30)
+    page.wait_for_selector("#suggest li.product")
+    expected = server.api("/suggest?q=stri&limit=8", method="GET")["suggestions"]
+    texts = page.eval_on_selector_all("#suggest li", "els => els.map(e => e.lastChild.textContent)")
+    assert texts == [s["text"] for s in expected]
+    pid = next(s["product_id"] for s in expected if s["kind"] == "product")
+    page.locator("#suggest li.product").first.dispatch_event("mousedown")
+    page.wait_for_function("pid => location.hash === '#/product/' + pid", arg=pid)
+    shot(page, "search-facets")

@@ -84,7 +84,9 @@ def test_full_vit_b32_image_search_finds_own_image(
     assert services.indexer.index(items).indexed == 16
     for p in products[:5]:
         img = decode_image(p.image, max_bytes=10**7, max_pixels=10**7)
-        hits = search(services.catalog, services.embedder, SearchQuery(image=img, top_k=3), services.default_weights)
+        hits = search(
+            services.catalog, services.embedder, SearchQuery(image=img, top_k=3), services.default_weights
+        ).hits
         assert hits[0].product.product_id == p.record["product_id"]
         assert hits[0].score == pytest.approx(1.0, abs=1e-3)
     # Text search on the real sentence model still ranks the matching title first.
@@ -94,7 +96,7 @@ def test_full_vit_b32_image_search_finds_own_image(
         services.embedder,
         SearchQuery(text=str(target["title"]), top_k=3),
         services.default_weights,
-    )
+    ).hits
     assert hits[0].product.product_id == target["product_id"]
 
 
