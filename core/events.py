@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,12 +32,6 @@ TABLE = "events"
 EventType = Literal["view", "click", "add_to_cart", "purchase", "rating"]
 EVENT_TYPES: tuple[EventType, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
 MAX_ID_LENGTH = 256
-COMMIT_LINGER_SECONDS = 0.02
-"""Under a stream of appends (a commit ended less than BUSY_SECONDS ago), a commit waits this
-long for more batches to join it: each commit is several object-store requests and a fragment
-to compact later, so fewer, larger commits leave more of the machine to queries. A lone append
-does not wait."""
-BUSY_SECONDS = 1.0
 FUTURE_TOLERANCE = timedelta(days=1)
 
 # How strongly one event says "this shopper wants this kind of product". Ratings map 1..5 onto
@@ -246,8 +239,6 @@ class EventLog:
         self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._committing = False
-        self._last_commit = 0.0
-        self.linger = COMMIT_LINGER_SECONDS
 
     def append(self, events: Sequence[Event]) -> int:
         """Store ``events`` durably; returns how many were written.
@@ -276,9 +267,6 @@ class EventLog:
         return len(events)
 
     def _commit_round(self) -> None:
-        if self.linger > 0 and time.monotonic() - self._last_commit < BUSY_SECONDS:
-            # Appends keep coming: wait a moment so that more of them share this commit.
-            time.sleep(self.linger)
         with self._queue_lock:
             batch, self._queue = self._queue, []
         error: BaseException | None = None
@@ -295,7 +283,6 @@ class EventLog:
             self._compactor().committed()
         except BaseException as exc:  # handed to every caller of this round
             error = exc
-        self._last_commit = time.monotonic()
         for t in batch:
             t.error, t.finished = error, True
             t.signal.set()

@@ -353,6 +353,8 @@ def answers_from_memory(query: SearchQuery, default: Weights, hot: HotCatalog | 
     search is a millisecond of numpy, cheaper run where the request is than handed to a thread."""
     if hot is None or not hot.in_memory or query.image is not None:
         return False
+    if query.facets or query.sort != "relevance" or query.filters.attributes:
+        return False  # a walk over the whole matching set (or a first-use index): off the event loop
     if query.mode == "keyword":
         return True
     text = query.text.strip() if query.text else ""

@@ -107,7 +107,8 @@ async def suggest_queries(
         snap = loaded_snapshot(hot, "suggestions")
         return suggest(snap, q, limit, api.queries.starting_with(q, limit))
 
-    found = await in_memory_or_thread(hot is not None and hot.in_memory, run)
+    # In the thread pool: the first suggestion after a catalog change sorts the vocabulary.
+    found = await in_memory_or_thread(False, run)
     return SuggestResponse(
         suggestions=[SuggestionOut(text=s.text, kind=s.kind, product_id=s.product_id) for s in found],
         query_time_ms=round((time.perf_counter() - started) * 1000, 2),

@@ -97,26 +97,3 @@ def test_concurrent_appends_share_commits_and_lose_nothing(s3_settings: Settings
     commits = log.version() - before
     print(f"16 concurrent appends -> {commits} commits")
     assert 1 <= commits < 16  # grouped: fewer commits than callers
-
-
-def test_appends_during_a_stream_wait_to_share_one_commit(s3_settings: Settings, fake: Embedder) -> None:
-    """A lone append commits at once; appends that arrive while commits keep coming wait
-    COMMIT_LINGER_SECONDS for each other (here 0.5 s, so that threads started together surely
-    meet) and land in one commit."""
-    import threading
-
-    services = Services.from_settings(s3_settings, embedder=fake)
-    log = EventLog(services.catalog)
-    log.linger = 0.5
-    batch = parse_events([{"user_id": "u", "product_id": "P", "event_type": "view"}])[0]
-    start = log.version()
-    log.append(batch)  # idle: no wait, its own commit
-    assert log.version() == start + 1
-    batches = [parse_events([{"user_id": f"s{t}", "product_id": "P", "event_type": "view"}])[0] for t in range(6)]
-    threads = [threading.Thread(target=log.append, args=(b,)) for b in batches]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert log.version() == start + 2  # six callers, one commit
-    assert log.count() == 7
