@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from core.analytics import price_stats
 from core.catalog import Candidate, Catalog
 from core.embedding import Embedder
 from core.embedding.batcher import QueryEncoder
@@ -132,7 +133,7 @@ class FacetValue:
 
 @dataclass(frozen=True)
 class PriceBucket:
-    """Products with ``min <= price < max`` (the last bucket includes its ``max``)."""
+    """Products with ``min <= price < max``."""
 
     min: float
     max: float
@@ -678,29 +679,12 @@ def _top_values(pairs: Any) -> list[FacetValue]:
 
 
 def price_buckets(prices: Any) -> list[PriceBucket]:
-    """Counts of ``prices`` (NaN: no price, not counted) in about :data:`PRICE_BUCKETS` buckets
-    of a round width (1, 2, 2.5 or 5 times a power of ten); empty buckets are left out."""
-    p = np.asarray(prices, dtype=np.float64)
-    p = p[~np.isnan(p)]
-    if len(p) == 0:
-        return []
-    lo, hi = float(p.min()), float(p.max())
-    if hi == lo:
-        return [PriceBucket(lo, hi, len(p))]
-    raw = (hi - lo) / PRICE_BUCKETS
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    start = math.floor(lo / step) * step
-    counts = np.bincount(np.floor((p - start) / step).astype(np.int64))
-    last = len(counts) - 1
-    if last > 0 and start + last * step >= hi and counts[last]:  # hi sits on an edge: into the bucket below
-        counts[last - 1] += counts[last]
-        counts = counts[:last]
-    return [
-        PriceBucket(round(start + i * step, 2), round(start + (i + 1) * step, 2), int(n))
-        for i, n in enumerate(counts)
-        if n
-    ]
+    """Counts of ``prices`` (NaN: no price, not counted) in at most :data:`PRICE_BUCKETS` + 1
+    buckets of a round width (the dashboard's price histogram, :func:`price_stats`); empty
+    buckets are left out."""
+    stats = price_stats(np.asarray(prices, dtype=np.float64), PRICE_BUCKETS)
+    edges = stats.edges
+    return [PriceBucket(edges[i], edges[i + 1], n) for i, n in enumerate(stats.counts) if n]
 
 
 def similar(

@@ -227,7 +227,7 @@ class FacetValueOut(BaseModel):
 
 class PriceBucketOut(BaseModel):
     min: float = Field(description="Lower bound (included).")
-    max: float = Field(description="Upper bound (excluded, except in the last bucket).")
+    max: float = Field(description="Upper bound (excluded).")
     count: int
 
 

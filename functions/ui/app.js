@@ -432,58 +432,46 @@ async function renderSearch() {
   }
 
   function showFacets(found) {
-    const groups = [];
-    if (found.category && found.category.length)
-      groups.push(
-        h("h3", { text: "Category" }),
-        h(
-          "ul",
-          { id: "facet-category" },
-          found.category.map((f) =>
+    const group = (title, id, items, label, pick, on = () => false) =>
+      items && items.length
+        ? [
+            h("h3", { text: title }),
             h(
-              "li",
-              {},
-              h("button", {
-                type: "button",
-                class: `ghost facet${category.value === f.value ? " on" : ""}`,
-                "data-value": f.value,
-                text: `${f.value} (${f.count})`,
-                onclick: () => {
-                  category.value = category.value === f.value ? "" : f.value;
-                  searchState.page = 0;
-                  runSearch();
-                },
-              }),
+              "ul",
+              { id },
+              items.map((f) =>
+                h(
+                  "li",
+                  {},
+                  h("button", {
+                    type: "button",
+                    class: `ghost facet${on(f) ? " on" : ""}`,
+                    "data-value": f.value,
+                    text: label(f),
+                    onclick: () => ((searchState.page = 0), pick(f), runSearch()),
+                  }),
+                ),
+              ),
             ),
-          ),
-        ),
-      );
-    if (found.price && found.price.length)
-      groups.push(
-        h("h3", { text: "Price" }),
-        h(
-          "ul",
-          { id: "facet-price" },
-          found.price.map((b) =>
-            h(
-              "li",
-              {},
-              h("button", {
-                type: "button",
-                class: "ghost facet",
-                text: `$${b.min} – $${b.max} (${b.count})`,
-                onclick: () => {
-                  minPrice.value = String(b.min);
-                  maxPrice.value = String(b.max);
-                  searchState.page = 0;
-                  runSearch();
-                },
-              }),
-            ),
-          ),
-        ),
-      );
-    facets.replaceChildren(...groups);
+          ]
+        : [];
+    facets.replaceChildren(
+      ...group(
+        "Category",
+        "facet-category",
+        found.category,
+        (f) => `${f.value} (${f.count})`,
+        (f) => (category.value = category.value === f.value ? "" : f.value),
+        (f) => category.value === f.value,
+      ),
+      ...group(
+        "Price",
+        "facet-price",
+        found.price,
+        (b) => `$${b.min} – $${b.max} (${b.count})`,
+        (b) => ((minPrice.value = String(b.min)), (maxPrice.value = String(b.max))),
+      ),
+    );
   }
 
   function showPager(count, shown) {

@@ -139,8 +139,7 @@ def test_totals_and_facets_equal_brute_force_counts(
         buckets = got.facets["price"]
         assert sum(b.count for b in buckets) == len(prices)
         for b in buckets:  # each bucket holds exactly the prices in its range
-            last = b is buckets[-1]
-            assert b.count == sum(b.min <= x < b.max or (last and x == b.max) for x in prices)
+            assert b.count == sum(b.min <= x < b.max for x in prices)
 
 
 @pytest.mark.integration
@@ -214,10 +213,15 @@ def test_attribute_filters_need_and_use_the_parsed_attributes(
 
 def test_price_buckets_are_round_and_exact() -> None:
     buckets = price_buckets(np.array([3.0, 12.5, 19.99, 20.0, 47.0, np.nan, 95.0, 100.0]))
-    assert [(b.min, b.max) for b in buckets] == [(0.0, 20.0), (20.0, 40.0), (40.0, 60.0), (80.0, 100.0)]
-    assert [b.count for b in buckets] == [3, 1, 1, 2]  # 100.0, the maximum, closes the last bucket
+    assert [(b.min, b.max, b.count) for b in buckets] == [
+        (0.0, 20.0, 3),
+        (20.0, 40.0, 1),
+        (40.0, 60.0, 1),
+        (80.0, 100.0, 1),
+        (100.0, 120.0, 1),
+    ]
     assert price_buckets(np.array([np.nan])) == []
-    assert [(b.min, b.max, b.count) for b in price_buckets(np.array([9.5, 9.5]))] == [(9.5, 9.5, 2)]
+    assert [(b.min, b.max, b.count) for b in price_buckets(np.array([9.5, 9.5]))] == [(9.0, 10.0, 2)]
 
 
 def test_query_validation_of_the_new_fields() -> None:
