@@ -566,19 +566,6 @@ def _rest_order(snap: HotSnapshot, rest: Any, lists: Sequence[Any], kw_rows: Any
     return np.lexsort((rest, place[rest], -_lookup(kw_rows, kw_scores, rest)))
 
 
-def _take(s: Scored, at: Any) -> Scored:
-    return Scored(s.rows[at], s.score[at], s.s_img[at], s.s_txt[at])
-
-
-def _concat(a: Scored, b: Scored) -> Scored:
-    return Scored(
-        np.concatenate([a.rows, b.rows]),
-        np.concatenate([a.score, b.score]),
-        np.concatenate([a.s_img, b.s_img]),
-        np.concatenate([a.s_txt, b.s_txt]),
-    )
-
-
 def _lookup(keys: Any, values: Any, rows: Any) -> Any:
     """``values`` of ``rows`` by the sorted ``keys`` (0 where a row is not among them)."""
     out = np.zeros(len(rows), dtype=np.float64)
