@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from core.hot import HotSnapshot
 from core.keyword import query_tokens
@@ -67,15 +68,20 @@ def suggest(snap: HotSnapshot, typed: str, limit: int, popular: list[tuple[str, 
         if shown < CATEGORY_SHARE and any(w.startswith(stems) for w in query_tokens(c)):
             add(Suggestion(c, "category"))
             shown += 1
+
+    def has_word(word: str) -> npt.NDArray[np.bool_]:
+        has = np.zeros(len(snap.alive), dtype=bool)
+        has[snap.keywords.scores(word, snap.alive)[0]] = True
+        return has
+
+    earlier = snap.alive.copy()  # the words before the last, taken as typed: once for every completion
+    for word in words[:-1]:
+        earlier &= has_word(word)
     for completion in completions[:PRODUCT_COMPLETIONS]:  # the most frequent completion first
         if len(out) >= limit:
             break
         # Products that have every word (each typo-tolerant), by the score of them all.
-        every = snap.alive.copy()
-        for word in [*words[:-1], completion]:
-            has = np.zeros(len(every), dtype=bool)
-            has[snap.keywords.scores(word, snap.alive)[0]] = True
-            every &= has
+        every = earlier & has_word(completion)
         rows, scores = snap.keywords.scores(" ".join([*words[:-1], completion]), snap.alive, every)
         if len(rows):
             take = min(len(rows), 2 * limit)
