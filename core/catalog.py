@@ -41,6 +41,7 @@ _PRODUCT_COLUMNS = [
     "category",
     "price",
     "image_key",
+    "more_image_keys",
     "attributes",
     "content_hash",
     "created_at",
@@ -56,6 +57,7 @@ class ProductRecord:
     image_vector: Vector | None
     text_vector: Vector
     content_hash: str
+    more_image_vectors: tuple[Vector, ...] = ()  # the photos after the first, in order
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,16 @@ class Candidate:
     product: Product
     image_vector: Vector | None
     text_vector: Vector | None
+    more_image_vectors: tuple[Vector, ...] = ()
+
+
+def photo_columns(clip_dim: int) -> list[pa.Field]:
+    """The columns of the photos after the first (keys and vectors, in order; null: none).
+    Added to datasets created before products had several photos."""
+    return [
+        pa.field("more_image_keys", pa.list_(pa.string())),
+        pa.field("more_image_vectors", pa.list_(pa.list_(pa.float32(), clip_dim))),
+    ]
 
 
 def products_schema(clip_dim: int, text_dim: int, space: dict[str, str]) -> pa.Schema:
@@ -84,6 +96,7 @@ def products_schema(clip_dim: int, text_dim: int, space: dict[str, str]) -> pa.S
             pa.field("updated_at", ts, nullable=False),
             pa.field("image_vector", pa.list_(pa.float32(), clip_dim)),
             pa.field("text_vector", pa.list_(pa.float32(), text_dim)),
+            *photo_columns(clip_dim),
         ],
         metadata={"embedding_space": json.dumps(space, sort_keys=True)},
     )
@@ -167,6 +180,7 @@ def _stored_row(p: Product, content_hash: str) -> dict[str, Any]:
         "category": p.category,
         "price": p.price,
         "image_key": p.image,
+        "more_image_keys": list(p.more_images) or None,
         "attributes": json.dumps(p.attributes, sort_keys=True, default=str),
         "content_hash": content_hash,
         "created_at": p.created_at,
@@ -186,7 +200,13 @@ def _to_product(row: dict[str, Any]) -> Product:
         attributes=json.loads(row["attributes"]) if row.get("attributes") else {},
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        more_images=tuple(row.get("more_image_keys") or ()),
     )
+
+
+def _candidate(row: dict[str, Any]) -> Candidate:
+    more = tuple(np.asarray(v, dtype=np.float32) for v in row.get("more_image_vectors") or ())
+    return Candidate(_to_product(row), _vec(row["image_vector"]), _vec(row["text_vector"]), more)
 
 
 COMPACT_EVERY = 32
@@ -376,6 +396,7 @@ class Catalog:
             except ValueError:
                 # Not there yet: create it. exist_ok covers a concurrent creator.
                 self._table = self._db.create_table(TABLE, schema=schema, exist_ok=True)
+            self._add_photo_columns()
         self._check_schema()
         self._compactor = Compactor(self._table, retention=retention)
 
@@ -424,6 +445,22 @@ class Catalog:
     def clip_random_init(self) -> bool:
         """True when the stored image vectors come from random-init CLIP (not meaningful)."""
         return str(self.stored_space.get("clip", "")).endswith(":none")
+
+    def _add_photo_columns(self) -> None:
+        """Bring a dataset from before several photos per product up to date: two all-null
+        columns in one new version (no data is rewritten). Another process doing the same at
+        the same moment wins the race; this one then just sees the columns."""
+        have = set(self._table.schema.names)
+        missing = [f for f in photo_columns(self.clip_dim) if f.name not in have]
+        if not missing:
+            return
+        try:
+            self._table.add_columns(missing)
+            log.info("catalog %s: added columns %s", self.uri, [f.name for f in missing])
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._table.checkout_latest()  # type: ignore[no-untyped-call]
+            if not {f.name for f in missing} <= set(self._table.schema.names):
+                raise Unavailable(f"catalog {self.uri}: adding the photo columns failed: {exc}") from exc
 
     def _check_schema(self) -> None:
         schema = self._table.schema
@@ -575,13 +612,12 @@ class Catalog:
         """The product with its stored vectors."""
         rows = self._query_rows(
             f"product_id = {quote(product_id)}",
-            [*_PRODUCT_COLUMNS, "image_vector", "text_vector"],
+            [*_PRODUCT_COLUMNS, "image_vector", "text_vector", "more_image_vectors"],
             limit=1,
         )
         if not rows:
             raise NotFound(f"product {product_id!r} not found")
-        row = rows[0]
-        return Candidate(_to_product(row), _vec(row["image_vector"]), _vec(row["text_vector"]))
+        return _candidate(rows[0])
 
     def existing(self, product_ids: Sequence[str]) -> dict[str, tuple[str, datetime]]:
         """``product_id -> (content_hash, created_at)`` for the ids that exist."""
@@ -609,7 +645,10 @@ class Catalog:
         if not latest:
             return []
         for rec in latest.values():
-            for vec, dim in ((rec.image_vector, self.clip_dim), (rec.text_vector, self.text_dim)):
+            if len(rec.more_image_vectors) != len(rec.product.more_images):
+                raise InvalidInput(f"{rec.product.product_id}: one vector per photo is needed")
+            vectors = [(rec.image_vector, self.clip_dim), (rec.text_vector, self.text_dim)]
+            for vec, dim in [*vectors, *((v, self.clip_dim) for v in rec.more_image_vectors)]:
                 if vec is not None and (vec.shape != (dim,) or not np.isfinite(vec).all()):
                     raise InvalidInput(f"{rec.product.product_id}: vector of shape {vec.shape} is not finite {dim}-d")
         if prior is None:
@@ -621,6 +660,7 @@ class Catalog:
             row["created_at"] = prior[pid][1] if pid in prior else p.created_at
             row["image_vector"] = None if rec.image_vector is None else rec.image_vector.tolist()
             row["text_vector"] = rec.text_vector.tolist()
+            row["more_image_vectors"] = [v.tolist() for v in rec.more_image_vectors] or None
             rows.append(row)
         data = pa.Table.from_pylist(rows, schema=self._table.schema)
         with self._write_lock:
@@ -682,7 +722,7 @@ class Catalog:
             q = (
                 self._table.search(vector, vector_column_name=col)
                 .distance_type("dot")  # type: ignore[attr-defined]
-                .select([*_PRODUCT_COLUMNS, "image_vector", "text_vector", "_distance"])
+                .select([*_PRODUCT_COLUMNS, "image_vector", "text_vector", "more_image_vectors", "_distance"])
                 .limit(k)
             )
             if self._has_vector_index(col):
@@ -691,7 +731,7 @@ class Catalog:
             if where:
                 q = q.where(where, prefilter=True)
             rows = q.to_arrow().to_pylist()
-        return [Candidate(_to_product(r), _vec(r["image_vector"]), _vec(r["text_vector"])) for r in rows]
+        return [_candidate(r) for r in rows]
 
     def _index_names(self) -> set[str]:
         with storage_errors("list indices"):

@@ -16,6 +16,9 @@ in milliseconds while the dataset on S3 stays the one source of truth.
   are re-scored exactly with the float32 vectors. Filters are applied inside the ANN scan (an id
   bitmap); a filter that keeps fewer than ``EXACT_FILTER_FRACTION`` of the rows is answered by an
   exact scan of just those rows.
+- **Several photos.** A product's first photo is its ``image`` row; the others are rows of a
+  second matrix (``more_image``) with their owner's row. A product's image similarity is its best
+  photo's: image candidates come from both matrices, and exact scores take the maximum.
 """
 
 from __future__ import annotations
@@ -155,6 +158,12 @@ class HotSnapshot:
     ann_image: Any = None
     ann_text: Any = None
     loaded_at: float = field(default_factory=time.time)
+    more_image: F32 = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    """The vectors of products' photos after the first, in row order (``more_owner``: whose)."""
+    more_owner: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """The row each ``more_image`` vector belongs to; never decreasing (rows and their photos are
+    appended together), so a row's photos are one slice found by binary search."""
+    ann_more_image: Any = None
 
     @property
     def live(self) -> int:
@@ -309,6 +318,54 @@ def _vectors(col: pa.ChunkedArray | pa.Array, dim: int, dtype: Any = np.float32)
     return out, valid
 
 
+def _more_photos(batch: pa.RecordBatch | pa.Table, dim: int, dtype: Any, first_row: int) -> tuple[F32, I64]:
+    """The vectors of the photos after the first in ``batch`` (whose rows become ``first_row``
+    on), and each one's row."""
+    if "more_image_vectors" not in batch.schema.names:
+        return np.zeros((0, dim), dtype=dtype), np.zeros(0, dtype=np.int64)
+    col = batch.column("more_image_vectors")
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    counts = np.asarray(arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if not counts.any():
+        return np.zeros((0, dim), dtype=dtype), np.zeros(0, dtype=np.int64)
+    flat = arr.flatten().flatten().to_numpy(zero_copy_only=False)
+    vectors = np.array(flat.reshape(-1, dim), dtype=dtype)
+    owner = np.repeat(np.arange(first_row, first_row + len(counts), dtype=np.int64), counts)
+    return vectors, owner
+
+
+def append_photos(rows: F32, add: F32) -> F32:
+    """:func:`append_rows` for ``more_image``, which starts as an empty ``(0, 0)`` matrix."""
+    if len(add) == 0:
+        return rows
+    return append_rows(rows, add) if rows.shape[1:] == add.shape[1:] else np.array(add, copy=True)
+
+
+def photo_slices(owner: I64, rows: I64) -> tuple[I64, I64]:
+    """For ``rows``, the positions of their photos after the first in ``owner``'s order and the
+    position in ``rows`` each belongs to."""
+    lo = np.searchsorted(owner, rows, "left")
+    counts = np.searchsorted(owner, rows, "right") - lo
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    idx = np.arange(total, dtype=np.int64) - np.repeat(starts, counts) + np.repeat(lo, counts)
+    return idx, np.repeat(np.arange(len(rows), dtype=np.int64), counts)
+
+
+def best_photo(snap: HotSnapshot, rows: I64, first: npt.NDArray[np.float64], q: F32) -> npt.NDArray[np.float64]:
+    """``first`` (each row's first-photo similarity to ``q``) raised to its best other photo's."""
+    if not len(snap.more_owner) or not len(rows):
+        return first
+    idx, pos = photo_slices(snap.more_owner, rows)
+    if not len(idx):
+        return first
+    out = first.copy()
+    np.maximum.at(out, pos, matvec(snap.more_image[idx], q).astype(np.float64))
+    return out
+
+
 def _prices(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.float64]:
     """The column as float64, NaN for nulls. Always a copy: a zero-copy view would keep the whole
     batch it came from alive (Lance hands over a batch's columns in shared buffers), and a
@@ -396,8 +453,13 @@ class HotCatalog:
         hashes: dict[str, str] = {}
         has_image: list[B8] = []
         prices: list[npt.NDArray[np.float64]] = []
+        more_image: F32 = np.zeros((0, self.catalog.clip_dim), dtype=dtype)
+        more_owner: list[I64] = []
         version, batches = self.catalog.scan_batches()
         for batch in batches:
+            more, owner = _more_photos(batch, self.catalog.clip_dim, dtype, len(products))
+            more_image = append_rows(more_image, more) if len(more) else more_image
+            more_owner.append(owner)
             products += self.catalog.products_from(batch)
             hashes.update(
                 zip(batch.column("product_id").to_pylist(), batch.column("content_hash").to_pylist(), strict=True)
@@ -419,6 +481,8 @@ class HotCatalog:
             has_image=np.concatenate(has_image) if has_image else np.zeros(0, dtype=bool),
             text=text,
             keywords=KeywordIndex.build(products),
+            more_image=more_image,
+            more_owner=np.concatenate(more_owner) if more_owner else np.zeros(0, dtype=np.int64),
         )
         return self._with_ann(snap)
 
@@ -428,7 +492,9 @@ class HotCatalog:
         rows_img = np.flatnonzero(snap.alive & snap.has_image).astype(np.int64)
         rows_txt = np.flatnonzero(snap.alive).astype(np.int64)
         ann_image = build_ann(snap.image, rows_img) if len(rows_img) >= self.ann_min_rows // 2 else None
-        return _replace(snap, ann_image=ann_image, ann_text=build_ann(snap.text, rows_txt))
+        more = np.flatnonzero(snap.alive[snap.more_owner]).astype(np.int64)
+        ann_more = build_ann(snap.more_image, more) if len(more) >= self.ann_min_rows // 2 else None
+        return _replace(snap, ann_image=ann_image, ann_text=build_ann(snap.text, rows_txt), ann_more_image=ann_more)
 
     def _delta(self, old: HotSnapshot, version: int) -> HotSnapshot | None:
         """The new version as a patch of ``old``; None when a full load is the better choice."""
@@ -457,7 +523,11 @@ class HotCatalog:
         categories, prices = old.categories, old.prices
         new_rows = np.zeros(0, dtype=np.int64)
         keywords = old.keywords
+        more_image, more_owner = old.more_image, old.more_owner
         if fresh is not None and fresh.num_rows:
+            add_more, add_owner = _more_photos(fresh, self.catalog.clip_dim, old.image.dtype, n_old)
+            more_image = append_photos(more_image, add_more)
+            more_owner = np.concatenate([more_owner, add_owner])
             add_products = self.catalog.products_from(fresh)
             add_img, add_has = _vectors(fresh.column("image_vector"), self.catalog.clip_dim, old.image.dtype)
             add_txt, _ = _vectors(fresh.column("text_vector"), self.catalog.text_dim, old.text.dtype)
@@ -474,24 +544,40 @@ class HotCatalog:
             categories = categories.extend([p.category for p in add_products])
             prices = np.concatenate([prices, _prices(fresh.column("price"))])
         snap = HotSnapshot(
-            version, products, index, hashes_new, alive, categories, prices, image, has_image, text, keywords
+            version,
+            products,
+            index,
+            hashes_new,
+            alive,
+            categories,
+            prices,
+            image,
+            has_image,
+            text,
+            keywords,
+            more_image=more_image,
+            more_owner=more_owner,
         )
         if old.ann_text is None or snap.live < self.ann_min_rows // 2:
             return self._with_ann(snap)
         faiss = load_faiss()
         gone_ids = np.asarray(gone, dtype=np.int64)
 
-        def patch(ann: Any, vectors: F32, add: I64) -> Any:
+        def patch(ann: Any, vectors: F32, add: I64, gone: I64 = gone_ids) -> Any:
             ann = faiss.clone_index(ann)
-            if len(gone_ids):
-                ann.remove_ids(gone_ids)
+            if len(gone):
+                ann.remove_ids(gone)
             if len(add):
                 ann.add_with_ids(np.ascontiguousarray(vectors[add], dtype=np.float32), add)
             return ann
 
         ann_text = patch(old.ann_text, text, new_rows)
         ann_image = patch(old.ann_image, image, new_rows[has_image[new_rows]]) if old.ann_image is not None else None
-        return _replace(snap, ann_image=ann_image, ann_text=ann_text)
+        ann_more = old.ann_more_image
+        if ann_more is not None:
+            added = np.arange(len(old.more_owner), len(more_owner), dtype=np.int64)
+            ann_more = patch(ann_more, more_image, added, photo_slices(more_owner, np.sort(gone_ids))[0])
+        return _replace(snap, ann_image=ann_image, ann_text=ann_text, ann_more_image=ann_more)
 
     def _fetch(self, changed: list[str], hashes: dict[str, str], row_ids: dict[str, int]) -> pa.Table | None:
         """Full rows of the ``changed`` products: taken by row id (reads only those rows), and by
@@ -573,15 +659,38 @@ class HotCatalog:
         self, snap: HotSnapshot, modality: str, q: F32, k: int, allowed: B8, n_allowed: int, ordered: bool = False
     ) -> I64:
         """Rows of the ``k`` best ``allowed`` rows for one modality (ANN or exact); with
-        ``ordered``, best first (by the ANN's approximate scores above ``ann_min_rows``)."""
-        vectors = snap.image if modality == "image" else snap.text
-        ann = snap.ann_image if modality == "image" else snap.ann_text
-        if modality == "image":
-            allowed = allowed & snap.has_image
-            n_allowed = int(allowed.sum())
+        ``ordered``, best first (by the ANN's approximate scores above ``ann_min_rows``). Image
+        candidates also come from products' other photos; with those, an ordered list is put in
+        order by exact best-photo scores."""
+        if modality == "text":
+            return self._nearest(snap.text, snap.ann_text, q, k, allowed, n_allowed, snap.live, ordered)
+        allowed = allowed & snap.has_image
+        n_allowed = int(allowed.sum())
+        rows = self._nearest(snap.image, snap.ann_image, q, k, allowed, n_allowed, snap.live, ordered)
+        if not len(snap.more_owner) or n_allowed == 0:
+            return rows
+        photo_allowed = allowed[snap.more_owner]
+        n_photos = int(photo_allowed.sum())
+        if n_photos == 0:
+            return rows
+        live_photos = int(snap.alive[snap.more_owner].sum())
+        photos = self._nearest(snap.more_image, snap.ann_more_image, q, k, photo_allowed, n_photos, live_photos, False)
+        rows = unique_rows([rows, snap.more_owner[photos]])
+        if not ordered:
+            return rows
+        first = matvec(snap.image[rows], q).astype(np.float64)
+        best = best_photo(snap, rows, first, q)
+        out: I64 = rows[np.lexsort((rows, -best))][:k]
+        return out
+
+    def _nearest(
+        self, vectors: F32, ann: Any, q: F32, k: int, allowed: B8, n_allowed: int, live: int, ordered: bool
+    ) -> I64:
+        """Ids of the ``k`` best ``allowed`` rows of ``vectors`` (``live`` of them are not
+        tombstones): ANN, or exact when there is none or the filter is selective."""
         if n_allowed == 0:
             return np.zeros(0, dtype=np.int64)
-        fraction = n_allowed / max(1, snap.live)
+        fraction = n_allowed / max(1, live)
         if ann is None or fraction < EXACT_FILTER_FRACTION:
             if n_allowed * GATHER_FRACTION < len(allowed) or (n_allowed <= k and not ordered):
                 # A selective filter: copy out the few allowed rows and score those.
@@ -593,7 +702,7 @@ class HotCatalog:
                 # Otherwise one pass over the whole matrix, disallowed rows masked: copying most
                 # of the matrix out first costs far more than the product itself.
                 rows = np.arange(len(allowed))
-                scores = matvec(vectors, q)
+                scores = matvec(vectors[: len(allowed)], q)
                 scores[~allowed] = -np.inf
             k = min(k, n_allowed)
             top = np.argpartition(-scores, k - 1)[:k]
@@ -603,7 +712,7 @@ class HotCatalog:
         faiss = load_faiss()
         params = faiss.SearchParametersIVF()
         params.nprobe = min(ann.nlist, max(self.nprobe, math.ceil(self.nprobe / max(fraction, 1e-9) ** 0.5)))
-        if n_allowed < snap.live or not snap.alive.all():
+        if n_allowed < len(allowed):
             bits = np.packbits(allowed, bitorder="little")
             params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
             _, ids = ann.search(q.reshape(1, -1), k, params=params)
@@ -626,7 +735,7 @@ def score_rows(
     den = np.zeros(n)
     if q_img is not None and w_img > 0:
         has = snap.has_image[rows]
-        s_img[has] = matvec(snap.image[rows[has]], q_img)
+        s_img[has] = best_photo(snap, rows[has], matvec(snap.image[rows[has]], q_img).astype(np.float64), q_img)
         num[has] += w_img * s_img[has]
         den[has] += w_img
     if q_txt is not None and w_txt > 0:

@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,10 +45,11 @@ class RecordError:
 
 @dataclass(frozen=True)
 class PendingProduct:
-    """A validated record plus where its image comes from.
+    """A validated record plus where its photos come from.
 
     ``image_bytes`` set with ``image_key`` None means "store these bytes in the bucket";
-    ``image_key`` alone means "the image is that object in the bucket".
+    ``image_key`` alone means "the image is that object in the bucket". That is the first photo;
+    ``more_images`` are the others, each an ``(image_bytes, image_key)`` pair of the same kind.
     """
 
     product: ProductInput
@@ -56,6 +57,14 @@ class PendingProduct:
     line: int | None = None
     image_bytes: bytes | None = None
     image_key: str | None = None
+    more_images: tuple[tuple[bytes | None, str | None], ...] = ()
+
+    @property
+    def photos(self) -> list[tuple[bytes | None, str | None]]:
+        """Every photo as ``(bytes, key)``, the first first (empty without one)."""
+        if self.image_bytes is None and self.image_key is None:
+            return []
+        return [(self.image_bytes, self.image_key), *self.more_images]
 
 
 @dataclass
@@ -165,14 +174,17 @@ def records_from_metadata(
         except InvalidInput as exc:
             yield RecordError(source, line, str(pid) if pid is not None else None, str(exc))
             continue
-        if product.image is None:
-            yield PendingProduct(product, source, line)
-            continue
-        resolved = resolve_image(product.image)
-        if isinstance(resolved, str):
-            yield RecordError(source, line, product.product_id, resolved)
+        photos: list[tuple[bytes | None, str | None]] = []
+        for n, ref in enumerate(product.images):
+            resolved = resolve_image(ref)
+            if isinstance(resolved, str):
+                where = f"image {n + 1} of {len(product.images)}: " if len(product.images) > 1 else ""
+                yield RecordError(source, line, product.product_id, where + resolved)
+                break
+            photos.append((resolved.image_bytes, resolved.image_key))
         else:
-            yield PendingProduct(product, source, line, image_bytes=resolved.image_bytes, image_key=resolved.image_key)
+            first, *more = photos or [(None, None)]
+            yield PendingProduct(product, source, line, *first, more_images=tuple(more))
 
 
 def resolve_bucket_image(ref: str) -> PendingProduct | str:
@@ -219,16 +231,20 @@ def iter_folder(folder: Path, settings: Settings) -> Iterator[Item]:
         yield from records_from_metadata(str(meta.relative_to(root)), meta.read_bytes(), resolve)
 
 
-def content_hash(product: ProductInput, image_digest: str | None) -> str:
-    """Hash of everything that determines a product's stored row and vectors."""
-    doc = {
+def content_hash(product: ProductInput, image_digests: Sequence[str]) -> str:
+    """Hash of everything that determines a product's stored row and vectors: the fields and
+    the photos' bytes, in order. A product with one photo (or none) hashes as before several
+    photos existed, so stored products are not re-embedded."""
+    doc: dict[str, Any] = {
         "title": product.title,
         "description": product.description,
         "category": product.category,
         "price": product.price,
-        "image": image_digest,
+        "image": image_digests[0] if image_digests else None,
         "attributes": product.attributes,
     }
+    if len(image_digests) > 1:
+        doc["more_images"] = list(image_digests[1:])
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -250,11 +266,16 @@ class Indexer:
         self.commit_rows = max(self.batch_size, settings.ingest_commit_rows)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="image-load")
 
-    def put(self, product: ProductInput, image_bytes: bytes | None = None) -> Product:
-        """Create or replace one product (the API's write): ``image_bytes`` are stored in the
-        bucket, else ``product.image`` names an existing object. The product as stored; an
-        unchanged product is read back. A bad record raises (413 for one over a size limit)."""
-        pending = PendingProduct(product, source="api", image_bytes=image_bytes, image_key=product.image)
+    def put(self, product: ProductInput, images: Sequence[bytes] = ()) -> Product:
+        """Create or replace one product (the API's write): ``images`` (photo bytes, in order)
+        are stored in the bucket, else ``product.images`` name existing objects. The product as
+        stored; an unchanged product is read back. A bad record raises (413 for one over a size
+        limit)."""
+        photos: list[tuple[bytes | None, str | None]] = (
+            [(data, None) for data in images] if images else [(None, key) for key in product.images]
+        )
+        first, *more = photos or [(None, None)]
+        pending = PendingProduct(product, "api", None, *first, more_images=tuple(more))
         report = self.index([pending], keep_stored=True)
         if report.failed:
             failure = report.failed[0]
@@ -313,18 +334,21 @@ class Indexer:
         report.indexed += len(records)
         report.product_ids.extend(r.product.product_id for r in records)
 
-    def _try_load(self, item: PendingProduct) -> tuple[bytes | None, str | None] | ServiceError:
-        try:
-            return self._load_image(item)
-        except (NotFound, InvalidInput) as exc:
-            return exc
-
-    def _load_image(self, item: PendingProduct) -> tuple[bytes | None, str | None]:
-        if item.image_bytes is not None:
-            return item.image_bytes, item.image_key
-        if item.image_key is not None:
-            return self.store.get_bytes(item.image_key, max_bytes=self.settings.max_image_bytes), item.image_key
-        return None, None
+    def _try_load(self, item: PendingProduct) -> list[tuple[bytes, str | None]] | ServiceError:
+        """The item's photos as ``(bytes, key)``, read from the bucket where only a key is given;
+        the first failure (named by its photo when there are several) instead."""
+        photos = item.photos
+        out: list[tuple[bytes, str | None]] = []
+        for n, (data, key) in enumerate(photos):
+            try:
+                if data is None:
+                    assert key is not None
+                    data = self.store.get_bytes(key, max_bytes=self.settings.max_image_bytes)
+            except (NotFound, InvalidInput) as exc:
+                which = f"image {n + 1} of {len(photos)} " if len(photos) > 1 else "image "
+                return type(exc)(f"{which}{key!r}: {exc}" if isinstance(exc, NotFound) else f"{which}{exc}")
+            out.append((data, key))
+        return out
 
     def _fail(self, report: IngestReport, item: PendingProduct, exc: ServiceError, reason: str = "") -> None:
         report.failed.append(
@@ -347,47 +371,56 @@ class Indexer:
         """The batch's new or changed products, embedded (unchanged ones and failures go to the
         report). Object-store reads overlap: a pool of threads fetches the batch's images."""
         loaded = list(self._pool.map(self._try_load, batch))
-        prepared: list[tuple[PendingProduct, bytes | None, str | None, str]] = []
+        prepared: list[tuple[PendingProduct, list[tuple[bytes, str | None]], str]] = []
         for item, result in zip(batch, loaded, strict=True):
             if isinstance(result, ServiceError):
-                nf = isinstance(result, NotFound)
-                self._fail(report, item, result, f"image {item.image_key!r}: {result}" if nf else "")
+                self._fail(report, item, result)
                 continue
-            data, key = result
-            digest = hashlib.sha256(data).hexdigest() if data is not None else None
-            prepared.append((item, data, key, content_hash(item.product, digest)))
+            digests = [hashlib.sha256(data).hexdigest() for data, _ in result]
+            prepared.append((item, result, content_hash(item.product, digests)))
         changed = []
         for entry in prepared:
             pid = entry[0].product.product_id
-            if not force and pid in existing and existing[pid][0] == entry[3]:
+            if not force and pid in existing and existing[pid][0] == entry[2]:
                 report.unchanged += 1
                 report.product_ids.append(pid)
             else:
                 changed.append(entry)
-        with_image = [i for i, e in enumerate(changed) if e[1] is not None]
-        image_vectors: dict[int, Vector] = {}
-        if with_image:
+        # Every photo of the batch is embedded in one call; a product with a photo that does
+        # not decode fails as a whole (its reason names the photo), the others go on.
+        flat = [(i, n) for i, e in enumerate(changed) for n in range(len(e[1]))]
+        photo_vectors: dict[tuple[int, int], Vector] = {}
+        broken: dict[int, InvalidInput] = {}
+        if flat:
             batch_result = embed_image_bytes(
                 self.embedder.clip,
-                [changed[i][1] for i in with_image],  # type: ignore[misc]
+                [changed[i][1][n][0] for i, n in flat],
                 max_bytes=self.settings.max_image_bytes,
                 max_pixels=self.settings.max_image_pixels,
             )
-            image_vectors = {with_image[j]: v for j, v in zip(batch_result.ok, batch_result.vectors, strict=True)}
-            for j, exc in batch_result.errors.items():
-                self._fail(report, changed[with_image[j]][0], exc)
-        todo = [e for i, e in enumerate(changed) if e[1] is None or i in image_vectors]
-        vecs = [image_vectors.get(i) for i, e in enumerate(changed) if e[1] is None or i in image_vectors]
+            photo_vectors = {flat[j]: v for j, v in zip(batch_result.ok, batch_result.vectors, strict=True)}
+            for j, exc in sorted(batch_result.errors.items()):
+                i, n = flat[j]
+                total = len(changed[i][1])
+                if i not in broken:
+                    broken[i] = type(exc)(f"image {n + 1} of {total}: {exc}") if total > 1 else exc
+        for i, exc in broken.items():
+            self._fail(report, changed[i][0], exc)
+        todo = [(i, e) for i, e in enumerate(changed) if i not in broken]
         if not todo:
             return []
-        txt_vecs = self.embedder.text.embed_texts([t[0].product.embedding_text() for t in todo])
+        txt_vecs = self.embedder.text.embed_texts([e[0].product.embedding_text() for _, e in todo])
         now = datetime.now(UTC)
         records = []
-        for (item, data, key, chash), ivec, tvec in zip(todo, vecs, txt_vecs, strict=True):
+        for (i, (item, photos, chash)), tvec in zip(todo, txt_vecs, strict=True):
             p = item.product
-            if data is not None and key is None:
-                key = image_key_for(p.product_id, data)
-                self.store.put_bytes(key, data, sniff_content_type(data))
+            keys = []
+            for data, key in photos:
+                if key is None:
+                    key = image_key_for(p.product_id, data)
+                    self.store.put_bytes(key, data, sniff_content_type(data))
+                keys.append(key)
+            vectors = [photo_vectors[(i, n)] for n in range(len(photos))]
             records.append(
                 ProductRecord(
                     product=Product(
@@ -396,14 +429,16 @@ class Indexer:
                         description=p.description,
                         category=p.category,
                         price=p.price,
-                        image=key,
+                        image=keys[0] if keys else None,
                         attributes=p.attributes,
                         created_at=now,
                         updated_at=now,
+                        more_images=tuple(keys[1:]),
                     ),
-                    image_vector=ivec,
+                    image_vector=vectors[0] if vectors else None,
                     text_vector=tvec,
                     content_hash=chash,
+                    more_image_vectors=tuple(vectors[1:]),
                 )
             )
         return records

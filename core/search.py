@@ -209,6 +209,14 @@ def _cos(a: Vector | None, b: Vector | None) -> float | None:
     return float(np.dot(a, b))
 
 
+def _best_photo(q_img: Vector | None, c: Candidate) -> float | None:
+    """A product's image similarity: its best photo's."""
+    first = _cos(q_img, c.image_vector)
+    if first is None or q_img is None or not c.more_image_vectors:
+        return first
+    return max(first, *(float(np.dot(q_img, v)) for v in c.more_image_vectors))
+
+
 def fuse(
     candidates: list[Candidate],
     q_img: Vector | None,
@@ -224,7 +232,7 @@ def fuse(
         if pid in seen:
             continue
         seen.add(pid)
-        s_img = _cos(q_img, c.image_vector) if weights.image > 0 else None
+        s_img = _best_photo(q_img, c) if weights.image > 0 else None
         s_txt = _cos(q_txt, c.text_vector) if weights.text > 0 else None
         num = den = 0.0
         if s_img is not None:

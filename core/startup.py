@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "startup/"
 LATEST = f"{PREFIX}latest.json"
-FORMAT = 3  # 2: the content index is IVF-PQ fast-scan; 3: a hash per event
+FORMAT = 4  # 2: the content index is IVF-PQ fast-scan; 3: a hash per event; 4: several photos
 KEEP = 2
 
 
@@ -102,7 +102,7 @@ def write_startup(
     w = _Writer(store, f"{PREFIX}{file_id}/")
     started = time.perf_counter()
     w.table("products", catalog.products_table(hot.products, hot.hashes))
-    for name in ("alive", "prices", "image", "has_image", "text"):
+    for name in ("alive", "prices", "image", "has_image", "text", "more_image", "more_owner"):
         w.array(name, getattr(hot, name))
     terms, kw = hot.keywords.export()
     w.strings("keyword_terms", terms)
@@ -110,6 +110,7 @@ def write_startup(
         w.array(f"keyword_{name}", a)
     w.index("ann_image", hot.ann_image)
     w.index("ann_text", hot.ann_text)
+    w.index("ann_more_image", hot.ann_more_image)
     with_recs = recs is not None and recs.content_index is not None and recs.version == hot.version
     if with_recs:
         assert recs is not None
@@ -224,6 +225,9 @@ def read_startup(store: ObjectStore, catalog: Catalog, weights: Weights) -> Star
         keywords=keywords,
         ann_image=r.index("ann_image"),
         ann_text=r.index("ann_text"),
+        more_image=r.array("more_image"),
+        more_owner=np.array(r.array("more_owner")),
+        ann_more_image=r.index("ann_more_image"),
     )
     recs = None
     if manifest.get("recs_index") and manifest["weights"] == [weights.image, weights.text]:

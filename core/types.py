@@ -14,8 +14,10 @@ from core.errors import InvalidInput
 
 Vector = NDArray[np.float32]
 
-CORE_FIELDS = ("product_id", "title", "description", "category", "price", "image")
+CORE_FIELDS = ("product_id", "title", "description", "category", "price", "image", "images")
 MAX_ID_LENGTH = 256
+MAX_IMAGES = 10
+"""Photos per product: a gallery, not an album (each one is embedded and kept in memory)."""
 MAX_TEXT_LENGTH = 20_000
 
 
@@ -38,8 +40,14 @@ class ProductInput:
     description: str = ""
     category: str | None = None
     price: float | None = None
-    image: str | None = None  # object key in the bucket
+    image: str | None = None  # object key in the bucket (the first photo)
     attributes: dict[str, Any] = field(default_factory=dict)
+    more_images: tuple[str, ...] = ()  # the other photos' keys, in order
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Every photo reference, the first (``image``) first."""
+        return (self.image, *self.more_images) if self.image is not None else ()
 
     def embedding_text(self) -> str:
         """The text the text encoder sees: title, description, category and attributes (plain
@@ -81,9 +89,7 @@ class ProductInput:
             raise InvalidInput(f"{pid}: category must be a string")
         category = category.strip() or None if isinstance(category, str) else None
         price = parse_price(raw.get("price"), pid)
-        image = raw.get("image")
-        if image is not None and (not isinstance(image, str) or not image.strip()):
-            raise InvalidInput(f"{pid}: image must be an object key (string)")
+        images = parse_images(raw.get("image"), raw.get("images"), pid)
         if len(title) > MAX_TEXT_LENGTH or len(description) > MAX_TEXT_LENGTH:
             raise InvalidInput(f"{pid}: title/description longer than {MAX_TEXT_LENGTH} characters")
         attributes = {k: v for k, v in raw.items() if k not in CORE_FIELDS and k != "attributes"}
@@ -98,9 +104,30 @@ class ProductInput:
             description=description.strip(),
             category=category,
             price=price,
-            image=image.strip() if isinstance(image, str) else None,
+            image=images[0] if images else None,
             attributes=attributes,
+            more_images=images[1:],
         )
+
+
+def parse_images(image: Any, images: Any, pid: str) -> tuple[str, ...]:
+    """The photo references of a record: ``images`` (a list), ``image`` (one), or both, in which
+    case ``image`` comes first and is not repeated. A CSV cell gives ``images`` as one string,
+    the keys separated by ``|``. At most :data:`MAX_IMAGES`."""
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise InvalidInput(f"{pid}: image must be an object key (string)")
+    if images is None:
+        images = []
+    elif isinstance(images, str):
+        images = [i for i in images.split("|") if i.strip()]
+    if not isinstance(images, list) or not all(isinstance(i, str) and i.strip() for i in images):
+        raise InvalidInput(f"{pid}: images must be a list of object keys (non-empty strings)")
+    refs = [image.strip()] if isinstance(image, str) else []
+    refs += [i.strip() for i in images]
+    out = tuple(dict.fromkeys(refs))
+    if len(out) > MAX_IMAGES:
+        raise InvalidInput(f"{pid}: {len(out)} images; a product has at most {MAX_IMAGES}")
+    return out
 
 
 def validate_product_id(pid: str) -> None:
@@ -140,10 +167,16 @@ class Product:
     attributes: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    more_images: tuple[str, ...] = ()  # keys of the photos after the first
 
     @property
     def has_image(self) -> bool:
         return self.image is not None
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Every photo's key, the first (``image``) first."""
+        return (self.image, *self.more_images) if self.image is not None else ()
 
 
 @dataclass(frozen=True)

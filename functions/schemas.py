@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core.hot import attribute_text
 from core.recommend.online import Recommended
 from core.search import MAX_FACETS, MAX_OFFSET, PriceBucket, SearchPage
-from core.types import Filters, Product, SearchHit
+from core.types import MAX_IMAGES, Filters, Product, SearchHit
 from functions.security import ImageSigner
 
 
@@ -27,11 +27,15 @@ class Links:
     base_url: str
     signer: ImageSigner | None = None
 
-    def image(self, p: Product) -> str | None:
-        if not p.image:
+    def image(self, p: Product, index: int = 0) -> str | None:
+        """The URL of the product's photo number ``index`` (0: the first; None without one)."""
+        if index >= len(p.images):
             return None
         url = f"{self.base_url}products/{quote(p.product_id, safe='')}/image"
-        return url if self.signer is None else f"{url}?{self.signer.query(p.product_id)}"
+        query = [f"index={index}"] if index else []
+        if self.signer is not None:
+            query.append(self.signer.query(p.product_id))
+        return f"{url}?{'&'.join(query)}" if query else url
 
 
 def _rounded(x: float | None) -> float | None:
@@ -173,8 +177,10 @@ class ProductOut(BaseModel):
     description: str
     category: str | None
     price: float | None
-    image: str | None = Field(description="Object key of the image in the bucket.")
+    image: str | None = Field(description="Object key of the first photo in the bucket.")
     image_url: str | None
+    images: list[str] = Field(description="Object keys of every photo, the first (`image`) first.")
+    image_urls: list[str] = Field(description="URLs of every photo, in the order of `images`.")
     attributes: dict[str, Any]
     created_at: datetime
     updated_at: datetime
@@ -185,6 +191,8 @@ class ProductOut(BaseModel):
             **_card(p, links),
             description=p.description,
             image=p.image,
+            images=list(p.images),
+            image_urls=[u for i in range(len(p.images)) if (u := links.image(p, i)) is not None],
             attributes=p.attributes,
             created_at=p.created_at,
             updated_at=p.updated_at,
@@ -304,6 +312,16 @@ class ProductIn(BaseModel):
     price: float | None = Field(default=None, ge=0)
     image_base64: str | None = Field(default=None, description="Image bytes, base64.")
     image: str | None = Field(default=None, description="Key of an image object in the bucket.")
+    images_base64: list[str] | None = Field(
+        default=None,
+        max_length=MAX_IMAGES,
+        description="Several photos' bytes, base64, in order (after `image_base64` if both are given).",
+    )
+    images: list[str] | None = Field(
+        default=None,
+        max_length=MAX_IMAGES,
+        description="Keys of several image objects in the bucket, in order (after `image` if both are given).",
+    )
     attributes: dict[str, Any] | None = None
 
     @field_validator("price")
@@ -315,9 +333,13 @@ class ProductIn(BaseModel):
 
     @model_validator(mode="after")
     def _one_image(self) -> ProductIn:
-        if self.image_base64 and self.image:
-            raise ValueError("give either image_base64 or image, not both")
+        if (self.image_base64 or self.images_base64) and (self.image or self.images):
+            raise ValueError("give photos either as bytes (image_base64, images_base64) or as keys (image, images)")
         return self
+
+    def photo_data(self) -> list[str]:
+        """The base64 photos, in order."""
+        return ([self.image_base64] if self.image_base64 else []) + (self.images_base64 or [])
 
 
 class DeleteResponse(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,6 +111,8 @@ class Product:
     price: float | None
     image: str | None
     image_url: str | None
+    images: list[str]  # every photo's key, the first (``image``) first
+    image_urls: list[str]
     attributes: dict[str, Any]
     created_at: str
     updated_at: str
@@ -177,7 +180,11 @@ class RecommendationClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        resp = self._send(method, path, **kwargs)
+        return self._checked(self._send(method, path, **kwargs)).json()
+
+    @staticmethod
+    def _checked(resp: httpx.Response) -> httpx.Response:
+        """``resp``, or the :class:`APIError` its status means."""
         if resp.status_code >= 400:
             try:
                 body = resp.json()
@@ -195,7 +202,7 @@ class RecommendationClient:
                 else ServerError
             )
             raise cls(code, detail)
-        return resp.json()
+        return resp
 
     @staticmethod
     def _filters(
@@ -359,10 +366,14 @@ class RecommendationClient:
         price: float | None = None,
         image: bytes | str | Path | None = None,
         image_key: str | None = None,
+        images: Sequence[bytes | str | Path] = (),
+        image_keys: Sequence[str] = (),
         **attributes: Any,
     ) -> Product:
         """Create or replace a product. ``image`` is bytes or a local file; ``image_key`` names an
-        object already in the bucket. Extra keyword arguments are stored as attributes."""
+        object already in the bucket; ``images`` and ``image_keys`` give several photos the same
+        ways (after ``image``/``image_key``; at most 10 in all, and not both kinds). Extra
+        keyword arguments are stored as attributes."""
         body: dict[str, Any] = {"title": title, "description": description, **attributes}
         if category is not None:
             body["category"] = category
@@ -373,7 +384,17 @@ class RecommendationClient:
             body["image_base64"] = base64.b64encode(data).decode()
         if image_key is not None:
             body["image"] = image_key
+        if images:
+            body["images_base64"] = [
+                base64.b64encode(Path(i).read_bytes() if isinstance(i, (str, Path)) else i).decode() for i in images
+            ]
+        if image_keys:
+            body["images"] = list(image_keys)
         return _pick(Product, self._call("PUT", f"/products/{product_id}", json=body))
+
+    def get_image(self, product_id: str, index: int = 0) -> bytes:
+        """The bytes of the product's photo number ``index`` (0: the first)."""
+        return self._checked(self._send("GET", f"/products/{product_id}/image", params={"index": index})).content
 
     def delete_product(self, product_id: str) -> None:
         self._call("DELETE", f"/products/{product_id}")

@@ -69,6 +69,13 @@ def test_sdk_round_trip(live_url: str) -> None:
         client.delete_product("T1")
         with pytest.raises(NotFoundError):
             client.find_similar("T1")
+        green = jpeg((20, 200, 30))
+        two = client.put_product("G2", "Green and red scarf", image=red, images=[green])
+        assert len(two.images) == 2 == len(two.image_urls) and two.image == two.images[0]
+        assert client.get_image("G2", 1) == green and client.get_image("G2") == red
+        assert client.put_product("G2", "Green and red scarf", image_keys=two.images[::-1]).images == two.images[::-1]
+        with pytest.raises(NotFoundError):
+            client.get_image("G2", 2)
     with RecommendationClient(live_url) as anonymous, pytest.raises(AuthError) as auth:
         anonymous.put_product("X", "no key")
     assert auth.value.status == 401
@@ -119,13 +126,21 @@ SDK_MODELS = {
     sdk.Recommendation: "Recommendation",
     sdk.Product: "ProductOut",
 }
-JSON_TYPES = {str: "string", float: "number", int: "integer", bool: "boolean", dict: "object", type(None): "null"}
+JSON_TYPES = {
+    str: "string",
+    float: "number",
+    int: "integer",
+    bool: "boolean",
+    dict: "object",
+    list: "array",
+    type(None): "null",
+}
 
 
 def json_types(hint: Any) -> set[str]:
     """The JSON types a Python annotation of the SDK allows."""
     args = typing.get_args(hint)
-    if args and typing.get_origin(hint) is not dict:
+    if args and typing.get_origin(hint) not in (dict, list):
         return set().union(*(json_types(a) for a in args))
     return {JSON_TYPES[typing.get_origin(hint) or hint]}
 

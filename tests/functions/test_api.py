@@ -138,6 +138,34 @@ def test_product_crud(client: TestClient) -> None:
     assert client.delete("/products/NEW-1").status_code == 404
 
 
+def test_several_photos_per_product(client: TestClient) -> None:
+    red, green, blue = jpeg((220, 20, 20)), jpeg((20, 200, 30)), jpeg((20, 30, 220))
+    r = client.put("/products/PHOTOS-1", json={"title": "Mug", "image_base64": b64(red), "images_base64": [b64(green)]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["images"]) == 2 and body["image"] == body["images"][0]
+    assert body["image_urls"][0] == body["image_url"] and body["image_urls"][1].endswith("/image?index=1")
+    assert client.get("/products/PHOTOS-1/image", params={"index": 1}).content == green
+    assert client.get("/products/PHOTOS-1/image").content == red
+    missing = client.get("/products/PHOTOS-1/image", params={"index": 2})
+    assert missing.status_code == 404 and "2 photo(s)" in missing.json()["detail"]
+    assert client.get("/products/PHOTOS-1/image", params={"index": 10}).status_code == 422
+    # A photo search with the second photo finds the product, at the similarity of that photo.
+    r = client.post("/search", json={"image_base64": b64(green), "top_k": 1, "mode": "vector"})
+    top = r.json()["results"][0]
+    assert top["product_id"] == "PHOTOS-1" and top["image_similarity"] == pytest.approx(1.0, abs=1e-4)
+    # Keys of stored objects work too; the photos replace the old ones.
+    keys = body["images"][::-1]
+    r = client.put("/products/PHOTOS-1", json={"title": "Mug", "images": keys})
+    assert r.json()["images"] == keys and client.get("/products/PHOTOS-1/image").content == green
+    r = client.put("/products/PHOTOS-1", json={"title": "Mug", "images_base64": [b64(blue)]})
+    assert len(r.json()["images"]) == 1 and r.json()["image_urls"] == [r.json()["image_url"]]
+    bad = client.put("/products/PHOTOS-1", json={"title": "Mug", "images": [keys[0], "missing/x.jpg"]})
+    assert bad.status_code == 422 and "image 2 of 2" in bad.json()["detail"]
+    assert client.get("/products/PHOTOS-1").json()["images"] == r.json()["images"]  # nothing lost
+    assert client.delete("/products/PHOTOS-1").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status"),
     [
@@ -169,6 +197,11 @@ def test_product_crud(client: TestClient) -> None:
         ("put", "/products/P1", {"title": "t", "image": "a.jpg", "image_base64": "aGk="}, 422),
         ("put", "/products/P1", {"title": "t", "product_id": "P2"}, 422),
         ("put", "/products/P1", {"title": "t", "image_base64": b64(jpeg()[:40])}, 422),
+        ("put", "/products/P1", {"title": "t", "images": ["a.jpg"], "images_base64": ["aGk="]}, 422),
+        ("put", "/products/P1", {"title": "t", "images_base64": ["aGk="] * 11}, 422),
+        ("put", "/products/P1", {"title": "t", "images_base64": [b64(jpeg()), "!!"]}, 422),
+        ("put", "/products/P1", {"title": "t", "images": "a.jpg"}, 422),
+        ("get", "/products/S00001/image?index=-1", None, 422),
     ],
 )
 def test_bad_input_is_4xx_never_500(client: TestClient, method: str, path: str, body: object, status: int) -> None:
