@@ -157,7 +157,7 @@ def _upload(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from local.sample import generate, write_folder
 
-    path = write_folder(generate(args.num_products, seed=args.seed), args.out)
+    path = write_folder(generate(args.num_products, seed=args.seed, detail_photo_every=4), args.out)
     print(f"wrote {args.num_products} products to {path} (images in {args.out / 'images'})")
     return 0
 

@@ -198,16 +198,19 @@ SAMPLE_PREFIX = "samples/"
 def seed_sample(services: Services, n: int, *, progress: bool = True) -> IngestReport:
     """Put ``n`` generated products (images + products.jsonl) under ``samples/`` in the bucket and
     index them. Idempotent: unchanged objects are not re-uploaded, unchanged products not re-embedded."""
-    products = generate(n, text_only_every=10)
+    products = generate(n, text_only_every=10, detail_photo_every=4)
     store = services.store
     have = {o.key: o.etag for o in store.list(SAMPLE_PREFIX)}
     for p in products:
         if not p.image:
             continue
-        key = SAMPLE_PREFIX + p.image_name
-        p.record["image"] = key
-        if have.get(key) != hashlib.md5(p.image).hexdigest():
-            store.put_bytes(key, p.image, "image/jpeg")
+        photos = [(p.image_name, p.image), *p.more_photos]
+        p.record["image"] = SAMPLE_PREFIX + p.image_name
+        if p.more_photos:
+            p.record["images"] = [SAMPLE_PREFIX + name for name, _ in p.more_photos]
+        for name, data in photos:
+            if have.get(SAMPLE_PREFIX + name) != hashlib.md5(data).hexdigest():
+                store.put_bytes(SAMPLE_PREFIX + name, data, "image/jpeg")
     body = "".join(json.dumps(p.record) + "\n" for p in products).encode()
     key = SAMPLE_PREFIX + "products.jsonl"
     if have.get(key) != hashlib.md5(body).hexdigest():

@@ -68,6 +68,7 @@ class SampleProduct:
     record: dict[str, Any]
     image: bytes
     image_name: str
+    more_photos: tuple[tuple[str, bytes], ...] = ()  # (name, bytes) of the photos after the first
 
 
 def _silhouette(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], shape: str) -> None:
@@ -151,12 +152,24 @@ def render(category: str, colour: str, pattern: str, size: int = 224, seed: int 
     return img
 
 
+def detail_view(photo: Image.Image) -> Image.Image:
+    """A second photo of the same product: a close-up of its middle (the material and pattern)."""
+    w, h = photo.size
+    return photo.crop((w // 4, h // 4, 3 * w // 4, 3 * h // 4)).resize((w, h))
+
+
 def generate(
-    num_products: int, seed: int = 42, *, image_size: int = 224, text_only_every: int = 0
+    num_products: int,
+    seed: int = 42,
+    *,
+    image_size: int = 224,
+    text_only_every: int = 0,
+    detail_photo_every: int = 0,
 ) -> list[SampleProduct]:
     """``num_products`` products ``S00001``..., the same for the same seed.
 
-    ``text_only_every=n`` leaves every n-th product without an image (text-only products).
+    ``text_only_every=n`` leaves every n-th product without an image (text-only products);
+    ``detail_photo_every=n`` gives every n-th product (from the first) a second photo, a close-up.
     """
     rng = random.Random(seed)
     cats = sorted(ITEMS)
@@ -190,14 +203,23 @@ def generate(
         }
         image = b""
         name = ""
+        more: tuple[tuple[str, bytes], ...] = ()
         if not (text_only_every and i % text_only_every == 0):
-            buf = io.BytesIO()
-            render(cat, colour, pattern, image_size, seed=seed * 100_003 + i).save(buf, "JPEG", quality=90)
-            image = buf.getvalue()
+            photo = render(cat, colour, pattern, image_size, seed=seed * 100_003 + i)
+            image = _jpeg(photo)
             name = f"images/{pid}.jpg"
             record["image"] = name
-        out.append(SampleProduct(record, image, name))
+            if detail_photo_every and i % detail_photo_every == 1 % detail_photo_every:
+                more = ((f"images/{pid}-detail.jpg", _jpeg(detail_view(photo))),)
+                record["images"] = [n for n, _ in more]
+        out.append(SampleProduct(record, image, name, more))
     return out
+
+
+def _jpeg(photo: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 def write_folder(products: list[SampleProduct], folder: Path) -> Path:
@@ -206,6 +228,8 @@ def write_folder(products: list[SampleProduct], folder: Path) -> Path:
     for p in products:
         if p.image:
             (folder / p.image_name).write_bytes(p.image)
+        for name, data in p.more_photos:
+            (folder / name).write_bytes(data)
     path = folder / "products.jsonl"
     path.write_text("".join(json.dumps(p.record) + "\n" for p in products))
     return path

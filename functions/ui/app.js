@@ -157,6 +157,33 @@ function productImage(p, cls = "thumb") {
   return img;
 }
 
+// The product page's photos: the first large, and when there are several, a strip of all of
+// them below it; choosing one shows it large.
+function gallery(p) {
+  const urls = p.image_urls || [];
+  const hero = productImage(p, "hero");
+  if (urls.length < 2) return hero;
+  hero.id = "hero";
+  const strip = h("div", { class: "photo-strip", id: "photo-strip", role: "group", "aria-label": `${urls.length} photos` });
+  const choose = (chosen, url) => {
+    hero.src = url;
+    for (const b of strip.children) {
+      b.classList.toggle("selected", b === chosen);
+      b.setAttribute("aria-pressed", String(b === chosen));
+    }
+  };
+  urls.forEach((url, i) => {
+    const b = h(
+      "button",
+      { type: "button", class: i === 0 ? "photo selected" : "photo", "aria-pressed": String(i === 0), dataset: { index: String(i) } },
+      h("img", { src: url, alt: `${p.title}, photo ${i + 1} of ${urls.length}`, loading: "lazy" }),
+    );
+    b.addEventListener("click", () => choose(b, url));
+    strip.append(b);
+  });
+  return h("div", { class: "gallery" }, hero, strip);
+}
+
 function card(p, { score, scoreLabel = "score", reason, actions } = {}) {
   const open = async (ev) => {
     ev.preventDefault();
@@ -556,7 +583,7 @@ async function renderProduct(productId) {
     h(
       "div",
       { class: "product", id: "product", dataset: { productId: p.product_id } },
-      productImage(p, "hero"),
+      gallery(p),
       h(
         "div",
         { class: "details" },

@@ -58,17 +58,22 @@ def test_bad_records_fail_with_reasons_and_good_ones_index(services: Services) -
 
 
 def test_folder_ingest_stores_images_in_bucket(services: Services, tmp_path: Path) -> None:
-    write_folder(generate(8, image_size=48), tmp_path)
+    write_folder(generate(8, image_size=48, detail_photo_every=4), tmp_path)
     (tmp_path / "extra.csv").write_text(
-        "product_id,title,price,image,color\nC1,CSV product,3.5,images/S00001.jpg,red\nC2,bad,1\nC3,,1,,\n"
+        "product_id,title,price,image,images,color\n"
+        "C1,CSV product,3.5,images/S00001.jpg,images/S00005-detail.jpg|images/S00002.jpg,red\n"
+        "C2,bad,1\nC3,,1,,,\n"
     )
     report = services.indexer.index(iter_folder(tmp_path, services.settings))
     assert report.indexed == 9
     assert {(e.product_id, e.line) for e in report.failed} == {(None, 3), ("C3", 4)}
     p = services.catalog.get("C1")
     assert p.price == 3.5 and p.attributes == {"color": "red"}
-    assert p.image is not None and p.image.startswith("images/C1/")
-    assert services.store.get_bytes(p.image) == (tmp_path / "images/S00001.jpg").read_bytes()
+    assert len(p.images) == 3 and all(k.startswith("images/C1/") for k in p.images)
+    for key, name in zip(p.images, ["S00001.jpg", "S00005-detail.jpg", "S00002.jpg"], strict=True):
+        assert services.store.get_bytes(key) == (tmp_path / "images" / name).read_bytes()
+    # The sample's detail photos arrive as second photos.
+    assert [len(services.catalog.get(f"S0000{i}").images) for i in range(1, 9)] == [2, 1, 1, 1, 2, 1, 1, 1]
 
 
 def test_a_long_import_commits_in_groups_and_bad_lines_only_fail_themselves(services: Services) -> None:

@@ -278,6 +278,32 @@ def test_product_view_shows_similar_items_and_records_events(server: Server, pag
     assert {"click", "view", "add_to_cart"} <= kinds, history
 
 
+def test_product_page_photo_strip_shows_every_photo(server: Server, page: Any) -> None:
+    product = server.api("/products/S00001")
+    assert len(product["image_urls"]) == 2  # the sample gives every fourth product a close-up
+    page.goto(server.base + "/ui/#/product/S00001")
+    page.wait_for_selector("#photo-strip")
+    photos = page.locator("#photo-strip .photo")
+    assert photos.count() == 2
+    assert all(w > 0 for w in images_loaded(page, "#photo-strip"))
+    srcs = page.eval_on_selector_all("#photo-strip img", "els => els.map(e => e.getAttribute('src'))")
+    assert [s.split("/products/", 1)[1] for s in srcs] == [u.split("/products/", 1)[1] for u in product["image_urls"]]
+    hero = "document.querySelector('#hero').getAttribute('src')"
+    assert page.evaluate(hero) == srcs[0] and photos.nth(0).get_attribute("aria-pressed") == "true"
+    photos.nth(1).click()
+    assert page.evaluate(hero) == srcs[1] and srcs[1].endswith("/products/S00001/image?index=1")
+    assert (
+        photos.nth(1).get_attribute("aria-pressed") == "true" and photos.nth(0).get_attribute("aria-pressed") == "false"
+    )
+    page.wait_for_function("() => document.querySelector('#hero').complete")
+    assert page.evaluate("document.querySelector('#hero').naturalWidth") > 0
+    shot(page, "product-photos")
+    # A product with one photo has no strip.
+    page.goto(server.base + "/ui/#/product/S00002")
+    page.wait_for_selector("#product-title")
+    assert page.locator("#photo-strip").count() == 0 and page.locator(".product .hero").count() == 1
+
+
 def test_user_view_shows_history_and_recommendations_with_true_reasons(server: Server, page: Any) -> None:
     page.goto(server.base + "/ui/")
     search(page, "leather backpack")
