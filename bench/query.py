@@ -130,9 +130,10 @@ def catalog_columns(n: int, seed: int = 0) -> dict[str, Any]:
     return {"rows": rows, "types": types}
 
 
-def build_catalog(catalog: Catalog, n: int) -> tuple[float, dict[str, Any]]:
+def build_catalog(catalog: Catalog, n: int, more_photos: int = 0) -> tuple[float, dict[str, Any]]:
     """Bulk-load ``n`` products (one Lance append per 20k rows: the catalog a long-running shop
-    would have; upserts of single products are measured separately)."""
+    would have; upserts of single products are measured separately). ``more_photos``: photos
+    after the first of each product with an image (other views: near its type's centre too)."""
     t = time.perf_counter()
     cols = catalog_columns(n)
     rows, types = cols["rows"], cols["types"]
@@ -158,11 +159,29 @@ def build_catalog(catalog: Catalog, n: int) -> tuple[float, dict[str, Any]]:
                 "updated_at": pa.array([now] * (e - s), pa.timestamp("us", tz="UTC")),
                 "image_vector": img_arr,
                 "text_vector": pa.FixedSizeListArray.from_arrays(pa.array(txt.reshape(-1)), catalog.text_dim),
+                **extra_photos(catalog.clip_dim, types[s:e], no_img, more_photos, seed=s + 3),
             },
             schema=schema,
         )
         catalog._table.add(table)
     return time.perf_counter() - t, rows
+
+
+def extra_photos(dim: int, types: np.ndarray, no_img: np.ndarray, k: int, seed: int) -> dict[str, pa.Array]:
+    """The ``more_image_keys`` / ``more_image_vectors`` columns: ``k`` photos for each product
+    with an image (none: nulls)."""
+    n = len(types)
+    if k == 0:
+        return {
+            "more_image_keys": pa.nulls(n, pa.list_(pa.string())),
+            "more_image_vectors": pa.nulls(n, pa.list_(pa.list_(pa.float32(), dim))),
+        }
+    vecs = mixture(n * k, dim, seed, np.repeat(types, k))
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    mask = pa.array(no_img)
+    keys = pa.ListArray.from_arrays(offsets, pa.array([f"img/more-{seed}-{j}.jpg" for j in range(n * k)]), mask=mask)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim)
+    return {"more_image_keys": keys, "more_image_vectors": pa.ListArray.from_arrays(offsets, inner, mask=mask)}
 
 
 def seed_events(client: LightClient, n_products: int, users: int = 2000, per_user: int = 10) -> None:
