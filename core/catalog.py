@@ -42,6 +42,7 @@ _PRODUCT_COLUMNS = [
     "price",
     "image_key",
     "more_image_keys",
+    "in_stock",
     "attributes",
     "content_hash",
     "created_at",
@@ -70,12 +71,14 @@ class Candidate:
     more_image_vectors: tuple[Vector, ...] = ()
 
 
-def photo_columns(clip_dim: int) -> list[pa.Field]:
-    """The columns of the photos after the first (keys and vectors, in order; null: none).
-    Added to datasets created before products had several photos."""
+def added_columns(clip_dim: int) -> list[pa.Field]:
+    """Columns added since the first datasets, which gain them (all null) when opened: the
+    photos after the first (keys and vectors, in order; null: none) and the stock flag (null:
+    in stock)."""
     return [
         pa.field("more_image_keys", pa.list_(pa.string())),
         pa.field("more_image_vectors", pa.list_(pa.list_(pa.float32(), clip_dim))),
+        pa.field("in_stock", pa.bool_()),
     ]
 
 
@@ -96,7 +99,7 @@ def products_schema(clip_dim: int, text_dim: int, space: dict[str, str]) -> pa.S
             pa.field("updated_at", ts, nullable=False),
             pa.field("image_vector", pa.list_(pa.float32(), clip_dim)),
             pa.field("text_vector", pa.list_(pa.float32(), text_dim)),
-            *photo_columns(clip_dim),
+            *added_columns(clip_dim),
         ],
         metadata={"embedding_space": json.dumps(space, sort_keys=True)},
     )
@@ -120,8 +123,11 @@ def filter_sql(filters: Filters, exclude_id: str | None = None) -> str | None:
         parts.append(f"price >= {float(filters.min_price)!r}")
     if filters.max_price is not None:
         parts.append(f"price <= {float(filters.max_price)!r}")
-    if exclude_id is not None:
-        parts.append(f"product_id != {quote(exclude_id)}")
+    if not filters.include_out_of_stock:
+        parts.append("(in_stock IS NULL OR in_stock = true)")
+    excluded = sorted(filters.exclude_ids | ({exclude_id} if exclude_id is not None else set()))
+    if excluded:
+        parts.append(f"product_id NOT IN ({', '.join(quote(i) for i in excluded)})")
     return " AND ".join(parts) or None
 
 
@@ -181,6 +187,7 @@ def _stored_row(p: Product, content_hash: str) -> dict[str, Any]:
         "price": p.price,
         "image_key": p.image,
         "more_image_keys": list(p.more_images) or None,
+        "in_stock": p.in_stock,
         "attributes": json.dumps(p.attributes, sort_keys=True, default=str),
         "content_hash": content_hash,
         "created_at": p.created_at,
@@ -201,6 +208,7 @@ def _to_product(row: dict[str, Any]) -> Product:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         more_images=tuple(row.get("more_image_keys") or ()),
+        in_stock=row.get("in_stock") is not False,
     )
 
 
@@ -396,7 +404,7 @@ class Catalog:
             except ValueError:
                 # Not there yet: create it. exist_ok covers a concurrent creator.
                 self._table = self._db.create_table(TABLE, schema=schema, exist_ok=True)
-            self._add_photo_columns()
+            self._add_columns()
         self._check_schema()
         self._compactor = Compactor(self._table, retention=retention)
 
@@ -446,12 +454,12 @@ class Catalog:
         """True when the stored image vectors come from random-init CLIP (not meaningful)."""
         return str(self.stored_space.get("clip", "")).endswith(":none")
 
-    def _add_photo_columns(self) -> None:
-        """Bring a dataset from before several photos per product up to date: two all-null
-        columns in one new version (no data is rewritten). Another process doing the same at
-        the same moment wins the race; this one then just sees the columns."""
+    def _add_columns(self) -> None:
+        """Bring an older dataset up to date: the :func:`added_columns` it lacks, all null, in
+        one new version (no data is rewritten). Another process doing the same at the same
+        moment wins the race; this one then just sees the columns."""
         have = set(self._table.schema.names)
-        missing = [f for f in photo_columns(self.clip_dim) if f.name not in have]
+        missing = [f for f in added_columns(self.clip_dim) if f.name not in have]
         if not missing:
             return
         try:
@@ -460,7 +468,9 @@ class Catalog:
         except (OSError, RuntimeError, ValueError) as exc:
             self._table.checkout_latest()  # type: ignore[no-untyped-call]
             if not {f.name for f in missing} <= set(self._table.schema.names):
-                raise Unavailable(f"catalog {self.uri}: adding the photo columns failed: {exc}") from exc
+                raise Unavailable(
+                    f"catalog {self.uri}: adding columns {[f.name for f in missing]} failed: {exc}"
+                ) from exc
 
     def _check_schema(self) -> None:
         schema = self._table.schema

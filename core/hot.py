@@ -37,7 +37,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from core.keyword import KeywordIndex
-from core.types import Filters, Product
+from core.types import Filters, Product, attribute_text
 
 if TYPE_CHECKING:
     from core.catalog import Catalog
@@ -128,14 +128,28 @@ class CategoryCodes:
         return out
 
 
-def filter_mask(ok: B8, categories: CategoryCodes, prices: npt.NDArray[np.float64], filters: Filters) -> B8:
-    """``ok`` narrowed (in place) to the rows that satisfy ``filters``; NaN prices fail price bounds."""
+def filter_mask(
+    ok: B8,
+    categories: CategoryCodes,
+    prices: npt.NDArray[np.float64],
+    filters: Filters,
+    in_stock: B8 | None,
+    index: dict[str, int],
+) -> B8:
+    """``ok`` narrowed (in place) to the rows that satisfy ``filters`` (attributes aside); NaN
+    prices fail price bounds; ``in_stock`` None: every row is in stock."""
     if filters.categories is not None:
         ok &= categories.isin(filters.categories)
     if filters.min_price is not None:
         ok &= prices >= filters.min_price
     if filters.max_price is not None:
         ok &= prices <= filters.max_price
+    if in_stock is not None and not filters.include_out_of_stock:
+        ok &= in_stock
+    for pid in filters.exclude_ids:
+        row = index.get(pid)
+        if row is not None:
+            ok[row] = False
     return ok
 
 
@@ -164,13 +178,15 @@ class HotSnapshot:
     """The row each ``more_image`` vector belongs to; never decreasing (rows and their photos are
     appended together), so a row's photos are one slice found by binary search."""
     ann_more_image: Any = None
+    in_stock: B8 | None = None
+    """Whether each row is in stock (None: all are)."""
 
     @property
     def live(self) -> int:
         return len(self.index)
 
     def mask(self, filters: Filters) -> B8:
-        ok = filter_mask(self.alive.copy(), self.categories, self.prices, filters)
+        ok = filter_mask(self.alive.copy(), self.categories, self.prices, filters, self.in_stock, self.index)
         for name, value in filters.attributes:
             rows = self.attribute_rows.get(name, {}).get(value)
             keep = np.zeros(len(ok), dtype=bool)
@@ -197,15 +213,6 @@ class HotSnapshot:
     def created(self) -> npt.NDArray[np.float64]:
         """Each row's ``created_at`` (epoch seconds), for "newest first"; built on first use."""
         return np.fromiter((p.created_at.timestamp() for p in self.products), np.float64, len(self.products))
-
-
-def attribute_text(value: Any) -> str | None:
-    """An attribute value as filters and facets compare it (None: not a plain value)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float | str):
-        return str(value)
-    return None
 
 
 MATVEC_ROWS = 65_536
@@ -366,6 +373,12 @@ def best_photo(snap: HotSnapshot, rows: I64, first: npt.NDArray[np.float64], q: 
     return out
 
 
+def stock_column(in_stock: B8) -> B8 | None:
+    """The in-stock column as snapshots keep it: None while every product is in stock (a mask
+    then skips it)."""
+    return None if in_stock.all() else in_stock
+
+
 def _prices(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.float64]:
     """The column as float64, NaN for nulls. Always a copy: a zero-copy view would keep the whole
     batch it came from alive (Lance hands over a batch's columns in shared buffers), and a
@@ -455,12 +468,15 @@ class HotCatalog:
         prices: list[npt.NDArray[np.float64]] = []
         more_image: F32 = np.zeros((0, self.catalog.clip_dim), dtype=dtype)
         more_owner: list[I64] = []
+        in_stock: list[B8] = []
         version, batches = self.catalog.scan_batches()
         for batch in batches:
             more, owner = _more_photos(batch, self.catalog.clip_dim, dtype, len(products))
             more_image = append_rows(more_image, more) if len(more) else more_image
             more_owner.append(owner)
-            products += self.catalog.products_from(batch)
+            batch_products = self.catalog.products_from(batch)
+            in_stock.append(np.fromiter((p.in_stock for p in batch_products), bool, len(batch_products)))
+            products += batch_products
             hashes.update(
                 zip(batch.column("product_id").to_pylist(), batch.column("content_hash").to_pylist(), strict=True)
             )
@@ -483,6 +499,7 @@ class HotCatalog:
             keywords=KeywordIndex.build(products),
             more_image=more_image,
             more_owner=np.concatenate(more_owner) if more_owner else np.zeros(0, dtype=np.int64),
+            in_stock=stock_column(np.concatenate(in_stock) if in_stock else np.zeros(0, dtype=bool)),
         )
         return self._with_ann(snap)
 
@@ -524,6 +541,7 @@ class HotCatalog:
         new_rows = np.zeros(0, dtype=np.int64)
         keywords = old.keywords
         more_image, more_owner = old.more_image, old.more_owner
+        in_stock = old.in_stock
         if fresh is not None and fresh.num_rows:
             add_more, add_owner = _more_photos(fresh, self.catalog.clip_dim, old.image.dtype, n_old)
             more_image = append_photos(more_image, add_more)
@@ -536,6 +554,10 @@ class HotCatalog:
                 index[p.product_id] = int(row)
                 hashes_new[p.product_id] = h
             products += add_products
+            add_stock = np.fromiter((p.in_stock for p in add_products), bool, len(add_products))
+            if in_stock is not None or not add_stock.all():
+                before = in_stock if in_stock is not None else np.ones(n_old, dtype=bool)
+                in_stock = np.concatenate([before, add_stock])
             keywords = keywords.extend(add_products)
             alive = np.concatenate([alive, np.ones(len(add_products), dtype=bool)])
             image = append_rows(image, add_img)
@@ -557,6 +579,7 @@ class HotCatalog:
             keywords,
             more_image=more_image,
             more_owner=more_owner,
+            in_stock=in_stock,
         )
         if old.ann_text is None or snap.live < self.ann_min_rows // 2:
             return self._with_ann(snap)

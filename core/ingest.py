@@ -233,8 +233,8 @@ def iter_folder(folder: Path, settings: Settings) -> Iterator[Item]:
 
 def content_hash(product: ProductInput, image_digests: Sequence[str]) -> str:
     """Hash of everything that determines a product's stored row and vectors: the fields and
-    the photos' bytes, in order. A product with one photo (or none) hashes as before several
-    photos existed, so stored products are not re-embedded."""
+    the photos' bytes, in order. A product with one photo (or none) that is in stock hashes as
+    before several photos and the stock flag existed, so stored products are not re-embedded."""
     doc: dict[str, Any] = {
         "title": product.title,
         "description": product.description,
@@ -245,6 +245,8 @@ def content_hash(product: ProductInput, image_digests: Sequence[str]) -> str:
     }
     if len(image_digests) > 1:
         doc["more_images"] = list(image_digests[1:])
+    if not product.in_stock:  # in stock is how every product was before the flag existed
+        doc["in_stock"] = False
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -434,6 +436,7 @@ class Indexer:
                         created_at=now,
                         updated_at=now,
                         more_images=tuple(keys[1:]),
+                        in_stock=p.in_stock,
                     ),
                     image_vector=vectors[0] if vectors else None,
                     text_vector=tvec,

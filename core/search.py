@@ -57,18 +57,18 @@ from core.analytics import price_stats
 from core.catalog import Candidate, Catalog
 from core.embedding import Embedder
 from core.embedding.batcher import QueryEncoder
-from core.errors import InvalidInput, ServiceError, Unavailable
+from core.errors import InvalidInput, NotFound, ServiceError, Unavailable
 from core.hot import (
     HotCatalog,
     HotSnapshot,
     Scored,
-    attribute_text,
     best_positions,
     score_rows,
     top_rows,
     unique_rows,
 )
-from core.types import Filters, SearchHit, Vector, Weights
+from core.merchandising import NO_MERCHANDISING, Merchandising, arrange, boosted_array
+from core.types import Filters, SearchHit, Vector, Weights, attribute_text
 
 CANDIDATE_FACTOR = 4
 MIN_CANDIDATES = 50
@@ -98,6 +98,8 @@ class SearchQuery:
     sort: str = "relevance"
     facets: tuple[str, ...] = ()
     typo_tolerance: bool = True
+    merch: Merchandising = NO_MERCHANDISING
+    """Pins, boosts and burials (the request's and its saved rules')."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.offset <= MAX_OFFSET:
@@ -323,11 +325,63 @@ def _rank(
     top_k: int,
     filters: Filters = Filters(),
     exclude_id: str | None = None,
+    merch: Merchandising = NO_MERCHANDISING,
 ) -> list[SearchHit]:
     snap = hot.current() if hot is not None else None
+    fetch = merch.fetch(top_k)
     if hot is not None and snap is not None:
-        return hot_ranked(hot, snap, q_img, q_txt, weights, top_k, filters, exclude_id)
-    return ranked(catalog, q_img, q_txt, weights, top_k, filters, exclude_id)
+        hits = hot_ranked(hot, snap, q_img, q_txt, weights, fetch, filters, exclude_id)
+    else:
+        hits = ranked(catalog, q_img, q_txt, weights, fetch, filters, exclude_id)
+    return merchandised(catalog, snap, hits, top_k, merch, filters, q_img, q_txt, weights, exclude_id)
+
+
+def merchandised(
+    catalog: Catalog,
+    snap: HotSnapshot | None,
+    hits: list[SearchHit],
+    top_k: int,
+    merch: Merchandising,
+    filters: Filters,
+    q_img: Vector | None,
+    q_txt: Vector | None,
+    weights: Weights,
+    exclude_id: str | None = None,
+) -> list[SearchHit]:
+    """The ``top_k`` of ranked ``hits`` after ``merch`` (:func:`core.merchandising.arrange`); a
+    pinned product that is not among them is scored as they are."""
+    if not merch.active:
+        return hits[:top_k]
+    if exclude_id is not None:
+        filters = replace(filters, exclude_ids=filters.exclude_ids | {exclude_id})
+
+    def pinned(pid: str) -> SearchHit | None:
+        if snap is not None:
+            row = snap.index.get(pid)
+            if row is None:
+                return None
+            scored = score_rows(snap, np.array([row], dtype=np.int64), q_img, q_txt, weights.image, weights.text)
+            if not len(scored.rows):
+                return SearchHit(snap.products[row], 0.0, None, None)
+            s_img, s_txt = float(scored.s_img[0]), float(scored.s_txt[0])
+            return SearchHit(
+                snap.products[row],
+                float(scored.score[0]),
+                None if np.isnan(s_img) else s_img,
+                None if np.isnan(s_txt) else s_txt,
+            )
+        try:
+            cand = catalog.get_candidate(pid)
+        except NotFound:
+            return None
+        found = fuse([cand], q_img, q_txt, weights, 1)
+        return found[0] if found else SearchHit(cand.product, 0.0, None, None)
+
+    return arrange(hits, top_k, merch, filters, lambda h: h.product, lambda h: h.score, _rescored, pinned)
+
+
+def _rescored(hit: SearchHit, score: float) -> SearchHit:
+    return replace(hit, score=score)
 
 
 def _text_vectors(
@@ -497,7 +551,9 @@ def _search(
         if hot is not None and snap is not None:
             return matching_page(hot, snap, q_img, q_txt, weights, query, text, match_candidates)
         # Without the in-memory catalog: the best offset + top_k from LanceDB, no matching set.
-        hits = ranked(catalog, q_img, q_txt, weights, query.offset + query.top_k, query.filters)
+        end = query.offset + query.top_k
+        hits = ranked(catalog, q_img, q_txt, weights, query.merch.fetch(end), query.filters)
+        hits = merchandised(catalog, None, hits, end, query.merch, query.filters, q_img, q_txt, weights)
         return SearchPage(hits[query.offset :])
     finally:
         timings.vector_search += time.perf_counter() - started
@@ -547,8 +603,26 @@ def matching_page(
             member[ranks] = True
         member[pool.rows] = False
         rest = np.flatnonzero(member)
+    merch = query.merch
+    if merch.boost and len(pool.rows):
+        factor = np.ones(len(pool.rows))
+        for b in merch.boost:
+            factor[snap.mask(b.filters)[pool.rows]] *= b.factor
+        pool = replace(pool, score=boosted_array(pool.score, factor))
     end = query.offset + query.top_k
-    if query.sort == "relevance":
+    pinned = [r for pid in merch.pin if (r := snap.index.get(pid)) is not None and allowed[r]]
+    buried = np.array([r for pid in merch.bury if (r := snap.index.get(pid)) is not None], dtype=np.int64)
+    if pinned or len(buried):
+        # The whole ranking, then the pinned products first and the buried ones last.
+        rest_order = _rest_order(snap, rest, lists, kw_rows, kw_scores)
+        ranking = np.concatenate([pool.rows[np.argsort(-pool.score, kind="stable")], rest[rest_order]])
+        ranking = _sorted(snap, ranking, query.sort)
+        first = np.array(pinned, dtype=np.int64)
+        ranking = ranking[~np.isin(ranking, first)]
+        down = np.isin(ranking, buried)
+        page = np.concatenate([first, ranking[~down], ranking[down]])[query.offset : end]
+        rest = np.union1d(rest, first[~np.isin(first, pool.rows)])
+    elif query.sort == "relevance":
         # Only the head of the exactly scored pool is put in order (ties by product id, in Python).
         head = pool.rows[best_positions(snap, pool.rows, pool.score, end)]
         if len(head) < end:
@@ -689,6 +763,7 @@ def similar(
     default: Weights,
     filters: Filters = Filters(),
     hot: HotCatalog | None = None,
+    merch: Merchandising = NO_MERCHANDISING,
 ) -> list[SearchHit]:
     """Products nearest to a stored product (image-to-image and text-to-text), never itself."""
     snap = hot.current() if hot is not None else None
@@ -696,6 +771,6 @@ def similar(
         row = snap.index[product_id]
         q_img = snap.image[row].astype(np.float32) if snap.has_image[row] else None
         q_txt = snap.text[row].astype(np.float32)
-        return _rank(catalog, hot, q_img, q_txt, default, top_k, filters, exclude_id=product_id)
+        return _rank(catalog, hot, q_img, q_txt, default, top_k, filters, product_id, merch)
     anchor = catalog.get_candidate(product_id)
-    return _rank(catalog, hot, anchor.image_vector, anchor.text_vector, default, top_k, filters, product_id)
+    return _rank(catalog, hot, anchor.image_vector, anchor.text_vector, default, top_k, filters, product_id, merch)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "startup/"
 LATEST = f"{PREFIX}latest.json"
-FORMAT = 4  # 2: the content index is IVF-PQ fast-scan; 3: a hash per event; 4: several photos
+FORMAT = 4  # 2: the content index is IVF-PQ fast-scan; 3: a hash per event; 4: several photos, stock
 KEEP = 2
 
 
@@ -104,6 +104,8 @@ def write_startup(
     w.table("products", catalog.products_table(hot.products, hot.hashes))
     for name in ("alive", "prices", "image", "has_image", "text", "more_image", "more_owner"):
         w.array(name, getattr(hot, name))
+    if hot.in_stock is not None:
+        w.array("in_stock", hot.in_stock)
     terms, kw = hot.keywords.export()
     w.strings("keyword_terms", terms)
     for name, a in kw.items():
@@ -228,6 +230,7 @@ def read_startup(store: ObjectStore, catalog: Catalog, weights: Weights) -> Star
         more_image=r.array("more_image"),
         more_owner=np.array(r.array("more_owner")),
         ann_more_image=r.index("ann_more_image"),
+        in_stock=np.array(r.array("in_stock")) if "in_stock" in manifest["parts"] else None,
     )
     recs = None
     if manifest.get("recs_index") and manifest["weights"] == [weights.image, weights.text]:

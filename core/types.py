@@ -14,7 +14,7 @@ from core.errors import InvalidInput
 
 Vector = NDArray[np.float32]
 
-CORE_FIELDS = ("product_id", "title", "description", "category", "price", "image", "images")
+CORE_FIELDS = ("product_id", "title", "description", "category", "price", "image", "images", "in_stock")
 MAX_ID_LENGTH = 256
 MAX_IMAGES = 10
 """Photos per product: a gallery, not an album (each one is embedded and kept in memory)."""
@@ -43,6 +43,7 @@ class ProductInput:
     image: str | None = None  # object key in the bucket (the first photo)
     attributes: dict[str, Any] = field(default_factory=dict)
     more_images: tuple[str, ...] = ()  # the other photos' keys, in order
+    in_stock: bool = True
 
     @property
     def images(self) -> tuple[str, ...]:
@@ -107,6 +108,7 @@ class ProductInput:
             image=images[0] if images else None,
             attributes=attributes,
             more_images=images[1:],
+            in_stock=parse_in_stock(raw.get("in_stock"), pid),
         )
 
 
@@ -128,6 +130,19 @@ def parse_images(image: Any, images: Any, pid: str) -> tuple[str, ...]:
     if len(out) > MAX_IMAGES:
         raise InvalidInput(f"{pid}: {len(out)} images; a product has at most {MAX_IMAGES}")
     return out
+
+
+def parse_in_stock(value: Any, pid: str) -> bool:
+    """``in_stock``: absent means in stock; a boolean, 0/1, or (CSV) true/false/yes/no/1/0."""
+    if value is None or value == "":
+        return True
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.strip().lower() in ("true", "yes", "1")
+    raise InvalidInput(f"{pid}: in_stock must be true or false, got {value!r}")
 
 
 def validate_product_id(pid: str) -> None:
@@ -168,6 +183,7 @@ class Product:
     created_at: datetime
     updated_at: datetime
     more_images: tuple[str, ...] = ()  # keys of the photos after the first
+    in_stock: bool = True
 
     @property
     def has_image(self) -> bool:
@@ -189,6 +205,10 @@ class Filters:
     attributes: tuple[tuple[str, str], ...] = ()
     """Equality on attributes, all must hold: ``(name, value)`` pairs; a list attribute matches
     when one of its elements equals the value. Values compare as text (``42`` equals ``"42"``)."""
+    include_out_of_stock: bool = False
+    """Out-of-stock products are left out unless this is set (they stay in the catalog)."""
+    exclude_ids: frozenset[str] = frozenset()
+    """Products never to return (a merchant's or a shopper's "not these")."""
 
     def __post_init__(self) -> None:
         for name in ("min_price", "max_price"):
@@ -200,9 +220,20 @@ class Filters:
         if self.categories is not None and len(self.categories) == 0:
             raise InvalidInput("category filter must name at least one category")
 
-    @property
-    def empty(self) -> bool:
-        return self.categories is None and self.min_price is None and self.max_price is None and not self.attributes
+    def matches(self, p: Product) -> bool:
+        """Whether one product passes (the array masks of the in-memory catalogs do the same for
+        every row at once)."""
+        if self.categories is not None and p.category not in self.categories:
+            return False
+        if self.min_price is not None and (p.price is None or p.price < self.min_price):
+            return False
+        if self.max_price is not None and (p.price is None or p.price > self.max_price):
+            return False
+        if not self.include_out_of_stock and not p.in_stock:
+            return False
+        if p.product_id in self.exclude_ids:
+            return False
+        return all(attribute_matches(p.attributes.get(name), value) for name, value in self.attributes)
 
 
 @dataclass(frozen=True)
@@ -237,3 +268,17 @@ def default_weights(image_weight: float, text_weight: float, clip_random_init: b
     if clip_random_init:
         return Weights(image=0.0, text=1.0)
     return Weights(image=image_weight, text=text_weight)
+
+
+def attribute_text(value: Any) -> str | None:
+    """An attribute value as filters and facets compare it (None: not a plain value)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    return None
+
+
+def attribute_matches(value: Any, wanted: str) -> bool:
+    """Whether an attribute value equals ``wanted`` as filters compare it (a list: one element)."""
+    return any(attribute_text(v) == wanted for v in (value if isinstance(value, list) else (value,)))

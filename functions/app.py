@@ -15,7 +15,7 @@ from core.uploads import UploadGate
 from functions import errors
 from functions.metrics import ApiMetrics
 from functions.middleware import BodySizeLimit, ConcurrencyLimit, TimeRequests
-from functions.routes import admin, events, ops, products, recommend, search, ui, uploads
+from functions.routes import admin, events, ops, products, recommend, rules, search, ui, uploads
 from functions.routes.deps import Api, UploadQueue
 from functions.schemas import EventIn
 from functions.security import ImageSigner, check_deployment
@@ -56,7 +56,13 @@ def create_app(services: Services, worker: UploadQueue | None = None) -> FastAPI
             services.load_startup_file()
             services.hot.start()
         services.recommender.start()
+        try:  # read before the first request, so that no request waits for the bucket
+            services.rules.refresh()
+        except Exception as exc:  # the thread below retries; until then no rules apply
+            log.warning("merchandising rules not read: %s", exc)
+        services.rules.start()
         yield
+        services.rules.stop()
         services.recommender.stop()
         if services.hot is not None:
             services.hot.stop()
@@ -71,7 +77,7 @@ def create_app(services: Services, worker: UploadQueue | None = None) -> FastAPI
     )
     app.state.api = api
     app.state.services = services
-    for module in (search, recommend, events, products, uploads, ops, admin, ui):
+    for module in (search, recommend, events, products, rules, uploads, ops, admin, ui):
         app.include_router(module.router)
     app.mount("/ui", StaticFiles(directory=ui.UI_DIR, html=True), name="ui")
     errors.install(app, {"EventIn": EventIn})

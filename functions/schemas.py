@@ -11,10 +11,11 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.hot import attribute_text
+from core.merchandising import MAX_BOOSTS, MAX_FACTOR, MAX_PINS, Boost, Merchandising
 from core.recommend.online import Recommended
+from core.rules import MAX_RULES
 from core.search import MAX_FACETS, MAX_OFFSET, PriceBucket, SearchPage
-from core.types import MAX_IMAGES, Filters, Product, SearchHit
+from core.types import MAX_IMAGES, Filters, Product, SearchHit, attribute_text
 from functions.security import ImageSigner
 
 
@@ -50,7 +51,12 @@ def _card(p: Product, links: Links) -> dict[str, Any]:
         "category": p.category,
         "price": p.price,
         "image_url": links.image(p),
+        "in_stock": p.in_stock,
     }
+
+
+IN_STOCK: Any = Field(default=True, description="False: out of stock (only in answers that asked for those).")
+APPLIED_RULES: Any = Field(default_factory=list, description="Ids of the saved merchandising rules that fired.")
 
 
 class FiltersIn(BaseModel):
@@ -123,7 +129,42 @@ class WeightsIn(BaseModel):
         return self
 
 
-class SearchRequest(BaseModel):
+class BoostIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filters: SearchFiltersIn = Field(description="Which products the boost concerns.")
+    factor: float = Field(gt=0, le=MAX_FACTOR, description="Their score is multiplied by this before ranking.")
+
+    def to_core(self) -> Boost:
+        return Boost(self.filters.to_core(), self.factor)
+
+
+class MerchandisingIn(BaseModel):
+    """Merchandising fields of a request body (search, more like these)."""
+
+    pin: list[str] | None = Field(
+        default=None,
+        max_length=MAX_PINS,
+        description="Products to place first, in this order, when they pass the filters (never repeated below).",
+    )
+    exclude_ids: list[str] | None = Field(default=None, max_length=1000, description="Products never to return.")
+    boost: list[BoostIn] | None = Field(
+        default=None,
+        max_length=MAX_BOOSTS,
+        description="Multiply the score of products matching each boost's filters by its factor before ranking.",
+    )
+    include_out_of_stock: bool = Field(default=False, description="Also return products that are out of stock.")
+
+    def merchandising(self) -> Merchandising:
+        return Merchandising(pin=tuple(self.pin or ()), boost=tuple(b.to_core() for b in self.boost or ()))
+
+    def stock_and_exclusions(self, filters: Filters) -> Filters:
+        return replace(
+            filters, include_out_of_stock=self.include_out_of_stock, exclude_ids=frozenset(self.exclude_ids or ())
+        )
+
+
+class SearchRequest(MerchandisingIn):
     model_config = ConfigDict(extra="forbid")
 
     query: str | None = Field(default=None, max_length=1000, description="Text query.")
@@ -179,6 +220,7 @@ class ProductOut(BaseModel):
     price: float | None
     image: str | None = Field(description="Object key of the first photo in the bucket.")
     image_url: str | None
+    in_stock: bool = IN_STOCK
     images: list[str] = Field(description="Object keys of every photo, the first (`image`) first.")
     image_urls: list[str] = Field(description="URLs of every photo, in the order of `images`.")
     attributes: dict[str, Any]
@@ -206,6 +248,7 @@ class SearchResult(BaseModel):
     category: str | None
     price: float | None
     image_url: str | None
+    in_stock: bool = IN_STOCK
     score: float
     image_similarity: float | None = None
     text_similarity: float | None = None
@@ -249,10 +292,11 @@ class SearchResponse(BaseModel):
     facets: dict[str, list[FacetValueOut | PriceBucketOut]] | None = Field(
         default=None, description="The facets asked for, counted exactly over the matching set."
     )
+    applied_rules: list[str] = APPLIED_RULES
     query_time_ms: float
 
     @classmethod
-    def of(cls, page: SearchPage, links: Links, started: float) -> SearchResponse:
+    def of(cls, page: SearchPage, links: Links, started: float, rules: tuple[str, ...] = ()) -> SearchResponse:
         facets = {
             name: [
                 PriceBucketOut(min=v.min, max=v.max, count=v.count)
@@ -266,6 +310,7 @@ class SearchResponse(BaseModel):
             results=[SearchResult.of(h, links) for h in page.hits],
             total_matches=page.total_matches,
             facets=facets or None,
+            applied_rules=list(rules),
             query_time_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
@@ -287,6 +332,7 @@ class SimilarProduct(BaseModel):
     category: str | None
     price: float | None
     image_url: str | None
+    in_stock: bool = IN_STOCK
     similarity: float
 
     @classmethod
@@ -297,6 +343,7 @@ class SimilarProduct(BaseModel):
 class SimilarResponse(BaseModel):
     product_id: str
     similar_products: list[SimilarProduct]
+    applied_rules: list[str] = APPLIED_RULES
     query_time_ms: float
 
 
@@ -321,6 +368,9 @@ class ProductIn(BaseModel):
         default=None,
         max_length=MAX_IMAGES,
         description="Keys of several image objects in the bucket, in order (after `image` if both are given).",
+    )
+    in_stock: bool = Field(
+        default=True, description="False: kept, but left out of search, similar and recommendations."
     )
     attributes: dict[str, Any] | None = None
 
@@ -353,6 +403,7 @@ class Recommendation(BaseModel):
     category: str | None
     price: float | None
     image_url: str | None
+    in_stock: bool = IN_STOCK
     score: float
     reason: str
 
@@ -369,9 +420,10 @@ class RecommendationsResponse(BaseModel):
         "newest (no events at all), empty (no products)"
     )
     model: str | None = Field(default=None, description="Key of the trained model in the bucket, if any.")
+    applied_rules: list[str] = APPLIED_RULES
 
 
-class MoreLikeRequest(BaseModel):
+class MoreLikeRequest(MerchandisingIn):
     model_config = ConfigDict(extra="forbid")
 
     positive: list[str] = Field(min_length=1, max_length=100, description="Products to find more of.")
@@ -389,6 +441,7 @@ class MoreLikeRequest(BaseModel):
 class MoreLikeResponse(BaseModel):
     recommendations: list[Recommendation]
     strategy: str
+    applied_rules: list[str] = APPLIED_RULES
 
 
 class EventIn(BaseModel):
@@ -603,3 +656,43 @@ class RollbackResponse(BaseModel):
     version: int = Field(description="The new version that holds it (undo: roll back to `previous`)")
     previous: int
     products: int
+
+
+class RuleWhenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = Field(
+        default=None, max_length=1000, description="Fires for this query text (case and punctuation aside)."
+    )
+    category: str | None = Field(
+        default=None, max_length=200, description="Fires for requests filtered to this category."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> RuleWhenIn:
+        if (self.query is None) == (self.category is None):
+            raise ValueError('give exactly one of "query" and "category"')
+        return self
+
+
+class RuleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    when: RuleWhenIn
+    pin: list[str] = Field(default_factory=list, max_length=MAX_PINS, description="Products placed first, in order.")
+    bury: list[str] = Field(default_factory=list, max_length=1000, description="Products placed after all others.")
+    boost: list[BoostIn] = Field(default_factory=list, max_length=MAX_BOOSTS)
+    active_from: datetime | None = Field(default=None, description="ISO-8601; the rule fires from this moment.")
+    active_until: datetime | None = Field(default=None, description="ISO-8601; the rule fires until this moment.")
+
+
+class RulesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[RuleIn] = Field(max_length=MAX_RULES, description="The whole set: it replaces the saved one.")
+
+
+class RulesOut(RulesIn):
+    version: int = Field(description="The saved version (0: none saved yet); each save adds one.")
+    updated_at: datetime | None

@@ -14,6 +14,7 @@ from core.hot import HotCatalog
 from core.ingest import Indexer
 from core.recommend.artifact import ModelStore
 from core.recommend.online import Recommender
+from core.rules import RuleStore
 from core.search import QueryCache, SingleFlight
 from core.settings import Settings
 from core.startup import read_startup
@@ -37,6 +38,7 @@ class Services:
     events: EventLog
     model_store: ModelStore  # trained recommendation models in the bucket
     recommender: Recommender
+    rules: RuleStore
     hot: HotCatalog | None = None
     query_cache: QueryCache = field(default_factory=QueryCache)
     encoder: QueryEncoder | None = None
@@ -99,6 +101,7 @@ class Services:
             events=events,
             model_store=models,
             recommender=recommender,
+            rules=RuleStore(store, settings.recs_refresh_seconds),
             hot=hot,
             query_cache=QueryCache(settings.query_cache_size),
             encoder=QueryEncoder(embedder, settings.query_batch_max) if settings.query_batch_max > 0 else None,

@@ -43,7 +43,9 @@ from core.hot import (
     HotSnapshot,
     filter_mask,
     load_faiss,
+    stock_column,
 )
+from core.merchandising import NO_MERCHANDISING, Merchandising, arrange
 from core.recommend.artifact import ModelStore
 from core.recommend.data import F32, F64
 from core.recommend.history import EventState, HistoryItem
@@ -99,6 +101,8 @@ class CatalogSnapshot:
     faster in this layout (measured 1.37 -> 0.70 ms at 10k x 896), while gathering a few rows
     keeps the row-major copy. Costs ``n x dim x 4`` bytes, which training and large catalogs
     (scored through the index; 358 MB at 100k x 896) do not pay."""
+    in_stock: npt.NDArray[np.bool_] | None = None
+    """Whether each product is in stock (None: all are)."""
     content_index: Any = None
     """In serving snapshots of large catalogs: a faiss IVF index with 4-bit PQ fast-scan codes
     over ``vectors`` (ids = rows), a ~56-byte code per product at 896-d; a request scans the
@@ -133,6 +137,7 @@ class CatalogSnapshot:
             hot.prices[rows],
             FusedVectors.of(hot, rows, weights.image, weights.text),
             np.array([p.created_at.timestamp() for p in products], dtype=np.float64),
+            in_stock=None if hot.in_stock is None else stock_column(hot.in_stock[rows]),
         )
 
     def dense_vectors(self) -> F32:
@@ -155,6 +160,7 @@ class CatalogSnapshot:
             np.array([math.nan if p.price is None else float(p.price) for p in products], dtype=np.float64),
             fused,
             np.array([p.created_at.timestamp() for p in products], dtype=np.float64),
+            in_stock=stock_column(np.array([p.in_stock for p in products], dtype=bool)),
         )
 
     def serving(
@@ -193,7 +199,9 @@ class CatalogSnapshot:
     def mask(self, filters: Filters) -> np.ndarray[Any, np.dtype[np.bool_]]:
         if filters.attributes:
             raise InvalidInput("recommendations do not filter on attributes")
-        return filter_mask(np.ones(len(self), dtype=bool), self.categories, self.prices, filters)
+        return filter_mask(
+            np.ones(len(self), dtype=bool), self.categories, self.prices, filters, self.in_stock, self.index
+        )
 
     def exact_content(self, unit: F32) -> F32:
         """Dot products of ``unit`` with every product's vector, one pass over all of them."""
@@ -283,6 +291,9 @@ def _matrix(col: pa.ChunkedArray, dim: int) -> F32:
         values = arr.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
         out[valid] = values.reshape(-1, dim)
     return out
+
+
+PINNED_REASON = "Featured by the shop"
 
 
 @dataclass(frozen=True)
@@ -660,9 +671,47 @@ class Recommender:
         filters: Filters = Filters(),
         exclude_seen: bool | None = None,
         as_of: float | None = None,
+        merch: Merchandising = NO_MERCHANDISING,
     ) -> RecommendationResult:
         """The user's ``top_k`` products as of ``as_of`` (epoch seconds; default now): every
-        time signal is computed as of that moment, and only the user's events before it count."""
+        time signal is computed as of that moment, and only the user's events before it count.
+        ``merch``: pins, boosts and burials (:mod:`core.merchandising`)."""
+        result = self._recommend(user_id, merch.fetch(top_k), filters, exclude_seen, as_of)
+        return self._arranged(result, top_k, merch, filters)
+
+    def _arranged(
+        self, result: RecommendationResult, top_k: int, merch: Merchandising, filters: Filters
+    ) -> RecommendationResult:
+        """``result`` after ``merch``: a pinned product the model did not rank has score 0 and
+        says it is the shop's choice."""
+        if not merch.active:
+            return result
+        snap = self.snapshot
+
+        def pinned(pid: str) -> Recommended | None:
+            row = snap.index.get(pid)
+            return None if row is None else Recommended(snap.products[row], 0.0, PINNED_REASON)
+
+        items = arrange(
+            result.items,
+            top_k,
+            merch,
+            filters,
+            lambda r: r.product,
+            lambda r: r.score,
+            lambda r, s: replace(r, score=s),
+            pinned,
+        )
+        return replace(result, items=items)
+
+    def _recommend(
+        self,
+        user_id: str,
+        top_k: int,
+        filters: Filters,
+        exclude_seen: bool | None,
+        as_of: float | None,
+    ) -> RecommendationResult:
         self.ensure_fresh()
         snap = self.snapshot
         if len(snap) == 0:
@@ -790,10 +839,16 @@ class Recommender:
         top_k: int = 10,
         filters: Filters = Filters(),
         as_of: float | None = None,
+        merch: Merchandising = NO_MERCHANDISING,
     ) -> RecommendationResult:
         """ "More like these, less like those": content and collaborative similarity to the
         positives minus similarity to the negatives; the products ``user_id`` had before
         ``as_of`` (default: ever) are left out."""
+        if merch.active:
+            found = self.more_like(positive, negative, user_id, merch.fetch(top_k), filters, as_of)
+            # The products asked about are never answered, pinned or not.
+            asked = replace(filters, exclude_ids=filters.exclude_ids | set(positive) | set(negative))
+            return self._arranged(found, top_k, merch, asked)
         self.ensure_fresh()
         snap = self.snapshot
         if not positive:

@@ -4,21 +4,23 @@
 import base64
 import binascii
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar, cast
 
 from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import TypeAdapter, ValidationError
 
 from core import errors
 from core.analytics import CatalogStatsCache, QueryLog, RequestLog
 from core.events import parse_timestamp
+from core.merchandising import MAX_PINS, Merchandising
 from core.ratelimit import RateLimiter
 from core.types import Filters
 from core.uploads import UploadGate
 from functions.metrics import ApiMetrics
-from functions.schemas import FiltersIn, Links
+from functions.schemas import BoostIn, FiltersIn, Links
 from functions.security import ImageSigner, authorize, check_bearer, trusted
 from functions.services import Services
 
@@ -124,6 +126,57 @@ async def query_filters(
         return FiltersIn(category=category, min_price=min_price, max_price=max_price).to_core()
     except ValueError as exc:
         raise errors.InvalidInput(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class QueryMerchandising:
+    """The merchandising parameters of a GET request's query string."""
+
+    merch: Merchandising
+    exclude_ids: frozenset[str]
+    include_out_of_stock: bool
+
+    def filters(self, filters: Filters) -> Filters:
+        return replace(filters, exclude_ids=self.exclude_ids, include_out_of_stock=self.include_out_of_stock)
+
+
+_BOOSTS: TypeAdapter[list[BoostIn]] = TypeAdapter(list[BoostIn])
+
+
+def _id_list(raw: str | None, name: str, limit: int) -> tuple[str, ...]:
+    ids = tuple(dict.fromkeys(i.strip() for i in (raw or "").split(",") if i.strip()))
+    if len(ids) > limit:
+        raise errors.InvalidInput(f"{name}: at most {limit} product ids")
+    return ids
+
+
+async def query_merchandising(
+    pin: Annotated[
+        str | None, Query(max_length=20_000, description="Comma-separated product ids to place first, in order.")
+    ] = None,
+    exclude_ids: Annotated[
+        str | None, Query(max_length=100_000, description="Comma-separated product ids never to return.")
+    ] = None,
+    boost: Annotated[
+        str | None,
+        Query(max_length=20_000, description='JSON list of boosts: [{"filters": {"category": "Bags"}, "factor": 2}]'),
+    ] = None,
+    include_out_of_stock: Annotated[bool, Query(description="Also return products that are out of stock.")] = False,
+) -> QueryMerchandising:
+    """Pins, exclusions, boosts and the stock switch of a GET request."""
+    boosts: list[BoostIn] = []
+    if boost:
+        try:
+            boosts = _BOOSTS.validate_json(boost)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise errors.InvalidInput(f"boost: {first['msg']}" + (f" at {where}" if where else "")) from None
+    return QueryMerchandising(
+        Merchandising(pin=_id_list(pin, "pin", MAX_PINS), boost=tuple(b.to_core() for b in boosts)),
+        frozenset(_id_list(exclude_ids, "exclude_ids", 1000)),
+        include_out_of_stock,
+    )
 
 
 def decode_base64(data: str, field_name: str = "image_base64") -> bytes:

@@ -5,7 +5,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from core.types import Filters
-from functions.routes.deps import api_of, as_of_seconds, in_memory_or_thread, query_filters, require_read
+from functions.routes.deps import (
+    QueryMerchandising,
+    api_of,
+    as_of_seconds,
+    in_memory_or_thread,
+    query_filters,
+    query_merchandising,
+    require_read,
+)
 from functions.schemas import MoreLikeRequest, MoreLikeResponse, Recommendation, RecommendationsResponse
 
 router = APIRouter(tags=["recommend"], dependencies=[Depends(require_read)])
@@ -16,6 +24,7 @@ async def recommendations(
     request: Request,
     user_id: Annotated[str, Path(min_length=1, max_length=256)],
     filters: Annotated[Filters, Depends(query_filters)],
+    shop: Annotated[QueryMerchandising, Depends(query_merchandising)],
     top_k: Annotated[int, Query(ge=1, le=100)] = 10,
     exclude_seen: Annotated[
         bool | None, Query(description="Leave out products the user interacted with (default RECS_EXCLUDE_SEEN).")
@@ -33,13 +42,16 @@ async def recommendations(
     api = api_of(request)
     rec = api.services.recommender
     at = as_of_seconds(as_of)
-    result = await in_memory_or_thread(rec.in_memory, rec.recommend, user_id, top_k, filters, exclude_seen, at)
+    filters = shop.filters(filters)
+    merch = api.services.rules.current().merchandising(None, filters, shop.merch)
+    result = await in_memory_or_thread(rec.in_memory, rec.recommend, user_id, top_k, filters, exclude_seen, at, merch)
     links = api.links(request)
     return RecommendationsResponse(
         user_id=user_id,
         strategy=result.strategy,
         model=rec.model_key,
         recommendations=[Recommendation.of(r, links) for r in result.items],
+        applied_rules=list(merch.rules),
     )
 
 
@@ -50,6 +62,8 @@ async def more_like_these(request: Request, body: MoreLikeRequest) -> MoreLikeRe
     `user_id` has already seen."""
     api = api_of(request)
     rec = api.services.recommender
+    filters = body.stock_and_exclusions(body.filters.to_core() if body.filters else Filters())
+    merch = api.services.rules.current().merchandising(None, filters, body.merchandising())
     result = await in_memory_or_thread(
         rec.in_memory,
         rec.more_like,
@@ -57,10 +71,13 @@ async def more_like_these(request: Request, body: MoreLikeRequest) -> MoreLikeRe
         body.negative,
         body.user_id,
         body.top_k,
-        body.filters.to_core() if body.filters else Filters(),
+        filters,
         as_of_seconds(None if body.as_of is None else str(body.as_of)),
+        merch,
     )
     links = api.links(request)
     return MoreLikeResponse(
-        strategy=result.strategy, recommendations=[Recommendation.of(r, links) for r in result.items]
+        strategy=result.strategy,
+        recommendations=[Recommendation.of(r, links) for r in result.items],
+        applied_rules=list(merch.rules),
     )

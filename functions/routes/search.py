@@ -10,7 +10,16 @@ from core.images import decode_image
 from core.search import SearchPage, SearchQuery, Timings, answers_from_memory, loaded_snapshot, search, similar
 from core.suggest import MAX_PREFIX_CHARS, Suggestion, suggest
 from core.types import Filters, Weights
-from functions.routes.deps import api_of, decode_base64, in_memory_or_thread, query_filters, rate_limit, require_read
+from functions.routes.deps import (
+    QueryMerchandising,
+    api_of,
+    decode_base64,
+    in_memory_or_thread,
+    query_filters,
+    query_merchandising,
+    rate_limit,
+    require_read,
+)
 from functions.schemas import (
     SearchRequest,
     SearchResponse,
@@ -31,13 +40,16 @@ async def search_products(body: SearchRequest, request: Request) -> SearchRespon
     services, settings, metrics = api.services, api.services.settings, api.metrics
     if body.image_base64:
         rate_limit(api.image_search_limits, request, "searches by photo")
+    filters = body.stock_and_exclusions(body.filters.to_core() if body.filters else Filters())
+    merch = services.rules.current().merchandising(body.query, filters, body.merchandising())
 
     def query(image: Image.Image | None) -> SearchQuery:
         return SearchQuery(
             text=body.query,
             image=image,
             top_k=body.top_k,
-            filters=body.filters.to_core() if body.filters else Filters(),
+            filters=filters,
+            merch=merch,
             weights=Weights(body.weights.image, body.weights.text) if body.weights else None,
             mode=body.mode or settings.search_mode,
             keyword_weight=settings.hybrid_keyword_weight if body.keyword_weight is None else body.keyword_weight,
@@ -88,7 +100,7 @@ async def search_products(body: SearchRequest, request: Request) -> SearchRespon
         api.queries.record(body.query)
     elif q.image is not None:
         api.queries.record("(search by photo)")
-    return SearchResponse.of(page, api.links(request), started)
+    return SearchResponse.of(page, api.links(request), started, merch.rules)
 
 
 @router.get("/suggest", response_model=SuggestResponse)
@@ -120,6 +132,7 @@ async def similar_products(
     request: Request,
     product_id: Annotated[str, Path(max_length=256)],
     filters: Annotated[Filters, Depends(query_filters)],
+    shop: Annotated[QueryMerchandising, Depends(query_merchandising)],
     top_k: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> SimilarResponse:
     """Products most like this one (never itself). 404 for an unknown product."""
@@ -127,6 +140,8 @@ async def similar_products(
     api = api_of(request)
     services = api.services
     hot = services.hot
+    filters = shop.filters(filters)
+    merch = services.rules.current().merchandising(None, filters, shop.merch)
     hits = await in_memory_or_thread(
         hot is not None and hot.holds(product_id),
         similar,
@@ -136,11 +151,13 @@ async def similar_products(
         services.default_weights,
         filters,
         hot,
+        merch,
     )
     api.metrics.vector_search.labels("/similar").observe(time.perf_counter() - started)
     links = api.links(request)
     return SimilarResponse(
         product_id=product_id,
         similar_products=[SimilarProduct.of(h, links) for h in hits],
+        applied_rules=list(merch.rules),
         query_time_ms=round((time.perf_counter() - started) * 1000, 2),
     )

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.catalog import TABLE, Catalog, ProductRecord, photo_columns, products_schema
+from core.catalog import TABLE, Catalog, ProductRecord, added_columns, products_schema
 from core.embedding import Embedder, embed_image_bytes, l2_normalize
 from core.errors import InvalidInput
 from core.hot import HotCatalog
@@ -243,7 +243,7 @@ def test_a_dataset_from_before_several_photos_is_upgraded_in_place(local_setting
     space = {"clip": "t", "text": "t"}
     old_schema = products_schema(CLIP, TEXT, space)
     old_schema = pa.schema(
-        [f for f in old_schema if f.name not in {c.name for c in photo_columns(CLIP)}], metadata=old_schema.metadata
+        [f for f in old_schema if f.name not in {c.name for c in added_columns(CLIP)}], metadata=old_schema.metadata
     )
     db = lancedb.connect(local_settings.resolved_catalog_uri)
     table = db.create_table(TABLE, schema=old_schema)
@@ -272,7 +272,7 @@ def test_a_dataset_from_before_several_photos_is_upgraded_in_place(local_setting
 
     cat = _catalog(local_settings)
     assert cat.version == before + 1  # one new version: the two null columns
-    assert {c.name for c in photo_columns(CLIP)} <= set(cat._table.schema.names)
+    assert {c.name for c in added_columns(CLIP)} <= set(cat._table.schema.names)
     assert cat.get(recs[0].product.product_id).images == recs[0].product.images
     assert cat.existing([recs[0].product.product_id])[recs[0].product.product_id][0] == recs[0].content_hash
     cat.upsert(_records(30)[20:])  # products with several photos go into the upgraded table

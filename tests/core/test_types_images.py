@@ -7,7 +7,7 @@ from PIL import Image
 from core.errors import InvalidImage, InvalidInput, PayloadTooLarge
 from core.images import decode_image
 from core.settings import Settings
-from core.types import Filters, ProductInput, Weights
+from core.types import Filters, Product, ProductInput, Weights
 from tests.helpers import jpeg
 
 
@@ -49,7 +49,23 @@ def test_filters_and_weights_validate() -> None:
         Filters(min_price=10, max_price=5)
     with pytest.raises(InvalidInput):
         Weights(0, 0)
-    assert Filters().empty
+
+
+def test_filters_match_one_product_as_the_masks_do() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    p = Product("P1", "t", "", "Bags", 20.0, None, {"color": ["red", "blue"], "size": 42}, now, now, in_stock=False)
+    assert not Filters().matches(p)  # out of stock
+    assert Filters(include_out_of_stock=True).matches(p)
+    ok = Filters(
+        categories=("Bags",), min_price=20, attributes=(("color", "blue"), ("size", "42")), include_out_of_stock=True
+    )
+    assert ok.matches(p)
+    assert not Filters(categories=("Shoes",), include_out_of_stock=True).matches(p)
+    assert not Filters(max_price=19.99, include_out_of_stock=True).matches(p)
+    assert not Filters(attributes=(("color", "green"),), include_out_of_stock=True).matches(p)
+    assert not Filters(exclude_ids=frozenset({"P1"}), include_out_of_stock=True).matches(p)
 
 
 def test_decode_image_limits() -> None:
