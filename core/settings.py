@@ -201,6 +201,11 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="How often a query process picks up new products, events and models."
     )
     recs_exclude_seen: bool = Field(default=True, description="Leave out products the user already interacted with.")
+    bought_together_session_minutes: float = Field(
+        default=30.0,
+        gt=0,
+        description="Bought together: a shopper's add-to-carts and purchases with gaps up to this long are one basket.",
+    )
     recs_train_minutes: float = Field(
         default=10.0, ge=0, description="Dev runner: retrain this often when there are new events; 0 = never."
     )

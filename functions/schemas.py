@@ -438,6 +438,13 @@ class MoreLikeRequest(MerchandisingIn):
     )
 
 
+class BoughtTogetherResponse(BaseModel):
+    product_id: str
+    products: list[Recommendation] = Field(
+        description="Products in the same baskets more often than by chance, by lift shrunk for rare pairs."
+    )
+
+
 class MoreLikeResponse(BaseModel):
     recommendations: list[Recommendation]
     strategy: str

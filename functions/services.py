@@ -87,6 +87,7 @@ class Services:
             hot=hot,
             ann_min_rows=settings.ann_min_rows,
             event_window_days=settings.recs_event_window_days,
+            basket_gap_seconds=60 * settings.bought_together_session_minutes,
         )
         # No refresh here: a query process's lifespan loads the hot catalog first and the
         # recommender from it (the catalog is read and held once); batch jobs never need it; a

@@ -294,6 +294,20 @@ class EventState:
         return state
 
     # ---- reading -----------------------------------------------------------------------------
+    def rows_of_types(
+        self, types: Sequence[str]
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], F64, list[str]]:
+        """The user codes, product codes and times of the events of ``types`` (a copy), and
+        the product id of each product code."""
+        with self._lock:
+            keep = np.isin(self._etype.view(), [EVENT_TYPES.index(t) for t in types])
+            return (
+                self._user.view()[keep].copy(),
+                self._item.view()[keep].copy(),
+                self._ts.view()[keep].copy(),
+                list(self._items.ids),
+            )
+
     def nbytes(self) -> int:
         """Memory held, including the arrays' spare capacity and the id strings (approximate:
         Python's per-object overheads are counted as ``sys.getsizeof`` reports them)."""

@@ -51,6 +51,7 @@ from core.recommend.data import F32, F64
 from core.recommend.history import EventState, HistoryItem
 from core.recommend.hybrid import HybridModel, HybridParams, on_items, rerank_features
 from core.recommend.signals import TimePopularity, _max_normalise, boost, history_weights, weighted_rows
+from core.recommend.together import TogetherCache
 from core.types import Filters, Product, Weights
 
 log = logging.getLogger(__name__)
@@ -478,6 +479,8 @@ class Recommender:
     event_window_days: float = 0.0
     """Hold only the events of this many days (``RECS_EVENT_WINDOW_DAYS``; 0: all), forgetting
     older ones at most every :data:`PRUNE_EVERY_SECONDS`."""
+    basket_gap_seconds: float = 1800.0
+    """Bought together: add-to-carts and purchases this close are one basket."""
     state: EventState = field(default_factory=EventState)
     snapshot: CatalogSnapshot = field(default_factory=CatalogSnapshot.empty)
     model: HybridModel | None = None
@@ -498,6 +501,10 @@ class Recommender:
     _wake: threading.Event = field(default_factory=threading.Event)  # set by this process's catalog commits
     _thread: threading.Thread | None = None
     last_refresh: float = 0.0
+    together: TogetherCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.together = TogetherCache(self.basket_gap_seconds, self.refresh_seconds)
 
     # ---- refreshing ------------------------------------------------------------------------
     def adopt(self, state: EventState, snapshot: CatalogSnapshot | None) -> None:
@@ -893,6 +900,24 @@ class Recommender:
             j = int(pos[np.argmax(snap.vectors[pos] @ snap.vectors[i])])
             items.append(Recommended(snap.products[i], float(scores[i]), f"Like {snap.products[j].title}"))
         return RecommendationResult(items, "more_like_these")
+
+    def bought_together(self, product_id: str, top_k: int = 10, filters: Filters = Filters()) -> list[Recommended]:
+        """Products bought in the same baskets as ``product_id`` (:mod:`core.recommend.together`),
+        passing ``filters``; :class:`NotFound` for an unknown product."""
+        self.ensure_fresh()
+        snap = self.snapshot
+        row = snap.index.get(product_id)
+        if row is None:
+            raise NotFound(f"product {product_id!r} not found")
+        allowed = snap.mask(replace(filters, exclude_ids=filters.exclude_ids | {product_id}))
+
+        def ok(pid: str) -> bool:
+            i = snap.index.get(pid)
+            return i is not None and bool(allowed[i])
+
+        reason = f"Often bought together with {snap.products[row].title}"
+        found = self.together.current(self.state).together(product_id, top_k, ok)
+        return [Recommended(snap.products[snap.index[t.product_id]], t.score, reason) for t in found]
 
     def history(self, user_id: str, limit: int = 50) -> list[PastEvent]:
         """The user's latest events, newest first (an unknown user has none)."""

@@ -143,7 +143,7 @@ class QueryMerchandising:
 _BOOSTS: TypeAdapter[list[BoostIn]] = TypeAdapter(list[BoostIn])
 
 
-def _id_list(raw: str | None, name: str, limit: int) -> tuple[str, ...]:
+def id_list(raw: str | None, name: str, limit: int) -> tuple[str, ...]:
     ids = tuple(dict.fromkeys(i.strip() for i in (raw or "").split(",") if i.strip()))
     if len(ids) > limit:
         raise errors.InvalidInput(f"{name}: at most {limit} product ids")
@@ -173,8 +173,8 @@ async def query_merchandising(
             where = ".".join(str(p) for p in first["loc"])
             raise errors.InvalidInput(f"boost: {first['msg']}" + (f" at {where}" if where else "")) from None
     return QueryMerchandising(
-        Merchandising(pin=_id_list(pin, "pin", MAX_PINS), boost=tuple(b.to_core() for b in boosts)),
-        frozenset(_id_list(exclude_ids, "exclude_ids", 1000)),
+        Merchandising(pin=id_list(pin, "pin", MAX_PINS), boost=tuple(b.to_core() for b in boosts)),
+        frozenset(id_list(exclude_ids, "exclude_ids", 1000)),
         include_out_of_stock,
     )
 

@@ -1,5 +1,7 @@
-"""``GET /recommendations/{user_id}`` and ``POST /recommendations`` (more like these)."""
+"""``GET /recommendations/{user_id}``, ``POST /recommendations`` (more like these) and
+``GET /products/{id}/bought-together``."""
 
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -9,12 +11,19 @@ from functions.routes.deps import (
     QueryMerchandising,
     api_of,
     as_of_seconds,
+    id_list,
     in_memory_or_thread,
     query_filters,
     query_merchandising,
     require_read,
 )
-from functions.schemas import MoreLikeRequest, MoreLikeResponse, Recommendation, RecommendationsResponse
+from functions.schemas import (
+    BoughtTogetherResponse,
+    MoreLikeRequest,
+    MoreLikeResponse,
+    Recommendation,
+    RecommendationsResponse,
+)
 
 router = APIRouter(tags=["recommend"], dependencies=[Depends(require_read)])
 
@@ -81,3 +90,27 @@ async def more_like_these(request: Request, body: MoreLikeRequest) -> MoreLikeRe
         recommendations=[Recommendation.of(r, links) for r in result.items],
         applied_rules=list(merch.rules),
     )
+
+
+@router.get("/products/{product_id}/bought-together", response_model=BoughtTogetherResponse)
+async def bought_together(
+    request: Request,
+    product_id: Annotated[str, Path(min_length=1, max_length=256)],
+    filters: Annotated[Filters, Depends(query_filters)],
+    top_k: Annotated[int, Query(ge=1, le=100)] = 10,
+    exclude_ids: Annotated[
+        str | None, Query(max_length=100_000, description="Comma-separated product ids never to return.")
+    ] = None,
+    include_out_of_stock: Annotated[bool, Query(description="Also return products that are out of stock.")] = False,
+) -> BoughtTogetherResponse:
+    """Products shoppers add to the same basket as this one (add-to-carts and purchases within
+    BOUGHT_TOGETHER_SESSION_MINUTES of each other), from the events so far: no training needed.
+    404 for an unknown product."""
+    api = api_of(request)
+    rec = api.services.recommender
+    excluded = frozenset(id_list(exclude_ids, "exclude_ids", 1000))
+    filters = replace(filters, exclude_ids=excluded, include_out_of_stock=include_out_of_stock)
+    # In the thread pool: the first call after new events rebuilds the basket counts.
+    found = await in_memory_or_thread(False, rec.bought_together, product_id, top_k, filters)
+    links = api.links(request)
+    return BoughtTogetherResponse(product_id=product_id, products=[Recommendation.of(r, links) for r in found])

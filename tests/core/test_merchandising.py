@@ -9,6 +9,8 @@ import pytest
 
 from core.errors import InvalidInput
 from core.merchandising import Boost, Merchandising, arrange, boosted
+from core.recommend.history import EventState
+from core.recommend.together import TogetherIndex
 from core.rules import Rule, RuleSet, normalise_query
 from core.types import Filters, Product
 
@@ -120,3 +122,41 @@ def test_rule_ids_are_unique_and_rules_round_trip() -> None:
         RuleSet.of([r, r])
     again = RuleSet.from_json(RuleSet.of([r], 3, NOW).to_json())
     assert again.rules == (r,) and again.version == 3 and again.updated_at == NOW
+
+
+# ---- bought together ---------------------------------------------------------------------------
+def _events(rows: list[tuple[str, str, str, float]]) -> EventState:
+    from core.events import parse_events
+
+    good, bad = parse_events(
+        [
+            {"event_id": f"e{i}", "user_id": u, "product_id": p, "event_type": t, "timestamp": ts}
+            for i, (u, p, t, ts) in enumerate(rows)
+        ]
+    )
+    assert not bad
+    state = EventState()
+    state.add(good)
+    return state
+
+
+def test_a_planted_pair_is_bought_together_first_and_sessions_split_on_gaps() -> None:
+    t0 = NOW.timestamp() - 30 * 86400
+    rows = []
+    for k in range(40):  # 40 shoppers: every one buys the popular P0; half also P1 + P2 together
+        u, ts = f"u{k}", t0 + k * 3600
+        rows.append((u, "P0", "purchase", ts))
+        if k % 2 == 0:
+            rows += [(u, "P1", "add_to_cart", ts + 60), (u, "P2", "purchase", ts + 600)]
+        else:
+            rows.append((u, f"Q{k % 5}", "add_to_cart", ts + 60))
+        rows.append((u, "P1" if k % 4 == 1 else "P3", "view", ts + 30))  # views are no basket
+    rows += [("late", "P1", "purchase", t0), ("late", "P5", "purchase", t0 + 7200)]  # 2 h apart: two baskets
+    index = TogetherIndex.build(_events(rows), gap_seconds=1800)
+    top = index.together("P1", 5)
+    assert top[0].product_id == "P2" and top[0].baskets == 20
+    assert "P0" not in [t.product_id for t in top]  # in every basket: no more than chance
+    assert "P5" not in [t.product_id for t in index.together("P1", 10)]
+    assert index.together("P3", 5) == []  # viewed, never in a basket
+    assert "P2" not in [t.product_id for t in index.together("P1", 5, allowed=lambda pid: pid != "P2")]
+    assert index.together("unknown", 5) == []

@@ -202,3 +202,35 @@ def test_rules_need_the_api_key_when_one_is_set(s3_endpoint: str, fake: Embedder
     assert c.get("/rules").status_code == 401
     ok = c.put("/rules", json=body, headers={"Authorization": "Bearer k-9"})
     assert ok.status_code == 200 and ok.json()["version"] == 1
+
+
+def test_bought_together_from_baskets_without_training(shop: tuple[TestClient, Services, str]) -> None:
+    c, _, _ = shop
+    now = datetime.now(UTC).timestamp() - 3 * 86400
+    events = []
+    for k in range(12):  # S00010 and S00011 share 6 baskets; S00012 is in every one
+        u, ts = f"bt{k}", now + k * 3600
+        events.append({"user_id": u, "product_id": "S00012", "event_type": "purchase", "timestamp": ts})
+        if k % 2 == 0:
+            events.append({"user_id": u, "product_id": "S00010", "event_type": "add_to_cart", "timestamp": ts + 30})
+            events.append({"user_id": u, "product_id": "S00011", "event_type": "purchase", "timestamp": ts + 90})
+        else:
+            events.append(
+                {"user_id": u, "product_id": f"S0001{3 + k % 3}", "event_type": "purchase", "timestamp": ts + 30}
+            )
+    assert c.post("/events", json=events).status_code == 202
+    r = c.get("/products/S00010/bought-together", params={"top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    title = c.get("/products/S00010").json()["title"]
+    assert body["product_id"] == "S00010" and body["products"][0]["product_id"] == "S00011"
+    assert body["products"][0]["reason"] == f"Often bought together with {title}"
+    assert "S00012" not in ids(body["products"])
+    # Filters and stock apply; an unknown product is 404.
+    rec = c.get("/products/S00011").json()
+    c.put("/products/S00011", json={"title": rec["title"], "category": rec["category"], "in_stock": False})
+    assert "S00011" not in ids(c.get("/products/S00010/bought-together").json()["products"])
+    shown = c.get("/products/S00010/bought-together", params={"include_out_of_stock": "true"}).json()
+    assert ids(shown["products"])[0] == "S00011" and shown["products"][0]["in_stock"] is False
+    c.put("/products/S00011", json={"title": rec["title"], "category": rec["category"]})
+    assert c.get("/products/NOPE/bought-together").status_code == 404
