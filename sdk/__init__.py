@@ -9,6 +9,7 @@ for hit in client.search("blue running shoes", top_k=5):
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -68,6 +69,7 @@ class SearchResult:
     score: float
     attributes: dict[str, Any] = field(default_factory=dict)
     keyword_score: float | None = None  # normalised BM25, hybrid and keyword search
+    in_stock: bool = True
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class SearchPage:
     results: list[SearchResult]
     total_matches: int | None
     facets: dict[str, list[dict[str, Any]]]
+    applied_rules: list[str] = field(default_factory=list)  # saved merchandising rules that fired
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class SimilarProduct:
     price: float | None
     image_url: str | None
     similarity: float
+    in_stock: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class Recommendation:
     category: str | None = None
     price: float | None = None
     image_url: str | None = None
+    in_stock: bool = True
 
 
 @dataclass(frozen=True)
@@ -116,9 +121,31 @@ class Product:
     attributes: dict[str, Any]
     created_at: str
     updated_at: str
+    in_stock: bool = True
 
 
 _T = TypeVar("_T")
+
+
+def _shop(
+    pin: list[str] | None,
+    exclude_ids: list[str] | None,
+    boost: list[dict[str, Any]] | None,
+    include_out_of_stock: bool,
+    *,
+    query_string: bool = False,
+) -> dict[str, Any]:
+    """Merchandising fields of a request: JSON body fields, or GET query parameters."""
+    out: dict[str, Any] = {}
+    if pin:
+        out["pin"] = ",".join(pin) if query_string else list(pin)
+    if exclude_ids:
+        out["exclude_ids"] = ",".join(exclude_ids) if query_string else list(exclude_ids)
+    if boost:
+        out["boost"] = json.dumps(boost) if query_string else boost
+    if include_out_of_stock:
+        out["include_out_of_stock"] = "true" if query_string else True
+    return out
 
 
 def _pick(cls: type[_T], data: dict[str, Any]) -> _T:
@@ -226,10 +253,16 @@ class RecommendationClient:
         weights: tuple[float, float] | None = None,
         mode: str | None = None,
         keyword_weight: float | None = None,
+        pin: list[str] | None = None,
+        exclude_ids: list[str] | None = None,
+        boost: list[dict[str, Any]] | None = None,
+        include_out_of_stock: bool = False,
     ) -> list[SearchResult]:
         """Text search. ``weights`` is ``(image, text)``; ``mode`` is ``hybrid`` (the server's
-        default), ``vector`` or ``keyword``; ``keyword_weight`` tunes hybrid's BM25 share."""
-        body: dict[str, Any] = {"query": query}
+        default), ``vector`` or ``keyword``; ``keyword_weight`` tunes hybrid's BM25 share.
+        Merchandising: ``pin`` (placed first, in order), ``exclude_ids``, ``boost`` (``[{"filters":
+        {...}, "factor": 2}]``), ``include_out_of_stock``."""
+        body: dict[str, Any] = {"query": query, **_shop(pin, exclude_ids, boost, include_out_of_stock)}
         if mode is not None:
             body["mode"] = mode
         if keyword_weight is not None:
@@ -250,12 +283,17 @@ class RecommendationClient:
         min_price: float | None = None,
         max_price: float | None = None,
         mode: str | None = None,
+        pin: list[str] | None = None,
+        exclude_ids: list[str] | None = None,
+        boost: list[dict[str, Any]] | None = None,
+        include_out_of_stock: bool = False,
     ) -> SearchPage:
         """A page of a text search with its total and facets: ``offset`` (0..1000) pages through
         one ranking, ``sort`` is ``relevance``, ``price_asc``, ``price_desc`` or ``newest``,
         ``facets`` names ``category``, ``price`` and ``attributes.<name>``, ``attributes``
-        filters by equality."""
+        filters by equality; merchandising as in :meth:`search`."""
         body: dict[str, Any] = {"query": query, "top_k": top_k, "offset": offset, "sort": sort}
+        body.update(_shop(pin, exclude_ids, boost, include_out_of_stock))
         body["typo_tolerance"] = typo_tolerance
         if facets:
             body["facets"] = facets
@@ -268,7 +306,10 @@ class RecommendationClient:
             body["filters"] = filters
         data = self._call("POST", "/search", json=body)
         return SearchPage(
-            [_pick(SearchResult, r) for r in data["results"]], data.get("total_matches"), data.get("facets") or {}
+            [_pick(SearchResult, r) for r in data["results"]],
+            data.get("total_matches"),
+            data.get("facets") or {},
+            data.get("applied_rules") or [],
         )
 
     def search_image(
@@ -306,9 +347,34 @@ class RecommendationClient:
         data = self._call("POST", "/search", json=body)
         return [_pick(SearchResult, r) for r in data["results"]]
 
-    def find_similar(self, product_id: str, top_k: int = 10) -> list[SimilarProduct]:
-        data = self._call("GET", f"/similar/{product_id}", params={"top_k": top_k})
+    def find_similar(
+        self,
+        product_id: str,
+        top_k: int = 10,
+        *,
+        pin: list[str] | None = None,
+        exclude_ids: list[str] | None = None,
+        boost: list[dict[str, Any]] | None = None,
+        include_out_of_stock: bool = False,
+    ) -> list[SimilarProduct]:
+        """Products most like this one; merchandising as in :meth:`search`."""
+        params = {"top_k": top_k, **_shop(pin, exclude_ids, boost, include_out_of_stock, query_string=True)}
+        data = self._call("GET", f"/similar/{product_id}", params=params)
         return [_pick(SimilarProduct, r) for r in data["similar_products"]]
+
+    def bought_together(self, product_id: str, top_k: int = 10) -> list[Recommendation]:
+        """Products shoppers put in the same basket as this one, each with its reason."""
+        data = self._call("GET", f"/products/{product_id}/bought-together", params={"top_k": top_k})
+        return [_pick(Recommendation, r) for r in data["products"]]
+
+    def get_rules(self) -> dict[str, Any]:
+        """The saved merchandising rules: ``{"version", "updated_at", "rules": [...]}``."""
+        return dict(self._call("GET", "/rules"))
+
+    def put_rules(self, rules: list[dict[str, Any]]) -> dict[str, Any]:
+        """Replace the saved rules (``[{"id", "when": {"query"} | {"category"}, "pin", "bury",
+        "boost", "active_from", "active_until"}]``); returns the saved version."""
+        return dict(self._call("PUT", "/rules", json={"rules": rules}))
 
     def get_recommendations(
         self,
@@ -319,9 +385,15 @@ class RecommendationClient:
         min_price: float | None = None,
         max_price: float | None = None,
         as_of: str | float | None = None,
+        pin: list[str] | None = None,
+        exclude_ids: list[str] | None = None,
+        boost: list[dict[str, Any]] | None = None,
+        include_out_of_stock: bool = False,
     ) -> list[Recommendation]:
-        """``as_of`` (ISO-8601 or epoch seconds; default now): recommend as of that moment."""
+        """``as_of`` (ISO-8601 or epoch seconds; default now): recommend as of that moment;
+        merchandising as in :meth:`search`."""
         params: dict[str, Any] = {"top_k": top_k, **(self._filters(category, min_price, max_price) or {})}
+        params.update(_shop(pin, exclude_ids, boost, include_out_of_stock, query_string=True))
         if as_of is not None:
             params["as_of"] = as_of
         data = self._call("GET", f"/recommendations/{user_id}", params=params)
@@ -334,9 +406,14 @@ class RecommendationClient:
         *,
         user_id: str | None = None,
         top_k: int = 10,
+        pin: list[str] | None = None,
+        exclude_ids: list[str] | None = None,
+        boost: list[dict[str, Any]] | None = None,
+        include_out_of_stock: bool = False,
     ) -> list[Recommendation]:
-        """ "More like these, less like those"."""
+        """ "More like these, less like those"; merchandising as in :meth:`search`."""
         body = {"positive": positive, "negative": negative or [], "user_id": user_id, "top_k": top_k}
+        body.update(_shop(pin, exclude_ids, boost, include_out_of_stock))
         data = self._call("POST", "/recommendations", json=body)
         return [_pick(Recommendation, r) for r in data["recommendations"]]
 
@@ -368,13 +445,14 @@ class RecommendationClient:
         image_key: str | None = None,
         images: Sequence[bytes | str | Path] = (),
         image_keys: Sequence[str] = (),
+        in_stock: bool = True,
         **attributes: Any,
     ) -> Product:
         """Create or replace a product. ``image`` is bytes or a local file; ``image_key`` names an
         object already in the bucket; ``images`` and ``image_keys`` give several photos the same
         ways (after ``image``/``image_key``; at most 10 in all, and not both kinds). Extra
         keyword arguments are stored as attributes."""
-        body: dict[str, Any] = {"title": title, "description": description, **attributes}
+        body: dict[str, Any] = {"title": title, "description": description, "in_stock": in_stock, **attributes}
         if category is not None:
             body["category"] = category
         if price is not None:

@@ -76,6 +76,33 @@ def test_sdk_round_trip(live_url: str) -> None:
         assert client.put_product("G2", "Green and red scarf", image_keys=two.images[::-1]).images == two.images[::-1]
         with pytest.raises(NotFoundError):
             client.get_image("G2", 2)
+        # Merchandising: stock, pins, exclusions, boosts, saved rules, bought together.
+        assert client.put_product("OUT", "Blue ceramic bowl", category="Home", in_stock=False).in_stock is False
+        assert "OUT" not in [h.product_id for h in client.search("ceramic", top_k=10)]
+        shown = client.search("ceramic", top_k=10, include_out_of_stock=True)
+        assert "OUT" in [h.product_id for h in shown] and not next(h for h in shown if h.product_id == "OUT").in_stock
+        assert [h.product_id for h in client.search("ceramic", pin=["G2"], exclude_ids=["B1"])][:1] == ["G2"]
+        home = client.search(
+            "scarf", boost=[{"filters": {"category": "Home"}, "factor": 100}], include_out_of_stock=True
+        )
+        assert home[0].category == "Home"
+        assert client.find_similar("R1", top_k=2, pin=["G2"])[0].product_id == "G2"
+        saved = client.put_rules([{"id": "scarves", "when": {"query": "scarf"}, "pin": ["B1"]}])
+        assert client.get_rules() == saved and saved["version"] >= 1
+        page = client.search_page("Scarf!")
+        assert page.applied_rules == ["scarves"] and page.results[0].product_id == "B1"
+        baskets = [("R1", "G2")] * 3 + [("B1",), ("B1",)]  # R1 and G2 together, B1 alone
+        client.send_events(
+            [
+                {"user_id": f"bt{k}", "product_id": p, "event_type": "purchase"}
+                for k, basket in enumerate(baskets)
+                for p in basket
+            ]
+        )
+        deadline = time.time() + 10  # G2 reaches the recommender's snapshot with its refresh
+        while not (together := client.bought_together("R1")) and time.time() < deadline:
+            time.sleep(0.2)
+        assert together and together[0].product_id == "G2" and together[0].reason.startswith("Often bought together")
     with RecommendationClient(live_url) as anonymous, pytest.raises(AuthError) as auth:
         anonymous.put_product("X", "no key")
     assert auth.value.status == 401
