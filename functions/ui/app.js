@@ -203,6 +203,7 @@ function card(p, { score, scoreLabel = "score", reason, actions } = {}) {
         { class: "meta" },
         h("span", { class: "price", text: money(p.price) }),
         p.category ? h("span", { class: "chip category", text: p.category }) : null,
+        p.in_stock === false ? h("span", { class: "chip out", text: "Out of stock" }) : null,
       ),
       score !== undefined ? h("div", { class: "score", text: `${scoreLabel} ${Number(score).toFixed(3)}` }) : null,
       reason ? h("div", { class: "reason", text: reason }) : null,
@@ -578,6 +579,7 @@ async function renderProduct(productId) {
       },
     });
   const similar = h("section", { id: "similar" }, message("Loading similar products…", "hint"));
+  const together = h("section", { id: "bought-together" }, message("Loading…", "hint"));
   view().replaceChildren(
     h("a", { href: "#/search", class: "back", text: "← back to search" }),
     h(
@@ -593,6 +595,7 @@ async function renderProduct(productId) {
           { class: "meta" },
           h("span", { class: "price big", text: money(p.price) }),
           p.category ? h("span", { class: "chip category", text: p.category }) : null,
+          p.in_stock === false ? h("span", { class: "chip out", id: "out-of-stock", text: "Out of stock" }) : null,
         ),
         p.description ? h("p", { class: "description", text: p.description }) : null,
         attrs.length
@@ -606,9 +609,21 @@ async function renderProduct(productId) {
         h("div", { class: "small", text: `id ${p.product_id} · updated ${ago(p.updated_at)}` }),
       ),
     ),
+    h("h2", { text: "Bought together" }),
+    together,
     h("h2", { text: "Similar products" }),
     similar,
   );
+  api(`/products/${encodeURIComponent(p.product_id)}/bought-together?top_k=6`)
+    .then((data) => {
+      if (!live()) return;
+      together.replaceChildren(
+        data.products.length
+          ? grid(data.products, (r) => ({ reason: r.reason }))
+          : message("Not bought together with anything yet: baskets of add-to-carts and purchases fill this in."),
+      );
+    })
+    .catch((err) => live() && together.replaceChildren(message(`Bought together unavailable: ${err.message}`, "error")));
   try {
     const data = await api(`/similar/${encodeURIComponent(p.product_id)}?top_k=8`);
     similar.replaceChildren(
@@ -991,6 +1006,174 @@ async function renderAnalytics() {
   analyticsTimer = setInterval(() => document.visibilityState === "visible" && draw(), 10000);
 }
 
+// ---------- Merchandising page: saved rules (PUT/GET /rules) and a preview of a query
+const ids = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
+const isoOrNull = (local) => (local ? new Date(local).toISOString() : null);
+
+function ruleStatus(r, now = Date.now()) {
+  if (r.active_from && Date.parse(r.active_from) > now) return "scheduled";
+  if (r.active_until && Date.parse(r.active_until) <= now) return "ended";
+  return "active";
+}
+
+async function renderRules() {
+  const live = liveToken();
+  view().replaceChildren(message("Loading rules…", "hint"));
+  let saved;
+  try {
+    saved = await api("/rules");
+    if (!live()) return;
+  } catch (err) {
+    if (!live()) return;
+    const hint = err.status === 401 || err.status === 403 ? " The rules need the API key (button at the top right)." : "";
+    view().replaceChildren(message(`Could not load the rules: ${err.message}.${hint}`, "error"));
+    return;
+  }
+  const rules = saved.rules.map((r) => ({ ...r }));
+  const list = h("section", { id: "rules-list" });
+  const version = h("span", { id: "rules-version", class: "small" });
+  const status = h("div", { id: "rules-status", class: "small" });
+
+  async function save(next, done) {
+    try {
+      const out = await api("/rules", { method: "PUT", body: { rules: next } });
+      rules.splice(0, rules.length, ...out.rules);
+      show(out);
+      status.textContent = `Saved as version ${out.version}.`;
+      toast(done);
+      return true;
+    } catch (err) {
+      status.textContent = `Not saved: ${err.message}`;
+      toast(`Rules not saved: ${err.message}`, "error");
+      return false;
+    }
+  }
+
+  function show(doc) {
+    version.textContent = doc.version ? `version ${doc.version}, saved ${ago(doc.updated_at)}` : "no rules saved yet";
+    if (!rules.length) {
+      list.replaceChildren(message("No rules yet. A rule pins, buries or boosts products for a query or a category."));
+      return;
+    }
+    const when = (r) => (r.when.query !== undefined && r.when.query !== null ? `query “${r.when.query}”` : `category ${r.when.category}`);
+    const boosts = (r) => r.boost.map((b) => `${JSON.stringify(b.filters)} ×${b.factor}`).join("; ") || "—";
+    const window_ = (r) =>
+      r.active_from || r.active_until
+        ? `${r.active_from ? new Date(r.active_from).toLocaleString() : "…"} – ${r.active_until ? new Date(r.active_until).toLocaleString() : "…"}`
+        : "always";
+    list.replaceChildren(
+      table(
+        ["Rule", "When", "Pin", "Bury", "Boost", "Active", "Status", ""],
+        rules.map((r) => [
+          r.id,
+          when(r),
+          r.pin.join(", ") || "—",
+          r.bury.join(", ") || "—",
+          boosts(r),
+          window_(r),
+          h("span", { class: `chip status-${ruleStatus(r)}`, text: ruleStatus(r) }),
+          h("button", {
+            type: "button",
+            class: "ghost",
+            text: "Delete",
+            "data-delete": r.id,
+            onclick: () => save(rules.filter((x) => x.id !== r.id), `Rule ${r.id} deleted.`),
+          }),
+        ]),
+        "rules-table",
+      ),
+    );
+  }
+
+  // A new rule
+  const f = {
+    id: h("input", { id: "rule-id", placeholder: "e.g. winter-boots", maxlength: "128" }),
+    kind: h("select", { id: "rule-kind", "aria-label": "Condition" }, h("option", { value: "query", text: "Query is" }), h("option", { value: "category", text: "Category is" })),
+    value: h("input", { id: "rule-value", placeholder: "boots" }),
+    pin: h("input", { id: "rule-pin", placeholder: "product ids, comma-separated" }),
+    bury: h("input", { id: "rule-bury", placeholder: "product ids, comma-separated" }),
+    boostCategory: h("input", { id: "rule-boost-category", placeholder: "category to boost" }),
+    boostFactor: h("input", { id: "rule-boost-factor", type: "number", min: "0.01", max: "100", step: "any", value: "2" }),
+    from: h("input", { id: "rule-from", type: "datetime-local" }),
+    until: h("input", { id: "rule-until", type: "datetime-local" }),
+  };
+  const label = (text, el) => h("label", { class: "field" }, h("span", { text }), el);
+  const form = h(
+    "form",
+    { id: "rule-form", class: "rule-form" },
+    label("Rule id", f.id),
+    label("When", h("span", { class: "inline" }, f.kind, f.value)),
+    label("Pin first", f.pin),
+    label("Bury", f.bury),
+    label("Boost", h("span", { class: "inline" }, f.boostCategory, h("span", { text: "×" }), f.boostFactor)),
+    label("Active from", f.from),
+    label("Active until", f.until),
+    h("button", { type: "submit", id: "rule-add", text: "Add rule and save" }),
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const rule = {
+      id: f.id.value.trim(),
+      when: { [f.kind.value]: f.value.value.trim() },
+      pin: ids(f.pin.value),
+      bury: ids(f.bury.value),
+      boost: f.boostCategory.value.trim() ? [{ filters: { category: f.boostCategory.value.trim() }, factor: Number(f.boostFactor.value) }] : [],
+      active_from: isoOrNull(f.from.value),
+      active_until: isoOrNull(f.until.value),
+    };
+    if (await save([...rules.filter((x) => x.id !== rule.id), rule], `Rule ${rule.id} saved.`)) form.reset();
+  });
+
+  // Preview: what a shopper searching this sees now, with the rules that fire
+  const pq = h("input", { id: "preview-q", type: "search", placeholder: "a query, e.g. boots", autocomplete: "off" });
+  const pc = h("input", { id: "preview-category", placeholder: "category filter (optional)" });
+  const previewOut = h("section", { id: "preview" });
+  const preview = h(
+    "form",
+    { id: "preview-form", class: "controls" },
+    pq,
+    pc,
+    h("button", { type: "submit", id: "preview-btn", text: "Preview" }),
+  );
+  preview.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!pq.value.trim()) return;
+    const body = { query: pq.value.trim(), top_k: 12 };
+    if (pc.value.trim()) body.filters = { category: pc.value.trim() };
+    try {
+      const data = await api("/search", { method: "POST", body });
+      const fired = data.applied_rules.length ? `Rules that fired: ${data.applied_rules.join(", ")}` : "No rule fires for this query.";
+      const marks = new Map();
+      for (const r of rules.filter((x) => data.applied_rules.includes(x.id))) {
+        for (const pid of r.pin) marks.set(pid, "pinned");
+        for (const pid of r.bury) marks.set(pid, "buried");
+      }
+      previewOut.replaceChildren(
+        h("div", { id: "preview-rules", class: "small", text: fired }),
+        data.results.length
+          ? grid(data.results, (r) => ({ score: r.score, reason: marks.get(r.product_id) }))
+          : message("No products match."),
+      );
+    } catch (err) {
+      previewOut.replaceChildren(message(`Preview failed: ${err.message}`, "error"));
+    }
+  });
+
+  view().replaceChildren(
+    h("h1", { text: "Merchandising rules" }),
+    h("p", { class: "small", text: "Rules pin, bury or boost products for a query (case and punctuation aside) or for requests filtered to a category, optionally between two dates. Every search, similar and recommendation request applies the ones that fire; answers name them. Saving replaces the whole set as a new version." }),
+    version,
+    list,
+    h("h2", { text: "New rule" }),
+    form,
+    status,
+    h("h2", { text: "Preview a query" }),
+    preview,
+    previewOut,
+  );
+  show(saved);
+}
+
 // ---------- header: shopper id, API key, health
 function setupHeader() {
   const shopper = $("#shopper");
@@ -1051,6 +1234,7 @@ async function route() {
     if (page === "product" && id) await renderProduct(id);
     else if (page === "user") await renderUser(id);
     else if (page === "analytics") await renderAnalytics();
+    else if (page === "rules") await renderRules();
     else await renderSearch();
   } catch (err) {
     view().replaceChildren(message(`Something went wrong: ${err.message}`, "error"));

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -302,6 +303,81 @@ def test_product_page_photo_strip_shows_every_photo(server: Server, page: Any) -
     page.goto(server.base + "/ui/#/product/S00002")
     page.wait_for_selector("#product-title")
     assert page.locator("#photo-strip").count() == 0 and page.locator(".product .hero").count() == 1
+
+
+def test_product_page_shows_bought_together_and_stock(server: Server, page: Any) -> None:
+    baskets = [["S00040", "S00041"]] * 6 + [["S00042"]] * 6
+    events = [
+        {"user_id": f"ui-basket-{k}", "product_id": pid, "event_type": "purchase"}
+        for k, basket in enumerate(baskets)
+        for pid in basket
+    ]
+    server.api("/events", events)
+    deadline = time.time() + 15  # the basket counts are rebuilt at most every RECS_REFRESH_SECONDS
+    while not (together := server.api("/products/S00040/bought-together")["products"]) and time.time() < deadline:
+        time.sleep(0.3)
+    assert together and together[0]["product_id"] == "S00041"
+    page.goto(server.base + "/ui/#/product/S00040")
+    page.wait_for_selector("#bought-together .card")
+    assert card_ids(page, "#bought-together") == [p["product_id"] for p in together]
+    title = page.inner_text("#product-title")
+    assert page.locator("#bought-together .card .reason").first.inner_text() == f"Often bought together with {title}"
+    # An out-of-stock product is marked on its page and left out of the row.
+    partner = server.api("/products/S00041")
+    keep = {k: partner[k] for k in ("title", "description", "category", "price", "image", "images", "attributes")}
+    server.api("/products/S00041", {**keep, "in_stock": False}, "PUT")
+    try:
+        page.goto(server.base + "/ui/#/product/S00041")
+        page.wait_for_selector("#out-of-stock")
+        assert page.inner_text("#out-of-stock") == "Out of stock"
+        shot(page, "product-out-of-stock")
+    finally:
+        server.api("/products/S00041", keep, "PUT")
+
+
+def test_rules_page_saves_rules_and_previews_them_firing(server: Server, page: Any) -> None:
+    query = "ceramic coffee mug"
+    order = [r["product_id"] for r in server.api("/search", {"query": query, "top_k": 12})["results"]]
+    pinned = order[-1]
+    page.goto(server.base + "/ui/#/rules")
+    page.wait_for_selector("#rule-form")
+    assert page.locator("#rules-table").count() == 0 and "no rules saved yet" in page.inner_text("#rules-version")
+    try:
+        page.fill("#rule-id", "ui-mugs")
+        page.select_option("#rule-kind", "query")
+        page.fill("#rule-value", "Ceramic Coffee Mug")
+        page.fill("#rule-pin", pinned)
+        page.fill("#rule-bury", order[0])
+        page.click("#rule-add")
+        page.wait_for_selector("#rules-table tbody tr")
+        saved = server.api("/rules")
+        assert [r["id"] for r in saved["rules"]] == ["ui-mugs"] and saved["rules"][0]["pin"] == [pinned]
+        assert f"version {saved['version']}" in page.inner_text("#rules-version")
+        assert page.inner_text("#rules-table .chip") == "active"
+        # A rule that starts tomorrow is saved as scheduled and does not fire.
+        page.fill("#rule-id", "ui-later")
+        page.fill("#rule-value", query)
+        page.fill("#rule-pin", order[1])
+        page.fill("#rule-from", "2099-01-01T00:00")
+        page.click("#rule-add")
+        page.wait_for_function("() => document.querySelectorAll('#rules-table tbody tr').length === 2")
+        assert page.locator("#rules-table .chip").nth(1).inner_text() == "scheduled"
+        # The preview shows what a shopper sees: the rule fired, its pin first, its burial gone
+        # to the end of the matching set (beyond this first page).
+        page.fill("#preview-q", "ceramic coffee mug!")
+        page.click("#preview-btn")
+        page.wait_for_selector("#preview .card")
+        assert page.inner_text("#preview-rules") == "Rules that fired: ui-mugs"
+        shown = card_ids(page, "#preview")
+        api = [r["product_id"] for r in server.api("/search", {"query": "ceramic coffee mug!", "top_k": 12})["results"]]
+        assert shown == api and shown[0] == pinned and order[0] not in shown
+        assert page.locator("#preview .card .reason").first.inner_text() == "pinned"
+        shot(page, "rules")
+        page.click("[data-delete='ui-mugs']")
+        page.wait_for_function("() => document.querySelectorAll('#rules-table tbody tr').length === 1")
+        assert [r["id"] for r in server.api("/rules")["rules"]] == ["ui-later"]
+    finally:
+        server.api("/rules", {"rules": []}, "PUT")
 
 
 def test_user_view_shows_history_and_recommendations_with_true_reasons(server: Server, page: Any) -> None:
