@@ -107,7 +107,8 @@ def main() -> None:
             rows.append(run(Path(tmp) / f"c{more}", args.products, more, args.queries, args.seed))
             print(json.dumps(rows[-1]))
     print()
-    print(f"{'photos/product':>15} {'vectors':>9} {'matrix MB':>10} {'load s':>7} {'p50 ms':>7} {'p95 ms':>7} {'recall':>7}")
+    head = ("photos/product", "vectors", "matrix MB", "load s", "p50 ms", "p95 ms", "recall")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (15, 9, 10, 7, 7, 7, 7), strict=True)))
     for r in rows:
         print(
             f"{r['photos_per_product']:>15} {r['photo_vectors']:>9} {r['photo_matrix_mb']:>10} {r['hot_load_s']:>7}"

@@ -556,6 +556,33 @@ def main() -> None:
     def image_search() -> None:
         ok(*client.request("POST", "/search", {"image_base64": photo, "top_k": 10}))
 
+    shoes = {"query": "blue running shoes", "top_k": 10, "filters": {"category": "Footwear"}}
+
+    def category_cached() -> None:
+        ok(*client.request("POST", "/search", shoes))
+
+    def with_rules() -> None:  # the same request, three saved rules fire for it
+        status, body = client.request("POST", "/search", shoes)
+        ok(status, body)
+        assert body["applied_rules"] == ["pin-shoes", "bury-shoes", "boost-blue"], body["applied_rules"]
+
+    some = [f"B{i:07d}" for i in range(0, 80, 8)]
+    three_rules = [
+        {"id": "pin-shoes", "when": {"query": "Blue running shoes"}, "pin": some[:3]},
+        {"id": "bury-shoes", "when": {"query": "blue running shoes"}, "bury": some[3:8]},
+        {
+            "id": "boost-blue",
+            "when": {"category": "Footwear"},
+            "boost": [{"filters": {"attributes": {"color": "blue"}}, "factor": 1.5}],
+        },
+    ]
+
+    def rules_on() -> None:
+        ok(*client.request("PUT", "/rules", {"rules": three_rules}))
+
+    def rules_off() -> None:
+        ok(*client.request("PUT", "/rules", {"rules": []}))
+
     def faceted() -> None:  # a shop's listing page: the query's vectors cached, facets, a sort, page 3
         body = {
             "query": QUERIES[next(counter) % len(QUERIES)],
@@ -585,6 +612,8 @@ def main() -> None:
         ("HTTP text search (uncached, mode vector)", text_vector, args.queries),
         ("HTTP text search + filters (uncached)", filtered, args.queries),
         ("HTTP text search (repeated query, cached)", cached, args.queries),
+        ("HTTP text search + category (cached), no rules", category_cached, args.queries),
+        ("  the same, 3 saved rules firing (3 pins, 5 burials, a boost)", with_rules, args.queries),
         ("HTTP image search (photo, incl. CLIP image)", image_search, max(20, args.queries // 10)),
         ("HTTP search + 3 facets + price sort, page 3 (cached vectors)", faceted, args.queries),
         ("HTTP keyword search with typos", typo, args.queries),
@@ -593,7 +622,11 @@ def main() -> None:
         ("HTTP recommendations (known user)", recs, args.queries),
     ]
     for name, fn, n in ops:
+        if fn is with_rules:
+            rules_on()
         out.append({"operation": name, **percentiles(timed(fn, n))})
+        if fn is with_rules:
+            rules_off()
     clip_ms = percentiles(timed(lambda: embedder.clip.embed_texts([f"blue running shoes {next(counter)}"]), 50))
     minilm_ms = percentiles(timed(lambda: embedder.text.embed_texts([f"blue running shoes {next(counter)}"]), 50))
     out.append({"operation": f"  of which CLIP text encode ({runtime(embedder.clip)})", **clip_ms})

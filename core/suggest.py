@@ -74,7 +74,9 @@ def suggest(snap: HotSnapshot, typed: str, limit: int, popular: list[tuple[str, 
         has[snap.keywords.scores(word, snap.alive)[0]] = True
         return has
 
-    earlier = snap.alive.copy()  # the words before the last, taken as typed: once for every completion
+    # The words before the last, taken as typed: once for every completion. Out-of-stock products
+    # are not suggested (search would not show them).
+    earlier = snap.alive.copy() if snap.in_stock is None else snap.alive & snap.in_stock
     for word in words[:-1]:
         earlier &= has_word(word)
     for completion in completions[:PRODUCT_COMPLETIONS]:  # the most frequent completion first

@@ -59,9 +59,13 @@ def test_out_of_stock_products_are_hidden_unless_asked_for(shop: tuple[TestClien
     recs = c.get("/recommendations/nobody?top_k=30").json()["recommendations"]
     assert "OOS-1" not in ids(recs) and len(recs) == 24
     assert "OOS-1" in ids(c.get("/recommendations/nobody?top_k=30&include_out_of_stock=true").json()["recommendations"])
+    suggested = c.get("/suggest", params={"q": "quokka pl"}).json()["suggestions"]
+    assert all(s.get("product_id") != "OOS-1" for s in suggested)
     # Back in stock: served again.
     c.put("/products/OOS-1", json={"title": "Quokka plush toy", "category": "Toys"})
     assert ids(search(c, query="quokka plush toy", mode="keyword")["results"]) == ["OOS-1"]
+    suggested = c.get("/suggest", params={"q": "quokka pl"}).json()["suggestions"]
+    assert "OOS-1" in [s.get("product_id") for s in suggested]
     c.delete("/products/OOS-1")
 
 
