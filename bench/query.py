@@ -160,6 +160,7 @@ def build_catalog(catalog: Catalog, n: int, more_photos: int = 0) -> tuple[float
                 "image_vector": img_arr,
                 "text_vector": pa.FixedSizeListArray.from_arrays(pa.array(txt.reshape(-1)), catalog.text_dim),
                 **extra_photos(catalog.clip_dim, types[s:e], no_img, more_photos, seed=s + 3),
+                "in_stock": pa.nulls(e - s, pa.bool_()),  # null: in stock
             },
             schema=schema,
         )

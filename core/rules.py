@@ -299,14 +299,20 @@ class RuleStore:
         self.store = store
         self.refresh_seconds = refresh_seconds
         self._current: RuleSet | None = None
+        self._tried = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
     def current(self) -> RuleSet:
-        """The rules this process applies (read from the bucket on first use; then kept current
-        by :meth:`start`'s thread and by this process's own saves)."""
-        if self._current is None:
-            self.refresh()
+        """The rules this process applies: read from the bucket on first use (once: a bucket
+        that cannot be read then means no rules, never a failed request), then kept current by
+        :meth:`start`'s thread and by this process's own saves."""
+        if self._current is None and not self._tried:
+            self._tried = True
+            try:
+                self.refresh()
+            except Exception as exc:
+                log.warning("merchandising rules not read (none apply until they are): %s", exc)
         return self._current or RuleSet()
 
     def refresh(self) -> bool:

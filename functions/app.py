@@ -56,10 +56,7 @@ def create_app(services: Services, worker: UploadQueue | None = None) -> FastAPI
             services.load_startup_file()
             services.hot.start()
         services.recommender.start()
-        try:  # read before the first request, so that no request waits for the bucket
-            services.rules.refresh()
-        except Exception as exc:  # the thread below retries; until then no rules apply
-            log.warning("merchandising rules not read: %s", exc)
+        services.rules.current()  # read before the first request (never raises; the thread retries)
         services.rules.start()
         yield
         services.rules.stop()
