@@ -38,6 +38,10 @@ other keyword matches follow by keyword score; ties go to the smaller product id
 (``offset``, ``top_k``) is a slice of that ranking, so pages never repeat or skip a product while
 the catalog does not change. The other orders (``price_asc``, ``price_desc``, ``newest``) sort
 the matching set by the field, ties by that ranking, products without the field last.
+
+Merchandising (:mod:`core.merchandising`): boosts rescale the exactly scored pool before it is
+ranked; pinned products (that pass the filters) head the ranking in any order and join the
+matching set, buried ones close it; excluded and out-of-stock products are filtered out.
 """
 
 from __future__ import annotations
