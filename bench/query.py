@@ -161,6 +161,7 @@ def build_catalog(catalog: Catalog, n: int, more_photos: int = 0) -> tuple[float
                 "text_vector": pa.FixedSizeListArray.from_arrays(pa.array(txt.reshape(-1)), catalog.text_dim),
                 **extra_photos(catalog.clip_dim, types[s:e], no_img, more_photos, seed=s + 3),
                 "in_stock": pa.nulls(e - s, pa.bool_()),  # null: in stock
+                "embed_hash": pa.nulls(e - s, pa.string()),
             },
             schema=schema,
         )

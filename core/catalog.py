@@ -59,6 +59,19 @@ class ProductRecord:
     text_vector: Vector
     content_hash: str
     more_image_vectors: tuple[Vector, ...] = ()  # the photos after the first, in order
+    embed_hash: str | None = None
+    """``"<text>/<images>"``: hashes of what the text and the image vectors were made from (with
+    the models' names); an update that leaves one of them unchanged reuses its stored vectors."""
+
+
+@dataclass(frozen=True)
+class StoredVectors:
+    """A product's stored vectors and the ``embed_hash`` they were made from."""
+
+    embed_hash: str | None
+    image_vector: Vector | None
+    text_vector: Vector
+    more_image_vectors: tuple[Vector, ...]
 
 
 @dataclass(frozen=True)
@@ -73,12 +86,13 @@ class Candidate:
 
 def added_columns(clip_dim: int) -> list[pa.Field]:
     """Columns added since the first datasets, which gain them (all null) when opened: the
-    photos after the first (keys and vectors, in order; null: none) and the stock flag (null:
-    in stock)."""
+    photos after the first (keys and vectors, in order; null: none), the stock flag (null: in
+    stock) and what the vectors were made from (null: not known, see :class:`ProductRecord`)."""
     return [
         pa.field("more_image_keys", pa.list_(pa.string())),
         pa.field("more_image_vectors", pa.list_(pa.list_(pa.float32(), clip_dim))),
         pa.field("in_stock", pa.bool_()),
+        pa.field("embed_hash", pa.string()),
     ]
 
 
@@ -640,6 +654,21 @@ class Catalog:
                 out[row["product_id"]] = (row["content_hash"] or "", row["created_at"])
         return out
 
+    def stored_vectors(self, product_ids: Sequence[str]) -> dict[str, StoredVectors]:
+        """The stored vectors of these products (those that exist)."""
+        out: dict[str, StoredVectors] = {}
+        ids = list(dict.fromkeys(product_ids))
+        columns = ["product_id", "embed_hash", "image_vector", "text_vector", "more_image_vectors"]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for row in self._query_rows(f"product_id IN ({', '.join(quote(i) for i in chunk)})", columns):
+                text = _vec(row["text_vector"])
+                if text is None:
+                    continue
+                more = tuple(np.asarray(v, dtype=np.float32) for v in row.get("more_image_vectors") or ())
+                out[row["product_id"]] = StoredVectors(row.get("embed_hash"), _vec(row["image_vector"]), text, more)
+        return out
+
     def upsert(
         self, records: Sequence[ProductRecord], *, prior: Mapping[str, tuple[str, datetime]] | None = None
     ) -> list[Product]:
@@ -671,6 +700,7 @@ class Catalog:
             row["image_vector"] = None if rec.image_vector is None else rec.image_vector.tolist()
             row["text_vector"] = rec.text_vector.tolist()
             row["more_image_vectors"] = [v.tolist() for v in rec.more_image_vectors] or None
+            row["embed_hash"] = rec.embed_hash
             rows.append(row)
         data = pa.Table.from_pylist(rows, schema=self._table.schema)
         with self._write_lock:

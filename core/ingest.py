@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -250,6 +250,18 @@ def content_hash(product: ProductInput, image_digests: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def embed_hash(product: ProductInput, image_digests: Sequence[str], space: Mapping[str, str]) -> str:
+    """``"<text>/<images>"``: what a product's text vector and its image vectors are made from,
+    each with its model's name (:attr:`ProductRecord.embed_hash`)."""
+
+    def digest(doc: Any) -> str:
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    text = digest({"model": space.get("text"), "text": product.embedding_text()})
+    images = digest({"model": space.get("clip"), "images": list(image_digests)})
+    return f"{text}/{images}"
+
+
 def image_key_for(product_id: str, data: bytes) -> str:
     """Content-addressed bucket key for image bytes that arrive without one."""
     digest = hashlib.sha256(data).hexdigest()[:16]
@@ -373,13 +385,13 @@ class Indexer:
         """The batch's new or changed products, embedded (unchanged ones and failures go to the
         report). Object-store reads overlap: a pool of threads fetches the batch's images."""
         loaded = list(self._pool.map(self._try_load, batch))
-        prepared: list[tuple[PendingProduct, list[tuple[bytes, str | None]], str]] = []
+        prepared: list[tuple[PendingProduct, list[tuple[bytes, str | None]], str, list[str]]] = []
         for item, result in zip(batch, loaded, strict=True):
             if isinstance(result, ServiceError):
                 self._fail(report, item, result)
                 continue
             digests = [hashlib.sha256(data).hexdigest() for data, _ in result]
-            prepared.append((item, result, content_hash(item.product, digests)))
+            prepared.append((item, result, content_hash(item.product, digests), digests))
         changed = []
         for entry in prepared:
             pid = entry[0].product.product_id
@@ -388,10 +400,31 @@ class Indexer:
                 report.product_ids.append(pid)
             else:
                 changed.append(entry)
-        # Every photo of the batch is embedded in one call; a product with a photo that does
+        # What changed may leave the text or the photos as they were (a new price, stock, a
+        # photo swapped): their stored vectors are reused instead of running the models again.
+        space = self.embedder.space
+        hashes = [embed_hash(e[0].product, e[3], space) for e in changed]
+        known = [e[0].product.product_id for e in changed if e[0].product.product_id in existing]
+        stored = {} if force or not known else self.catalog.stored_vectors(known)
+        kept_images: dict[int, list[Vector]] = {}
+        kept_text: dict[int, Vector] = {}
+        for i, (entry, h) in enumerate(zip(changed, hashes, strict=True)):
+            old = stored.get(entry[0].product.product_id)
+            if old is None or old.embed_hash is None:
+                continue
+            text, images = h.split("/")
+            old_text, old_images = old.embed_hash.split("/")
+            if old_text == text:
+                kept_text[i] = old.text_vector
+            vectors = [v for v in (old.image_vector, *old.more_image_vectors) if v is not None]
+            if old_images == images and len(vectors) == len(entry[1]):
+                kept_images[i] = vectors
+        # Every new photo of the batch is embedded in one call; a product with a photo that does
         # not decode fails as a whole (its reason names the photo), the others go on.
-        flat = [(i, n) for i, e in enumerate(changed) for n in range(len(e[1]))]
-        photo_vectors: dict[tuple[int, int], Vector] = {}
+        flat = [(i, n) for i, e in enumerate(changed) if i not in kept_images for n in range(len(e[1]))]
+        photo_vectors: dict[tuple[int, int], Vector] = {
+            (i, n): v for i, vectors in kept_images.items() for n, v in enumerate(vectors)
+        }
         broken: dict[int, InvalidInput] = {}
         if flat:
             batch_result = embed_image_bytes(
@@ -400,7 +433,7 @@ class Indexer:
                 max_bytes=self.settings.max_image_bytes,
                 max_pixels=self.settings.max_image_pixels,
             )
-            photo_vectors = {flat[j]: v for j, v in zip(batch_result.ok, batch_result.vectors, strict=True)}
+            photo_vectors.update({flat[j]: v for j, v in zip(batch_result.ok, batch_result.vectors, strict=True)})
             for j, exc in sorted(batch_result.errors.items()):
                 i, n = flat[j]
                 total = len(changed[i][1])
@@ -411,10 +444,13 @@ class Indexer:
         todo = [(i, e) for i, e in enumerate(changed) if i not in broken]
         if not todo:
             return []
-        txt_vecs = self.embedder.text.embed_texts([e[0].product.embedding_text() for _, e in todo])
+        to_embed = [i for i, _ in todo if i not in kept_text]
+        embedded = self.embedder.text.embed_texts([changed[i][0].product.embedding_text() for i in to_embed])
+        text_vectors = {**kept_text, **dict(zip(to_embed, embedded, strict=True))}
+        txt_vecs = [text_vectors[i] for i, _ in todo]
         now = datetime.now(UTC)
         records = []
-        for (i, (item, photos, chash)), tvec in zip(todo, txt_vecs, strict=True):
+        for (i, (item, photos, chash, _)), tvec in zip(todo, txt_vecs, strict=True):
             p = item.product
             keys = []
             for data, key in photos:
@@ -442,6 +478,7 @@ class Indexer:
                     text_vector=tvec,
                     content_hash=chash,
                     more_image_vectors=tuple(vectors[1:]),
+                    embed_hash=hashes[i],
                 )
             )
         return records

@@ -281,3 +281,47 @@ def test_a_dataset_from_before_several_photos_is_upgraded_in_place(local_setting
     assert hot.snapshot is not None and hot.snapshot.live == len(recs) + 10
     _catalog(local_settings)  # opening it again changes nothing
     assert cat.latest_version() == before + 2
+
+
+# ---- updates that leave the text or the photos alone reuse their vectors --------------------------
+def test_an_update_reembeds_only_what_changed(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"images": 0, "texts": 0}
+    clip, text = services.embedder.clip, services.embedder.text
+    embed_images, embed_texts = clip.embed_images, text.embed_texts
+
+    def count_images(images: list[object]) -> object:
+        calls["images"] += len(images)
+        return embed_images(images)  # type: ignore[arg-type]
+
+    def count_texts(texts: list[str]) -> object:
+        calls["texts"] += len(texts)
+        return embed_texts(texts)
+
+    monkeypatch.setattr(clip, "embed_images", count_images)
+    monkeypatch.setattr(text, "embed_texts", count_texts)
+
+    def put(second: tuple[int, int, int] = GREEN, **fields: object) -> tuple[int, int]:
+        calls.update(images=0, texts=0)
+        raw = {"product_id": "R1", "title": "Red mug", "price": 5, **fields}
+        services.indexer.put(ProductInput.from_mapping(raw), [jpeg(RED), jpeg(second)])
+        return calls["images"], calls["texts"]
+
+    assert put() == (2, 1)
+    first = services.catalog.stored_vectors(["R1"])["R1"]
+    assert put(in_stock=False, price=7) == (0, 0)  # stock and price: nothing to embed
+    again = services.catalog.stored_vectors(["R1"])["R1"]
+    assert np.array_equal(again.text_vector, first.text_vector) and len(again.more_image_vectors) == 1
+    assert services.catalog.get("R1").in_stock is False and services.catalog.get("R1").price == 7
+    assert put(in_stock=False, price=7, title="Red mug, large") == (0, 1)  # the photos stay
+    assert put(BLUE, in_stock=False, price=7, title="Red mug, large") == (2, 0)  # the text stays
+    calls.update(images=0, texts=0)
+    assert services.indexer.index([services_item(services, "R1")], force=True).indexed == 1
+    assert (calls["images"], calls["texts"]) == (2, 1)  # a forced re-index runs the models again
+
+
+def services_item(services: Services, pid: str) -> PendingProduct:
+    p = services.catalog.get(pid)
+    raw = {"product_id": pid, "title": p.title, "images": list(p.images), "in_stock": p.in_stock}
+    return PendingProduct(
+        ProductInput.from_mapping(raw), image_key=p.images[0], more_images=tuple((None, k) for k in p.images[1:])
+    )
