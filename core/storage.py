@@ -60,6 +60,10 @@ class ObjectStore:
                 read_timeout=settings.s3_timeout_seconds,
                 retries={"max_attempts": 3, "mode": "standard"},
                 s3={"addressing_style": "path"} if settings.s3_endpoint_url else None,
+                # The indexer reads a batch's images with 16 threads and request threads read
+                # images too: with botocore's default of 10, connections were closed and reopened
+                # ("Connection pool is full, discarding connection").
+                max_pool_connections=32,
             ),
         )
 

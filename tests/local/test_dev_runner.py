@@ -54,7 +54,9 @@ def test_uploads_index_themselves_and_survive_a_kill_mid_ingest(tmp_path: Path) 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     # 1. Files land in the bucket while nothing sweeps (notifications only); clean stop persists them.
-    proc = start(tmp_path, port, "--sweep-seconds", "0")
+    # Each run's output goes to a file: polled for minutes, its access log would fill a pipe that
+    # nobody reads, and the server would stall writing to it.
+    proc = start(tmp_path, port, "--sweep-seconds", "0", log=tmp_path / "serve-1.log")
     try:
         state = json.loads((tmp_path / "s3-endpoint.json").read_text())
         s3 = boto3.client(
@@ -76,7 +78,9 @@ def test_uploads_index_themselves_and_survive_a_kill_mid_ingest(tmp_path: Path) 
 
     # 2. The sweeper picks the upload up by itself; the process is SIGKILLed mid-ingest (between
     # two of its commits: small groups here).
-    proc = start(tmp_path, port, "--sweep-seconds", "0.5", env_extra={"INGEST_COMMIT_ROWS": "32"})
+    proc = start(
+        tmp_path, port, "--sweep-seconds", "0.5", log=tmp_path / "serve-2.log", env_extra={"INGEST_COMMIT_ROWS": "32"}
+    )
     try:
         deadline = time.time() + 120
         count_at_kill = 0
@@ -89,7 +93,7 @@ def test_uploads_index_themselves_and_survive_a_kill_mid_ingest(tmp_path: Path) 
     assert 0 < count_at_kill < 300, f"kill did not land mid-ingest ({count_at_kill} indexed)"
 
     # 3. After a restart every product is indexed, once, and the ingest record says so.
-    proc = start(tmp_path, port, "--sweep-seconds", "0.5")
+    proc = start(tmp_path, port, "--sweep-seconds", "0.5", log=tmp_path / "serve-3.log")
     try:
         deadline = time.time() + 180
         recs: list[dict[str, object]] = []
