@@ -271,6 +271,8 @@ class RuleSet:
         candidates = [r for r in self.rules if r.category is not None] if filters.categories else []
         if query:
             candidates += self.by_query.get(query, ())
+        if not candidates:  # most requests: no rule is about them
+            return []
         order = {r.id: i for i, r in enumerate(self.rules)}
         return sorted((r for r in candidates if r.fires(query, filters, now)), key=lambda r: order[r.id])
 

@@ -300,18 +300,18 @@ def hot_ranked(
         parts.append(hot.candidates(snap, "text", q_txt, k, allowed, n_allowed))
     rows = unique_rows(parts)
     scored = score_rows(snap, rows[rows != drop], q_img, q_txt, weights.image, weights.text)
-    hits = []
-    for i in top_rows(scored, snap, top_k):
-        s_img, s_txt = float(scored.s_img[i]), float(scored.s_txt[i])
-        hits.append(
-            SearchHit(
-                snap.products[int(scored.rows[i])],
-                float(scored.score[i]),
-                None if np.isnan(s_img) else s_img,
-                None if np.isnan(s_txt) else s_txt,
-            )
-        )
-    return hits
+    return [scored_hit(snap, scored, i) for i in top_rows(scored, snap, top_k)]
+
+
+def scored_hit(snap: HotSnapshot, scored: Scored, i: int) -> SearchHit:
+    """Position ``i`` of ``scored`` as a hit (a modality neither side has: None)."""
+    s_img, s_txt = float(scored.s_img[i]), float(scored.s_txt[i])
+    return SearchHit(
+        snap.products[int(scored.rows[i])],
+        float(scored.score[i]),
+        None if np.isnan(s_img) else s_img,
+        None if np.isnan(s_txt) else s_txt,
+    )
 
 
 def keyword_ranked(snap: HotSnapshot, text: str, top_k: int, filters: Filters = Filters()) -> list[SearchHit]:
@@ -365,15 +365,7 @@ def merchandised(
             if row is None:
                 return None
             scored = score_rows(snap, np.array([row], dtype=np.int64), q_img, q_txt, weights.image, weights.text)
-            if not len(scored.rows):
-                return SearchHit(snap.products[row], 0.0, None, None)
-            s_img, s_txt = float(scored.s_img[0]), float(scored.s_txt[0])
-            return SearchHit(
-                snap.products[row],
-                float(scored.score[0]),
-                None if np.isnan(s_img) else s_img,
-                None if np.isnan(s_txt) else s_txt,
-            )
+            return scored_hit(snap, scored, 0) if len(scored.rows) else SearchHit(snap.products[row], 0.0, None, None)
         try:
             cand = catalog.get_candidate(pid)
         except NotFound:
