@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
 from core.settings import Settings
-from local.s3server import start_moto
+from local.s3server import S3Server, start_moto
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,10 +34,10 @@ class MotoProcess:
     def __init__(self) -> None:
         self.port = free_port()
         serve = (
-            "import sys; from local.s3server import fast_listings; fast_listings(); "
-            "from moto.server import main; main(sys.argv[1:])"
+            "import sys, threading; from local.s3server import start_moto; "
+            "start_moto(int(sys.argv[1])); threading.Event().wait()"
         )
-        cmd = [sys.executable, "-c", serve, "-H", "127.0.0.1", "-p", str(self.port)]
+        cmd = [sys.executable, "-c", serve, str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -58,13 +57,10 @@ class MotoProcess:
         self.proc.wait(timeout=30)
 
 
-def s3_settings(*, own_process: bool = False, **overrides: Any) -> tuple[Settings, ThreadedMotoServer | MotoProcess]:
+def s3_settings(*, own_process: bool = False, **overrides: Any) -> tuple[Settings, S3Server | MotoProcess]:
     """A fresh bucket on an embedded S3 server (moto, over HTTP on loopback), in a thread of this
     process or (``own_process``) in a process of its own."""
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server: ThreadedMotoServer | MotoProcess
+    server: S3Server | MotoProcess
     server = MotoProcess() if own_process else start_moto()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"

@@ -15,7 +15,8 @@ latency percentiles, and the server's RSS at start and end (from /proc, when its
 ``--sweep`` instead measures, closed loop for ``--sweep-seconds`` each, 1/4/8/16/32 clients of:
 uncached text search, the mix, and search by photo (requests/s, p50/p95/p99, errors, and the
 query-encode batch sizes the server ran, from ``/metrics``); then the server's CPU time per
-request (core-ms, from /proc) for cached search, similar, recommendations and uncached search.
+request (core-ms, from /proc) for cached search, similar, recommendations, event batches and
+uncached search. ``--workloads mixed`` runs only the mix (and the CPU rows).
 The benchmark's clients share one address: start servers with the per-client rate limits off.
 """
 
@@ -294,7 +295,8 @@ async def one_of(
     kind: str, client: httpx.AsyncClient, target: Target, rng: random.Random, shots: list[str]
 ) -> tuple[str, float]:
     """One request of a sweep workload: ``text`` (uncached), ``image``, ``mixed`` (:data:`MIX`),
-    or a single route for the CPU-cost runs (``cached``, ``similar``, ``recommendations``)."""
+    or a single route for the CPU-cost runs (``cached``, ``similar``, ``recommendations``,
+    ``events``: a batch of 5)."""
     if kind == "mixed":
         return await request(client, target, rng)
     t = time.perf_counter()
@@ -307,6 +309,12 @@ async def one_of(
             r = await client.post("/search", json={"query": rng.choice(QUERIES), "top_k": 10, "weights": WEIGHTS})
         elif kind == "similar":
             r = await client.get(f"/similar/{rng.choice(target.product_ids)}", params={"top_k": 10})
+        elif kind == "events":
+            user = f"load-user-{rng.randrange(200)}"
+            batch = [
+                {"user_id": user, "product_id": rng.choice(target.product_ids), "event_type": "view"} for _ in range(5)
+            ]
+            r = await client.post("/events", json=batch)
         else:
             r = await client.get(f"/recommendations/load-user-{rng.randrange(200)}", params={"top_k": 10})
         code = f"{r.status_code // 100}xx" if r.status_code != 429 else "429"
@@ -374,17 +382,21 @@ def _delta(after: dict[str, dict[int, float]], before: dict[str, dict[int, float
     return out
 
 
-def sweep(target: Target, seconds: float) -> list[dict[str, Any]]:
+SWEEP_WORKLOADS = ("text", "mixed", "image")
+CPU_ROUTES = ("cached", "similar", "recommendations", "events", "text")
+
+
+def sweep(target: Target, seconds: float, workloads: tuple[str, ...] = SWEEP_WORKLOADS) -> list[dict[str, Any]]:
     shots = photos()
     rows = []
-    for kind in ("text", "mixed", "image"):
+    for kind in workloads:
         for clients in SWEEP_CLIENTS:
             before = encode_batches(target.base)
             row = asyncio.run(closed_loop(target, kind, clients, seconds, shots))
             row["encode_batches"] = _delta(encode_batches(target.base), before)
             print(row, flush=True)
             rows.append(row)
-    for kind in ("cached", "similar", "recommendations", "text"):
+    for kind in CPU_ROUTES:
         row = asyncio.run(closed_loop(target, kind, 8, seconds, shots))
         row["workload"] = f"cpu: {kind}"
         print(row, flush=True)
@@ -434,8 +446,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--sweep", action="store_true", help="throughput per client count and core-ms per route")
     ap.add_argument("--sweep-seconds", type=float, default=8)
+    ap.add_argument(
+        "--workloads",
+        default=",".join(SWEEP_WORKLOADS),
+        help=f"the sweep's workloads, comma-separated (default: {','.join(SWEEP_WORKLOADS)})",
+    )
     ap.add_argument("--name", default="load", help="results file prefix")
     args = ap.parse_args()
+    workloads = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
+    if not workloads or set(workloads) - set(SWEEP_WORKLOADS):
+        ap.error(f"--workloads takes some of {', '.join(SWEEP_WORKLOADS)}")
     proc = None
     if args.url:
         base, pid = args.url.rstrip("/"), args.pid
@@ -443,10 +463,12 @@ def main() -> None:
         proc, base, _ = start_dev_runner(args.sample, args.clip_model)
         pid = proc.pid
     meta = {"sample": args.sample, "clip_model": args.clip_model, "clients": args.clients, "url": args.url}
+    if args.sweep:
+        meta |= {"workloads": ",".join(workloads), "sweep_seconds": args.sweep_seconds}
     try:
         target = Target(base, product_ids(base), pid)
         if args.sweep:
-            rows = sweep(target, args.sweep_seconds)
+            rows = sweep(target, args.sweep_seconds, workloads)
         else:
             result = run(target, args.capacity_seconds, args.clients, args.factor, args.seconds)
             rows = [{k: v for k, v in result.items() if k != "status"} | {"status": str(result["status"])}]

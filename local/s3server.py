@@ -18,7 +18,8 @@ cheap while versions accumulate; :func:`start_moto` starts a server with it.
 moto's server also works out which AWS service each request is for, under one process-wide lock, by
 listing moto's package folder (an ``isdir`` per module) and matching ~200 URL patterns. This server
 only ever serves S3, so :class:`S3OnlyDispatcher` hands every request straight to moto's S3 app;
-Lance sends many small requests per commit, and they queued on that lock.
+Lance sends many small requests per commit, and they queued on that lock. And it is served by
+cheroot rather than moto's development server (:class:`S3Server`), for connections that stay open.
 """
 
 from __future__ import annotations
@@ -29,15 +30,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
 import boto3
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from moto.server import ThreadedMotoServer
-from werkzeug.serving import make_server
+from cheroot import wsgi
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
 log = logging.getLogger(__name__)
 
@@ -158,29 +158,72 @@ class S3OnlyDispatcher(DomainDispatcherApplication):
         self._s3 = create_backend_app("s3")
 
     def get_application(self, environ: dict[str, Any]) -> Any:
+        # moto matches keys against the path as sent (an encoded slash stays encoded); werkzeug's
+        # server passes it as RAW_URI, cheroot as REQUEST_URI.
+        environ.setdefault("RAW_URI", environ.get("REQUEST_URI", ""))
         if str(environ.get("PATH_INFO", "")).startswith("/moto-api"):
             return super().get_application(environ)
         return self._s3
 
 
-class S3Server(ThreadedMotoServer):
-    """:class:`moto.server.ThreadedMotoServer` serving only S3 (:class:`S3OnlyDispatcher`)."""
+class S3Server:
+    """moto's S3 app (:class:`S3OnlyDispatcher`) served by cheroot on loopback, in a thread.
 
-    def _server_entry(self) -> None:
-        self._server = make_server(
-            self._ip_address, self._port, S3OnlyDispatcher(), True, request_handler=MotoRequestHandler
+    cheroot keeps connections open between requests and answers them from a fixed pool of worker
+    threads; moto's own server (werkzeug's development server) closes every connection after one
+    answer and starts a thread per connection, so each of the several requests of a Lance commit
+    paid for a TCP connection, a thread and a socket teardown on both sides.
+    """
+
+    THREADS = 16
+    """Requests served at once: a large GET does not hold up the small requests of a commit."""
+    IDLE_SECONDS = 120
+    """An idle connection is closed after this long: longer than the clients' own pool timeouts
+    (90 s for Lance's), so a client does not send a request on a connection closing under it."""
+
+    def __init__(self, ip_address: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = wsgi.Server(
+            (ip_address, port),
+            S3OnlyDispatcher(),
+            numthreads=self.THREADS,
+            server_name="moto",
+            request_queue_size=128,
+            timeout=self.IDLE_SECONDS,
         )
-        self._server_ready_event.set()
-        self._server.serve_forever()
+        self._server.prepare()  # binds now: the port is known before start()
+        self._thread = threading.Thread(target=self._server.serve, name="s3-server", daemon=True)
+
+    def start(self) -> S3Server:
+        self._thread.start()
+        return self
+
+    def get_host_and_port(self) -> tuple[str, int]:
+        host, port = self._server.bind_addr[:2]  # type: ignore[index]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._thread.join(timeout=10)
 
 
-def start_moto(port: int = 0) -> ThreadedMotoServer:
+def start_moto(port: int = 0) -> S3Server:
     """moto's S3 server on 127.0.0.1 (``port`` 0: any free one), in a thread, with fast listings
     and S3-only dispatch."""
     fast_listings()
-    server = S3Server(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    return server
+    return S3Server(ip_address="127.0.0.1", port=port).start()
+
+
+def _stored_objects() -> Iterator[tuple[str, str, Any]]:
+    """(bucket, key, moto's object) for the current version of every object of this process's
+    moto, in every account."""
+    from moto.s3.models import FakeKey, s3_backends
+
+    for account in list(s3_backends):
+        backend = s3_backends[account]["global"]
+        for bucket_name, bucket in list(backend.buckets.items()):
+            for key, obj in bucket.keys.items():  # moto iterates over a copy
+                if isinstance(obj, FakeKey):  # not a delete marker
+                    yield bucket_name, key, obj
 
 
 class EmbeddedS3:
@@ -191,7 +234,7 @@ class EmbeddedS3:
         self.objects_dir = data_dir / "objects"
         self.port = port
         self.interval = interval
-        self._server: ThreadedMotoServer | None = None
+        self._server: S3Server | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -244,29 +287,28 @@ class EmbeddedS3:
             wait = max(self.interval, (time.monotonic() - started) / MIRROR_BUSY_SHARE)
 
     def mirror(self) -> int:
-        """Write new/changed objects to disk and remove deleted ones; returns files written."""
+        """Write new/changed objects to disk and remove deleted ones; returns files written.
+
+        Reads moto's objects in this process (the server runs here), not through the server:
+        over HTTP, every pass listed every object of every bucket with botocore, a cost that grew
+        with the bucket and came out of the same two cores that serve requests.
+        """
         with self._lock:
-            s3 = self.client()
             seen: set[str] = set()
             written = 0
-            for b in s3.list_buckets().get("Buckets", []):
-                bucket = b["Name"]
-                (self.objects_dir / bucket).mkdir(parents=True, exist_ok=True)
-                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                    for obj in page.get("Contents", []):
-                        name = f"{bucket}/{obj['Key']}"
-                        seen.add(name)
-                        etag = str(obj.get("ETag", "")).strip('"')
-                        if self._mirrored.get(name) == etag:
-                            continue
-                        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-                        path = self.objects_dir / bucket / obj["Key"]
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        tmp = path.with_name(path.name + ".tmp-mirror")
-                        tmp.write_bytes(body)
-                        os.replace(tmp, path)
-                        self._mirrored[name] = etag
-                        written += 1
+            for bucket, key, obj in _stored_objects():
+                name = f"{bucket}/{key}"
+                seen.add(name)
+                etag = str(obj.etag).strip('"')
+                if self._mirrored.get(name) == etag:
+                    continue
+                path = self.objects_dir / bucket / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + ".tmp-mirror")
+                tmp.write_bytes(obj.value)
+                os.replace(tmp, path)
+                self._mirrored[name] = etag
+                written += 1
             for name in set(self._mirrored) - seen:
                 (self.objects_dir / name).unlink(missing_ok=True)
                 del self._mirrored[name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -132,3 +133,74 @@ def test_s3_only_dispatch_serves_s3_and_moto_api(listing_server: tuple[Any, str]
     monkeypatch.undo()
     with urllib.request.urlopen(f"{url}/moto-api/data.json") as resp:
         assert resp.status == 200 and b"s3" in resp.read()
+
+
+def test_embedded_s3_mirrors_to_disk_and_restores_after_a_restart(tmp_path: Path) -> None:
+    """Objects written through the server reach the folder (changed ones rewritten, deleted ones
+    removed), and a new server on the same folder serves them again."""
+    from local.s3server import EmbeddedS3
+
+    first = EmbeddedS3(tmp_path, interval=3600).start()  # mirrored only when asked
+    try:
+        s3 = first.client()
+        s3.create_bucket(Bucket="persist")
+        s3.put_object(Bucket="persist", Key="a/one", Body=b"1")
+        s3.put_object(Bucket="persist", Key="a/two", Body=b"2")
+        s3.put_object(Bucket="persist", Key="a/empty", Body=b"")
+        first.mirror()  # (every bucket of this process's moto, the other tests' as well)
+        on_disk = tmp_path / "objects" / "persist" / "a"
+        assert sorted(p.name for p in on_disk.iterdir()) == ["empty", "one", "two"]
+        assert first.mirror() == 0  # nothing changed
+        s3.put_object(Bucket="persist", Key="a/one", Body=b"one again")
+        s3.delete_object(Bucket="persist", Key="a/two")
+        assert first.mirror() == 1
+        assert sorted(p.name for p in on_disk.iterdir()) == ["empty", "one"]
+        assert (on_disk / "one").read_bytes() == b"one again"
+        s3.put_object(Bucket="persist", Key="a/three", Body=b"3")
+    finally:
+        first.stop()  # the final mirror writes a/three
+    # This process's moto still holds the bucket: empty it (a new process starts empty).
+    eraser = start_moto()
+    try:
+        host, port = eraser.get_host_and_port()
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://{host}:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+        )
+        for obj in s3.list_objects_v2(Bucket="persist")["Contents"]:
+            s3.delete_object(Bucket="persist", Key=obj["Key"])
+        s3.delete_bucket(Bucket="persist")
+    finally:
+        eraser.stop()
+    second = EmbeddedS3(tmp_path, interval=3600).start()
+    try:
+        s3 = second.client()
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="persist")["Contents"]]
+        assert keys == ["a/empty", "a/one", "a/three"]
+        assert s3.get_object(Bucket="persist", Key="a/one")["Body"].read() == b"one again"
+    finally:
+        second.stop()
+
+
+def test_connections_stay_open_between_requests(listing_server: tuple[Any, str]) -> None:
+    """The server keeps a connection for the next request (moto's own server closed each one)."""
+    import http.client
+
+    _, url = listing_server
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/listing?list-type=2&max-keys=1")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("Connection", "").lower() != "close"
+            resp.read()
+        first_socket = conn.sock
+        conn.request("HEAD", "/listing/top")
+        conn.getresponse().read()
+        assert conn.sock is first_socket  # the same connection answered every request
+    finally:
+        conn.close()
