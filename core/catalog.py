@@ -329,15 +329,62 @@ class Compactor:
             self._cleaning.release()
 
 
-def open_dataset_table(settings: Settings, name: str, schema: pa.Schema) -> lancedb.table.Table:
+class Appender:
+    """Appends to one table through a handle of its own that does not reload the table before
+    every commit.
+
+    A LanceDB handle opened with a read-consistency interval lists the table's versions before
+    each write, one object-store request per commit on top of the commit's own. Appends need no
+    fresh view: a commit made on an older version is checked against the versions committed since
+    (appends commute with appends and with compaction) and lands after them. So this handle is
+    brought up to date only every ``refresh_seconds`` and after a failed commit (an old version's
+    files may have been cleaned up by then). Readers use another handle and call
+    :meth:`written` to see this process's appends at once.
+    """
+
+    def __init__(self, table: Any, *, refresh_seconds: float, retry_seconds: float) -> None:
+        self.table = table
+        self.refresh_seconds = refresh_seconds
+        self.retry_seconds = retry_seconds
+        self._checked = time.monotonic()
+        self.commits = 0
+        """Commits made through this handle (readers compare it with what they last saw)."""
+
+    def append(self, action: str, data: pa.Table, key: str) -> None:
+        """Commit ``data``, retrying (:func:`commit_with_retry`); a retry inserts only the rows
+        whose ``key`` is not stored yet, so a commit that landed although its answer was lost is
+        not written twice."""
+
+        def first() -> None:
+            if time.monotonic() - self._checked >= self.refresh_seconds:
+                self._refresh()
+            self.table.add(data)
+
+        def again() -> None:
+            self._refresh()
+            self.table.merge_insert(key).when_not_matched_insert_all().execute(data)
+
+        # both inside the retries: a refresh fails like a commit while the store is away
+        commit_with_retry(action, first, again, budget_s=self.retry_seconds)
+        self.commits += 1
+
+    def _refresh(self) -> None:
+        self.table.checkout_latest()
+        self._checked = time.monotonic()
+
+
+def open_dataset_table(
+    settings: Settings, name: str, schema: pa.Schema, *, consistency: bool = True
+) -> lancedb.table.Table:
     """One table of the dataset (created on first use) without opening the products table, for
-    model-free jobs (upload sweeper, event import)."""
+    model-free jobs (upload sweeper, event import). ``consistency=False``: a handle that looks for
+    other processes' versions only when told to (``checkout_latest``), see :class:`Appender`."""
     uri = settings.resolved_catalog_uri
     with storage_errors(f"open {name}"):
         db = lancedb.connect(
             uri,
             storage_options=settings.storage_options() if uri.startswith("s3://") else None,
-            read_consistency_interval=timedelta(seconds=settings.catalog_refresh_seconds),
+            read_consistency_interval=timedelta(seconds=settings.catalog_refresh_seconds) if consistency else None,
         )
         try:
             return db.open_table(name)
@@ -397,6 +444,8 @@ class Catalog:
         write_retry_seconds: float = WRITE_RETRY_SECONDS,
     ) -> None:
         self.uri = uri
+        self.refresh_seconds = refresh_seconds
+        self._storage_options = storage_options or None
         self.retention = retention
         self.write_retry_seconds = write_retry_seconds
         self.clip_dim = clip_dim
@@ -503,6 +552,12 @@ class Catalog:
             return self._db.open_table(name)
         except ValueError:
             return self._db.create_table(name, schema=schema, exist_ok=True)
+
+    def open_for_appends(self, name: str) -> lancedb.table.Table:
+        """A second handle on an existing table of the dataset, from a connection that looks for
+        other processes' versions only when told to (see :class:`Appender`)."""
+        db = lancedb.connect(self.uri, storage_options=self._storage_options, read_consistency_interval=None)
+        return db.open_table(name)
 
     @property
     def stored_space(self) -> dict[str, str]:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from core.catalog import Catalog, Compactor, commit_with_retry, open_dataset_table, storage_errors
+from core.catalog import Appender, Catalog, Compactor, open_dataset_table, storage_errors
 from core.errors import InvalidInput
 from core.settings import Settings
 
@@ -219,23 +219,31 @@ class EventLog:
     """The append-only ``events`` table in the catalog's dataset."""
 
     def __init__(self, catalog: Catalog) -> None:
-        self._retention = catalog.retention
-        self._retry_s = catalog.write_retry_seconds
-        self._init_queue()
         with storage_errors("open events"):
-            self._table = catalog.open_or_create(TABLE, events_schema())
+            table = catalog.open_or_create(TABLE, events_schema())
+            appends = catalog.open_for_appends(TABLE)
+        self._setup(table, appends, catalog.refresh_seconds, catalog.retention, catalog.write_retry_seconds)
 
     @classmethod
     def open(cls, settings: Settings) -> EventLog:
         """The events table alone (no models, no products table needed)."""
         log = cls.__new__(cls)
-        log._retention = timedelta(hours=settings.version_retention_hours)
-        log._retry_s = settings.write_retry_seconds
-        log._init_queue()
-        log._table = open_dataset_table(settings, TABLE, events_schema())
+        table = open_dataset_table(settings, TABLE, events_schema())
+        appends = open_dataset_table(settings, TABLE, events_schema(), consistency=False)
+        log._setup(
+            table,
+            appends,
+            settings.catalog_refresh_seconds,
+            timedelta(hours=settings.version_retention_hours),
+            settings.write_retry_seconds,
+        )
         return log
 
-    def _init_queue(self) -> None:
+    def _setup(self, table: Any, appends: Any, refresh_s: float, retention: timedelta, retry_s: float) -> None:
+        self._table = table  # reads: checks for other processes' events every refresh_s
+        self._appender = Appender(appends, refresh_seconds=refresh_s, retry_seconds=retry_s)
+        self._read_commits = 0  # the appender's commits the read handle has caught up with
+        self._compact = Compactor(appends, background=True, retention=retention)
         self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._committing = False
@@ -271,16 +279,8 @@ class EventLog:
             batch, self._queue = self._queue, []
         error: BaseException | None = None
         try:
-            data = to_arrow([e for t in batch for e in t.events])
-            commit_with_retry(
-                "append events",
-                lambda: self._table.add(data),
-                # a retry inserts only event_ids not stored yet: a batch that landed although its
-                # answer was lost (timeout, dropped connection) is not stored twice
-                lambda: self._table.merge_insert("event_id").when_not_matched_insert_all().execute(data),
-                budget_s=self._retry_s,
-            )
-            self._compactor().committed()
+            self._appender.append("append events", to_arrow([e for t in batch for e in t.events]), key="event_id")
+            self._compact.committed()
         except BaseException as exc:  # handed to every caller of this round
             error = exc
         for t in batch:
@@ -293,24 +293,28 @@ class EventLog:
             else:
                 self._committing = False
 
-    def _compactor(self) -> Compactor:
-        if not hasattr(self, "_compact"):
-            self._compact = Compactor(self._table, background=True, retention=self._retention)
-        return self._compact
+    def _reader(self) -> Any:
+        """The read handle, brought up to date first if this process appended since its last
+        read (reads see this process's own events at once, other processes' within refresh_s)."""
+        commits = self._appender.commits
+        if commits != self._read_commits:
+            self._table.checkout_latest()
+            self._read_commits = commits
+        return self._table
 
     def count(self) -> int:
         with storage_errors("count events"):
-            return int(self._table.count_rows())
+            return int(self._reader().count_rows())
 
     def version(self) -> int:
         with storage_errors("read events"):
-            return int(self._table.version)
+            return int(self._reader().version)
 
     def read_batches(self, received_after: datetime | None = None, batch_size: int = 262_144) -> Iterator[pa.Table]:
         """:meth:`read` in batches of about ``batch_size`` rows, in the table's order: a reader of
         millions of events need not hold them all as Arrow strings at once."""
         with storage_errors("read events"):
-            q = self._table.search().limit(None).select(events_schema().names)
+            q = self._reader().search().limit(None).select(events_schema().names)
             if received_after is not None:
                 q = q.where(f"received_at > timestamp '{received_after.astimezone(UTC).isoformat(sep=' ')}'")
             for batch in q.to_batches(batch_size):
@@ -320,7 +324,7 @@ class EventLog:
         """All events, or those received after ``received_after`` (for incremental readers);
         only ``columns`` when given (training needs neither ids nor arrival times)."""
         with storage_errors("read events"):
-            q = self._table.search().limit(None).select(list(columns or events_schema().names))
+            q = self._reader().search().limit(None).select(list(columns or events_schema().names))
             if received_after is not None:
                 q = q.where(f"received_at > timestamp '{received_after.astimezone(UTC).isoformat(sep=' ')}'")
             return q.to_arrow().select(list(columns or events_schema().names))
