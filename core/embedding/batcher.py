@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from PIL import Image
@@ -100,13 +101,18 @@ TextVectors = tuple[Vector, Vector | None]  # (sentence vector, CLIP text vector
 
 
 class QueryEncoder:
-    """The query side of a process's encoders, shared by every request of the process. The two
-    text towers (MiniLM, and CLIP's when a query needs it) run one after the other in one
-    batcher, so that two ONNX sessions never contend for the same cores; CLIP's image tower has
-    its own. A text is its own key: identical concurrent queries share an encode."""
+    """The query side of a process's encoders, shared by every request of the process. One
+    batcher runs the text towers of each batch side by side: CLIP's (when a query of the batch
+    needs it) in a thread of its own while MiniLM runs in the batcher's. CLIP's ONNX session
+    has half the cores (:class:`core.embedding.clip.OpenClipEncoder`), MiniLM's all of them: at a
+    query's shape one thread per tower does more per core than two threads taking turns, and
+    the smaller MiniLM is done long before CLIP (``bench/README.md``, the throughput section).
+    CLIP's image tower has a batcher of its own. A text is its own key: identical concurrent
+    queries share an encode."""
 
     def __init__(self, embedder: Embedder, max_batch: int = 8) -> None:
         self.embedder = embedder
+        self._clip_text = ThreadPoolExecutor(1, thread_name_prefix="clip-text")
         self.texts: MicroBatcher[tuple[str, bool], TextVectors] = MicroBatcher(self._encode_texts, max_batch, "text")
         self.clip_image: MicroBatcher[Image.Image, Vector] = MicroBatcher(self._encode_images, max_batch, "clip-image")
 
@@ -115,9 +121,10 @@ class QueryEncoder:
 
     def _encode_texts(self, items: Sequence[tuple[str, bool]]) -> list[TextVectors]:
         texts = [t for t, _ in items]
-        sentence = self.embedder.text.embed_texts(texts)
         need = [i for i, (_, with_clip) in enumerate(items) if with_clip]
-        clip = self.embedder.clip.embed_texts([texts[i] for i in need]) if need else None
+        pending = self._clip_text.submit(self.embedder.clip.embed_texts, [texts[i] for i in need]) if need else None
+        sentence = self.embedder.text.embed_texts(texts)
+        clip = pending.result() if pending is not None else None
         out: list[TextVectors] = [(sentence[i], None) for i in range(len(items))]
         for j, i in enumerate(need):
             assert clip is not None

@@ -109,7 +109,9 @@ class OpenClipEncoder:
                 feeds=self._text_feeds,
                 reference=lambda texts: self._run(self._tokenizer(list(texts)), image=False),
                 cache_dir=onnx_cache_dir,
-                threads=torch.get_num_threads(),
+                # Queries run this tower beside MiniLM, one batch at a time (QueryEncoder): half
+                # the cores each, not two sessions taking turns on all of them.
+                threads=max(1, torch.get_num_threads() // 2),
                 int8=True,
             )
         elif text_runtime in ("onnx", "int8"):

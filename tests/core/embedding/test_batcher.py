@@ -142,3 +142,38 @@ def test_single_flight_passes_an_error_to_every_waiter() -> None:
     with pytest.raises(ValueError):
         flights.run("q", boom)
     assert flights.run("q", lambda: ["ok"]) == ["ok"]
+
+
+def test_query_encoder_runs_the_two_text_towers_side_by_side() -> None:
+    """CLIP's text tower runs in its own thread while MiniLM runs: each tower waits for the other
+    to have started (a barrier), which only passes when they overlap. Vectors go to their texts;
+    a text that needs no CLIP vector gets None and costs CLIP nothing."""
+    from types import SimpleNamespace
+
+    from core.embedding.batcher import QueryEncoder
+
+    both = threading.Barrier(2, timeout=10)
+    clip_batches: list[list[str]] = []
+
+    def sentence(texts: Sequence[str]) -> Matrix:
+        both.wait()
+        return np.array([[float(len(t)), 0.0] for t in texts], dtype=np.float32)
+
+    def clip(texts: Sequence[str]) -> Matrix:
+        clip_batches.append(list(texts))
+        both.wait()
+        return np.array([[0.0, float(len(t))] for t in texts], dtype=np.float32)
+
+    embedder: Any = SimpleNamespace(text=SimpleNamespace(embed_texts=sentence), clip=SimpleNamespace(embed_texts=clip))
+    encoder = QueryEncoder(embedder)
+    out = encoder._encode_texts([("a", True), ("bb", False), ("ccc", True)])
+    assert clip_batches == [["a", "ccc"]]
+    assert [float(s[0]) for s, _ in out] == [1.0, 2.0, 3.0]
+    assert [None if c is None else float(c[1]) for _, c in out] == [1.0, None, 3.0]
+
+    def sentence_alone(texts: Sequence[str]) -> Matrix:
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    embedder.text.embed_texts = sentence_alone
+    assert [c for _, c in encoder._encode_texts([("dd", False)])] == [None]
+    assert clip_batches == [["a", "ccc"]]  # no CLIP call for a batch that needs none
