@@ -338,8 +338,8 @@ class Appender:
     fresh view: a commit made on an older version is checked against the versions committed since
     (appends commute with appends and with compaction) and lands after them. So this handle is
     brought up to date only every ``refresh_seconds`` and after a failed commit (an old version's
-    files may have been cleaned up by then). Readers use another handle and call
-    :meth:`written` to see this process's appends at once.
+    files may have been cleaned up by then). Readers use another handle; :attr:`commits` tells them
+    when this process has appended since their last read.
     """
 
     def __init__(self, table: Any, *, refresh_seconds: float, retry_seconds: float) -> None:

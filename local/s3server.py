@@ -302,10 +302,14 @@ class EmbeddedS3:
                 etag = str(obj.etag).strip('"')
                 if self._mirrored.get(name) == etag:
                     continue
+                try:
+                    body = obj.value
+                except ValueError:  # replaced or deleted since the listing (moto closed its buffer)
+                    continue  # the next pass sees what is there now; the copy on disk stays till then
                 path = self.objects_dir / bucket / key
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.name + ".tmp-mirror")
-                tmp.write_bytes(obj.value)
+                tmp.write_bytes(body)
                 os.replace(tmp, path)
                 self._mirrored[name] = etag
                 written += 1

@@ -204,3 +204,26 @@ def test_connections_stay_open_between_requests(listing_server: tuple[Any, str])
         assert conn.sock is first_socket  # the same connection answered every request
     finally:
         conn.close()
+
+
+def test_mirror_skips_an_object_replaced_while_it_ran(tmp_path: Path, monkeypatch: Any) -> None:
+    """moto closes an object's buffer when the object is replaced or deleted; a pass that reaches
+    such an object skips it (the next pass copies what is there then) and copies the others."""
+    from types import SimpleNamespace
+
+    from local import s3server
+
+    class Replaced:
+        etag = '"1"'
+
+        @property
+        def value(self) -> bytes:
+            raise ValueError("I/O operation on closed file.")
+
+    objects = [("b", "old", Replaced()), ("b", "fine", SimpleNamespace(etag='"2"', value=b"kept"))]
+    monkeypatch.setattr(s3server, "_stored_objects", lambda: iter(objects))
+    mirror = s3server.EmbeddedS3(tmp_path)  # not started: only its mirror pass runs here
+    assert mirror.mirror() == 1
+    assert (tmp_path / "objects" / "b" / "fine").read_bytes() == b"kept"
+    assert not (tmp_path / "objects" / "b" / "old").exists()
+    assert "b/old" not in mirror._mirrored  # so the next pass tries again
