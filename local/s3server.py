@@ -38,6 +38,7 @@ from xml.sax.saxutils import escape
 import boto3
 from cheroot import wsgi
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.s3.models import FakeKey, s3_backends
 
 log = logging.getLogger(__name__)
 
@@ -213,17 +214,10 @@ def start_moto(port: int = 0) -> S3Server:
     return S3Server(ip_address="127.0.0.1", port=port).start()
 
 
-def _stored_objects() -> Iterator[tuple[str, str, Any]]:
-    """(bucket, key, moto's object) for the current version of every object of this process's
-    moto, in every account."""
-    from moto.s3.models import FakeKey, s3_backends
-
+def _stored_buckets() -> Iterator[tuple[str, Any]]:
+    """(name, moto's bucket) for every bucket of this process's moto, in every account."""
     for account in list(s3_backends):
-        backend = s3_backends[account]["global"]
-        for bucket_name, bucket in list(backend.buckets.items()):
-            for key, obj in bucket.keys.items():  # moto iterates over a copy
-                if isinstance(obj, FakeKey):  # not a delete marker
-                    yield bucket_name, key, obj
+        yield from list(s3_backends[account]["global"].buckets.items())
 
 
 class EmbeddedS3:
@@ -296,23 +290,27 @@ class EmbeddedS3:
         with self._lock:
             seen: set[str] = set()
             written = 0
-            for bucket, key, obj in _stored_objects():
-                name = f"{bucket}/{key}"
-                seen.add(name)
-                etag = str(obj.etag).strip('"')
-                if self._mirrored.get(name) == etag:
-                    continue
-                try:
-                    body = obj.value
-                except ValueError:  # replaced or deleted since the listing (moto closed its buffer)
-                    continue  # the next pass sees what is there now; the copy on disk stays till then
-                path = self.objects_dir / bucket / key
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".tmp-mirror")
-                tmp.write_bytes(body)
-                os.replace(tmp, path)
-                self._mirrored[name] = etag
-                written += 1
+            for bucket, contents in _stored_buckets():
+                (self.objects_dir / bucket).mkdir(parents=True, exist_ok=True)  # an empty bucket too
+                for key, obj in contents.keys.items():  # moto iterates over a copy
+                    if not isinstance(obj, FakeKey):  # a delete marker
+                        continue
+                    name = f"{bucket}/{key}"
+                    seen.add(name)
+                    try:  # moto closes the buffer of an object replaced or deleted since the listing
+                        etag = str(obj.etag).strip('"')  # (an ETag not yet computed reads the buffer)
+                        if self._mirrored.get(name) == etag:
+                            continue
+                        body = obj.value
+                    except ValueError:  # gone meanwhile: the next pass sees what is there now,
+                        continue  # and the copy on disk stays till then
+                    path = self.objects_dir / bucket / key
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(path.name + ".tmp-mirror")
+                    tmp.write_bytes(body)
+                    os.replace(tmp, path)
+                    self._mirrored[name] = etag
+                    written += 1
             for name in set(self._mirrored) - seen:
                 (self.objects_dir / name).unlink(missing_ok=True)
                 del self._mirrored[name]

@@ -144,6 +144,7 @@ def test_embedded_s3_mirrors_to_disk_and_restores_after_a_restart(tmp_path: Path
     try:
         s3 = first.client()
         s3.create_bucket(Bucket="persist")
+        s3.create_bucket(Bucket="persist-empty")
         s3.put_object(Bucket="persist", Key="a/one", Body=b"1")
         s3.put_object(Bucket="persist", Key="a/two", Body=b"2")
         s3.put_object(Bucket="persist", Key="a/empty", Body=b"")
@@ -173,6 +174,7 @@ def test_embedded_s3_mirrors_to_disk_and_restores_after_a_restart(tmp_path: Path
         for obj in s3.list_objects_v2(Bucket="persist")["Contents"]:
             s3.delete_object(Bucket="persist", Key=obj["Key"])
         s3.delete_bucket(Bucket="persist")
+        s3.delete_bucket(Bucket="persist-empty")
     finally:
         eraser.stop()
     second = EmbeddedS3(tmp_path, interval=3600).start()
@@ -181,6 +183,7 @@ def test_embedded_s3_mirrors_to_disk_and_restores_after_a_restart(tmp_path: Path
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="persist")["Contents"]]
         assert keys == ["a/empty", "a/one", "a/three"]
         assert s3.get_object(Bucket="persist", Key="a/one")["Body"].read() == b"one again"
+        assert s3.list_objects_v2(Bucket="persist-empty")["KeyCount"] == 0  # an empty bucket comes back too
     finally:
         second.stop()
 
@@ -211,17 +214,18 @@ def test_mirror_skips_an_object_replaced_while_it_ran(tmp_path: Path, monkeypatc
     such an object skips it (the next pass copies what is there then) and copies the others."""
     from types import SimpleNamespace
 
+    from moto.s3.models import FakeKey
+
     from local import s3server
 
-    class Replaced:
-        etag = '"1"'
+    def key(name: str, body: bytes) -> FakeKey:
+        return FakeKey(name, body, account_id="123456789012", region_name="us-east-1")
 
-        @property
-        def value(self) -> bytes:
-            raise ValueError("I/O operation on closed file.")
+    replaced = key("old", b"gone")
+    replaced.dispose()  # what moto does to the object a PUT replaces
 
-    objects = [("b", "old", Replaced()), ("b", "fine", SimpleNamespace(etag='"2"', value=b"kept"))]
-    monkeypatch.setattr(s3server, "_stored_objects", lambda: iter(objects))
+    bucket = SimpleNamespace(keys={"old": replaced, "fine": key("fine", b"kept")})
+    monkeypatch.setattr(s3server, "_stored_buckets", lambda: iter([("b", bucket)]))
     mirror = s3server.EmbeddedS3(tmp_path)  # not started: only its mirror pass runs here
     assert mirror.mirror() == 1
     assert (tmp_path / "objects" / "b" / "fine").read_bytes() == b"kept"
