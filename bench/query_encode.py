@@ -1,12 +1,18 @@
-"""A query batch's text encode (MiniLM + CLIP's text tower), in two layouts, on this CPU.
+"""A query batch's text encode (MiniLM + CLIP's text tower) on this CPU: thread layouts.
 
     python -m bench.query_encode                  # ViT-B-32 random init, as the load sweep
 
-``side by side`` is what a query process runs (:class:`core.embedding.batcher.QueryEncoder`):
-CLIP's text tower in a thread of its own, its ONNX session on half the cores, while MiniLM runs
-on all of them. ``in turn`` is the layout before: the two towers one after the other, each
-session on all the cores. Same models, same texts, same code path; only CLIP's session and the
-order differ. Per batch size: wall time (median) and this process's CPU time per batch.
+Layouts of one batch's encode (same models, same texts, same code path; only the sessions'
+intra-op threads and the order differ):
+
+``split cores`` is what a query process runs (:class:`core.embedding.batcher.QueryEncoder`,
+:func:`core.embedding.onnx_text.query_threads`): CLIP's text tower in a thread of its own while
+MiniLM runs in the caller's, the two sessions splitting the cores. ``side by side, MiniLM on all
+cores`` is the layout before it (CLIP's session on half the cores, MiniLM's on all of them);
+``in turn`` the one before that (the towers one after the other, each on all the cores).
+
+Then each tower alone, on one thread and on all the cores. Per batch size: wall time (median)
+and this process's CPU time per batch.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,20 +29,21 @@ import torch
 from bench.common import report
 from core.embedding import load_embedder
 from core.embedding.batcher import QueryEncoder
-from core.embedding.onnx_text import OnnxText
+from core.embedding.onnx_text import OnnxText, query_threads
 from core.settings import Settings
 
 WORDS = ("blue", "red", "green", "black", "white", "leather", "wool", "cotton", "running", "hiking", "vintage", "shoes")
+BATCHES = (1, 4, 8)
 
 
-def measure(fn: Any, items: list[tuple[str, bool]], repeat: int) -> tuple[float, float]:
+def measure(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
     for _ in range(3):
-        fn(items)
+        fn()
     wall = []
     cpu0 = time.process_time()
     for _ in range(repeat):
         t = time.perf_counter()
-        fn(items)
+        fn()
         wall.append((time.perf_counter() - t) * 1000)
     return statistics.median(wall), (time.process_time() - cpu0) * 1000 / repeat
 
@@ -43,33 +52,64 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clip-model", default="ViT-B-32")
     ap.add_argument("--repeat", type=int, default=60)
-    ap.add_argument("--rounds", type=int, default=2, help="both layouts, alternating, this many times")
+    ap.add_argument("--rounds", type=int, default=2, help="every layout, alternating, this many times")
     ap.add_argument("--name", default="query-encode")
     args = ap.parse_args()
     settings = Settings(_env_file=None, clip_model=args.clip_model, clip_pretrained="none")  # type: ignore[call-arg]
     embedder = load_embedder(settings)
     clip: Any = embedder.clip
-    if clip._onnx is None:
-        raise SystemExit("CLIP's text tower is not on ONNX Runtime here; nothing to compare")
-    half = clip._onnx
-    every_core = OnnxText(half.path, threads=torch.get_num_threads(), precision=half.precision)
+    text: Any = embedder.text
+    if clip._onnx is None or text._onnx is None:
+        raise SystemExit("the text towers are not both on ONNX Runtime here; nothing to compare")
+    cores = torch.get_num_threads()
+    sessions = {  # (tower, threads) -> session; the process's own two are among them
+        ("clip", query_threads("clip")): clip._onnx,
+        ("sentence", query_threads("sentence")): text._onnx,
+    }
+    for tower, own in (("clip", clip._onnx), ("sentence", text._onnx)):
+        for threads in (1, cores):
+            if (tower, threads) not in sessions:
+                sessions[tower, threads] = OnnxText(own.path, threads=threads, precision=own.precision)
+    process = {"clip": clip._onnx, "sentence": text._onnx}
     encoder = QueryEncoder(embedder)
 
-    def in_turn(items: list[tuple[str, bool]]) -> None:
-        texts = [t for t, _ in items]
-        embedder.text.embed_texts(texts)
-        clip._onnx = every_core
-        try:
-            clip.embed_texts(texts)
-        finally:
-            clip._onnx = half
+    def using(clip_threads: int, sentence_threads: int, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            clip._onnx, text._onnx = sessions["clip", clip_threads], sessions["sentence", sentence_threads]
+            try:
+                return fn()
+            finally:
+                clip._onnx, text._onnx = process["clip"], process["sentence"]
+
+        return run
+
+    def layouts(texts: list[str]) -> dict[str, Callable[[], Any]]:
+        items = [(t, True) for t in texts]
+
+        def in_turn() -> None:
+            embedder.text.embed_texts(texts)
+            embedder.clip.embed_texts(texts)
+
+        out = {
+            "in turn": using(cores, cores, in_turn),
+            "side by side, MiniLM on all cores": using(
+                query_threads("clip"), cores, lambda: encoder._encode_texts(items)
+            ),
+            "split cores": lambda: encoder._encode_texts(items),
+        }
+        feeds = {"clip": clip._text_feeds(texts), "sentence": text._feeds(texts)}
+        for tower in ("clip", "sentence"):
+            for threads in sorted({1, cores}):
+                session, feed = sessions[tower, threads], feeds[tower]
+                out[f"{tower} alone, {threads} thread{'s' if threads > 1 else ''}"] = partial(session.run, feed)
+        return out
 
     rows = []
     for r in range(args.rounds):
-        for batch in (1, 4, 8):
-            items = [(f"{' '.join(WORDS[(i + j) % len(WORDS)] for j in range(3))} {i}", True) for i in range(batch)]
-            for layout, fn in (("in turn", in_turn), ("side by side", encoder._encode_texts)):
-                wall, cpu = measure(fn, items, args.repeat)
+        for batch in BATCHES:
+            texts = [f"{' '.join(WORDS[(i + j) % len(WORDS)] for j in range(3))} {i}" for i in range(batch)]
+            for layout, fn in layouts(texts).items():
+                wall, cpu = measure(fn, args.repeat)
                 row = {
                     "round": r + 1,
                     "batch": batch,
@@ -79,7 +119,13 @@ def main() -> None:
                 }
                 print(row, flush=True)
                 rows.append(row)
-    meta = {"clip_model": args.clip_model, "threads": torch.get_num_threads(), "clip_precision": half.precision}
+    meta = {
+        "clip_model": args.clip_model,
+        "threads": cores,
+        "clip_threads": query_threads("clip"),
+        "sentence_threads": query_threads("sentence"),
+        "clip_precision": clip._onnx.precision,
+    }
     report(args.name, rows, meta)
 
 

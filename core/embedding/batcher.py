@@ -103,11 +103,10 @@ TextVectors = tuple[Vector, Vector | None]  # (sentence vector, CLIP text vector
 class QueryEncoder:
     """The query side of a process's encoders, shared by every request of the process. One
     batcher runs the text towers of each batch side by side: CLIP's (when a query of the batch
-    needs it) in a thread of its own while MiniLM runs in the batcher's. CLIP's ONNX session
-    has half the cores (:class:`core.embedding.clip.OpenClipEncoder`), MiniLM's all of them: at a
-    query's shape one thread per tower does more per core than two threads taking turns, and
-    the smaller MiniLM is done long before CLIP (``bench/README.md``, the throughput section).
-    CLIP's image tower has a batcher of its own. A text is its own key: identical concurrent
+    needs it) in a thread of its own while MiniLM runs in the batcher's, their ONNX sessions
+    splitting the cores (:func:`core.embedding.onnx_text.query_threads`): at a query's shape one
+    thread per tower does more per core than two threads taking turns (``bench/README.md``, the
+    throughput section). CLIP's image tower has a batcher of its own. A text is its own key: identical concurrent
     queries share an encode."""
 
     def __init__(self, embedder: Embedder, max_batch: int = 8) -> None:

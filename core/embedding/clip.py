@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 from core.embedding import ImageBatch, ImageRuntime, Matrix, TextRuntime, decode_all, onnx_image
-from core.embedding.onnx_text import MAX_BATCH, OnnxText, load_checked, wanted
+from core.embedding.onnx_text import MAX_BATCH, OnnxText, load_checked, query_threads, wanted
 from core.errors import ConfigError, InvalidImage, InvalidInput, ModelLoadError
 from core.images import check_image_header
 
@@ -109,9 +109,7 @@ class OpenClipEncoder:
                 feeds=self._text_feeds,
                 reference=lambda texts: self._run(self._tokenizer(list(texts)), image=False),
                 cache_dir=onnx_cache_dir,
-                # Queries run this tower beside MiniLM, one batch at a time (QueryEncoder): half
-                # the cores each, not two sessions taking turns on all of them.
-                threads=max(1, torch.get_num_threads() // 2),
+                threads=query_threads("clip"),
                 int8=True,
             )
         elif text_runtime in ("onnx", "int8"):

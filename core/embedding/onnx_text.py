@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -80,6 +80,21 @@ def weights_digest(module: torch.nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def query_threads(tower: Literal["clip", "sentence"]) -> int:
+    """Intra-op threads of a text tower's ONNX session (``tower``: ``clip`` or ``sentence``).
+
+    A query batch runs the two towers side by side (:class:`core.embedding.batcher.QueryEncoder`),
+    so they split the cores instead of each taking all of them: CLIP's (the bigger) gets half,
+    MiniLM the rest. At a query's shape an extra intra-op thread buys little time for much more
+    CPU (``bench.query_encode`` measures both), and a busy process has other requests to run on
+    the other cores."""
+    import torch
+
+    cores = max(1, torch.get_num_threads())
+    clip = max(1, cores // 2)
+    return clip if tower == "clip" else max(1, cores - clip)
 
 
 def cpu_session(path: Path, threads: int) -> Any:

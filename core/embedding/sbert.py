@@ -11,7 +11,7 @@ import numpy as np
 
 from core.embedding import Matrix, TextRuntime
 from core.embedding.clip import resolve_device
-from core.embedding.onnx_text import MAX_BATCH, OnnxText, load_checked, wanted
+from core.embedding.onnx_text import MAX_BATCH, OnnxText, load_checked, query_threads, wanted
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,6 @@ class SentenceEncoder:
         text_runtime: TextRuntime = "torch",
         onnx_cache_dir: Path | None = None,
     ) -> None:
-        import torch
         from sentence_transformers import SentenceTransformer
 
         path = resolve_text_model(model)
@@ -73,7 +72,7 @@ class SentenceEncoder:
                 feeds=self._feeds,
                 reference=self._embed_torch,
                 cache_dir=onnx_cache_dir,
-                threads=torch.get_num_threads(),
+                threads=query_threads("sentence"),
             )
 
     @property

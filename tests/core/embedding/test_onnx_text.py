@@ -161,3 +161,19 @@ def test_settings_choose_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
         on_onnx.clip._onnx.path.name,
         on_onnx.text._onnx.path.name,
     }
+
+
+def test_the_two_query_towers_split_the_cores_between_their_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    # A query batch runs both towers at once (QueryEncoder): together they take the cores, no more
+    # (one thread each at least).
+    for cores, split in ((1, (1, 1)), (2, (1, 1)), (3, (1, 2)), (16, (8, 8))):
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=cores: n)
+        assert (onnx_text.query_threads("clip"), onnx_text.query_threads("sentence")) == split
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    clip = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="onnx", onnx_cache_dir=shared_cache())
+    sent = SentenceEncoder("all-MiniLM-L6-v2", device="cpu", text_runtime="onnx", onnx_cache_dir=shared_cache())
+    assert clip._onnx is not None and sent._onnx is not None
+    threads = [enc._onnx._session.get_session_options().intra_op_num_threads for enc in (clip, sent)]
+    assert threads == [2, 2]
