@@ -11,8 +11,11 @@ MiniLM runs in the caller's, the two sessions splitting the cores. ``side by sid
 cores`` is the layout before it (CLIP's session on half the cores, MiniLM's on all of them);
 ``in turn`` the one before that (the towers one after the other, each on all the cores).
 
-Then each tower alone, on one thread and on all the cores. Per batch size: wall time (median)
-and this process's CPU time per batch.
+Then each tower alone, on one thread and on all the cores; and CLIP's tower on one thread in the
+int8 copy in use (every MatMul weight int8, :data:`core.embedding.onnx_text.TEXT_KEEP_FP32`)
+against the image tower's recipe (attention input projections fp32), the copy used before. Per
+batch size: wall time (median) and this process's CPU time per batch. Last, each int8 copy's
+agreement with PyTorch fp32 over 180 random token strings of 5-16 tokens (cosine, min and mean).
 """
 
 from __future__ import annotations
@@ -24,16 +27,19 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.common import report
 from core.embedding import load_embedder
 from core.embedding.batcher import QueryEncoder
+from core.embedding.onnx_image import KEEP_FP32, quantized
 from core.embedding.onnx_text import OnnxText, query_threads
 from core.settings import Settings
 
 WORDS = ("blue", "red", "green", "black", "white", "leather", "wool", "cotton", "running", "hiking", "vintage", "shoes")
 BATCHES = (1, 4, 8)
+SOT, EOT = 49406, 49407  # CLIP's start and end of text tokens
 
 
 def measure(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
@@ -71,6 +77,10 @@ def main() -> None:
             if (tower, threads) not in sessions:
                 sessions[tower, threads] = OnnxText(own.path, threads=threads, precision=own.precision)
     process = {"clip": clip._onnx, "sentence": text._onnx}
+    fp32_path = clip._onnx.path.with_name(clip._onnx.path.name.split("-int8q")[0] + ".onnx")
+    copies = {"in use": OnnxText(clip._onnx.path, threads=1, precision="int8")}
+    if clip._onnx.precision == "int8" and quantized(fp32_path, KEEP_FP32) != clip._onnx.path:
+        copies["q/k/v fp32 (before)"] = OnnxText(quantized(fp32_path, KEEP_FP32), threads=1, precision="int8")
     encoder = QueryEncoder(embedder)
 
     def using(clip_threads: int, sentence_threads: int, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -102,6 +112,8 @@ def main() -> None:
             for threads in sorted({1, cores}):
                 session, feed = sessions[tower, threads], feeds[tower]
                 out[f"{tower} alone, {threads} thread{'s' if threads > 1 else ''}"] = partial(session.run, feed)
+        for label, copy in copies.items():
+            out[f"clip int8 {label}, 1 thread"] = partial(copy.run, feeds["clip"])
         return out
 
     rows = []
@@ -119,6 +131,22 @@ def main() -> None:
                 }
                 print(row, flush=True)
                 rows.append(row)
+    rng = np.random.default_rng(0)
+    for label, copy in copies.items():
+        cosines = []
+        for _ in range(180):
+            n = int(rng.integers(5, 17))
+            tokens = np.zeros((1, n), np.int64)
+            tokens[0, 0], tokens[0, -1] = SOT, EOT
+            tokens[0, 1:-1] = rng.integers(1, SOT, n - 2)
+            padded = np.zeros((1, 77), np.int64)  # PyTorch takes the tokenizer's full context
+            padded[:, :n] = tokens
+            ref = clip._run(torch.from_numpy(padded), image=False)
+            cosines.append(float((copy.run({"tokens": tokens}) * ref).sum()))
+        row = {"agreement": f"clip int8 {label}", "min_cosine": round(min(cosines), 5)}
+        row["mean_cosine"] = round(float(np.mean(cosines)), 5)
+        print(row, flush=True)
+        rows.append(row)
     meta = {
         "clip_model": args.clip_model,
         "threads": cores,

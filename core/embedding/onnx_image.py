@@ -100,9 +100,10 @@ weights, 32 product-like images: min cosine with fp32 0.987 with them quantised,
 ~30 vs ~25 images/s)."""
 
 
-def quantized_nodes(fp32: Path) -> list[str]:
+def quantized_nodes(fp32: Path, keep_fp32: tuple[str, ...] = KEEP_FP32) -> list[str]:
     """Names of the MatMul nodes of the exported graph to quantise: those with a constant weight
-    (an initialiser, or its transpose), except the attention input projections. Products of two
+    (an initialiser, or its transpose), except those whose weight's name contains one of
+    ``keep_fp32`` (by default the attention input projections, :data:`KEEP_FP32`). Products of two
     activations (attention scores) stay fp32: per-tensor int8 of softmax outputs loses too much.
     Gemm nodes (the attention output projections, ~10% of the work) stay fp32 too: ONNX Runtime's
     dynamic quantiser has no integer Gemm, and rewritten as MatMul + Add and quantised they cost
@@ -125,21 +126,22 @@ def quantized_nodes(fp32: Path) -> list[str]:
     for node in graph.node:
         if node.op_type == "MatMul":
             names = [w for w in map(weight, node.input[:2]) if w is not None]
-            if names and not any(k in w for w in names for k in KEEP_FP32):
+            if names and not any(k in w for w in names for k in keep_fp32):
                 keep.append(str(node.name))
     return keep
 
 
-def quantized(fp32: Path) -> Path:
+def quantized(fp32: Path, keep_fp32: tuple[str, ...] = KEEP_FP32) -> Path:
     """The int8 copy of the exported fp32 graph ``fp32`` (made now when missing, next to it):
     ONNX Runtime's pre-processing (shape inference, constant folding, so the weights are
-    initialisers), then dynamic quantisation of the nodes :func:`quantized_nodes` picks, int8
-    weights per output channel."""
+    initialisers), then dynamic quantisation of the nodes :func:`quantized_nodes` picks (weights
+    named with one of ``keep_fp32`` stay fp32), int8 weights per output channel."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    out = fp32.with_name(f"{fp32.stem}-int8q{QUANT_VERSION}-ort{ort.__version__}.onnx")
+    recipe = "" if keep_fp32 == KEEP_FP32 else "-" + ("+".join(keep_fp32) or "all")  # the default keeps its name
+    out = fp32.with_name(f"{fp32.stem}-int8q{QUANT_VERSION}{recipe}-ort{ort.__version__}.onnx")
     if out.exists():
         return out
     started = time.monotonic()
@@ -151,7 +153,7 @@ def quantized(fp32: Path) -> Path:
             pre,
             done,
             op_types_to_quantize=["MatMul"],
-            nodes_to_quantize=quantized_nodes(fp32),
+            nodes_to_quantize=quantized_nodes(fp32, keep_fp32),
             per_channel=True,
             weight_type=QuantType.QInt8,
             extra_options={"MatMulConstBOnly": True},

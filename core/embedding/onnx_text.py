@@ -48,6 +48,15 @@ MIN_COSINE_INT8 = 0.99
 """The int8 copy (CLIP's text tower only) must agree with PyTorch fp32 at least this well on every
 probe text: the bar the int8 image tower and the GPU fp16 path are held to."""
 
+TEXT_KEEP_FP32: tuple[str, ...] = ()
+"""Weights of CLIP's text tower that its int8 copy keeps fp32: none. Unlike the image tower
+(:data:`core.embedding.onnx_image.KEEP_FP32`), quantising the attention input projections too
+keeps the text tower's agreement with fp32 far above :data:`MIN_COSINE_INT8` on the CPUs
+measured, and at a query's few tokens those fp32 weights (a quarter of the tower's, at four times
+the bytes) took about a third of its time (``bench.query_encode``). Where that copy misses the
+bar (CPUs without int8 dot-product instructions quantise less exactly), the image tower's recipe
+is tried next."""
+
 PROBES = (
     "blue running shoes",
     "KS-48213 Virzan 7 trail runner, size 44",
@@ -207,9 +216,11 @@ def load_checked(
     """Export (or reuse), load and verify one text tower. ``None`` means: use PyTorch. With
     ``runtime="onnx"`` (or ``"int8"``) a failure raises :class:`ModelLoadError` instead.
 
-    ``int8`` (CLIP's text tower): under ``auto`` or ``int8`` the fp32 graph's int8 copy (made
-    once, cached next to it) replaces it when it agrees with PyTorch at :data:`MIN_COSINE_INT8`;
-    under ``auto`` a failing copy leaves the fp32 graph in use, under ``int8`` it raises."""
+    ``int8`` (CLIP's text tower): under ``auto`` or ``int8`` an int8 copy of the fp32 graph (made
+    once, cached next to it) replaces it when it agrees with PyTorch at :data:`MIN_COSINE_INT8`:
+    the copy with every MatMul weight quantised (:data:`TEXT_KEEP_FP32`), else the one with the attention
+    input projections in fp32. Under ``auto`` two failing copies leave the fp32 graph in use,
+    under ``int8`` they raise."""
 
     def onnx_failed(exc: Exception) -> None:
         if runtime in ("onnx", "int8"):
@@ -234,21 +245,26 @@ def load_checked(
         onnx_failed(exc)
         return None
     if int8 and runtime in ("auto", "int8"):
-        # Tried first: when it passes, the fp32 graph is never loaded in this process.
-        from core.embedding.onnx_image import quantized
+        # Tried first: when one passes, the fp32 graph is never loaded in this process.
+        from core.embedding.onnx_image import KEEP_FP32, quantized
 
-        try:
-            small = OnnxText(quantized(path), threads=threads, precision="int8")
-            cos8 = verify(small, feeds, wanted_vectors)
-            if cos8 < MIN_COSINE_INT8:
-                raise ModelLoadError(f"int8 copy disagrees with PyTorch (cosine {cos8:.4f} < {MIN_COSINE_INT8})")
-        except Exception as exc:  # quantiser/runtime errors come in many types
-            if runtime == "int8":
-                raise ModelLoadError(f"TEXT_RUNTIME=int8: {kind} text model {name}: {exc}") from exc
-            log.warning("%s text model %s: int8 copy not used, fp32 ONNX instead: %s", kind, name, exc)
-        else:
+        failed: list[str] = []
+        for keep in dict.fromkeys((TEXT_KEEP_FP32, KEEP_FP32)):  # the faster recipe first
+            try:
+                small = OnnxText(quantized(path, keep), threads=threads, precision="int8")
+                cos8 = verify(small, feeds, wanted_vectors)
+                if cos8 < MIN_COSINE_INT8:
+                    raise ModelLoadError(
+                        f"int8 copy {small.path.name} disagrees with PyTorch (cosine {cos8:.4f} < {MIN_COSINE_INT8})"
+                    )
+            except Exception as exc:  # quantiser/runtime errors come in many types
+                failed.append(str(exc))
+                continue
             log.info("%s text model %s runs on ONNX Runtime, int8 (min probe cosine %.7f)", kind, name, cos8)
             return small
+        if runtime == "int8":
+            raise ModelLoadError(f"TEXT_RUNTIME=int8: {kind} text model {name}: {'; '.join(failed)}")
+        log.warning("%s text model %s: int8 copy not used, fp32 ONNX instead: %s", kind, name, "; ".join(failed))
     try:
         runner = OnnxText(path, threads=threads)
         cosine = verify(runner, feeds, wanted_vectors)

@@ -6,8 +6,10 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from core import embedding
@@ -86,7 +88,8 @@ def test_clip_text_int8_copy_is_checked_against_pytorch_cached_and_used_when_it_
     with caplog.at_level(logging.INFO, logger="core.embedding"):
         small = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="auto", onnx_cache_dir=tmp_path)
     assert small.text_runtime == "int8" and "quantising" not in caplog.text and "exporting" not in caplog.text
-    assert small._onnx is not None and "int8" in small._onnx.path.name and len(list(tmp_path.glob("*.onnx"))) == 2
+    # fp32 and the two int8 copies (the refused run tried both recipes)
+    assert small._onnx is not None and "int8" in small._onnx.path.name and len(list(tmp_path.glob("*.onnx"))) == 3
     ref = OpenClipEncoder("tiny-clip-test", "none", device="cpu").embed_texts(TEXTS)
     for i in range(len(TEXTS)):  # each query alone, as search runs it
         assert cos_min(small.embed_texts([TEXTS[i]]), ref[i : i + 1]) >= 0.98
@@ -177,3 +180,58 @@ def test_the_two_query_towers_split_the_cores_between_their_sessions(monkeypatch
     assert clip._onnx is not None and sent._onnx is not None
     threads = [enc._onnx._session.get_session_options().intra_op_num_threads for enc in (clip, sent)]
     assert threads == [2, 2]
+
+
+def test_clip_text_int8_copy_quantises_the_attention_input_projections_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.embedding import onnx_image
+
+    # A bar either recipe meets on any CPU: this checks which weights are quantised, not how well.
+    monkeypatch.setattr(onnx_text, "MIN_COSINE_INT8", 0.9)
+    enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="int8", onnx_cache_dir=shared_cache())
+    assert enc._onnx is not None and enc.text_runtime == "int8"
+    int8_path = enc._onnx.path
+    fp32_path = int8_path.with_name(int8_path.name.split("-int8q")[0] + ".onnx")
+    # The image tower's recipe keeps the attention input projections fp32; the text tower's does not.
+    image_recipe = set(onnx_image.quantized_nodes(fp32_path))
+    text_recipe = set(onnx_image.quantized_nodes(fp32_path, onnx_text.TEXT_KEEP_FP32))
+    graph = onnx.load(str(fp32_path)).graph
+    inits = {i.name for i in graph.initializer}
+    made_by = {o: n for n in graph.node for o in n.output}
+
+    def weights(node: onnx.NodeProto) -> list[str]:  # initialisers, seen through a Transpose
+        srcs = [made_by[i].input[0] if i in made_by and made_by[i].op_type == "Transpose" else i for i in node.input]
+        return [w for w in srcs if w in inits]
+
+    in_proj = {n.name for n in graph.node if n.op_type == "MatMul" and any("in_proj" in w for w in weights(n))}
+    assert in_proj and image_recipe and text_recipe == image_recipe | in_proj and not image_recipe & in_proj
+    int8_nodes = onnx.load(str(int8_path)).graph.node
+    quantised = [n for n in int8_nodes if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert len(quantised) == len(text_recipe)
+    # Its own cache file: the image recipe's copy of the same graph is a different file.
+    assert onnx_image.quantized(fp32_path, onnx_text.TEXT_KEEP_FP32) == int8_path
+    assert onnx_image.quantized(fp32_path).name != int8_path.name
+
+
+def test_clip_text_int8_falls_back_to_the_image_towers_recipe_when_the_faster_copy_disagrees(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.embedding import onnx_image
+
+    real_verify = onnx_text.verify
+    refused: list[Path] = []
+
+    def verify(runner: onnx_text.OnnxText, feeds: Any, reference: Any) -> float:
+        if runner.precision == "int8" and not refused:  # the first int8 copy tried: the text recipe's
+            refused.append(runner.path)
+            return 0.5
+        return real_verify(runner, feeds, reference)
+
+    monkeypatch.setattr(onnx_text, "verify", verify)
+    monkeypatch.setattr(onnx_text, "MIN_COSINE_INT8", 0.9)
+    with caplog.at_level(logging.INFO, logger="core.embedding"):
+        enc = OpenClipEncoder("tiny-clip-test", "none", device="cpu", text_runtime="int8", onnx_cache_dir=tmp_path)
+    assert enc._onnx is not None and enc.text_runtime == "int8"
+    fp32_path = enc._onnx.path.with_name(enc._onnx.path.name.split("-int8q")[0] + ".onnx")
+    assert refused == [onnx_image.quantized(fp32_path, onnx_text.TEXT_KEEP_FP32)]
+    assert enc._onnx.path == onnx_image.quantized(fp32_path)  # then the image tower's recipe
+    assert "runs on ONNX Runtime, int8" in caplog.text and "int8 copy not used" not in caplog.text
