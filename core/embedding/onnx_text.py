@@ -260,7 +260,10 @@ def load_checked(
             except Exception as exc:  # quantiser/runtime errors come in many types
                 failed.append(str(exc))
                 continue
-            log.info("%s text model %s runs on ONNX Runtime, int8 (min probe cosine %.7f)", kind, name, cos8)
+            weights = "every MatMul weight int8" if keep == TEXT_KEEP_FP32 else "attention input projections fp32"
+            log.info(
+                "%s text model %s runs on ONNX Runtime, int8 (%s; min probe cosine %.7f)", kind, name, weights, cos8
+            )
             return small
         if runtime == "int8":
             raise ModelLoadError(f"TEXT_RUNTIME=int8: {kind} text model {name}: {'; '.join(failed)}")

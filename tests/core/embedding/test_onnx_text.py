@@ -234,4 +234,5 @@ def test_clip_text_int8_falls_back_to_the_image_towers_recipe_when_the_faster_co
     fp32_path = enc._onnx.path.with_name(enc._onnx.path.name.split("-int8q")[0] + ".onnx")
     assert refused == [onnx_image.quantized(fp32_path, onnx_text.TEXT_KEEP_FP32)]
     assert enc._onnx.path == onnx_image.quantized(fp32_path)  # then the image tower's recipe
-    assert "runs on ONNX Runtime, int8" in caplog.text and "int8 copy not used" not in caplog.text
+    assert "runs on ONNX Runtime, int8 (attention input projections fp32" in caplog.text
+    assert "int8 copy not used" not in caplog.text
