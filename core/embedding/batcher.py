@@ -106,8 +106,8 @@ class QueryEncoder:
     needs it) in a thread of its own while MiniLM runs in the batcher's, their ONNX sessions
     splitting the cores (:func:`core.embedding.onnx_text.query_threads`): at a query's shape one
     thread per tower does more per core than two threads taking turns (``bench/README.md``, the
-    throughput section). CLIP's image tower has a batcher of its own. A text is its own key: identical concurrent
-    queries share an encode."""
+    throughput section). CLIP's image tower has a batcher of its own. A text is its own key:
+    identical concurrent queries share an encode."""
 
     def __init__(self, embedder: Embedder, max_batch: int = 8) -> None:
         self.embedder = embedder
