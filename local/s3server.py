@@ -12,8 +12,9 @@ ingest work lost that way is redone by the upload sweeper.
 moto builds every ``ListObjectsV2`` answer with botocore's generic serializer, which re-parses each
 key's timestamp with dateutil (slow per key), and Lance lists a table's
 ``_versions/`` on every commit and every freshness check. :func:`fast_listings` writes that XML
-directly instead (same document, same pagination: moto still does the listing), so commits stay
-cheap while versions accumulate; :func:`start_moto` starts a server with it.
+directly instead (same document, same pagination), and :mod:`local.s3index` answers the listing
+from a sorted index of the bucket's names instead of moto's walk over every key, so commits stay
+cheap while versions accumulate; :func:`start_moto` starts a server with both.
 
 moto's server also works out which AWS service each request is for, under one process-wide lock, by
 listing moto's package folder (an ``isdir`` per module) and matching ~200 URL patterns. This server
@@ -24,6 +25,7 @@ cheroot rather than moto's development server (:class:`S3Server`), for connectio
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -39,6 +41,8 @@ import boto3
 from cheroot import wsgi
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.s3.models import FakeKey, s3_backends
+
+from local.s3index import indexed_listings
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ _LIST_FIELDS = (
 )
 _ITEM_FIELDS = ("Key", "LastModified", "ETag", "ChecksumAlgorithm", "Size", "StorageClass", "Owner")
 _KNOWN_LIST, _KNOWN_ITEM = frozenset(_LIST_FIELDS), frozenset(_ITEM_FIELDS)
+_PLAIN_ITEM = frozenset(("Key", "LastModified", "ETag", "Size", "StorageClass"))
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _fast = {"enabled": False}
 
@@ -72,6 +77,16 @@ def _text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return escape(str(value))
+
+
+@functools.lru_cache(maxsize=8192)
+def _plain_item(key: str, last_modified: str, etag: str, size: int, storage_class: str) -> str:
+    """One listed object's XML; cached, since Lance lists the same newest versions on every commit."""
+    return (
+        f"<Contents><Key>{_text(key)}</Key><LastModified>{_text(last_modified)}</LastModified>"
+        f"<ETag>{_text(etag)}</ETag><Size>{_text(size)}</Size><StorageClass>{_text(storage_class)}</StorageClass>"
+        "</Contents>"
+    )
 
 
 def list_v2_xml(result: Mapping[str, Any]) -> str | None:
@@ -87,6 +102,11 @@ def list_v2_xml(result: Mapping[str, Any]) -> str | None:
             continue
         if name == "Contents":
             for item in result[name]:
+                if item.keys() == _PLAIN_ITEM:  # most items (a page has up to 1,000)
+                    parts.append(
+                        _plain_item(item["Key"], item["LastModified"], item["ETag"], item["Size"], item["StorageClass"])
+                    )
+                    continue
                 if not item.keys() <= _KNOWN_ITEM:
                     return None
                 parts.append("<Contents>")
@@ -134,7 +154,9 @@ def fast_listings(enabled: bool = True) -> None:
             body = list_v2_xml(result) if isinstance(result, dict) else None
             if body is None:
                 return serialize(action_result)
-            return 200, {"Content-Type": "application/xml", **self.response_headers}, body
+            # As bytes: moto then skips its search of the whole body for a <RequestId> to fill in
+            # (a listing has none), a scan as long as the page.
+            return 200, {"Content-Type": "application/xml", **self.response_headers}, body.encode()
 
         self.serialized = serialized  # this request's handler instance only (moto makes one per request)
         try:
@@ -209,8 +231,9 @@ class S3Server:
 
 def start_moto(port: int = 0) -> S3Server:
     """moto's S3 server on 127.0.0.1 (``port`` 0: any free one), in a thread, with fast listings
-    and S3-only dispatch."""
+    (indexed, written directly) and S3-only dispatch."""
     fast_listings()
+    indexed_listings()
     return S3Server(ip_address="127.0.0.1", port=port).start()
 
 

@@ -231,3 +231,151 @@ def test_mirror_skips_an_object_replaced_while_it_ran(tmp_path: Path, monkeypatc
     assert (tmp_path / "objects" / "b" / "fine").read_bytes() == b"kept"
     assert not (tmp_path / "objects" / "b" / "old").exists()
     assert "b/old" not in mirror._mirrored  # so the next pass tries again
+
+
+def _client(url: str) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s"
+    )
+
+
+def _listing(s3: Any, bucket: str, **kwargs: Any) -> list[dict[str, Any]]:
+    pages, token = [], None
+    while True:
+        page = s3.list_objects_v2(Bucket=bucket, **kwargs, **({"ContinuationToken": token} if token else {}))
+        page.pop("ResponseMetadata")
+        pages.append(page)
+        token = page.get("NextContinuationToken")
+        if not token:
+            return pages
+
+
+def test_indexed_listings_page_like_moto_through_puts_overwrites_and_deletes(
+    listing_server: tuple[Any, str],
+) -> None:
+    """Listings answered from the sorted key index are moto's own, page for page (keys, folders,
+    truncation, continuation tokens, start keys), while puts, overwrites and deletes change the
+    bucket between them."""
+    import random
+
+    from local.s3index import indexed_listings
+
+    _, url = listing_server
+    s3 = _client(url)
+    s3.create_bucket(Bucket="indexed")
+    rng = random.Random(7)
+    parts = ["a", "b", "a b", "ü", "_versions", "data", "x&y", "z"]
+    names: set[str] = set()
+    prefixes = ["", "a", "a/", "b/", "_versions/", "ü/a", "nothing/", "z"]
+    try:
+        for round_ in range(6):
+            for _ in range(40):  # puts (some overwrite) and deletes, so the index must follow
+                if names and rng.random() < 0.25:
+                    gone = rng.choice(sorted(names))
+                    s3.delete_object(Bucket="indexed", Key=gone)
+                    names.discard(gone)
+                else:
+                    key = "/".join(rng.choice(parts) for _ in range(rng.randint(1, 4)))
+                    s3.put_object(Bucket="indexed", Key=key, Body=str(round_).encode())
+                    names.add(key)
+            for prefix in prefixes:
+                for kwargs in (
+                    {"Prefix": prefix},
+                    {"Prefix": prefix, "Delimiter": "/", "MaxKeys": rng.randint(1, 5)},
+                    {"Prefix": prefix, "MaxKeys": rng.randint(1, 7), "StartAfter": rng.choice(sorted(names))},
+                    {"Prefix": prefix, "Delimiter": "/", "StartAfter": "a/b"},
+                ):
+                    indexed_listings(False)
+                    expected = _listing(s3, "indexed", **kwargs)
+                    indexed_listings(True)
+                    assert _listing(s3, "indexed", **kwargs) == expected, kwargs
+        everything = [o["Key"] for p in _listing(s3, "indexed") for o in p.get("Contents", [])]
+        assert everything == sorted(names) and len(everything) > 20
+    finally:
+        indexed_listings(True)
+        for key in names:
+            s3.delete_object(Bucket="indexed", Key=key)
+        s3.delete_bucket(Bucket="indexed")
+
+
+def test_an_indexed_listing_does_not_walk_the_bucket(listing_server: tuple[Any, str], monkeypatch: Any) -> None:
+    """A listing reads the index, not every key of the bucket (moto's walk copies the key store
+    and visits each key: what made a commit's listing grow with everything written that day)."""
+    from moto.s3.utils import _VersionedKeyStore
+
+    _, url = listing_server
+    s3 = _client(url)
+    s3.create_bucket(Bucket="nowalk")
+    for i in range(30):
+        s3.put_object(Bucket="nowalk", Key=f"data/{i:03d}", Body=b"d")
+    for v in range(5):
+        s3.put_object(Bucket="nowalk", Key=f"_versions/{99 - v}.manifest", Body=b"m")
+
+    def walk(self: Any) -> Any:
+        raise AssertionError("the listing walked the whole bucket")
+
+    monkeypatch.setattr(_VersionedKeyStore, "_self_iterable", walk)
+    page = s3.list_objects_v2(Bucket="nowalk", Prefix="_versions/", MaxKeys=2)
+    assert [o["Key"] for o in page["Contents"]] == ["_versions/95.manifest", "_versions/96.manifest"]
+    assert page["IsTruncated"] is True
+    rest = s3.list_objects_v2(Bucket="nowalk", Prefix="_versions/", ContinuationToken=page["NextContinuationToken"])
+    assert [o["Key"] for o in rest["Contents"]] == [f"_versions/{v}.manifest" for v in (97, 98, 99)]
+    folders = s3.list_objects_v2(Bucket="nowalk", Delimiter="/")
+    assert [c["Prefix"] for c in folders["CommonPrefixes"]] == ["_versions/", "data/"]
+    # Nor is the index rebuilt: each put and delete updates it (a delete and a put leave the
+    # count as it was, so only the writes' own updates can make this listing right).
+    from local.s3index import KeyIndex
+
+    monkeypatch.setattr(KeyIndex, "rebuild", walk)
+    s3.delete_object(Bucket="nowalk", Key="_versions/95.manifest")
+    s3.put_object(Bucket="nowalk", Key="_versions/94.manifest", Body=b"m")
+    s3.put_object(Bucket="nowalk", Key="_versions/96.manifest", Body=b"again")
+    page = s3.list_objects_v2(Bucket="nowalk", Prefix="_versions/", MaxKeys=3)
+    assert [o["Key"] for o in page["Contents"]] == [f"_versions/{v}.manifest" for v in (94, 96, 97)]
+    assert page["Contents"][1]["Size"] == len(b"again")
+    monkeypatch.undo()
+    for key in [o["Key"] for p in _listing(s3, "nowalk") for o in p["Contents"]]:
+        s3.delete_object(Bucket="nowalk", Key=key)
+    s3.delete_bucket(Bucket="nowalk")
+
+
+def test_the_index_follows_concurrent_writers(listing_server: tuple[Any, str]) -> None:
+    """Threads putting and deleting while others list: afterwards the index lists exactly what
+    moto's walk lists (each write syncs its name to the store as it is then)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from local.s3index import indexed_listings
+
+    _, url = listing_server
+    s3 = _client(url)
+    s3.create_bucket(Bucket="racing")
+
+    def writer(w: int) -> None:
+        client = _client(url)
+        for i in range(40):
+            key = f"t/{(w * 7 + i) % 25:02d}"
+            if i % 3 == 2:
+                client.delete_object(Bucket="racing", Key=key)
+            else:
+                client.put_object(Bucket="racing", Key=key, Body=b"x")
+
+    def reader(_: int) -> None:
+        client = _client(url)
+        for _ in range(15):
+            client.list_objects_v2(Bucket="racing", Prefix="t/")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(writer, range(5)))  # writers alone first: the bucket holds keys
+        futures = [pool.submit(writer, w) for w in range(5, 10)] + [pool.submit(reader, r) for r in range(3)]
+        for f in futures:
+            f.result()
+    indexed = _listing(s3, "racing", Prefix="t/")
+    indexed_listings(False)
+    try:
+        walked = _listing(s3, "racing", Prefix="t/")
+    finally:
+        indexed_listings(True)
+    assert indexed == walked and indexed[0]["KeyCount"] > 0
+    for key in [o["Key"] for o in indexed[0]["Contents"]]:
+        s3.delete_object(Bucket="racing", Key=key)
+    s3.delete_bucket(Bucket="racing")
