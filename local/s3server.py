@@ -39,6 +39,7 @@ from xml.sax.saxutils import escape
 
 import boto3
 from cheroot import wsgi
+from moto import settings as moto_settings
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.s3.models import FakeKey, s3_backends
 
@@ -102,6 +103,9 @@ def list_v2_xml(result: Mapping[str, Any]) -> str | None:
             continue
         if name == "Contents":
             for item in result[name]:
+                if isinstance(item, str):  # written already (_fragment)
+                    parts.append(item)
+                    continue
                 if item.keys() == _PLAIN_ITEM:  # most items (a page has up to 1,000)
                     parts.append(
                         _plain_item(item["Key"], item["LastModified"], item["ETag"], item["Size"], item["StorageClass"])
@@ -131,6 +135,81 @@ def list_v2_xml(result: Mapping[str, Any]) -> str | None:
     return None if _NOT_XML.search(body) else body
 
 
+_fragments: dict[int, tuple[FakeKey, tuple[Any, ...], str]] = {}
+_FRAGMENTS_MAX = 8192
+
+
+def _fragment(key: FakeKey) -> str | None:
+    """A listed object's ``<Contents>``, as moto's handler and :func:`list_v2_xml` would write it;
+    kept while the object's listed fields stay as they were (None: an object with a checksum
+    algorithm, which the handler lists in full)."""
+    if key.checksum_algorithm:
+        return None
+    etag = key.etag  # computed on first use: before the stamp
+    stamp = (key.last_modified, etag, key.contentsize, key._storage_class)
+    hit = _fragments.get(id(key))
+    if hit is not None and hit[0] is key and hit[1] == stamp:
+        return hit[2]
+    xml = _plain_item(key.safe_name(None), key.last_modified_ISO8601, etag, key.size, key.storage_class)
+    if len(_fragments) >= _FRAGMENTS_MAX:
+        _fragments.clear()
+    _fragments[id(key)] = (key, stamp, xml)
+    return xml
+
+
+def _plain_page(handler: Any) -> str | None:
+    """moto's ``ListObjectsV2`` answer for the common request (no URL encoding of the names, no
+    owners), written from cached per-object XML without moto building a dict per object; None
+    for any other request, which moto's handler answers."""
+    query = handler.querystring
+    if "encoding-type" in query or "fetch-owner" in query:
+        return None
+    token = query.get("continuation-token", [None])[0]
+    if token == "":
+        return None  # moto's error answer
+    bucket = handler.backend.get_bucket(handler.bucket_name)
+    prefix = handler._get_querystring(handler.request, handler.uri).get("prefix", [None])[0]
+    if isinstance(prefix, bytes):
+        prefix = prefix.decode("utf-8")
+    delimiter = query.get("delimiter", [None])[0]
+    max_keys = int(query.get("max-keys", [moto_settings.get_s3_default_max_keys()])[0])
+    start_after = query.get("start-after", [None])[0]
+    entries, truncated, next_token = handler.backend.list_objects_v2(
+        bucket=bucket,
+        prefix=prefix,
+        delimiter=delimiter,
+        continuation_token=token,
+        start_after=start_after,
+        max_keys=max_keys,
+    )
+    contents: list[Any] = []
+    folders = []
+    for entry in entries:
+        if not isinstance(entry, FakeKey):
+            folders.append({"Prefix": entry})
+            continue
+        xml = _fragment(entry)
+        if xml is None:
+            return None
+        contents.append(xml)
+    result: dict[str, Any] = {
+        "Name": bucket.name,
+        "Prefix": prefix or "",
+        "MaxKeys": max_keys,
+        "KeyCount": len(contents) + len(folders),
+        "IsTruncated": truncated,
+        "Contents": contents,
+    }
+    if delimiter:
+        result["Delimiter"] = delimiter
+        result["CommonPrefixes"] = folders
+    if next_token:
+        result["NextContinuationToken"] = next_token
+    if not token and start_after:
+        result["StartAfter"] = start_after
+    return list_v2_xml(result)
+
+
 def fast_listings(enabled: bool = True) -> None:
     """Make moto's S3 server (every one in this process) answer ``ListObjectsV2`` with
     :func:`list_v2_xml`; ``enabled=False`` restores moto's own serializer."""
@@ -147,6 +226,9 @@ def fast_listings(enabled: bool = True) -> None:
     def list_objects_v2(self: Any) -> Any:
         if not _fast["enabled"]:
             return plain_list(self)
+        body = _plain_page(self)
+        if body is not None:
+            return 200, {"Content-Type": "application/xml", **self.response_headers}, body.encode()
         serialize: Callable[[Any], Any] = self.serialized
 
         def serialized(action_result: Any) -> Any:
