@@ -5,12 +5,17 @@ client).
     python -m bench.load                        # starts a dev runner (sample 200, ViT-B-32 random-init)
     python -m bench.load --url http://127.0.0.1:8000 --pid 1234
     python -m bench.load --sweep                # throughput per client count, core-ms per route
+    python -m bench.load --sustained 8          # mixed traffic, 8 windows of 30 s on one server
 
 Mix: text search 40 % (every query text new: uncached), similar 20 %, recommendations 30 %,
 event batches (5 events) 10 %.
 Phase 1: ``--clients`` closed-loop clients for ``--capacity-seconds`` -> sustained 2xx/s.
 Phase 2: arrivals at ``--factor`` x that rate for ``--seconds`` (60): answers by status class,
 latency percentiles, and the server's RSS at start and end (from /proc, when its pid is known).
+
+``--sustained N`` runs N consecutive windows of mixed traffic (``--clients`` closed-loop clients,
+``--window-seconds`` each) on one server: whether its rate holds while events keep being written
+(each event batch is a commit, so the dataset's versions and files keep growing).
 
 ``--sweep`` instead measures, closed loop for ``--sweep-seconds`` each, 1/4/8/16/32 clients of:
 uncached text search, the mix, and search by photo (requests/s, p50/p95/p99, errors, and the
@@ -409,6 +414,19 @@ def sweep(target: Target, seconds: float, workloads: tuple[str, ...] = SWEEP_WOR
     return rows
 
 
+def sustained(target: Target, windows: int, seconds: float, clients: int) -> list[dict[str, Any]]:
+    """Mixed traffic for ``windows`` windows back to back on one server, a row each."""
+    shots = photos()
+    rows = []
+    started = time.perf_counter()
+    for w in range(1, windows + 1):
+        row = asyncio.run(closed_loop(target, "mixed", clients, seconds, shots))
+        row = {"window": w, "minutes": round((time.perf_counter() - started) / 60, 1)} | row
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
 def start_dev_runner(sample: int, clip_model: str) -> tuple[subprocess.Popen[bytes], str, Path]:
     import socket
 
@@ -456,6 +474,8 @@ def main() -> None:
         default=",".join(SWEEP_WORKLOADS),
         help=f"the sweep's workloads, comma-separated (default: {','.join(SWEEP_WORKLOADS)})",
     )
+    ap.add_argument("--sustained", type=int, default=0, help="windows of mixed traffic on one server")
+    ap.add_argument("--window-seconds", type=float, default=30)
     ap.add_argument("--name", default="load", help="results file prefix")
     args = ap.parse_args()
     workloads = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
@@ -468,12 +488,18 @@ def main() -> None:
         proc, base, _ = start_dev_runner(args.sample, args.clip_model)
         pid = proc.pid
     meta = {"sample": args.sample, "clip_model": args.clip_model, "clients": args.clients, "url": args.url}
+    if args.sweep and args.sustained:
+        ap.error("--sweep and --sustained are separate runs")
     if args.sweep:
         meta |= {"workloads": ",".join(workloads), "sweep_seconds": args.sweep_seconds}
+    if args.sustained:
+        meta |= {"windows": args.sustained, "window_seconds": args.window_seconds}
     try:
         target = Target(base, product_ids(base), pid)
         if args.sweep:
             rows = sweep(target, args.sweep_seconds, workloads)
+        elif args.sustained:
+            rows = sustained(target, args.sustained, args.window_seconds, args.clients)
         else:
             result = run(target, args.capacity_seconds, args.clients, args.factor, args.seconds)
             rows = [{k: v for k, v in result.items() if k != "status"} | {"status": str(result["status"])}]
