@@ -258,17 +258,6 @@ def _client(url: str) -> Any:
     )
 
 
-def _listing(s3: Any, bucket: str, **kwargs: Any) -> list[dict[str, Any]]:
-    pages, token = [], None
-    while True:
-        page = s3.list_objects_v2(Bucket=bucket, **kwargs, **({"ContinuationToken": token} if token else {}))
-        page.pop("ResponseMetadata")
-        pages.append(page)
-        token = page.get("NextContinuationToken")
-        if not token:
-            return pages
-
-
 def test_indexed_listings_page_like_moto_through_puts_overwrites_and_deletes(
     listing_server: tuple[Any, str],
 ) -> None:
@@ -305,10 +294,10 @@ def test_indexed_listings_page_like_moto_through_puts_overwrites_and_deletes(
                     {"Prefix": prefix, "Delimiter": "/", "StartAfter": "a/b"},
                 ):
                     indexed_listings(False)
-                    expected = _listing(s3, "indexed", **kwargs)
+                    expected = all_pages(s3, "indexed", **kwargs)
                     indexed_listings(True)
-                    assert _listing(s3, "indexed", **kwargs) == expected, kwargs
-        everything = [o["Key"] for p in _listing(s3, "indexed") for o in p.get("Contents", [])]
+                    assert all_pages(s3, "indexed", **kwargs) == expected, kwargs
+        everything = [o["Key"] for p in all_pages(s3, "indexed") for o in p.get("Contents", [])]
         assert everything == sorted(names) and len(everything) > 20
     finally:
         indexed_listings(True)
@@ -353,7 +342,7 @@ def test_an_indexed_listing_does_not_walk_the_bucket(listing_server: tuple[Any, 
     assert [o["Key"] for o in page["Contents"]] == [f"_versions/{v}.manifest" for v in (94, 96, 97)]
     assert page["Contents"][1]["Size"] == len(b"again")
     monkeypatch.undo()
-    for key in [o["Key"] for p in _listing(s3, "nowalk") for o in p["Contents"]]:
+    for key in [o["Key"] for p in all_pages(s3, "nowalk") for o in p["Contents"]]:
         s3.delete_object(Bucket="nowalk", Key=key)
     s3.delete_bucket(Bucket="nowalk")
 
@@ -388,10 +377,10 @@ def test_the_index_follows_concurrent_writers(listing_server: tuple[Any, str]) -
         futures = [pool.submit(writer, w) for w in range(5, 10)] + [pool.submit(reader, r) for r in range(3)]
         for f in futures:
             f.result()
-    indexed = _listing(s3, "racing", Prefix="t/")
+    indexed = all_pages(s3, "racing", Prefix="t/")
     indexed_listings(False)
     try:
-        walked = _listing(s3, "racing", Prefix="t/")
+        walked = all_pages(s3, "racing", Prefix="t/")
     finally:
         indexed_listings(True)
     assert indexed == walked and indexed[0]["KeyCount"] > 0
