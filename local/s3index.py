@@ -153,7 +153,8 @@ def indexed_listings(enabled: bool = True) -> None:
         max_keys: int,
     ) -> Any:
         after = self._pagination_tokens.get(continuation_token) if continuation_token else start_after
-        if not _enabled["on"] or type(bucket) is not FakeBucket or (continuation_token and after is None):
+        unusual = type(bucket) is not FakeBucket or max_keys < 0 or (continuation_token and after is None)
+        if not _enabled["on"] or unusual:
             return plain(self, bucket, prefix, delimiter, continuation_token, start_after, max_keys)
         return list_page(self, bucket, prefix or "", delimiter, after, max_keys)
 

@@ -207,6 +207,7 @@ def _plain_page(handler: Any) -> str | None:
         result["NextContinuationToken"] = next_token
     if not token and start_after:
         result["StartAfter"] = start_after
+    handler.data["Action"] = "ListObjectsV2"  # as moto's handler records it
     return list_v2_xml(result)
 
 
