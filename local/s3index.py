@@ -5,8 +5,8 @@ moto answers ``ListObjectsV2`` by walking every key of the bucket in Python (a c
 dict, then one method call per key), sorting all the matches and cutting the page out of them.
 Lance lists a table's ``_versions/`` on every commit, and with the 24 hours of versions that
 retention keeps, each commit's listing walked every data file, manifest and transaction file
-written that day: under steady event traffic a listing cost 2.4 ms after half a minute and 19 ms
-after four, and the server slowed with it (``bench/README.md``).
+written that day, and the server slowed as it ran (``bench/README.md``, "Sustained mixed
+traffic").
 
 :func:`indexed_listings` keeps a sorted list of key names beside each bucket's key store (built on
 the first listing, then updated by every put and delete) and answers a listing from it: a bisection

@@ -25,7 +25,6 @@ cheroot rather than moto's development server (:class:`S3Server`), for connectio
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -80,9 +79,8 @@ def _text(value: object) -> str:
     return escape(str(value))
 
 
-@functools.lru_cache(maxsize=8192)
-def _plain_item(key: str, last_modified: str, etag: str, size: int, storage_class: str) -> str:
-    """One listed object's XML; cached, since Lance lists the same newest versions on every commit."""
+def _plain_item(key: str, last_modified: str, etag: str, size: int, storage_class: str | None) -> str:
+    """One listed object's XML (no checksum algorithm, no owner)."""
     return (
         f"<Contents><Key>{_text(key)}</Key><LastModified>{_text(last_modified)}</LastModified>"
         f"<ETag>{_text(etag)}</ETag><Size>{_text(size)}</Size><StorageClass>{_text(storage_class)}</StorageClass>"
@@ -103,7 +101,7 @@ def list_v2_xml(result: Mapping[str, Any]) -> str | None:
             continue
         if name == "Contents":
             for item in result[name]:
-                if isinstance(item, str):  # written already (_fragment)
+                if isinstance(item, str):  # written already (_contents)
                     parts.append(item)
                     continue
                 if item.keys() == _PLAIN_ITEM:  # most items (a page has up to 1,000)
@@ -139,12 +137,20 @@ _fragments: dict[int, tuple[FakeKey, tuple[Any, ...], str]] = {}
 _FRAGMENTS_MAX = 8192
 
 
-def _fragment(key: FakeKey) -> str | None:
-    """A listed object's ``<Contents>``, as moto's handler and :func:`list_v2_xml` would write it;
-    kept while the object's listed fields stay as they were (None: an object with a checksum
-    algorithm, which the handler lists in full)."""
+def _contents(key: FakeKey) -> str | dict[str, Any]:
+    """A listed object's ``<Contents>``, as moto's handler and :func:`list_v2_xml` would write it:
+    cached while the object's listed fields stay as they were (Lance lists the same newest
+    versions on every commit). An object with a checksum algorithm comes as the item moto's
+    handler builds, for :func:`list_v2_xml` to write."""
     if key.checksum_algorithm:
-        return None
+        return {
+            "Key": key.safe_name(None),
+            "LastModified": key.last_modified_ISO8601,
+            "ETag": key.etag,
+            "Size": key.size,
+            "StorageClass": key.storage_class,
+            "ChecksumAlgorithm": [key.checksum_algorithm],
+        }
     etag = key.etag  # computed on first use: before the stamp
     stamp = (key.last_modified, etag, key.contentsize, key._storage_class)
     hit = _fragments.get(id(key))
@@ -159,7 +165,7 @@ def _fragment(key: FakeKey) -> str | None:
 
 def _plain_page(handler: Any) -> str | None:
     """moto's ``ListObjectsV2`` answer for the common request (no URL encoding of the names, no
-    owners), written from cached per-object XML without moto building a dict per object; None
+    owners), mostly from cached per-object XML, without moto building a dict per object; None
     for any other request, which moto's handler answers."""
     query = handler.querystring
     if "encoding-type" in query or "fetch-owner" in query:
@@ -182,16 +188,8 @@ def _plain_page(handler: Any) -> str | None:
         start_after=start_after,
         max_keys=max_keys,
     )
-    contents: list[Any] = []
-    folders = []
-    for entry in entries:
-        if not isinstance(entry, FakeKey):
-            folders.append({"Prefix": entry})
-            continue
-        xml = _fragment(entry)
-        if xml is None:
-            return None
-        contents.append(xml)
+    contents = [_contents(e) for e in entries if isinstance(e, FakeKey)]
+    folders = [{"Prefix": e} for e in entries if not isinstance(e, FakeKey)]
     result: dict[str, Any] = {
         "Name": bucket.name,
         "Prefix": prefix or "",
