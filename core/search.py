@@ -60,7 +60,7 @@ from PIL import Image
 from core.analytics import price_stats
 from core.catalog import Candidate, Catalog
 from core.embedding import Embedder
-from core.embedding.batcher import QueryEncoder
+from core.embedding.batcher import QueryEncoder, TextVectors
 from core.errors import InvalidInput, NotFound, ServiceError, Unavailable
 from core.hot import (
     HotCatalog,
@@ -387,8 +387,14 @@ def _text_vectors(
     cache: QueryCache | None,
     timings: Timings,
     encoder: QueryEncoder | None = None,
+    encoded: TextVectors | None = None,
 ) -> tuple[Vector, Vector | None]:
     key = (text, with_clip)
+    if encoded is not None:  # encoded by the caller (awaited on its event loop)
+        timings.cache_hit = False
+        if cache is not None:
+            cache.put(key, encoded)
+        return encoded
     found = cache.get(key) if cache is not None else None
     if found is not None:
         timings.cache_hit = True
@@ -406,14 +412,35 @@ def _text_vectors(
     return q_txt, q_img
 
 
-def answers_from_memory(query: SearchQuery, default: Weights, hot: HotCatalog | None, cache: QueryCache | None) -> bool:
-    """Whether :func:`search` answers ``query`` from memory alone: no encoder runs (keyword mode,
-    or its text vectors are cached) and the hot catalog holds this process's writes. Such a
-    search is a millisecond of numpy, cheaper run where the request is than handed to a thread."""
+def searches_memory(query: SearchQuery, hot: HotCatalog | None) -> bool:
+    """Whether :func:`search` runs ``query`` on the hot catalog alone, once its text vectors
+    are at hand: the hot catalog holds this process's writes and the query asks for one page of
+    relevance (no photo to decode, no walk over the whole matching set)."""
     if hot is None or not hot.in_memory or query.image is not None:
         return False
-    if query.facets or query.sort != "relevance" or query.filters.attributes:
-        return False  # a walk over the whole matching set (or a first-use index): off the event loop
+    # Facets, other sorts and attribute filters walk the whole matching set (or build an index
+    # on first use): off the event loop.
+    return not (query.facets or query.sort != "relevance" or query.filters.attributes)
+
+
+def encode_first(
+    query: SearchQuery, default: Weights, hot: HotCatalog | None, encoder: QueryEncoder | None
+) -> tuple[str, bool] | None:
+    """The (text, with CLIP) a caller may encode itself (:meth:`QueryEncoder.submit_text`) and
+    pass to :func:`search` as ``encoded``, where the encode is all that keeps ``query`` from a
+    search from memory; None otherwise."""
+    if encoder is None or query.mode == "keyword" or not searches_memory(query, hot):
+        return None
+    text = query.text.strip() if query.text else ""
+    return (text, (query.weights or default).image > 0) if text else None
+
+
+def answers_from_memory(query: SearchQuery, default: Weights, hot: HotCatalog | None, cache: QueryCache | None) -> bool:
+    """Whether :func:`search` answers ``query`` from memory alone: :func:`searches_memory` and
+    no encoder runs (keyword mode, or its text vectors are cached). Such a search is a
+    millisecond of numpy, cheaper run where the request is than handed to a thread."""
+    if not searches_memory(query, hot):
+        return False
     if query.mode == "keyword":
         return True
     text = query.text.strip() if query.text else ""
@@ -475,19 +502,21 @@ def search(
     encoder: QueryEncoder | None = None,
     flights: SingleFlight | None = None,
     match_candidates: int = MATCH_CANDIDATES,
+    encoded: TextVectors | None = None,
 ) -> SearchPage:
     """Text search, search by image, or both at once (from ``hot`` once it has loaded; query
     text vectors from ``cache`` when it holds them): one page of the matching set's ranking (see
     the module docstring). With ``encoder``, encodes are batched with other requests'; with
-    ``flights``, identical concurrent text searches run once."""
+    ``flights``, identical concurrent text searches run once. ``encoded``: the query text's
+    vectors, when the caller encoded them (:meth:`QueryEncoder.submit_text`)."""
     timings = timings if timings is not None else Timings()
     if flights is not None and query.image is None:
         t = timings
         return flights.run(
             (query, default, match_candidates),
-            lambda: _search(catalog, embedder, query, default, hot, cache, t, encoder, match_candidates),
+            lambda: _search(catalog, embedder, query, default, hot, cache, t, encoder, match_candidates, encoded),
         )
-    return _search(catalog, embedder, query, default, hot, cache, timings, encoder, match_candidates)
+    return _search(catalog, embedder, query, default, hot, cache, timings, encoder, match_candidates, encoded)
 
 
 def loaded_snapshot(hot: HotCatalog | None, what: str) -> HotSnapshot:
@@ -518,6 +547,7 @@ def _search(
     timings: Timings,
     encoder: QueryEncoder | None,
     match_candidates: int,
+    encoded: TextVectors | None = None,
 ) -> SearchPage:
     weights = query.weights or default
     q_img: Vector | None = None
@@ -529,7 +559,7 @@ def _search(
         snap = loaded_snapshot(hot, what)
     if query.mode != "keyword":
         if text:
-            q_txt, q_img = _text_vectors(embedder, text, weights.image > 0, cache, timings, encoder)
+            q_txt, q_img = _text_vectors(embedder, text, weights.image > 0, cache, timings, encoder, encoded)
         if query.image is not None:
             started = time.perf_counter()
             img_vec = encoder.clip_image(query.image) if encoder else embedder.clip.embed_images([query.image])[0]

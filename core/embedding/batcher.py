@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from PIL import Image
@@ -26,14 +26,15 @@ IDLE_EXIT_SECONDS = 60.0  # a batcher's thread ends after this long without work
 
 
 class _Slot(Generic[T, R]):
-    __slots__ = ("done", "error", "item", "key", "result")
+    __slots__ = ("future", "item", "key")
 
     def __init__(self, item: T, key: Hashable | None) -> None:
         self.item = item
         self.key = key
-        self.done = threading.Event()
-        self.result: R | None = None
-        self.error: BaseException | None = None
+        self.future: Future[R] = Future()
+        # Running from the start: a waiter that gives up (an asyncio task cancelled when its
+        # client hung up) cannot cancel an encode that other callers may share.
+        self.future.set_running_or_notify_cancel()
 
 
 class MicroBatcher(Generic[T, R]):
@@ -55,6 +56,11 @@ class MicroBatcher(Generic[T, R]):
 
     def __call__(self, item: T, key: Hashable | None = None) -> R:
         """``item``'s result, encoded in the next batch (raises what ``encode`` raised)."""
+        return self.submit(item, key).result()
+
+    def submit(self, item: T, key: Hashable | None = None) -> Future[R]:
+        """``item``'s result to come, from the next batch: an event loop awaits it
+        (``asyncio.wrap_future``) without holding a thread."""
         with self._cond:
             slot = self._by_key.get(key) if key is not None else None
             if slot is not None:
@@ -68,10 +74,7 @@ class MicroBatcher(Generic[T, R]):
                     self._thread = threading.Thread(target=self._run, name=f"batch-{self._name}", daemon=True)
                     self._thread.start()
                 self._cond.notify()
-        slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
-        return slot.result  # type: ignore[return-value]  # set with done unless error
+        return slot.future
 
     def _run(self) -> None:
         while True:
@@ -81,20 +84,24 @@ class MicroBatcher(Generic[T, R]):
                         self._thread = None  # idle: the next call starts a new one
                         return
                 batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            rows: Sequence[R] = ()
+            error: BaseException | None = None
             try:
                 rows = self.encode([s.item for s in batch])
-                for s, row in zip(batch, rows, strict=True):
-                    s.result = row
+                if len(rows) != len(batch):
+                    raise ValueError(f"{self._name}: {len(rows)} results for a batch of {len(batch)}")
             except BaseException as exc:  # every caller of the batch gets it; the thread goes on
-                for s in batch:
-                    s.error = exc
+                error = exc
             with self._cond:
                 self.batch_sizes[len(batch)] += 1
                 for s in batch:
                     if s.key is not None and self._by_key.get(s.key) is s:
                         del self._by_key[s.key]
-            for s in batch:
-                s.done.set()
+            for i, s in enumerate(batch):
+                if error is not None:
+                    s.future.set_exception(error)
+                else:
+                    s.future.set_result(rows[i])
 
 
 TextVectors = tuple[Vector, Vector | None]  # (sentence vector, CLIP text vector or None)
@@ -116,7 +123,11 @@ class QueryEncoder:
         self.clip_image: MicroBatcher[Image.Image, Vector] = MicroBatcher(self._encode_images, max_batch, "clip-image")
 
     def text(self, text: str, with_clip: bool) -> TextVectors:
-        return self.texts((text, with_clip), key=(text, with_clip))
+        return self.submit_text(text, with_clip).result()
+
+    def submit_text(self, text: str, with_clip: bool) -> Future[TextVectors]:
+        """:meth:`text` to come: an event loop awaits it without a thread of its own."""
+        return self.texts.submit((text, with_clip), key=(text, with_clip))
 
     def _encode_texts(self, items: Sequence[tuple[str, bool]]) -> list[TextVectors]:
         texts = [t for t, _ in items]

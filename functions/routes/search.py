@@ -1,13 +1,24 @@
 """``POST /search``, ``GET /suggest`` and ``GET /similar/{id}``."""
 
+import asyncio
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from PIL import Image
 
+from core.embedding.batcher import TextVectors
 from core.images import decode_image
-from core.search import SearchPage, SearchQuery, Timings, answers_from_memory, loaded_snapshot, search, similar
+from core.search import (
+    SearchPage,
+    SearchQuery,
+    Timings,
+    answers_from_memory,
+    encode_first,
+    loaded_snapshot,
+    search,
+    similar,
+)
 from core.suggest import MAX_PREFIX_CHARS, Suggestion, suggest
 from core.types import Filters, Weights
 from functions.routes.deps import (
@@ -63,6 +74,21 @@ async def search_products(body: SearchRequest, request: Request) -> SearchRespon
     in_memory = text_query is not None and answers_from_memory(
         text_query, services.default_weights, services.hot, services.query_cache
     )
+    encoded: TextVectors | None = None
+    inference = 0.0
+    first = (
+        None
+        if in_memory or text_query is None
+        else encode_first(text_query, services.default_weights, services.hot, services.encoder)
+    )
+    if first is not None and services.encoder is not None:
+        # Only the encode stands between this query and a search from memory: await it here
+        # instead of blocking a worker thread on it (under load, dozens of blocked threads
+        # woke at once to contend with the encoder's own threads for the GIL).
+        t0 = time.perf_counter()
+        encoded = await asyncio.wrap_future(services.encoder.submit_text(*first))
+        inference = time.perf_counter() - t0
+        in_memory = True
 
     def run(q: SearchQuery | None) -> tuple[SearchQuery, SearchPage, Timings]:
         if q is None:  # a photo: decoded here, off the event loop
@@ -87,10 +113,12 @@ async def search_products(body: SearchRequest, request: Request) -> SearchRespon
             # would also hold up the event loop it runs on).
             flights=None if in_memory else services.flights,
             match_candidates=settings.match_candidates,
+            encoded=encoded,
         )
         return q, page, t
 
     q, page, timings = await in_memory_or_thread(in_memory, run, text_query)
+    timings.inference += inference
     if timings.inference:
         metrics.inference.labels("image" if q.image is not None else "text").observe(timings.inference)
     if timings.cache_hit is not None:

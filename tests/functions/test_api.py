@@ -12,6 +12,7 @@ from core.ingest import PendingProduct
 from core.settings import Settings
 from core.types import ProductInput
 from functions.app import create_app
+from functions.routes import deps
 from functions.services import Services
 from local.sample import generate
 from tests.conftest import make_settings, new_bucket
@@ -316,6 +317,31 @@ def test_hot_catalog_serves_search_with_cache_and_metrics(s3_settings: Settings,
     # latency by matched route template (the ASGI timing middleware reads the router's match)
     assert 'api_request_duration_seconds_count{method="GET",route="/similar/{product_id}",status="200"} 1.0' in text
     assert 'api_request_duration_seconds_count{method="POST",route="/search",status="200"}' in text
+
+
+def test_an_uncached_text_search_awaits_its_encode_without_a_worker_thread(
+    s3_settings: Settings, fake: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text search that only needs its encode before a search from memory awaits the batcher
+    on the event loop; a search that walks the matching set still goes to the thread pool."""
+    svc = Services.from_settings(s3_settings, embedder=fake)
+    with TestClient(create_app(svc)) as c:
+        for i, title in enumerate(["red canvas sneaker", "blue wool scarf"]):
+            assert c.put(f"/products/w{i}", json={"title": title, "category": "misc"}).status_code == 200
+        assert svc.hot is not None and svc.hot.current() is not None and svc.hot.in_memory  # holds the writes
+        handed: list[object] = []
+        real = deps.run_in_threadpool
+        monkeypatch.setattr(deps, "run_in_threadpool", lambda fn, *a: handed.append(fn) or real(fn, *a))
+        got = c.post("/search", json={"query": "blue wool scarf", "top_k": 1}).json()["results"]
+        assert got[0]["product_id"] == "w1"
+        assert handed == [] and svc.encoder is not None and svc.encoder.texts.batch_sizes == {1: 1}
+        faceted = c.post("/search", json={"query": "red canvas sneaker", "facets": ["category"]})
+        assert faceted.status_code == 200 and faceted.json()["results"][0]["product_id"] == "w0"
+        assert len(handed) == 1  # the facet walk ran in a thread (and encoded there, batched)
+        assert svc.encoder.texts.batch_sizes == {1: 2}
+        text = c.get("/metrics").text
+    assert 'query_cache_requests_total{result="miss"} 2.0' in text
+    assert 'model_inference_duration_seconds_count{kind="text"} 2.0' in text
 
 
 def test_hybrid_search_finds_names_and_codes(s3_settings: Settings, fake: Embedder) -> None:

@@ -1,6 +1,7 @@
 """Query encodes shared by concurrent requests (core/embedding/batcher.py) and single-flight
 searches, with an encoder the test holds back to make the batches deterministic."""
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
@@ -107,6 +108,31 @@ def test_an_encode_error_reaches_every_caller_of_its_batch_only() -> None:
     assert all(isinstance(r, RuntimeError) for r in out)
     enc.fail_on = None
     assert b("after").tolist() == [5.0, float(ord("a"))]  # the batcher goes on
+
+
+def test_an_event_loop_awaits_an_encode_and_a_caller_giving_up_cancels_nobody_elses() -> None:
+    enc = Gated()
+    b = MicroBatcher(enc, max_batch=8)
+    first_threads, _ = call_all(b, [("warm", None)])
+    assert enc.started.wait(10)
+
+    async def scenario() -> tuple[object, object, object]:
+        impatient = asyncio.ensure_future(asyncio.wrap_future(b.submit("red", key="red")))
+        patient = asyncio.ensure_future(asyncio.wrap_future(b.submit("red", key="red")))
+        other = asyncio.ensure_future(asyncio.wrap_future(b.submit("blue", key="blue")))
+        await asyncio.sleep(0.01)
+        impatient.cancel()  # its client hung up while the encode was queued
+        await asyncio.sleep(0.01)
+        enc.gate.set()
+        return await patient, await other, await asyncio.gather(impatient, return_exceptions=True)
+
+    patient, other, impatient = asyncio.run(asyncio.wait_for(scenario(), 10))
+    for t in first_threads:
+        t.join(10)
+    assert enc.batches[1] == ["red", "blue"] and b.shared == 1
+    assert patient.tolist() == [3.0, float(ord("r"))] and other.tolist() == [4.0, float(ord("b"))]
+    assert isinstance(impatient[0], asyncio.CancelledError)
+    assert b("red", key="red").tolist() == [3.0, float(ord("r"))]  # the batcher goes on
 
 
 def test_single_flight_runs_identical_concurrent_searches_once() -> None:
