@@ -17,6 +17,7 @@ from core.search import (
     encode_first,
     loaded_snapshot,
     search,
+    searches_memory,
     similar,
 )
 from core.suggest import MAX_PREFIX_CHARS, Suggestion, suggest
@@ -76,19 +77,18 @@ async def search_products(body: SearchRequest, request: Request) -> SearchRespon
     )
     encoded: TextVectors | None = None
     inference = 0.0
-    first = (
-        None
-        if in_memory or text_query is None
-        else encode_first(text_query, services.default_weights, services.hot, services.encoder)
-    )
-    if first is not None and services.encoder is not None:
+    first = None
+    if text_query is not None and not in_memory:
+        first = encode_first(text_query, services.default_weights, services.hot, services.encoder)
+    if text_query is not None and first is not None and services.encoder is not None:
         # Only the encode stands between this query and a search from memory: await it here
         # instead of blocking a worker thread on it (under load, dozens of blocked threads
         # woke at once to contend with the encoder's own threads for the GIL).
         t0 = time.perf_counter()
         encoded = await asyncio.wrap_future(services.encoder.submit_text(*first))
         inference = time.perf_counter() - t0
-        in_memory = True
+        # A write by this process meanwhile makes the next search refresh (I/O): then a thread.
+        in_memory = searches_memory(text_query, services.hot)
 
     def run(q: SearchQuery | None) -> tuple[SearchQuery, SearchPage, Timings]:
         if q is None:  # a photo: decoded here, off the event loop

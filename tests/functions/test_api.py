@@ -339,9 +339,22 @@ def test_an_uncached_text_search_awaits_its_encode_without_a_worker_thread(
         assert faceted.status_code == 200 and faceted.json()["results"][0]["product_id"] == "w0"
         assert len(handed) == 1  # the facet walk ran in a thread (and encoded there, batched)
         assert svc.encoder.texts.batch_sizes == {1: 2}
+        # This process writes while the encode runs: the search that follows refreshes the
+        # snapshot (I/O), so it goes to a thread with the vectors already encoded.
+        submit = svc.encoder.submit_text
+
+        def submit_then_write(text: str, with_clip: bool) -> object:
+            future = submit(text, with_clip)
+            svc.catalog.local_writes += 1
+            return future
+
+        monkeypatch.setattr(svc.encoder, "submit_text", submit_then_write)
+        got = c.post("/search", json={"query": "red canvas", "top_k": 1}).json()["results"]
+        assert got[0]["product_id"] == "w0" and len(handed) == 2
+        assert svc.encoder.texts.batch_sizes == {1: 3}  # encoded once, on the event loop's request
         text = c.get("/metrics").text
-    assert 'query_cache_requests_total{result="miss"} 2.0' in text
-    assert 'model_inference_duration_seconds_count{kind="text"} 2.0' in text
+    assert 'query_cache_requests_total{result="miss"} 3.0' in text
+    assert 'model_inference_duration_seconds_count{kind="text"} 3.0' in text
 
 
 def test_hybrid_search_finds_names_and_codes(s3_settings: Settings, fake: Embedder) -> None:
